@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint format venv clean
+.PHONY: demo test lint format venv system-deps clean
 
 venv: $(STAMP)
 
@@ -17,7 +17,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m viewpoint_jax.demo --out demo_output
 
-test: $(STAMP)
+# Tests check pano.mp4 with a real reader (ffprobe) and the viewer page in headless Chromium.
+system-deps:
+	@command -v ffprobe >/dev/null && command -v chromium >/dev/null || { \
+	  echo "installing ffmpeg and chromium (Debian packages) for the video and viewer tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg chromium; }
+
+test: $(STAMP) system-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -n 2 --dist loadfile -q

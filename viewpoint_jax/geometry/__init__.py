@@ -1,0 +1,48 @@
+"""Panoramic geometry in pure jax.numpy: ERP, cube faces, perspective views, the ViewPoint map.
+
+Conventions and layout follow the project spec (shared/design/viewpoint-map.md).
+"""
+
+from viewpoint_jax.geometry.projections import (
+    cubemap_to_erp,
+    erp_to_cubemap,
+    erp_to_perspective,
+    erp_to_viewpoint,
+    fuse_overlaps,
+    perspective_to_erp,
+    perspective_to_viewpoint,
+    viewpoint_directions,
+    viewpoint_to_erp,
+)
+from viewpoint_jax.geometry.sphere import (
+    FACE_NAMES,
+    camera_basis,
+    cube_face_directions,
+    erp_directions,
+    perspective_directions,
+)
+from viewpoint_jax.geometry.viewpoint_map import SUBREGIONS, subregion_index, subregion_slices
+
+# The 2 x 2 layout: (row slice, col slice) of each subregion keyed by its centre face.
+viewpoint_quadrant_slices = subregion_slices
+
+__all__ = [
+    "FACE_NAMES",
+    "SUBREGIONS",
+    "camera_basis",
+    "cube_face_directions",
+    "cubemap_to_erp",
+    "erp_directions",
+    "erp_to_cubemap",
+    "erp_to_perspective",
+    "erp_to_viewpoint",
+    "fuse_overlaps",
+    "perspective_directions",
+    "perspective_to_erp",
+    "perspective_to_viewpoint",
+    "subregion_index",
+    "subregion_slices",
+    "viewpoint_directions",
+    "viewpoint_quadrant_slices",
+    "viewpoint_to_erp",
+]

@@ -1,0 +1,198 @@
+"""The compiled sampler: parity with diffusers, determinism, one trace, fusion, conditions."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+from flax import nnx
+
+from viewpoint_jax import geometry
+from viewpoint_jax.diffusion import sampler
+
+LATENT_SHAPE = (1, 3, 8, 8, 16)  # (B, f, h, w, C): a 64 x 64 map, 9 frames, at 1/8 resolution
+TEXT_DIM = 8
+TRACED_BATCHES = []  # batch size of every trace of StandInModel.__call__
+
+
+@pytest.fixture(autouse=True)
+def clear_traces():
+    TRACED_BATCHES.clear()
+
+
+class StandInModel(nnx.Module):
+    """A nonlinear pure function of (x, t, context) shaped like the DiT; counts its traces."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.w = nnx.Param(jax.random.normal(rngs.params(), (33, 16)) / np.sqrt(33))
+        self.c = nnx.Param(jax.random.normal(rngs.params(), (TEXT_DIM, 16)) / np.sqrt(TEXT_DIM))
+        self.u = nnx.Param(jax.random.normal(rngs.params(), (16,)))
+
+    def __call__(self, x, t, context):
+        TRACED_BATCHES.append(x.shape[0])  # runs once per trace, not per step
+        h = x @ self.w[...] + (t / 1000.0)[:, None, None, None, None] * self.u[...]
+        h = h + (context.mean(axis=1) @ self.c[...])[:, None, None, None, :]
+        return jnp.tanh(h) + 0.3 * x[..., :16]
+
+
+def make_conditions(seed=1):
+    keys = jax.random.split(jax.random.key(seed), 4)
+    return sampler.Conditions(
+        context=jax.random.normal(keys[0], (1, 5, TEXT_DIM)),
+        negative_context=jax.random.normal(keys[1], (1, 5, TEXT_DIM)),
+        latent=jax.random.normal(keys[2], LATENT_SHAPE),
+        mask=(jax.random.uniform(keys[3], (*LATENT_SHAPE[:-1], 1)) > 0.5).astype(jnp.float32),
+    )
+
+
+def reference_loop(model, conditions, rng, scheduler, guidance):
+    """diffusers' scheduler driving the same model eagerly, CFG as two separate passes."""
+    x = torch.from_numpy(np.array(jax.random.normal(rng, LATENT_SHAPE, jnp.float32)))
+    model = jax.jit(model.__call__)
+    inputs = lambda x: sampler.model_input(
+        jnp.asarray(x.numpy()), conditions.latent, conditions.mask
+    )
+    for t in scheduler.timesteps:
+        timestep = jnp.full((1,), float(t))
+        cond = model(inputs(x), timestep, conditions.context)
+        uncond = model(inputs(x), timestep, conditions.negative_context)
+        velocity = np.array(uncond + guidance * (cond - uncond))
+        x = scheduler.step(torch.from_numpy(velocity), t, x)[0]
+    return x.numpy()
+
+
+@pytest.mark.parametrize("name", ["unipc", "euler"])
+def test_sample_matches_diffusers_loop(name):
+    model, conditions = StandInModel(nnx.Rngs(0)), make_conditions()
+    settings = sampler.SampleSettings(num_steps=8, shift=3.0, guidance_scale=4.5, scheduler=name)
+    if name == "unipc":
+        scheduler = UniPCMultistepScheduler(
+            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
+        )
+        scheduler.set_timesteps(8)
+    else:
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1e-3, 9)[:-1])
+    rng = jax.random.key(7)
+    expected = reference_loop(model, conditions, rng, scheduler, 4.5)
+    latents = sampler.sample(model, conditions, rng, settings)
+    assert latents.shape == LATENT_SHAPE and latents.dtype == jnp.float32
+    np.testing.assert_allclose(latents, expected, atol=1e-5)
+
+
+def test_same_seed_same_output_other_seed_differs():
+    model, conditions = StandInModel(nnx.Rngs(0)), make_conditions()
+    settings = sampler.SampleSettings(num_steps=4, guidance_scale=3.0)
+    first = sampler.sample(model, conditions, jax.random.key(3), settings)
+    again = sampler.sample(model, conditions, jax.random.key(3), settings)
+    other = sampler.sample(model, conditions, jax.random.key(4), settings)
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(np.asarray(first) - np.asarray(other)).mean() > 0.1
+
+
+def test_all_steps_compile_once():
+    """The loop body is traced once for N steps, and new seeds, prompts, shifts or guidance
+    scales reuse the compiled program."""
+    model = StandInModel(nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+    settings = sampler.SampleSettings(num_steps=12, shift=5.0, guidance_scale=5.0)
+    sampler.sample((graphdef, params), make_conditions(1), jax.random.key(0), settings)
+    assert TRACED_BATCHES == [2]  # one trace, conditional + unconditional in one batch
+    changed = sampler.SampleSettings(num_steps=12, shift=3.0, guidance_scale=7.5, seed=5)
+    sampler.sample((graphdef, params), make_conditions(2), jax.random.key(9), changed)
+    assert TRACED_BATCHES == [2]
+
+
+def test_guidance_scale_one_skips_the_unconditional_branch():
+    model, conditions = StandInModel(nnx.Rngs(0)), make_conditions()
+    settings = sampler.SampleSettings(num_steps=3, guidance_scale=1.0)
+    latents = sampler.sample(model, conditions, jax.random.key(0), settings)
+    assert TRACED_BATCHES == [1]
+    other_negative = conditions._replace(negative_context=-conditions.negative_context)
+    again = sampler.sample(model, other_negative, jax.random.key(0), settings)
+    np.testing.assert_array_equal(latents, again)
+
+
+def test_fusing_every_step_makes_the_overlaps_agree():
+    """With per-step fusion the last UniPC step returns the fused clean latent, so the sample is
+    (up to the approximate idempotence in U) a fixed point of fusion; without it, it is not."""
+    model, conditions = StandInModel(nnx.Rngs(0)), make_conditions()
+
+    def disagreement(fuse):
+        settings = sampler.SampleSettings(num_steps=4, fuse_every_step=fuse)
+        latents = sampler.sample(model, conditions, jax.random.key(0), settings)
+        return float(jnp.abs(geometry.fuse_overlaps(latents) - latents).mean())
+
+    fused, unfused = disagreement(True), disagreement(False)
+    assert fused < 0.02 * unfused, (fused, unfused)
+
+
+def test_progress_is_reported_for_every_step():
+    steps = []
+    settings = sampler.SampleSettings(num_steps=5, guidance_scale=2.0)
+    model, conditions = StandInModel(nnx.Rngs(0)), make_conditions()
+    latents = sampler.sample(
+        model, conditions, jax.random.key(0), settings, progress=lambda i: steps.append(int(i))
+    )
+    jax.block_until_ready(latents)
+    jax.effects_barrier()
+    assert sorted(steps) == list(range(5))
+
+
+def test_settings_validate_and_round_trip():
+    settings = sampler.SampleSettings(num_steps=10, shift=3.0, scheduler="euler", seed=4)
+    assert sampler.SampleSettings.from_dict(settings.to_dict()) == settings
+    with pytest.raises(ValueError, match="scheduler"):
+        sampler.SampleSettings(scheduler="ddim")
+    with pytest.raises(ValueError, match="num_steps"):
+        sampler.SampleSettings(num_steps=0)
+    with pytest.raises(ValueError, match="unknown sample settings"):
+        sampler.SampleSettings.from_dict({"steps": 3})
+
+
+# --- Conditions ----------------------------------------------------------------------------------
+
+
+def test_perspective_condition_is_zero_outside_its_mask():
+    video = np.full((5, 24, 32, 3), 255, np.uint8)
+    condition, mask = sampler.perspective_condition(video, map_size=64, fov_deg=90.0)
+    assert condition.shape == (5, 64, 64, 3) and mask.shape == (5, 64, 64, 1)
+    np.testing.assert_array_equal(np.asarray(condition)[np.asarray(mask)[..., 0] == 0], 0.0)
+    np.testing.assert_allclose(np.asarray(condition)[np.asarray(mask)[..., 0] == 1], 1.0)
+    # The front view lands in the front (top-left, F) subregion, around its centre.
+    assert mask[0, 16, 16, 0] == 1 and mask[0, 48, 48, 0] == 0
+    _, behind = sampler.perspective_condition(video, map_size=64, fov_deg=60.0, yaw_deg=180.0)
+    assert behind[0, 48, 48, 0] == 1 and behind[0, 16, 16, 0] == 0
+    with pytest.raises(ValueError, match="field of view"):
+        sampler.perspective_condition(video, map_size=64, fov_deg=180.0)
+
+
+def test_latent_mask_pools_pixels_and_frame_groups():
+    mask = np.zeros((9, 16, 16, 1), np.float32)
+    mask[0, :8, :8] = 1  # frame 0: the whole top-left latent cell
+    mask[1:3, 8:, 8:] = 1  # frames 1-2 of the group 1-4: half of the bottom-right cell
+    pooled = np.asarray(sampler.latent_mask(jnp.asarray(mask), spatial_factor=8, temporal_factor=4))
+    expected = np.zeros((3, 2, 2, 1), np.float32)
+    expected[0, 0, 0], expected[1, 1, 1] = 1.0, 0.5
+    np.testing.assert_array_equal(pooled, expected)
+    with pytest.raises(ValueError, match="does not fit"):
+        sampler.latent_mask(jnp.zeros((8, 16, 16, 1)), spatial_factor=8, temporal_factor=4)
+
+
+def test_frame_counts_are_trimmed_to_one_plus_4k_with_a_warning():
+    assert [sampler.valid_frame_count(n) for n in (1, 4, 5, 8, 49, 50)] == [1, 1, 5, 5, 49, 49]
+    with pytest.warns(UserWarning, match="has 7 frames; using the first 5"):
+        assert len(sampler.trim_frames(np.zeros((7, 2, 2, 3)))) == 5
+    with pytest.raises(ValueError, match="at least one frame"):
+        sampler.valid_frame_count(0)
+
+
+def test_map_to_panorama_fuses_into_erp():
+    constant = jnp.full((2, 64, 64, 3), 0.25)
+    erp = sampler.map_to_panorama(constant, 32, 64)
+    assert erp.shape == (2, 32, 64, 3)
+    np.testing.assert_allclose(erp, 0.25, atol=1e-6)  # weights of the copies sum to 1
+    np.testing.assert_array_equal(
+        sampler.to_uint8(jnp.array([-1.0, 0.0, 1.0, 2.0])), [0, 128, 255, 255]
+    )

@@ -1,0 +1,120 @@
+"""Video writing: H.264 MP4 readable by OpenCV and ffprobe, with spherical metadata."""
+
+import json
+import shutil
+import subprocess
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+
+from viewpoint_jax import video_io
+
+FFPROBE = shutil.which("ffprobe")
+
+
+def gradient_video(frames=5, height=32, width=64):
+    """Smooth colours that change over time (H.264 keeps them within a few levels)."""
+    i, j = np.mgrid[0:height, 0:width]
+    video = np.zeros((frames, height, width, 3), np.uint8)
+    for f in range(frames):
+        video[f, ..., 0] = 255 * j // width
+        video[f, ..., 1] = 255 * i // height
+        video[f, ..., 2] = 25 * f
+    return video
+
+
+def ffprobe_stream(path):
+    result = subprocess.run(
+        [FFPROBE, "-v", "error", "-show_streams", "-of", "json", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(result.stdout)["streams"][0]
+
+
+def top_level_boxes(data):
+    return [kind for kind, *_ in video_io._iter_boxes(data, 0, len(data))]
+
+
+def test_write_video_round_trips_through_opencv(tmp_path):
+    video = gradient_video()
+    path = tmp_path / "v.mp4"
+    video_io.write_video(path, video, fps=12)
+    frames, fps = video_io.read_video(path)
+    assert frames.shape == video.shape and fps == pytest.approx(12)
+    assert np.abs(frames.astype(int) - video).mean() < 3
+    assert list(tmp_path.iterdir()) == [path]  # no temporary files left behind
+
+
+def test_odd_sizes_are_padded_to_even(tmp_path):
+    video = gradient_video(frames=1, height=31, width=63)
+    video_io.write_video(tmp_path / "odd.mp4", video, fps=1)
+    frames, _ = video_io.read_video(tmp_path / "odd.mp4")
+    assert frames.shape == (1, 32, 64, 3)
+    assert np.abs(frames[0, :31, :63].astype(int) - video[0]).mean() < 3
+
+
+@pytest.mark.skipif(FFPROBE is None, reason="ffprobe not installed")
+def test_spherical_metadata_is_seen_by_ffprobe(tmp_path):
+    path = tmp_path / "pano.mp4"
+    video_io.write_video(path, gradient_video(), fps=8, spherical=True)
+    stream = ffprobe_stream(path)
+    assert stream["codec_name"] == "h264" and int(stream["nb_frames"]) == 5
+    side_data = {entry["side_data_type"]: entry for entry in stream.get("side_data_list", [])}
+    assert side_data["Spherical Mapping"]["projection"] == "equirectangular"
+    assert side_data["Stereo 3D"]["type"] == "2D"
+    plain = tmp_path / "plain.mp4"
+    video_io.write_video(plain, gradient_video(), fps=8)
+    assert "side_data_list" not in ffprobe_stream(plain)
+
+
+def test_spherical_v1_xml_is_in_the_video_track(tmp_path):
+    path = tmp_path / "pano.mp4"
+    video_io.write_video(path, gradient_video(), fps=8, spherical=True)
+    data = path.read_bytes()
+    ((_, _, moov, moov_end),) = [
+        b for b in video_io._iter_boxes(data, 0, len(data)) if b[0] == b"moov"
+    ]
+    ((_, _, trak, trak_end),) = [
+        b for b in video_io._iter_boxes(data, moov, moov_end) if b[0] == b"trak"
+    ]
+    uuids = [
+        data[payload:end]
+        for kind, _, payload, end in video_io._iter_boxes(data, trak, trak_end)
+        if kind == b"uuid"
+    ]
+    assert len(uuids) == 1 and uuids[0][:16] == video_io.SPHERICAL_V1_UUID
+    assert b"<GSpherical:ProjectionType>equirectangular<" in uuids[0]
+
+
+def test_metadata_keeps_frames_when_moov_precedes_mdat(tmp_path):
+    """With `faststart` the moov box comes first; growing it must shift every chunk offset."""
+    video = gradient_video(frames=9)
+    video_io.write_video(tmp_path / "a.mp4", video, fps=8)
+    faststart = tmp_path / "fast.mp4"
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    source = tmp_path / "a.mp4"
+    command = f"{ffmpeg} -loglevel error -i {source} -c copy -movflags +faststart {faststart}"
+    subprocess.run(command.split(), check=True)
+    data = faststart.read_bytes()
+    assert top_level_boxes(data).index(b"moov") < top_level_boxes(data).index(b"mdat")
+    tagged = tmp_path / "tagged.mp4"
+    tagged.write_bytes(video_io.add_spherical_metadata(data))
+    before, _ = video_io.read_video(faststart)
+    after, _ = video_io.read_video(tagged)
+    np.testing.assert_array_equal(before, after)
+    if FFPROBE:
+        kinds = [e["side_data_type"] for e in ffprobe_stream(tagged).get("side_data_list", [])]
+        assert "Spherical Mapping" in kinds
+
+
+def test_bad_frames_and_files_are_named(tmp_path):
+    with pytest.raises(ValueError, match="uint8"):
+        video_io.write_video(tmp_path / "x.mp4", np.zeros((2, 8, 8, 3), np.float32), fps=8)
+    with pytest.raises(ValueError, match="fps"):
+        video_io.write_video(tmp_path / "x.mp4", np.zeros((2, 8, 8, 3), np.uint8), fps=0)
+    with pytest.raises(ValueError, match="not an MP4"):
+        video_io.add_spherical_metadata(b"\x00\x00\x00\x10ftypisom\x00\x00\x00\x00")
+    assert not list(tmp_path.iterdir())

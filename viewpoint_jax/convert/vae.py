@@ -1,0 +1,256 @@
+"""Wan2.1 VAE: PyTorch checkpoint -> Orbax checkpoint loadable with `load_vae`.
+
+Two source layouts are accepted, detected from the key names:
+
+* Wan's original `Wan2.1_VAE.pth`: `encoder.conv1`, `encoder.downsamples.N.residual.{0,2,3,6}`,
+  `encoder.middle.{0,1,2}`, `encoder.head.{0,2}`, `conv1`/`conv2` (quant convs),
+  `decoder.upsamples.N...` (one flat list per network);
+* diffusers' `AutoencoderKLWan` (a `vae/` folder): `encoder.conv_in`, `encoder.down_blocks.N.norm1`,
+  `mid_block.resnets/attentions`, `quant_conv`, `decoder.up_blocks.I.resnets.J`,
+  `decoder.up_blocks.I.upsamplers.0...`.
+
+Sizes (base_dim, z_dim, dim_mult, num_res_blocks, temporal_downsample) are inferred from the tensor
+shapes; the latent statistics come from diffusers' config.json when present, else Wan2.1's values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from viewpoint_jax.convert import core
+from viewpoint_jax.models.vae import WanVAEConfig, param_targets
+
+ORIGINAL, DIFFUSERS = "original", "diffusers"
+
+
+def _norm_scale(gamma: np.ndarray) -> np.ndarray:
+    return gamma.reshape(-1)
+
+
+def _conv2d_kernel(w: np.ndarray) -> np.ndarray:
+    """torch Conv2d (out, in, kh, kw) -> (kh, kw, in, out)."""
+    return np.transpose(w, (2, 3, 1, 0))
+
+
+def detect_layout(keys: set[str], src: str | os.PathLike) -> str:
+    if "encoder.conv1.weight" in keys:
+        return ORIGINAL
+    if "encoder.conv_in.weight" in keys:
+        return DIFFUSERS
+    raise core.ConversionError(
+        f"{src} is not a Wan2.1 VAE checkpoint: found neither 'encoder.conv1.weight' (Wan's "
+        f"Wan2.1_VAE.pth) nor 'encoder.conv_in.weight' (diffusers AutoencoderKLWan)",
+        missing=["encoder.conv1.weight | encoder.conv_in.weight"],
+    )
+
+
+def infer_config(source: core.TensorSource, layout: str) -> WanVAEConfig:
+    """Reads the VAE sizes off the encoder's tensor shapes (and diffusers' config.json)."""
+    keys = set(source.keys())
+    names = {
+        ORIGINAL: ("encoder.conv1.weight", "conv2.weight", r"encoder\.downsamples\.(\d+)\."),
+        DIFFUSERS: ("encoder.conv_in.weight", "post_quant_conv.weight",
+                    r"encoder\.down_blocks\.(\d+)\."),
+    }[layout]  # fmt: skip
+    conv_in, post_quant, block_re = names
+    for key in (conv_in, post_quant):
+        if key not in keys:
+            raise core.ConversionError(f"{source.path}: cannot infer the VAE sizes", missing=[key])
+    base_dim = source.shape(conv_in)[0]
+    z_dim = source.shape(post_quant)[0]
+    prefix = "encoder.downsamples." if layout == ORIGINAL else "encoder.down_blocks."
+    indices = sorted({int(m.group(1)) for k in keys if (m := re.match(block_re, k))})
+    if not indices:
+        raise core.ConversionError(f"{source.path}: no encoder blocks", missing=[prefix + "0..."])
+    resample = [i for i in indices if f"{prefix}{i}.resample.1.weight" in keys]
+    temporal = tuple(f"{prefix}{i}.time_conv.weight" in keys for i in resample)
+    num_res_blocks = resample[0] if resample else len(indices)
+    stage_dims = []
+    stage_starts = [0] + [i + 1 for i in resample]
+    conv_name = "residual.2.weight" if layout == ORIGINAL else "conv1.weight"
+    for start in stage_starts:
+        key = f"{prefix}{start}.{conv_name}"
+        if key not in keys:
+            raise core.ConversionError(f"{source.path}: cannot infer dim_mult", missing=[key])
+        stage_dims.append(source.shape(key)[0])
+    if any(d % base_dim for d in stage_dims):
+        raise ValueError(f"{source.path}: stage widths {stage_dims} not multiples of {base_dim}")
+    extra = {}
+    cfg = source.config or {}
+    if cfg.get("is_residual") or cfg.get("patch_size") or cfg.get("attn_scales"):
+        raise ValueError(
+            f"{source.path}: only the Wan2.1 VAE is supported (config has is_residual="
+            f"{cfg.get('is_residual')}, patch_size={cfg.get('patch_size')}, attn_scales="
+            f"{cfg.get('attn_scales')})"
+        )
+    if cfg.get("latents_mean") is not None and len(cfg["latents_mean"]) == z_dim:
+        extra = {"latents_mean": cfg["latents_mean"], "latents_std": cfg["latents_std"]}
+    elif z_dim != 16:
+        raise ValueError(
+            f"{source.path}: z_dim={z_dim} and no latents_mean/latents_std in config.json "
+            "(Wan2.1's published statistics are for z_dim=16)"
+        )
+    return WanVAEConfig(
+        base_dim=base_dim,
+        z_dim=z_dim,
+        dim_mult=tuple(d // base_dim for d in stage_dims),
+        num_res_blocks=num_res_blocks,
+        temporal_downsample=temporal,
+        **extra,
+    )
+
+
+def _torch_names(config: WanVAEConfig, layout: str) -> list[tuple[str, str, str]]:
+    """(target module path, torch module prefix, kind) for every parameterised module."""
+    orig = layout == ORIGINAL
+    out = []
+
+    def res(target: str, src: str):
+        if orig:
+            out.extend([
+                (f"{target}/norm1", f"{src}.residual.0", "norm"),
+                (f"{target}/conv1", f"{src}.residual.2", "conv3d"),
+                (f"{target}/norm2", f"{src}.residual.3", "norm"),
+                (f"{target}/conv2", f"{src}.residual.6", "conv3d"),
+                (f"{target}/shortcut", f"{src}.shortcut", "conv3d"),
+            ])  # fmt: skip
+        else:
+            out.extend([
+                (f"{target}/norm1", f"{src}.norm1", "norm"),
+                (f"{target}/conv1", f"{src}.conv1", "conv3d"),
+                (f"{target}/norm2", f"{src}.norm2", "norm"),
+                (f"{target}/conv2", f"{src}.conv2", "conv3d"),
+                (f"{target}/shortcut", f"{src}.conv_shortcut", "conv3d"),
+            ])  # fmt: skip
+
+    def resample(target: str, src: str):
+        out.append((f"{target}/resample", f"{src}.resample.1", "conv2d"))
+        out.append((f"{target}/time_conv", f"{src}.time_conv", "conv3d"))
+
+    def mid(target: str, src: str):
+        if orig:
+            res(f"{target}/resnets/0", f"{src}.middle.0")
+            res(f"{target}/resnets/1", f"{src}.middle.2")
+            attn = f"{src}.middle.1"
+        else:
+            res(f"{target}/resnets/0", f"{src}.mid_block.resnets.0")
+            res(f"{target}/resnets/1", f"{src}.mid_block.resnets.1")
+            attn = f"{src}.mid_block.attentions.0"
+        out.extend([
+            (f"{target}/attention/norm", f"{attn}.norm", "norm"),
+            (f"{target}/attention/to_qkv", f"{attn}.to_qkv", "conv2d"),
+            (f"{target}/attention/proj", f"{attn}.proj", "conv2d"),
+        ])  # fmt: skip
+
+    for net in ("encoder", "decoder"):
+        conv_in = f"{net}.conv1" if orig else f"{net}.conv_in"
+        out.append((f"{net}/conv_in", conv_in, "conv3d"))
+        mid(f"{net}/mid", net)
+        norm_out, conv_out = (f"{net}.head.0", f"{net}.head.2") if orig else (
+            f"{net}.norm_out", f"{net}.conv_out")  # fmt: skip
+        out.append((f"{net}/norm_out", norm_out, "norm"))
+        out.append((f"{net}/conv_out", conv_out, "conv3d"))
+    out.append(("quant_conv", "conv1" if orig else "quant_conv", "conv3d"))
+    out.append(("post_quant_conv", "conv2" if orig else "post_quant_conv", "conv3d"))
+
+    # Encoder blocks: one flat list in both layouts.
+    n = 0
+    for i in range(len(config.dim_mult)):
+        for _ in range(config.num_res_blocks):
+            src = f"encoder.downsamples.{n}" if orig else f"encoder.down_blocks.{n}"
+            res(f"encoder/down_blocks/{n}", src)
+            n += 1
+        if i < len(config.dim_mult) - 1:
+            src = f"encoder.downsamples.{n}" if orig else f"encoder.down_blocks.{n}"
+            resample(f"encoder/down_blocks/{n}", src)
+            n += 1
+    # Decoder blocks: flat in Wan, grouped per stage in diffusers.
+    n = 0
+    for i in range(len(config.dim_mult)):
+        for j in range(config.num_res_blocks + 1):
+            src = f"decoder.upsamples.{n}" if orig else f"decoder.up_blocks.{i}.resnets.{j}"
+            res(f"decoder/up_blocks/{n}", src)
+            n += 1
+        if i < len(config.dim_mult) - 1:
+            src = f"decoder.upsamples.{n}" if orig else f"decoder.up_blocks.{i}.upsamplers.0"
+            resample(f"decoder/up_blocks/{n}", src)
+            n += 1
+    return out
+
+
+def vae_rules(
+    config: WanVAEConfig, layout: str, targets: dict[str, jax.ShapeDtypeStruct]
+) -> list[core.TensorRule]:
+    """Rules for every target leaf; the source shapes follow from the target shapes."""
+    rules = []
+    for target, src, kind in _torch_names(config, layout):
+        if kind == "norm":
+            name = f"{target}/scale"
+            if name in targets:
+                rules.append(core.TensorRule(f"{src}.gamma", name, transform=_norm_scale))
+            continue
+        kernel = f"{target}/kernel"
+        if kernel not in targets:  # e.g. no shortcut / no time_conv in this block
+            continue
+        shape = targets[kernel].shape
+        if kind == "conv3d":
+            torch_shape = (shape[4], shape[3], *shape[:3])
+            transform = core.conv_kernel
+        else:
+            torch_shape = (shape[3], shape[2], *shape[:2])
+            transform = _conv2d_kernel
+        rules.append(core.TensorRule(f"{src}.weight", kernel, transform=transform,
+                                     source_shape=torch_shape))  # fmt: skip
+        rules.append(core.TensorRule(f"{src}.bias", f"{target}/bias",
+                                     source_shape=targets[f"{target}/bias"].shape))  # fmt: skip
+    return rules
+
+
+def convert_vae(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    dtype: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Converts a Wan2.1 VAE (Wan's .pth or a diffusers vae/ folder) into `dst`.
+
+    Args:
+      src: `Wan2.1_VAE.pth`, a diffusers `vae/` folder (safetensors + config.json), or a file.
+      dst: output directory: config.json + params/ (Orbax), written atomically.
+      dtype: stored parameter dtype (default float32).
+      overwrite: replace an existing `dst`.
+    Raises:
+      ConversionError listing every missing / unexpected / misshapen tensor.
+    """
+    source = core.open_checkpoint(src)
+    layout = detect_layout(set(source.keys()), src)
+    config = infer_config(source, layout)
+    if dtype is not None:
+        config = dataclasses.replace(config, param_dtype=str(jnp.dtype(dtype)))
+    targets = param_targets(config)
+    rules = vae_rules(config, layout, targets)
+    # Norm gammas have torch shape (C, 1, 1[, 1]); check them by element count after the fact.
+    for rule in rules:
+        if rule.source.endswith(".gamma") and rule.source in source:
+            want = targets[rule.target].shape
+            got = tuple(source.shape(rule.source))
+            if int(np.prod(got)) != want[0] or got[0] != want[0]:
+                raise core.ConversionError(source=source.path, misshapen=[(rule.source, got,
+                                                                           (want[0], 1, 1, 1))])
+    return core.convert_checkpoint(
+        source,
+        rules,
+        targets,
+        dst,
+        extra_files={"config.json": json.dumps(config.to_dict(), indent=2)},
+        overwrite=overwrite,
+    )

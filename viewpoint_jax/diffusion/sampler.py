@@ -1,0 +1,348 @@
+"""The compiled sampler: conditions -> ViewPoint-map latents in one XLA program.
+
+`sample_latents` runs the whole denoising loop in a `lax.fori_loop`: no host round trip per step,
+one compilation for any number of steps of a given length (the schedule is an input array).
+Classifier-free guidance evaluates the conditional and unconditional branches as one batch of 2B.
+
+The model sees, per step, `concat([x_t, condition latent, mask])` (16 + 16 + 1 channels, channels
+last) at timestep `t` and predicts the flow velocity `noise - x_0`. Optionally the predicted clean
+latent is made consistent across the overlaps of the map at every step (`fuse_every_step`): the
+two copies of a shared sphere region are replaced by their weighted blend (spec §4), at latent
+resolution. The final map -> ERP conversion always fuses, in pixel space (`map_to_panorama`).
+
+Building conditions (pure array code, I/O stays in the CLI): `perspective_condition` projects a
+perspective video/image onto the map with its coverage mask; `encode_condition` encodes it with
+the autoencoder and brings the mask to latent resolution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import warnings
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from viewpoint_jax import geometry
+from viewpoint_jax.diffusion import schedulers
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleSettings:
+    """Settings of one sampling run (saved beside its outputs).
+
+    Defaults are Wan2.1's text-to-video settings: UniPC, 50 steps, shift 5, guidance 5.
+    """
+
+    num_steps: int = 50
+    shift: float = 5.0
+    guidance_scale: float = 5.0
+    scheduler: str = "unipc"
+    seed: int = 0
+    fuse_every_step: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.num_steps, int) or self.num_steps < 1:
+            raise ValueError(f"num_steps must be a positive integer, got {self.num_steps!r}")
+        if not self.shift > 0:
+            raise ValueError(f"shift must be > 0, got {self.shift!r}")
+        if not self.guidance_scale >= 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale!r}")
+        if self.scheduler not in schedulers.SCHEDULERS:
+            raise ValueError(
+                f"scheduler must be one of {schedulers.SCHEDULERS}, got {self.scheduler!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SampleSettings:
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown sample settings: {sorted(unknown)}")
+        return cls(**d)
+
+
+class Conditions(NamedTuple):
+    """What the model is conditioned on (a pytree; B = batch).
+
+    context: `(B, L, D)` text embeddings of the prompt; negative_context: `(B, L, D)` those of the
+    negative prompt (the unconditional branch of guidance). latent: `(B, f, h, w, C)` latent of
+    the condition video projected onto the map (the latent of an all-zero video when there is no
+    condition); mask: `(B, f, h, w, 1)` its coverage at latent resolution, in [0, 1].
+    """
+
+    context: jax.Array
+    negative_context: jax.Array
+    latent: jax.Array
+    mask: jax.Array
+
+
+def model_input(x: jax.Array, latent: jax.Array, mask: jax.Array) -> jax.Array:
+    """The model's 33-channel input `(B, f, h, w, 2C + 1)`: noisy latent, condition, mask."""
+    return jnp.concatenate([x, latent.astype(x.dtype), mask.astype(x.dtype)], axis=-1)
+
+
+def guided_velocity(
+    model: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
+    x: jax.Array,
+    t: jax.Array,
+    conditions: Conditions,
+    guidance_scale: jax.Array | float,
+    use_cfg: bool = True,
+) -> jax.Array:
+    """Velocity at `x` `(B, f, h, w, C)` and scalar timestep `t`, with classifier-free guidance
+    `v_u + g (v_c - v_u)`; both branches run as one batch of 2B."""
+    batch = x.shape[0]
+    inputs = model_input(x, conditions.latent, conditions.mask)
+    context = conditions.context
+    if use_cfg:
+        inputs = jnp.concatenate([inputs, inputs], axis=0)
+        context = jnp.concatenate([conditions.context, conditions.negative_context], axis=0)
+    timesteps = jnp.full((inputs.shape[0],), t, jnp.float32)
+    velocity = model(inputs, timesteps, context).astype(jnp.float32)
+    if not use_cfg:
+        return velocity
+    conditional, unconditional = velocity[:batch], velocity[batch:]
+    return unconditional + guidance_scale * (conditional - unconditional)
+
+
+def _fuse_overlaps(x: jax.Array) -> jax.Array:
+    # The geometry builds its resampling tables on first use and caches them; keep them
+    # constants (not tracers of this program) when that first use is inside a trace.
+    with jax.ensure_compile_time_eval():
+        return geometry.fuse_overlaps(x)
+
+
+def denoise(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    conditions: Conditions,
+    rng: jax.Array,
+    schedule: schedulers.Schedule,
+    guidance_scale: jax.Array | float,
+    *,
+    use_cfg: bool = True,
+    fuse_every_step: bool = False,
+    progress: Callable[[jax.Array], Any] | None = None,
+) -> jax.Array:
+    """Pure denoising loop from Gaussian noise (drawn from `rng`) to clean latents
+    `(B, f, h, w, C)`, float32, shaped like `conditions.latent`.
+
+    `progress(i)`, if given, is called on the host after each step (`jax.debug.callback`);
+    everything else stays on device.
+    """
+    model = nnx.merge(graphdef, params)
+    x = jax.random.normal(rng, conditions.latent.shape, jnp.float32)
+
+    def body(i, state):
+        x, sigma = state.x, schedule.sigmas[i]
+        velocity = guided_velocity(
+            model, x, schedule.timesteps[i], conditions, guidance_scale, use_cfg
+        )
+        if fuse_every_step:
+            clean = _fuse_overlaps(x - sigma * velocity)
+            velocity = (x - clean) / sigma  # sigma > 0 at every step; only the last target is 0
+        state = schedule.step(i, state, velocity)
+        if progress is not None:
+            jax.debug.callback(progress, i, ordered=False)
+        return state
+
+    return jax.lax.fori_loop(0, schedule.num_steps, body, schedule.init(x)).x
+
+
+# `denoise` compiled: the whole loop is one XLA program.
+sample_latents = jax.jit(
+    denoise, static_argnames=("graphdef", "use_cfg", "fuse_every_step", "progress")
+)
+
+
+def sample(
+    model: nnx.Module | tuple[nnx.GraphDef, nnx.State],
+    conditions: Conditions,
+    rng: jax.Array,
+    settings: SampleSettings,
+    *,
+    progress: Callable[[jax.Array], Any] | None = None,
+) -> jax.Array:
+    """Samples clean map latents `(B, f, h, w, C)` with the compiled loop.
+
+    `model` is an NNX module `model(x, t, context)` (e.g. `WanDiT`) or its `(graphdef, params)`.
+    Changing the seed, the conditions, the shift or the guidance scale reuses the compiled program;
+    the number of steps, the scheduler, guidance on/off (scale 1 skips the unconditional branch),
+    per-step fusion and `progress` are compile-time choices.
+    """
+    graphdef, params = nnx.split(model) if isinstance(model, nnx.Module) else model
+    schedule = schedulers.make_schedule(settings.scheduler, settings.num_steps, settings.shift)
+    return sample_latents(
+        graphdef,
+        params,
+        conditions,
+        rng,
+        schedule,
+        jnp.float32(settings.guidance_scale),
+        use_cfg=settings.guidance_scale != 1.0,
+        fuse_every_step=settings.fuse_every_step,
+        progress=progress,
+    )
+
+
+# --- Conditions ----------------------------------------------------------------------------------
+
+
+def valid_frame_count(num_frames: int, temporal_factor: int = 4) -> int:
+    """The largest `1 + temporal_factor k <= num_frames` (the frame counts the causal VAE takes)."""
+    if num_frames < 1:
+        raise ValueError(f"need at least one frame, got {num_frames}")
+    return 1 + (num_frames - 1) // temporal_factor * temporal_factor
+
+
+def trim_frames(video: np.ndarray, temporal_factor: int = 4, name: str = "video") -> np.ndarray:
+    """Drops trailing frames so that the count is `1 + temporal_factor k`, with a warning."""
+    count = valid_frame_count(len(video), temporal_factor)
+    if count != len(video):
+        warnings.warn(
+            f"{name} has {len(video)} frames; using the first {count} (frame counts must be "
+            f"1 + {temporal_factor}k)",
+            stacklevel=2,
+        )
+    return video[:count]
+
+
+def perspective_condition(
+    video: jax.Array,
+    map_size: int,
+    fov_deg: float = 90.0,
+    yaw_deg: float = 0.0,
+    pitch_deg: float = 0.0,
+    roll_deg: float = 0.0,
+) -> tuple[jax.Array, jax.Array]:
+    """Projects a perspective video `(F, h, w, 3)` (uint8, or float in [-1, 1]) onto the map.
+
+    Returns the condition video `(F, M, M, 3)` in [-1, 1], 0 outside the covered area, and the
+    coverage mask `(F, M, M, 1)` in [0, 1]. `fov_deg` is the horizontal field of view.
+    """
+    if not 0 < fov_deg < 180:
+        raise ValueError(f"field of view must be in (0, 180) degrees, got {fov_deg}")
+    video = jnp.asarray(video)
+    if video.dtype == jnp.uint8:
+        video = video.astype(jnp.float32) / 127.5 - 1.0
+    projected, mask = geometry.perspective_to_viewpoint(
+        video, fov_deg, yaw_deg, pitch_deg, roll_deg, map_size
+    )
+    mask = mask.astype(jnp.float32)
+    return projected * mask, mask
+
+
+def latent_mask(mask: jax.Array, spatial_factor: int, temporal_factor: int) -> jax.Array:
+    """Coverage `(F, M, M, 1)` -> latent-resolution coverage `(1 + (F-1)/t, M/s, M/s, 1)`.
+
+    Averages over each latent cell's pixels and frames, grouped as the causal VAE groups them:
+    latent frame 0 is frame 0, latent frame k >= 1 covers frames 4k-3 .. 4k.
+    """
+    frames, height, width, _ = mask.shape
+    if (frames - 1) % temporal_factor or height % spatial_factor or width % spatial_factor:
+        raise ValueError(
+            f"mask shape {mask.shape} does not fit factors (temporal {temporal_factor}, "
+            f"spatial {spatial_factor})"
+        )
+    s = spatial_factor
+    pooled = mask.reshape(frames, height // s, s, width // s, s, 1).mean(axis=(2, 4))
+    first = pooled[:1]
+    rest = pooled[1:].reshape(-1, temporal_factor, height // s, width // s, 1).mean(axis=1)
+    return jnp.concatenate([first, rest], axis=0)
+
+
+def _encode(autoencoder: Any, video: jax.Array) -> jax.Array:
+    if isinstance(autoencoder, nnx.Module):
+        return nnx.jit(lambda module, v: module.encode(v))(autoencoder, video)
+    return jax.jit(autoencoder.encode)(video)
+
+
+def _decode(autoencoder: Any, latents: jax.Array) -> jax.Array:
+    if isinstance(autoencoder, nnx.Module):
+        return nnx.jit(lambda module, z: module.decode(z))(autoencoder, latents)
+    return jax.jit(autoencoder.decode)(latents)
+
+
+def encode_condition(
+    autoencoder: Any, condition: jax.Array, mask: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Condition video `(B, F, M, M, 3)` in [-1, 1] and mask `(B, F, M, M, 1)` -> latent
+    `(B, f, M/s, M/s, C)` and latent mask `(B, f, M/s, M/s, 1)` (s = spatial factor)."""
+    latent = _encode(autoencoder, condition)
+    pool = functools.partial(
+        latent_mask,
+        spatial_factor=autoencoder.spatial_factor,
+        temporal_factor=autoencoder.temporal_factor,
+    )
+    return latent, jax.vmap(pool)(mask)
+
+
+def make_conditions(
+    autoencoder: Any,
+    context: jax.Array,
+    negative_context: jax.Array,
+    map_size: int,
+    num_frames: int,
+    video: np.ndarray | None = None,
+    fov_deg: float = 90.0,
+    yaw_deg: float = 0.0,
+    pitch_deg: float = 0.0,
+    roll_deg: float = 0.0,
+) -> Conditions:
+    """Conditions for one sample: text `(1, L, D)` embeddings and, optionally, a perspective
+    video or image `(F, h, w, 3)` uint8 placed at (yaw, pitch, roll) with horizontal `fov_deg`.
+
+    Without a video the map is all unknown: the condition is an all-zero video with mask 0, for
+    `num_frames` frames. With one, its frame count is used (it must be `1 + 4k`).
+    """
+    temporal = autoencoder.temporal_factor
+    if video is None:
+        frames = valid_frame_count(num_frames, temporal)
+        if frames != num_frames:
+            raise ValueError(f"num_frames must be 1 + {temporal}k, got {num_frames}")
+        condition = jnp.zeros((frames, map_size, map_size, 3), jnp.float32)
+        mask = jnp.zeros((frames, map_size, map_size, 1), jnp.float32)
+    else:
+        if (len(video) - 1) % temporal:
+            raise ValueError(
+                f"the condition video has {len(video)} frames; frame counts must be 1 + {temporal}k"
+            )
+        condition, mask = perspective_condition(
+            video, map_size, fov_deg, yaw_deg, pitch_deg, roll_deg
+        )
+    latent, mask = encode_condition(autoencoder, condition[None], mask[None])
+    return Conditions(
+        context=jnp.asarray(context, jnp.float32),
+        negative_context=jnp.asarray(negative_context, jnp.float32),
+        latent=latent.astype(jnp.float32),
+        mask=mask,
+    )
+
+
+# --- Latents -> pixels ---------------------------------------------------------------------------
+
+
+def decode_latents(autoencoder: Any, latents: jax.Array) -> jax.Array:
+    """Map latents `(B, f, h, w, C)` -> map video `(B, F, M, M, 3)` in [-1, 1] (clipped)."""
+    return jnp.clip(_decode(autoencoder, latents).astype(jnp.float32), -1.0, 1.0)
+
+
+@functools.partial(jax.jit, static_argnames=("height", "width"))
+def map_to_panorama(map_video: jax.Array, height: int, width: int) -> jax.Array:
+    """Map video `(..., M, M, 3)` -> ERP `(..., height, width, 3)`, blending the overlapping
+    copies of each sphere region (the final pixel-space fusion)."""
+    with jax.ensure_compile_time_eval():  # see `_fuse_overlaps`
+        return geometry.viewpoint_to_erp(map_video, height, width)
+
+
+def to_uint8(video: jax.Array | np.ndarray) -> np.ndarray:
+    """[-1, 1] floats -> uint8 (rounded)."""
+    return np.asarray(jnp.round((jnp.clip(video, -1.0, 1.0) + 1.0) * 127.5)).astype(np.uint8)

@@ -1,0 +1,84 @@
+"""The autoencoder protocol and a parameter-free stand-in for the VAE.
+
+Everything that turns videos into diffusion latents and back (`WanVAE`, `SpaceToDepthAutoencoder`)
+follows `Autoencoder`: `encode(video (B, F, H, W, 3) in [-1, 1]) -> latents (B, T, h, w, C)` and
+`decode(latents) -> video`, with `T = 1 + (F - 1) // temporal_factor` and
+`h, w = H // spatial_factor, W // spatial_factor`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import jax
+import jax.numpy as jnp
+
+
+@runtime_checkable
+class Autoencoder(Protocol):
+    latent_channels: int
+    spatial_factor: int
+    temporal_factor: int
+
+    def encode(self, video: jax.Array) -> jax.Array: ...
+
+    def decode(self, latents: jax.Array) -> jax.Array: ...
+
+
+def latent_shape(
+    autoencoder: Autoencoder, video_shape: tuple[int, ...]
+) -> tuple[int, int, int, int, int]:
+    """(B, F, H, W, 3) -> the shape `autoencoder.encode` returns for it."""
+    b, f, h, w, _ = video_shape
+    tf, sf = autoencoder.temporal_factor, autoencoder.spatial_factor
+    return (b, 1 + (f - 1) // tf, h // sf, w // sf, autoencoder.latent_channels)
+
+
+class SpaceToDepthAutoencoder:
+    """Moves each `factor` x `factor` pixel block into channels: exactly invertible, no parameters.
+
+    The CPU tiny configurations use it instead of the Wan VAE. Latents have
+    `latent_channels = channels * factor**2` channels (48 for RGB and factor 4, 192 for factor 8),
+    ordered (row in block, column in block, colour), and the same value range as the pixels.
+    Time is not compressed (`temporal_factor = 1`): F frames give F latent frames.
+    `decode(encode(x)) == x` bit for bit (it only moves values).
+    """
+
+    temporal_factor = 1
+
+    def __init__(self, factor: int = 8, *, channels: int = 3):
+        if factor < 1:
+            raise ValueError(f"space-to-depth factor must be >= 1, got {factor}")
+        self.spatial_factor = int(factor)
+        self.channels = int(channels)
+        self.latent_channels = self.channels * self.spatial_factor**2
+
+    def __repr__(self) -> str:
+        return f"SpaceToDepthAutoencoder(factor={self.spatial_factor}, channels={self.channels})"
+
+    def encode(self, video: jax.Array) -> jax.Array:
+        """(B, F, H, W, channels) -> (B, F, H/f, W/f, channels * f * f)."""
+        f = self.spatial_factor
+        if video.ndim != 5 or video.shape[-1] != self.channels:
+            raise ValueError(
+                f"video must be (B, F, H, W, {self.channels}), got shape {tuple(video.shape)}"
+            )
+        b, t, h, w, c = video.shape
+        if h % f or w % f:
+            raise ValueError(f"frame size {h}x{w} must be a multiple of the factor {f}")
+        x = jnp.reshape(video, (b, t, h // f, f, w // f, f, c))
+        x = jnp.transpose(x, (0, 1, 2, 4, 3, 5, 6))
+        return jnp.reshape(x, (b, t, h // f, w // f, f * f * c))
+
+    def decode(self, latents: jax.Array) -> jax.Array:
+        """(B, F, h, w, channels * f * f) -> (B, F, h*f, w*f, channels)."""
+        f = self.spatial_factor
+        if latents.ndim != 5 or latents.shape[-1] != self.latent_channels:
+            raise ValueError(
+                f"latents must be (B, F, h, w, {self.latent_channels}), got shape "
+                f"{tuple(latents.shape)}"
+            )
+        b, t, h, w, _ = latents.shape
+        x = jnp.reshape(latents, (b, t, h, w, f, f, self.channels))
+        x = jnp.transpose(x, (0, 1, 2, 4, 3, 5, 6))
+        return jnp.reshape(x, (b, t, h * f, w * f, self.channels))

@@ -1,0 +1,500 @@
+"""Wan2.1 video DiT in Flax NNX, extended with ViewPoint's Pano/Perspective attention.
+
+The architecture follows Wan2.1 exactly (patch embedding, text/time embeddings, 6-way modulated
+blocks with RMSNorm'd q/k, 3D RoPE, affine LayerNorm before cross-attention, tanh-GELU FFN, a head
+with 2-way modulation). Norms, the time embedding and the modulation run in fp32; the matmuls run
+in `config.dtype`.
+
+ViewPoint (Fang et al., 2025) alternates two kinds of blocks: "pano" blocks attend over all tokens
+of the map and all frames; "perspective" blocks split the token grid into the four quadrants of the
+2x2 ViewPoint map (top-left F, top-right R, bottom-left L, bottom-right B) and attend within each,
+with subregion-local RoPE positions. Every other part of a block (modulation, cross-attention, FFN)
+acts token by token, so running the whole block on (4B, F*(H/2)*(W/2), D) with modulation and text
+repeated per subregion is the same as regrouping only the self-attention's tokens; we do the latter
+(einops rearranges, no gathers) and skip repeating the text K/V four times.
+
+Blocks are stacked along a leading "layers" axis and scanned (in groups of the attention pattern's
+period, i.e. pairs for "alternate"), so compile time is flat in depth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import einops
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from viewpoint_jax.models import attention as attention_lib
+from viewpoint_jax.models import layers
+from viewpoint_jax.sharding import DEFAULT_RULES, LogicalRules, constrain
+
+PANO = "pano"
+PERSPECTIVE = "perspective"
+PATTERNS = ("alternate", PANO, PERSPECTIVE)
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_all_dots": jax.checkpoint_policies.dots_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTConfig:
+    """Sizes and execution options of the DiT. Field names follow the original Wan config."""
+
+    in_dim: int = 16
+    out_dim: int = 16
+    dim: int = 1536
+    ffn_dim: int = 8960
+    num_heads: int = 12
+    num_layers: int = 30
+    text_dim: int = 4096
+    freq_dim: int = 256
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    eps: float = 1e-6
+    rope_theta: float = 10000.0
+    # "alternate" (pano, perspective, pano, ...), "pano" (plain Wan), "perspective", or a tuple of
+    # "pano"/"perspective" per block.
+    attention_pattern: str | tuple[str, ...] = "alternate"
+    attention_backend: str = "xla"
+    remat_policy: str = "none"
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        if isinstance(self.attention_pattern, list):
+            object.__setattr__(self, "attention_pattern", tuple(self.attention_pattern))
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if (self.dim // self.num_heads) % 2:
+            raise ValueError(f"head dim {self.dim // self.num_heads} must be even for RoPE")
+        if self.attention_backend not in attention_lib.BACKENDS:
+            raise ValueError(
+                f"attention_backend {self.attention_backend!r} not in {attention_lib.BACKENDS}"
+            )
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"remat_policy {self.remat_policy!r} not in {list(REMAT_POLICIES)}")
+        self.block_kinds  # validates the pattern
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def block_kinds(self) -> tuple[str, ...]:
+        pattern = self.attention_pattern
+        if pattern == "alternate":
+            return tuple(PANO if i % 2 == 0 else PERSPECTIVE for i in range(self.num_layers))
+        if pattern in (PANO, PERSPECTIVE):
+            return (pattern,) * self.num_layers
+        if isinstance(pattern, str):
+            raise ValueError(f"attention_pattern {pattern!r}: use one of {PATTERNS} or a tuple")
+        if len(pattern) != self.num_layers or not set(pattern) <= {PANO, PERSPECTIVE}:
+            raise ValueError(
+                f"attention_pattern tuple must have {self.num_layers} entries from "
+                f"{(PANO, PERSPECTIVE)}, got {pattern}"
+            )
+        return tuple(pattern)
+
+    @property
+    def scan_group(self) -> tuple[str, ...]:
+        """The shortest repeating unit of `block_kinds`; its blocks are stacked and scanned."""
+        kinds = self.block_kinds
+        for period in range(1, len(kinds) + 1):
+            if len(kinds) % period == 0 and kinds == kinds[:period] * (len(kinds) // period):
+                return kinds[:period]
+        return kinds
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["patch_size"] = list(self.patch_size)
+        if isinstance(self.attention_pattern, tuple):
+            d["attention_pattern"] = list(self.attention_pattern)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DiTConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown DiTConfig fields {sorted(unknown)}; known: {sorted(names)}")
+        return cls(**d)
+
+    @classmethod
+    def wan_1_3b(cls, **overrides: Any) -> DiTConfig:
+        base = dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30, dtype="bfloat16")
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def wan_14b(cls, **overrides: Any) -> DiTConfig:
+        base = dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, dtype="bfloat16")
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> DiTConfig:
+        base = dict(dim=48, ffn_dim=96, num_heads=2, num_layers=2, text_dim=32, freq_dim=32)
+        return cls(**{**base, **overrides})
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure functions.
+
+
+def sinusoidal_embedding(t: jax.Array, dim: int) -> jax.Array:
+    """Wan's timestep embedding: [cos(t w_i), sin(t w_i)], w_i = 10000^(-i / (dim/2)); fp32."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / half)
+    angles = t.astype(jnp.float32)[:, None] * freqs[None]
+    return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+
+
+def rope_split(head_dim: int) -> tuple[int, int, int]:
+    """Wan's split of the head dim between frames, height and width."""
+    hw = 2 * (head_dim // 6)
+    return head_dim - 2 * hw, hw, hw
+
+
+@functools.lru_cache(maxsize=32)
+def rope_tables(
+    grid: tuple[int, int, int], head_dim: int, theta: float = 10000.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin of Wan's 3D RoPE for a (frames, height, width) token grid.
+
+    Returns two (F*H*W, head_dim // 2) float32 arrays, one angle per rotated pair; positions start
+    at 0 on every axis (so a quadrant's table is that of a grid of the quadrant's size).
+    """
+    angles = []
+    for axis, (size, part) in enumerate(zip(grid, rope_split(head_dim))):
+        inv_freq = 1.0 / theta ** (np.arange(0, part, 2, dtype=np.float64) / part)
+        a = np.arange(size, dtype=np.float64)[:, None] * inv_freq[None]  # (size, part/2)
+        shape = [1, 1, 1, part // 2]
+        shape[axis] = size
+        angles.append(np.broadcast_to(a.reshape(shape), (*grid, part // 2)))
+    angle = np.concatenate(angles, axis=-1).reshape(-1, head_dim // 2)
+    return np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotates adjacent pairs (x[2i], x[2i+1]) of x (B, L, H, D) by the angles of (L, D/2)."""
+    pairs = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)
+    x1, x2 = pairs[..., 0], pairs[..., 1]
+    cos, sin = cos[None, :, None], sin[None, :, None]
+    out = jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+    return out.reshape(x.shape).astype(x.dtype)
+
+
+def to_subregions(tokens: jax.Array, grid: tuple[int, int, int]) -> jax.Array:
+    """(B, F*H*W, ...) -> (4B, F*(H/2)*(W/2), ...), batch order (b, row, col) of the 2x2 grid."""
+    f, h, w = grid
+    return einops.rearrange(
+        tokens, "b (f r h c w) ... -> (b r c) (f h w) ...", f=f, r=2, h=h // 2, c=2, w=w // 2
+    )
+
+
+def from_subregions(tokens: jax.Array, grid: tuple[int, int, int]) -> jax.Array:
+    """Inverse of `to_subregions`."""
+    f, h, w = grid
+    return einops.rearrange(
+        tokens, "(b r c) (f h w) ... -> b (f r h c w) ...", f=f, r=2, h=h // 2, c=2, w=w // 2
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules.
+
+
+def _dtypes(config: DiTConfig) -> dict[str, Any]:
+    return dict(dtype=jnp.dtype(config.dtype), param_dtype=jnp.dtype(config.param_dtype))
+
+
+class Attention(nnx.Module):
+    """Wan attention: q/k/v/o projections, RMSNorm on q and k over the full width."""
+
+    def __init__(self, config: DiTConfig, kv_dim: int, *, rngs: nnx.Rngs):
+        dt = _dtypes(config)
+        d = config.dim
+        self.num_heads = config.num_heads
+        self.backend = config.attention_backend
+        self.q = layers.linear(d, d, ("embed", "heads"), **dt, rngs=rngs)
+        self.k = layers.linear(kv_dim, d, ("embed", "heads"), **dt, rngs=rngs)
+        self.v = layers.linear(kv_dim, d, ("embed", "heads"), **dt, rngs=rngs)
+        self.o = layers.linear(d, d, ("heads", "embed"), **dt, rngs=rngs)
+        self.norm_q = layers.RMSNorm(d, eps=config.eps, param_dtype=dt["param_dtype"])
+        self.norm_k = layers.RMSNorm(d, eps=config.eps, param_dtype=dt["param_dtype"])
+
+    def _heads(self, x: jax.Array) -> jax.Array:
+        x = x.reshape(*x.shape[:-1], self.num_heads, -1)
+        return constrain(x, ("batch", "length", "act_heads", None))
+
+    def __call__(
+        self,
+        x: jax.Array,
+        context: jax.Array | None = None,
+        rope: tuple[jax.Array, jax.Array] | None = None,
+        grid: tuple[int, int, int] | None = None,
+    ) -> jax.Array:
+        """x (B, L, D); context (B, Lc, kv_dim) for cross-attention, else self-attention.
+
+        `grid` (F, H, W) makes it subregion attention: tokens are regrouped into the four
+        quadrants of the token grid before attending (`rope` then holds quadrant-local tables).
+        """
+        kv_input = x if context is None else context
+        q = self._heads(self.norm_q(self.q(x)))
+        k = self._heads(self.norm_k(self.k(kv_input)))
+        v = self._heads(self.v(kv_input))
+        if grid is not None:
+            q, k, v = (to_subregions(a, grid) for a in (q, k, v))
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        out = attention_lib.dot_product_attention(q, k, v, backend=self.backend)
+        if grid is not None:
+            out = from_subregions(out, grid)
+        out = constrain(out, ("batch", "length", "act_heads", None))
+        return self.o(out.reshape(*out.shape[:2], -1))
+
+
+class Block(nnx.Module):
+    """One Wan block; the static `kind` ("pano" | "perspective") passed per call picks its attention.
+
+    Keeping the kind out of the parameters makes a checkpoint independent of the attention pattern.
+    """
+
+    def __init__(self, config: DiTConfig, *, rngs: nnx.Rngs):
+        dt = _dtypes(config)
+        d = config.dim
+        self.eps = config.eps
+        self.self_attn = Attention(config, d, rngs=rngs)
+        self.cross_norm = layers.LayerNorm(d, eps=config.eps, param_dtype=dt["param_dtype"])
+        self.cross_attn = Attention(config, d, rngs=rngs)
+        self.ffn_in = layers.linear(d, config.ffn_dim, ("embed", "mlp"), **dt, rngs=rngs)
+        self.ffn_out = layers.linear(config.ffn_dim, d, ("mlp", "embed"), **dt, rngs=rngs)
+        init = jax.random.normal(rngs.params(), (6, d), dt["param_dtype"]) / math.sqrt(d)
+        self.modulation = nnx.Param(init, out_sharding=(None, "embed"))
+
+    def __call__(
+        self,
+        x: jax.Array,
+        e: jax.Array,
+        context: jax.Array,
+        ropes: dict[str, tuple[jax.Array, jax.Array]],
+        grid: tuple[int, int, int],
+        kind: str = PANO,
+    ) -> jax.Array:
+        """x (B, L, D); e (B, 6, D) fp32 time projection; context (B, Lc, D) embedded text."""
+        dtype = x.dtype
+        mod = self.modulation[...].astype(jnp.float32)[None] + e
+        shift, scale, gate, c_shift, c_scale, c_gate = (mod[:, i : i + 1] for i in range(6))
+
+        h = (layers.layer_norm(x, self.eps) * (1 + scale) + shift).astype(dtype)
+        local = kind == PERSPECTIVE
+        h = self.self_attn(h, rope=ropes[kind], grid=grid if local else None)
+        x = (x.astype(jnp.float32) + h * gate).astype(dtype)
+
+        h = self.cross_attn(self.cross_norm(x).astype(dtype), context=context)
+        x = x + h
+
+        h = (layers.layer_norm(x, self.eps) * (1 + c_scale) + c_shift).astype(dtype)
+        h = jax.nn.gelu(self.ffn_in(h), approximate=True)
+        h = constrain(h, ("batch", "length", "act_mlp"))
+        h = self.ffn_out(h)
+        x = (x.astype(jnp.float32) + h.astype(jnp.float32) * c_gate).astype(dtype)
+        return constrain(x, ("batch", "length", "act_embed"))
+
+
+class WanDiT(nnx.Module):
+    """Wan2.1 DiT. `model(x (B, F, H, W, C_in), t (B,), context (B, L, text_dim))`."""
+
+    def __init__(self, config: DiTConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        dt = _dtypes(config)
+        d = config.dim
+        pt, ph, pw = config.patch_size
+        self.patch_kernel = nnx.Param(
+            nnx.initializers.lecun_normal(in_axis=(0, 1, 2, 3), out_axis=4)(
+                rngs.params(), (pt, ph, pw, config.in_dim, d), dt["param_dtype"]
+            ),
+            out_sharding=(None, None, None, "conv_in", "embed"),
+        )
+        self.patch_bias = nnx.Param(jnp.zeros((d,), dt["param_dtype"]), out_sharding=("embed",))
+        self.text_in = layers.linear(config.text_dim, d, ("embed", "mlp"), **dt, rngs=rngs)
+        self.text_out = layers.linear(d, d, ("mlp", "embed"), **dt, rngs=rngs)
+        # The time path runs in fp32, as in Wan (its modulation is the most precision-sensitive).
+        f32 = dict(dtype=jnp.float32, param_dtype=dt["param_dtype"])
+        self.time_in = layers.linear(config.freq_dim, d, ("embed", "mlp"), **f32, rngs=rngs)
+        self.time_out = layers.linear(d, d, ("mlp", "embed"), **f32, rngs=rngs)
+        self.time_projection = layers.linear(d, 6 * d, ("embed", "mlp"), **f32, rngs=rngs)
+
+        # All blocks stacked along a leading "layers" axis; `_run_blocks` scans over them.
+        @nnx.split_rngs(splits=config.num_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def make_blocks(rngs: nnx.Rngs) -> Block:
+            return Block(config, rngs=rngs)
+
+        self.blocks = make_blocks(rngs)
+        self.head = layers.linear(d, pt * ph * pw * config.out_dim, ("embed", None), **dt, rngs=rngs)
+        head_init = jax.random.normal(rngs.params(), (2, d), dt["param_dtype"]) / math.sqrt(d)
+        self.head_modulation = nnx.Param(head_init, out_sharding=(None, "embed"))
+
+    def __call__(self, x: jax.Array, t: jax.Array, context: jax.Array) -> jax.Array:
+        config = self.config
+        dtype = jnp.dtype(config.dtype)
+        b, frames, height, width, _ = x.shape
+        pt, ph, pw = config.patch_size
+        grid = (frames // pt, height // ph, width // pw)
+        if frames % pt or height % ph or width % pw:
+            raise ValueError(f"latent {x.shape[1:4]} is not divisible by patch {config.patch_size}")
+        if PERSPECTIVE in config.block_kinds and (grid[1] % 2 or grid[2] % 2):
+            raise ValueError(
+                f"perspective blocks need an even token grid, got {grid[1:]} from latent "
+                f"{x.shape[2:4]} (height and width must be multiples of {2 * ph}, {2 * pw})"
+            )
+
+        patches = einops.rearrange(
+            x.astype(dtype),
+            "b (f pt) (h ph) (w pw) c -> b (f h w) pt ph pw c", pt=pt, ph=ph, pw=pw,
+        )
+        tokens = jnp.einsum("blijkc,ijkcd->bld", patches, self.patch_kernel[...].astype(dtype))
+        tokens = (tokens + self.patch_bias[...].astype(dtype)).astype(dtype)
+        tokens = constrain(tokens, ("batch", "length", "act_embed"))
+
+        temb = self.time_out(jax.nn.silu(self.time_in(sinusoidal_embedding(t, config.freq_dim))))
+        e = self.time_projection(jax.nn.silu(temb)).reshape(b, 6, config.dim)
+        ctx = self.text_out(jax.nn.gelu(self.text_in(context.astype(dtype)), approximate=True))
+        ctx = constrain(ctx, ("batch", None, "act_embed"))
+
+        sub_grid = (grid[0], grid[1] // 2, grid[2] // 2)
+        ropes = {PANO: rope_tables(grid, config.head_dim, config.rope_theta)}
+        if PERSPECTIVE in config.block_kinds:
+            ropes[PERSPECTIVE] = rope_tables(sub_grid, config.head_dim, config.rope_theta)
+        ropes = {k: (jnp.asarray(c), jnp.asarray(s)) for k, (c, s) in ropes.items()}
+
+        tokens = self._run_blocks(tokens, e, ctx, ropes, grid)
+
+        mod = self.head_modulation[...].astype(jnp.float32)[None] + temb[:, None]
+        shift, scale = mod[:, :1], mod[:, 1:]
+        h = (layers.layer_norm(tokens, config.eps) * (1 + scale) + shift).astype(dtype)
+        out = self.head(h)
+        out = einops.rearrange(
+            out,
+            "b (f h w) (pt ph pw c) -> b (f pt) (h ph) (w pw) c",
+            f=grid[0], h=grid[1], w=grid[2], pt=pt, ph=ph, pw=pw,
+        )
+        return out
+
+    def _run_blocks(self, tokens, e, ctx, ropes, grid):
+        """Scans over groups of blocks, one period of the attention pattern per step."""
+        group = self.config.scan_group
+        graphdef, params = nnx.split(self.blocks, nnx.Param)
+        grouped = jax.tree.map(lambda p: p.reshape(-1, len(group), *p.shape[1:]), params)
+
+        def body(x, group_params):
+            for j, kind in enumerate(group):
+                block = nnx.merge(graphdef, jax.tree.map(lambda p, j=j: p[j], group_params))
+                x = block(x, e, ctx, ropes, grid, kind)
+            return x, None
+
+        if self.config.remat_policy != "none":
+            policy = REMAT_POLICIES[self.config.remat_policy]
+            body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+        tokens, _ = jax.lax.scan(body, tokens, grouped)
+        return tokens
+
+
+def count_params(model_or_state: Any) -> int:
+    """Number of parameter scalars of a module or state (abstract or concrete)."""
+    state = model_or_state
+    if isinstance(model_or_state, nnx.Module):
+        state = nnx.state(model_or_state, nnx.Param)
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(state))
+
+
+def abstract_model(config: DiTConfig) -> WanDiT:
+    """The model with `jax.ShapeDtypeStruct` leaves (no memory), e.g. for shardings and restore."""
+    return nnx.eval_shape(lambda: WanDiT(config, rngs=nnx.Rngs(0)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Converted checkpoints: `<dir>/config.json` + `<dir>/params` (Orbax, the nnx.Param pure dict).
+
+
+def read_config(path: str | os.PathLike) -> DiTConfig:
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"no config.json in DiT checkpoint directory {path}")
+    return DiTConfig.from_dict(json.loads(config_file.read_text()))
+
+
+def load_dit_state(
+    path: str | os.PathLike, abstract_state: nnx.State, shardings: Any | None = None
+) -> nnx.State:
+    """Restores the params of a converted checkpoint into the structure of `abstract_state`.
+
+    Args:
+      path: the checkpoint directory (holding `params/`).
+      abstract_state: `nnx.state(abstract_model(config), nnx.Param)` (or a concrete one); its
+        shapes must match the checkpoint's (the config may differ in execution options).
+      shardings: a matching tree of NamedShardings (e.g. `sharding.state_shardings`) to restore
+        straight into; default: the first device.
+    Returns:
+      the nnx.State of jax.Arrays.
+    """
+    from viewpoint_jax.convert import core
+
+    pure = nnx.to_pure_dict(abstract_state)
+    if shardings is not None:
+        sharding_pure = nnx.to_pure_dict(shardings)
+        pure = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), pure, sharding_pure
+        )
+    else:
+        pure = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), pure)
+    restored = core.restore_params(Path(path) / "params", _string_keys(pure))
+    state = jax.tree.map(lambda x: x, abstract_state)
+    nnx.replace_by_pure_dict(state, _restore_keys(restored, pure))
+    return state
+
+
+def load_dit(
+    path: str | os.PathLike,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    rules: LogicalRules = DEFAULT_RULES,
+    **config_overrides: Any,
+) -> WanDiT:
+    """A ready model from a converted checkpoint directory, restored into `mesh` shardings if given.
+
+    `config_overrides` change execution options (attention_backend, remat_policy, dtype, ...).
+    """
+    from viewpoint_jax import sharding as sharding_lib
+
+    config = dataclasses.replace(read_config(path), **config_overrides)
+    abstract = abstract_model(config)
+    graphdef, abstract_params = nnx.split(abstract, nnx.Param)  # the model has only Params
+    shardings = None
+    if mesh is not None:
+        shardings = sharding_lib.state_shardings(abstract_params, mesh, rules)
+    return nnx.merge(graphdef, load_dit_state(path, abstract_params, shardings))
+
+
+def _string_keys(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {str(k): _string_keys(v) for k, v in tree.items()}
+    return tree
+
+
+def _restore_keys(tree: Any, like: Any) -> Any:
+    if isinstance(like, dict):
+        return {k: _restore_keys(tree[str(k)], v) for k, v in like.items()}
+    return tree

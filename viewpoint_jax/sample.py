@@ -1,0 +1,326 @@
+"""Generate a 360 video from a prompt and, optionally, a perspective video or image.
+
+    python -m viewpoint_jax.sample --config configs/tiny.py --checkpoint runs/tiny \\
+        --prompt "a quiet forest at dawn" [--video in.mp4 --fov 90 --yaw 0 --pitch 0 --roll 0] \\
+        --out outputs/forest
+
+writes, atomically (the directory appears complete or not at all):
+  pano.mp4       the equirectangular video, H.264, tagged as 360 (Spherical Video V1 + V2)
+  viewpoint.mp4  the ViewPoint map the model generated
+  faces.png      the six 90-degree views (F R B L U D) at a few times
+  viewer.html    a self-contained page that plays the panorama; drag to look around
+  settings.json  prompt, condition, sampler settings and seed, config and checkpoint used
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from viewpoint_jax import geometry, video_io, viewer
+from viewpoint_jax.cli import UserError, run_main
+from viewpoint_jax.diffusion import sampler
+from viewpoint_jax.io_utils import atomic_directory, atomic_path, atomic_write_text
+
+DEFAULT_FPS = 16.0  # Wan2.1's frame rate
+
+
+@dataclasses.dataclass
+class Pipeline:
+    """Everything generation needs: the DiT, the autoencoder, the text encoder and the config."""
+
+    model: Any
+    autoencoder: Any
+    text_encoder: Any
+    config: Any
+
+
+@dataclasses.dataclass
+class Generation:
+    """One result: uint8 RGB videos of the map `(F, M, M, 3)` and of the ERP `(F, H, W, 3)`."""
+
+    map_video: np.ndarray
+    panorama: np.ndarray
+    latents: np.ndarray
+    settings: sampler.SampleSettings
+
+
+# --- Loading -------------------------------------------------------------------------------------
+
+
+def load_config(spec: str):
+    """`path/to/config.py[:arg]` -> `get_config(arg)` of that file (ml_collections style)."""
+    path, _, arg = spec.partition(":")
+    if not Path(path).is_file():
+        raise UserError(f"--config: no such file {path}")
+    module_spec = importlib.util.spec_from_file_location(f"_config_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise UserError(f"--config: {path} defines no get_config()")
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def load_pipeline(config, checkpoint: str | os.PathLike) -> Pipeline:
+    """Builds the text encoder and autoencoder from `config` and restores the trained DiT."""
+    from viewpoint_jax import components
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.exists():
+        raise UserError(f"--checkpoint: no such directory {checkpoint}")
+    model = components.restore_model(config, checkpoint)
+    return Pipeline(
+        model=model,
+        autoencoder=components.build_autoencoder(config),
+        text_encoder=components.build_text_encoder(config),
+        config=config,
+    )
+
+
+# --- Generation ----------------------------------------------------------------------------------
+
+
+def generate(
+    pipeline: Pipeline,
+    prompt: str,
+    settings: sampler.SampleSettings,
+    *,
+    negative_prompt: str = "",
+    video: np.ndarray | None = None,
+    fov_deg: float = 90.0,
+    yaw_deg: float = 0.0,
+    pitch_deg: float = 0.0,
+    roll_deg: float = 0.0,
+    num_frames: int | None = None,
+    progress=None,
+) -> Generation:
+    """Prompt (+ optional perspective video `(F, h, w, 3)` uint8, F = 1 + 4k) -> 360 video."""
+    data = pipeline.config.data
+    context, _ = pipeline.text_encoder.encode_text([prompt])
+    negative_context, _ = pipeline.text_encoder.encode_text([negative_prompt])
+    conditions = sampler.make_conditions(
+        pipeline.autoencoder,
+        context,
+        negative_context,
+        map_size=data.map_size,
+        num_frames=num_frames or data.num_frames,
+        video=video,
+        fov_deg=fov_deg,
+        yaw_deg=yaw_deg,
+        pitch_deg=pitch_deg,
+        roll_deg=roll_deg,
+    )
+    latents = sampler.sample(
+        pipeline.model, conditions, jax.random.key(settings.seed), settings, progress=progress
+    )
+    map_video = sampler.decode_latents(pipeline.autoencoder, latents)[0]
+    panorama = sampler.map_to_panorama(map_video, data.erp_height, data.erp_width)
+    return Generation(
+        map_video=sampler.to_uint8(map_video),
+        panorama=sampler.to_uint8(panorama),
+        latents=np.asarray(latents),
+        settings=settings,
+    )
+
+
+# --- Outputs -------------------------------------------------------------------------------------
+
+
+def faces_contact_sheet(panorama: np.ndarray, max_rows: int = 6, face_size: int = 160):
+    """ERP video `(F, H, W, 3)` uint8 -> one image: a row of the six 90-degree views (F R B L U
+    D) for each of up to `max_rows` evenly spaced frames, labelled."""
+    frames = np.unique(np.linspace(0, len(panorama) - 1, min(max_rows, len(panorama))).round())
+    frames = frames.astype(int)
+    face_size = min(face_size, panorama.shape[1])
+    faces = np.asarray(
+        geometry.erp_to_cubemap(jnp.asarray(panorama[frames]), face_size)
+    )  # (rows, 6, a, a, 3)
+    gap, label_width, header = 4, 56, 22
+    rows, a = len(frames), face_size
+    sheet = np.full((header + rows * (a + gap), label_width + 6 * (a + gap), 3), 24, np.uint8)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for k, name in enumerate(geometry.FACE_NAMES):
+        x = label_width + k * (a + gap) + a // 2 - 6
+        cv2.putText(sheet, name, (x, 16), font, 0.5, (230, 230, 230), 1, cv2.LINE_AA)
+    for r, frame in enumerate(frames):
+        y = header + r * (a + gap)
+        cv2.putText(sheet, f"f{frame}", (6, y + a // 2 + 5), font, 0.45, (230, 230, 230), 1)
+        for k in range(6):
+            x = label_width + k * (a + gap)
+            sheet[y : y + a, x : x + a] = faces[r, k]
+    return sheet
+
+
+def write_outputs(
+    out: str | os.PathLike,
+    generation: Generation,
+    fps: float,
+    record: dict[str, Any],
+    overwrite: bool = False,
+) -> Path:
+    """Writes the five outputs into `out` (one atomic directory rename)."""
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        video_io.write_video(tmp / "pano.mp4", generation.panorama, fps, spherical=True)
+        video_io.write_video(tmp / "viewpoint.mp4", generation.map_video, fps)
+        sheet = faces_contact_sheet(generation.panorama)
+        with atomic_path(tmp / "faces.png") as path:
+            if not cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
+                raise RuntimeError(f"cannot write {path}")
+        title = record.get("prompt") or "360 video"
+        viewer.write_viewer(
+            tmp / "viewer.html", (tmp / "pano.mp4").read_bytes(), generation.panorama[0], title
+        )
+        atomic_write_text(tmp / "settings.json", json.dumps(record, indent=2) + "\n")
+    return Path(out)
+
+
+# --- Command line --------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m viewpoint_jax.sample",
+        description="Generate a 360 video (equirectangular) from a prompt and, optionally, a "
+        "perspective video or image placed at a viewing direction.",
+    )
+    parser.add_argument("--config", required=True, help="config file, path.py[:arg]")
+    parser.add_argument("--checkpoint", required=True, help="trained or converted model dir")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--negative-prompt", default="")
+    parser.add_argument("--video", help="perspective video or image to extend to 360 degrees")
+    parser.add_argument("--fov", type=float, default=90.0, help="its horizontal field of view")
+    parser.add_argument("--yaw", type=float, default=0.0, help="degrees, positive turns right")
+    parser.add_argument("--pitch", type=float, default=0.0, help="degrees, positive looks up")
+    parser.add_argument("--roll", type=float, default=0.0, help="degrees")
+    parser.add_argument("--num-frames", type=int, help="frames (1 + 4k) without --video")
+    parser.add_argument("--steps", type=int, help="sampling steps (config: sample.steps)")
+    parser.add_argument("--shift", type=float, help="timestep shift (config: sample.shift)")
+    parser.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale")
+    parser.add_argument("--scheduler", choices=("unipc", "euler"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--fuse-every-step", action="store_true", help="fuse map overlaps at every step"
+    )
+    parser.add_argument("--fps", type=float, help="output frame rate (default: input's or 16)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    return parser.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Cheap checks before anything heavy is loaded."""
+    if not 0 < args.fov < 180:
+        raise UserError(f"--fov must be in (0, 180) degrees, got {args.fov:g}")
+    for name in ("yaw", "pitch", "roll"):
+        if not np.isfinite(getattr(args, name)):
+            raise UserError(f"--{name} must be a finite angle, got {getattr(args, name)}")
+    if not -90 <= args.pitch <= 90:
+        raise UserError(f"--pitch must be in [-90, 90] degrees, got {args.pitch:g}")
+    if args.num_frames is not None and (args.num_frames < 1 or (args.num_frames - 1) % 4):
+        raise UserError(f"--num-frames must be 1 + 4k (1, 5, 9, ..., 49), got {args.num_frames}")
+    if args.fps is not None and not args.fps > 0:
+        raise UserError(f"--fps must be > 0, got {args.fps:g}")
+    if Path(args.out).exists() and not args.overwrite:
+        raise UserError(f"--out {args.out} exists (pass --overwrite to replace it)")
+
+
+def read_condition(path: str, max_frames: int | None) -> tuple[np.ndarray, float]:
+    """Reads the condition video/image; trims to 1 + 4k frames (at most `max_frames`)."""
+    video, fps = video_io.read_video(path, num_frames=max_frames)
+    frames = sampler.valid_frame_count(len(video))
+    if frames != len(video):
+        print(
+            f"warning: {path} has {len(video)} frames; using the first {frames} "
+            "(frame counts must be 1 + 4k)",
+            file=sys.stderr,
+        )
+    return video[:frames], fps
+
+
+def settings_from(config, args: argparse.Namespace) -> sampler.SampleSettings:
+    defaults = config.get("sample", {}) if hasattr(config, "get") else {}
+
+    def pick(flag, key, default):
+        return flag if flag is not None else defaults.get(key, default)
+
+    return sampler.SampleSettings(
+        num_steps=int(pick(args.steps, "steps", 50)),
+        shift=float(pick(args.shift, "shift", 5.0)),
+        guidance_scale=float(pick(args.guidance_scale, "guidance_scale", 5.0)),
+        scheduler=str(pick(args.scheduler, "scheduler", "unipc")),
+        seed=args.seed,
+        fuse_every_step=bool(args.fuse_every_step or defaults.get("fuse_every_step", False)),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tqdm import tqdm
+
+    args = parse_args(argv)
+    check_args(args)
+    config = load_config(args.config)
+    settings = settings_from(config, args)
+    video, fps = None, DEFAULT_FPS
+    if args.video:
+        video, video_fps = read_condition(args.video, args.num_frames or config.data.num_frames)
+        fps = video_fps or fps
+    fps = args.fps or fps
+    pipeline = load_pipeline(config, args.checkpoint)
+
+    started = time.time()
+    with tqdm(total=settings.num_steps, desc="sampling", unit="step", file=sys.stderr) as bar:
+        generation = generate(
+            pipeline,
+            args.prompt,
+            settings,
+            negative_prompt=args.negative_prompt,
+            video=video,
+            fov_deg=args.fov,
+            yaw_deg=args.yaw,
+            pitch_deg=args.pitch,
+            roll_deg=args.roll,
+            num_frames=args.num_frames,
+            progress=lambda step: bar.update(1),
+        )
+    record = {
+        "prompt": args.prompt,
+        "negative_prompt": args.negative_prompt,
+        "seed": settings.seed,
+        "settings": settings.to_dict(),
+        "condition": None
+        if video is None
+        else {
+            "video": str(args.video),
+            "frames": len(video),
+            "fov": args.fov,
+            "yaw": args.yaw,
+            "pitch": args.pitch,
+            "roll": args.roll,
+        },
+        "frames": len(generation.panorama),
+        "fps": fps,
+        "panorama_size": list(generation.panorama.shape[1:3]),
+        "map_size": generation.map_video.shape[1],
+        "config": args.config,
+        "checkpoint": str(args.checkpoint),
+        "seconds": round(time.time() - started, 2),
+    }
+    out = write_outputs(args.out, generation, fps, record, overwrite=args.overwrite)
+    print(f"wrote {out}/pano.mp4, viewpoint.mp4, faces.png, viewer.html, settings.json")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
