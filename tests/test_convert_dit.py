@@ -2,9 +2,11 @@
 
 import json
 
+import jax
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 import viewpoint_jax  # noqa: F401  (flax config)
 from viewpoint_jax.convert import core
@@ -12,9 +14,18 @@ from viewpoint_jax.convert import dit as convert_dit_lib
 from viewpoint_jax.models import dit as dit_lib
 
 TINY = dict(
-    patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=24, in_channels=16,
-    out_channels=16, text_dim=32, freq_dim=32, ffn_dim=96, num_layers=2, cross_attn_norm=True,
-    eps=1e-6, rope_max_seq_len=1024,
+    patch_size=(1, 2, 2),
+    num_attention_heads=2,
+    attention_head_dim=24,
+    in_channels=16,
+    out_channels=16,
+    text_dim=32,
+    freq_dim=32,
+    ffn_dim=96,
+    num_layers=2,
+    cross_attn_norm=True,
+    eps=1e-6,
+    rope_max_seq_len=1024,
 )
 
 # diffusers -> original Wan2.1 names (Wan's norm3 is diffusers' norm2: the cross-attn LayerNorm).
@@ -24,10 +35,15 @@ _RENAMES = [
     ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
     ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
     ("condition_embedder.time_proj", "time_projection.1"),
-    ("attn1.to_out.0", "self_attn.o"), ("attn2.to_out.0", "cross_attn.o"),
-    ("attn1.to_", "self_attn."), ("attn2.to_", "cross_attn."),
-    ("attn1.", "self_attn."), ("attn2.", "cross_attn."),
-    (".norm2.", ".norm3."), ("ffn.net.0.proj", "ffn.0"), ("ffn.net.2", "ffn.2"),
+    ("attn1.to_out.0", "self_attn.o"),
+    ("attn2.to_out.0", "cross_attn.o"),
+    ("attn1.to_", "self_attn."),
+    ("attn2.to_", "cross_attn."),
+    ("attn1.", "self_attn."),
+    ("attn2.", "cross_attn."),
+    (".norm2.", ".norm3."),
+    ("ffn.net.0.proj", "ffn.0"),
+    ("ffn.net.2", "ffn.2"),
     ("proj_out", "head.head"),
 ]
 
@@ -47,10 +63,17 @@ def to_original_layout(state: dict) -> dict:
 
 def original_config(cfg: dict) -> dict:
     return dict(
-        dim=cfg["num_attention_heads"] * cfg["attention_head_dim"], ffn_dim=cfg["ffn_dim"],
-        num_heads=cfg["num_attention_heads"], num_layers=cfg["num_layers"],
-        in_dim=cfg["in_channels"], out_dim=cfg["out_channels"], freq_dim=cfg["freq_dim"],
-        text_len=512, eps=cfg["eps"], model_type="t2v", text_dim=cfg["text_dim"],
+        dim=cfg["num_attention_heads"] * cfg["attention_head_dim"],
+        ffn_dim=cfg["ffn_dim"],
+        num_heads=cfg["num_attention_heads"],
+        num_layers=cfg["num_layers"],
+        in_dim=cfg["in_channels"],
+        out_dim=cfg["out_channels"],
+        freq_dim=cfg["freq_dim"],
+        text_len=512,
+        eps=cfg["eps"],
+        model_type="t2v",
+        text_dim=cfg["text_dim"],
     )
 
 
@@ -75,8 +98,13 @@ def reference():
     return state, (x, t, ctx), out.numpy()
 
 
+@nnx.jit
+def _apply(model, x, t, ctx):
+    return model(x, t, ctx)
+
+
 def _jax_forward(model, x, t, ctx):
-    y = model(np.moveaxis(x, 1, -1), t, ctx)
+    y = _apply(model, np.moveaxis(x, 1, -1), t, ctx)
     return np.moveaxis(np.asarray(y), -1, 1)
 
 
@@ -103,8 +131,12 @@ def _save(state, folder, fmt, config):
 
 @pytest.mark.parametrize(
     "layout,fmt",
-    [("diffusers", "safetensors"), ("original", "safetensors"), ("original", "sharded"),
-     ("original", "pth")],
+    [
+        ("diffusers", "safetensors"),
+        ("original", "safetensors"),
+        ("original", "sharded"),
+        ("original", "pth"),
+    ],
 )
 def test_parity_with_diffusers(reference, tmp_path, layout, fmt):
     state, (x, t, ctx), expected = reference
@@ -113,7 +145,9 @@ def test_parity_with_diffusers(reference, tmp_path, layout, fmt):
     else:
         config = {"_class_name": "WanTransformer3DModel", **TINY, "image_dim": None}
     _save(state, tmp_path / "src", fmt, config)
-    written = convert_dit_lib.convert_dit(tmp_path / "src", tmp_path / "dst", attention_pattern="pano")
+    written = convert_dit_lib.convert_dit(
+        tmp_path / "src", tmp_path / "dst", attention_pattern="pano"
+    )
     assert written.num_layers == 2 and written.dim == 48
     model = dit_lib.load_dit(tmp_path / "dst")
     got = _jax_forward(model, x, t, ctx)
@@ -124,8 +158,9 @@ def test_parity_with_diffusers(reference, tmp_path, layout, fmt):
 def test_inflation_ignores_condition_channels(reference, tmp_path):
     state, (x, t, ctx), expected = reference
     _save(to_original_layout(state), tmp_path / "src", "safetensors", original_config(TINY))
-    convert_dit_lib.convert_dit(tmp_path / "src", tmp_path / "dst", in_dim=33,
-                                attention_pattern="pano")
+    convert_dit_lib.convert_dit(
+        tmp_path / "src", tmp_path / "dst", in_dim=33, attention_pattern="pano"
+    )
     model = dit_lib.load_dit(tmp_path / "dst")
     assert model.config.in_dim == 33
     condition = np.random.default_rng(1).standard_normal((2, 17, 3, 8, 8)).astype(np.float32)
@@ -180,11 +215,40 @@ def test_cli_converts(reference, tmp_path):
 
     state, _, _ = reference
     _save(to_original_layout(state), tmp_path / "src", "safetensors", original_config(TINY))
-    cmd = [sys.executable, "tools/convert_wan.py", "dit", "--src", str(tmp_path / "src"),
-           "--dst", str(tmp_path / "dst"), "--in-dim", "33", "--dtype", "bfloat16"]
+    cmd = [
+        sys.executable,
+        "tools/convert_wan.py",
+        "dit",
+        "--src",
+        str(tmp_path / "src"),
+        "--dst",
+        str(tmp_path / "dst"),
+        "--in-dim",
+        "33",
+        "--dtype",
+        "bfloat16",
+    ]
     subprocess.run(cmd, check=True, capture_output=True)
     config = dit_lib.read_config(tmp_path / "dst")
     assert config.in_dim == 33 and config.param_dtype == "bfloat16"
-    bad = subprocess.run([*cmd[:4], str(tmp_path / "nope"), "--dst", str(tmp_path / "d2")],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [*cmd[:4], str(tmp_path / "nope"), "--dst", str(tmp_path / "d2")],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "not found" in bad.stderr
+
+
+def test_load_into_mesh_shardings(reference, tmp_path):
+    from viewpoint_jax import sharding
+
+    state, (x, t, ctx), expected = reference
+    _save(to_original_layout(state), tmp_path / "src", "safetensors", original_config(TINY))
+    convert_dit_lib.convert_dit(tmp_path / "src", tmp_path / "dst", attention_pattern="pano")
+    mesh = sharding.make_mesh({"fsdp": 2, "tensor": 4})
+    model = dit_lib.load_dit(tmp_path / "dst", mesh=mesh)
+    kernel = model.blocks.ffn_in.kernel.get_value()  # (layers, embed, mlp)
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    with sharding.use_mesh(mesh):
+        got = _jax_forward(model, x, t, ctx)
+    np.testing.assert_allclose(got, expected, atol=1e-5 * np.abs(expected).max())

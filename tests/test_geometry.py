@@ -37,11 +37,30 @@ def test_directions_unit_and_orientation():
         assert d[corner][1] > 0.99
     for centre in [(31, 31), (31, 32), (32, 31), (32, 32)]:
         assert d[centre][1] < -0.99
-    # Each subregion's centre looks at its face: F top-left, R top-right, B bottom-right, L bottom-left.
+    # Each subregion's centre looks at its face: F, R top-left/right; B, L bottom-right/left.
     centres = {"F": (16, 16), "R": (16, 48), "B": (48, 48), "L": (48, 16)}
     for face, (i, j) in centres.items():
         mean = d[i - 1 : i + 1, j - 1 : j + 1].mean(axis=(0, 1))
-        np.testing.assert_allclose(mean / np.linalg.norm(mean), sphere.FACE_BASES[face][0], atol=1e-3)
+        np.testing.assert_allclose(
+            mean / np.linalg.norm(mean), sphere.FACE_BASES[face][0], atol=1e-3
+        )
+
+
+def test_each_subregion_is_continuous_inside():
+    """Neighbouring pixels of a subregion look in nearby directions: no seams inside (the fold
+    and the U warp are continuous). A pixel step moves (s, t) by 2 sqrt(2) / r, that angle at a
+    face centre; the U warp stretches it by up to sqrt(2) (measured max: 1.55x). A seam would
+    jump by many pixels."""
+    m = 64
+    d = np.asarray(g.viewpoint_directions(m), np.float64)
+    pixel = 2 * np.sqrt(2) / (m // 2)
+    for rows, cols in g.viewpoint_quadrant_slices(m).values():
+        sub = d[rows, cols]
+        for axis in (0, 1):
+            cos = np.sum(
+                np.take(sub, range(1, m // 2), axis) * np.take(sub, range(m // 2 - 1), axis), -1
+            )
+            assert np.arccos(np.clip(cos, -1, 1)).max() < 2 * pixel
 
 
 def test_d_diamond_is_continuous_and_linear_across_the_centre():
@@ -60,7 +79,9 @@ def test_d_diamond_is_continuous_and_linear_across_the_centre():
     # Image level: across the subregion borders inside D, steps are like steps within.
     vp = smooth_map(m)
     across = np.abs(vp[m // 2 - 8 : m // 2 + 8, m // 2] - vp[m // 2 - 8 : m // 2 + 8, m // 2 - 1])
-    within = np.abs(vp[m // 2 - 8 : m // 2 + 8, m // 2 - 1] - vp[m // 2 - 8 : m // 2 + 8, m // 2 - 2])
+    within = np.abs(
+        vp[m // 2 - 8 : m // 2 + 8, m // 2 - 1] - vp[m // 2 - 8 : m // 2 + 8, m // 2 - 2]
+    )
     assert across.max() <= 2 * within.max() + 1e-6
 
 
@@ -140,7 +161,9 @@ def test_fuse_overlaps_idempotent_and_copies_agree(map_size):
     # In U the other copy is a bilinear sample: idempotent up to interpolation on smooth maps.
     smooth = smooth_map(map_size)
     once = np.asarray(g.fuse_overlaps(smooth))
-    np.testing.assert_allclose(np.asarray(g.fuse_overlaps(once)), once, atol=0.05 * max_step(smooth))
+    np.testing.assert_allclose(
+        np.asarray(g.fuse_overlaps(once)), once, atol=0.05 * max_step(smooth)
+    )
 
 
 def test_fuse_overlaps_at_latent_resolution_odd_half():
@@ -177,7 +200,9 @@ def test_viewpoint_to_erp_matches_direct_rendering():
 def test_cubemap_and_perspective_match_direct_rendering():
     erp = smooth_erp(256)
     faces = np.asarray(g.erp_to_cubemap(erp, 64))
-    np.testing.assert_allclose(faces, np.asarray(scenes.render_cubemap(64, 0.0, "smooth")), atol=2e-4)
+    np.testing.assert_allclose(
+        faces, np.asarray(scenes.render_cubemap(64, 0.0, "smooth")), atol=2e-4
+    )
     back = np.asarray(g.cubemap_to_erp(np.asarray(scenes.render_cubemap(128, 0.0, "smooth")), 128))
     np.testing.assert_allclose(back, smooth_erp(128), atol=2e-3)
     view = np.asarray(g.erp_to_perspective(erp, 75, -40, 25, 10, (48, 64)))
@@ -204,19 +229,21 @@ def test_perspective_to_viewpoint_and_erp_match_direct_rendering():
     truth = smooth_erp(64)
     assert np.abs((np.asarray(erp) - truth) * np.asarray(erp_mask)).max() < 0.5 * max_step(img)
     # Traced angles (one program for random views) give the same result as static ones.
-    traced = jax.jit(lambda im, yaw: g.perspective_to_viewpoint(im, 90, yaw, -20, 15, 128))(img, 30.0)
+    traced = jax.jit(lambda im, yaw: g.perspective_to_viewpoint(im, 90, yaw, -20, 15, 128))(
+        img, 30.0
+    )
     np.testing.assert_allclose(np.asarray(traced[0]), vp, atol=1e-4)
     assert np.mean(np.asarray(traced[1]) != mask) < 1e-3
 
 
 def test_round_trip_erp_map_erp_psnr():
-    """ERP 512 x 1024 -> 640 map -> ERP of the smooth scene.
+    """ERP 512 x 1024 -> 640 map -> ERP of the smooth scene (measured: 88.7 dB).
 
-    Floor: two bilinear resamplings, each with error <= h^2 / 8 (|f_uu| + |f_vv|). The smooth
-    scene has |f''| <~ 1 per rad^2; map pixels are at most ~0.0125 rad (U, after the sqrt(2)
-    warp), ERP pixels 0.0061 rad, so the pointwise error is <~ 4e-5 + 2e-5, i.e. > 80 dB in
-    the bulk. The map's clamped subregion borders add a first-order term (half a pixel times
-    |f'| <~ 0.6 / rad, ~4e-3) on thin lines near the U pole; we assert 50 dB overall and the
+    Floor: two bilinear resamplings, each with pointwise error <= h^2 / 8 (|f_uu| + |f_vv|).
+    The smooth scene has |f''| <~ 1 per rad^2; map pixels are at most ~0.0125 rad (U, after
+    the sqrt(2) warp), ERP pixels 0.0061 rad: <~ 4e-5 + 1e-5 in the bulk (~86 dB). First-order
+    terms (half a map pixel times |f'| <~ 0.6 / rad, where a copy is read at a clamped
+    subregion border near the U pole) touch a few rows only. Floor: RMSE 1e-4, 80 dB. Also the
     rigorous L-inf bound: resampling is a convex combination, so the round-trip error is at
     most (ERP -> map error) + (map -> ERP error of the true map).
     """
@@ -227,7 +254,7 @@ def test_round_trip_erp_map_erp_psnr():
     mse = np.mean((back - erp) ** 2)
     psnr = 10 * np.log10(1.0 / mse)
     print(f"round trip PSNR {psnr:.2f} dB")
-    assert psnr > 50
+    assert psnr > 80
     e1 = np.abs(np.asarray(vp) - truth_map).max()
     e2 = np.abs(np.asarray(g.viewpoint_to_erp(truth_map, 512)) - erp).max()
     assert np.abs(back - erp).max() <= e1 + e2 + 1e-5
@@ -303,17 +330,19 @@ def test_jit_vmap_grad():
     erp = jnp.asarray(smooth_erp(16))
     batch = jnp.stack([erp, 1 - erp])
     jitted = jax.jit(lambda x: g.viewpoint_to_erp(g.erp_to_viewpoint(x, 16), 16))
-    np.testing.assert_allclose(jitted(batch), g.viewpoint_to_erp(g.erp_to_viewpoint(batch, 16), 16), atol=1e-6)
+    np.testing.assert_allclose(
+        jitted(batch), g.viewpoint_to_erp(g.erp_to_viewpoint(batch, 16), 16), atol=1e-6
+    )
     vmapped = jax.vmap(lambda x: g.erp_to_viewpoint(x, 16))(batch)
     np.testing.assert_allclose(vmapped, g.erp_to_viewpoint(batch, 16), atol=1e-6)
     vmapped_fuse = jax.vmap(g.fuse_overlaps)(vmapped)
     np.testing.assert_allclose(vmapped_fuse, g.fuse_overlaps(vmapped), atol=1e-6)
     # Gradient through erp_to_viewpoint against central finite differences.
     probe = jnp.asarray(np.random.default_rng(3).normal(size=(16, 16, 3)), jnp.float32)
-    loss = lambda x: jnp.sum(jnp.sin(g.erp_to_viewpoint(x, 16)) * probe)
-    grad = np.asarray(jax.grad(loss)(erp))
+    loss = jax.jit(lambda x: jnp.sum(jnp.sin(g.erp_to_viewpoint(x, 16)) * probe))
+    grad = np.asarray(jax.jit(jax.grad(loss))(erp))
     rng = np.random.default_rng(4)
-    for _ in range(6):
+    for _ in range(4):
         direction = rng.normal(size=erp.shape).astype(np.float32)
         eps = 1e-2
         fd = (loss(erp + eps * direction) - loss(erp - eps * direction)) / (2 * eps)

@@ -10,6 +10,7 @@ from flax import nnx
 
 from viewpoint_jax import geometry
 from viewpoint_jax.diffusion import sampler
+from viewpoint_jax.models.autoencoder import SpaceToDepthAutoencoder
 
 LATENT_SHAPE = (1, 3, 8, 8, 16)  # (B, f, h, w, C): a 64 x 64 map, 9 frames, at 1/8 resolution
 TEXT_DIM = 8
@@ -125,7 +126,7 @@ def test_fusing_every_step_makes_the_overlaps_agree():
         return float(jnp.abs(geometry.fuse_overlaps(latents) - latents).mean())
 
     fused, unfused = disagreement(True), disagreement(False)
-    assert fused < 0.02 * unfused, (fused, unfused)
+    assert fused < 1e-3 * unfused and unfused > 0.1, (fused, unfused)
 
 
 def test_progress_is_reported_for_every_step():
@@ -180,10 +181,8 @@ def test_latent_mask_pools_pixels_and_frame_groups():
         sampler.latent_mask(jnp.zeros((8, 16, 16, 1)), spatial_factor=8, temporal_factor=4)
 
 
-def test_frame_counts_are_trimmed_to_one_plus_4k_with_a_warning():
+def test_valid_frame_counts_are_one_plus_4k():
     assert [sampler.valid_frame_count(n) for n in (1, 4, 5, 8, 49, 50)] == [1, 1, 5, 5, 49, 49]
-    with pytest.warns(UserWarning, match="has 7 frames; using the first 5"):
-        assert len(sampler.trim_frames(np.zeros((7, 2, 2, 3)))) == 5
     with pytest.raises(ValueError, match="at least one frame"):
         sampler.valid_frame_count(0)
 
@@ -196,3 +195,40 @@ def test_map_to_panorama_fuses_into_erp():
     np.testing.assert_array_equal(
         sampler.to_uint8(jnp.array([-1.0, 0.0, 1.0, 2.0])), [0, 128, 255, 255]
     )
+
+
+def test_make_conditions_encodes_the_projected_video():
+    autoencoder = SpaceToDepthAutoencoder(factor=8)
+    context = jnp.ones((1, 5, TEXT_DIM))
+    video = np.random.default_rng(0).integers(0, 256, (5, 24, 32, 3), dtype=np.uint8)
+    conditions = sampler.make_conditions(
+        autoencoder, context, -context, map_size=64, num_frames=9, video=video, yaw_deg=30.0
+    )
+    projected, mask = sampler.perspective_condition(video, 64, 90.0, 30.0)
+    np.testing.assert_allclose(conditions.latent, autoencoder.encode(projected[None]), atol=1e-6)
+    pooled = jax.vmap(lambda m: sampler.latent_mask(m, 8, 1))(mask[None])
+    np.testing.assert_allclose(conditions.mask, pooled)
+    assert conditions.latent.shape == (1, 5, 8, 8, 192) and conditions.mask.shape == (1, 5, 8, 8, 1)
+    assert 0 < float(conditions.mask.mean()) < 0.5
+
+    text_only = sampler.make_conditions(autoencoder, context, -context, map_size=64, num_frames=9)
+    assert text_only.latent.shape == (1, 9, 8, 8, 192)
+    assert not np.any(text_only.mask) and not np.any(text_only.latent)
+
+
+def test_make_conditions_rejects_frame_counts_the_autoencoder_cannot_take():
+    class FourFrameGroups(SpaceToDepthAutoencoder):
+        temporal_factor = 4
+
+        def encode(self, video):
+            return super().encode(video[:, ::4])
+
+    autoencoder, context = FourFrameGroups(factor=8), jnp.ones((1, 5, TEXT_DIM))
+    with pytest.raises(ValueError, match="has 6 frames; frame counts must be 1 \\+ 4k"):
+        sampler.make_conditions(
+            autoencoder, context, context, 64, 9, video=np.zeros((6, 8, 8, 3), np.uint8)
+        )
+    with pytest.raises(ValueError, match="num_frames must be 1 \\+ 4k"):
+        sampler.make_conditions(autoencoder, context, context, 64, num_frames=8)
+    conditions = sampler.make_conditions(autoencoder, context, context, 64, num_frames=9)
+    assert conditions.mask.shape == (1, 3, 8, 8, 1)

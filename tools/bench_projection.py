@@ -37,7 +37,9 @@ def best_time(fn, repeats: int) -> float:
 def cv2_maps(height: int, width: int, map_size: int):
     """Fixed-point remap tables: ERP -> map, and map -> ERP through each pixel's main copy."""
     rows, cols = sphere.direction_to_erp_pixel(layout.map_directions(map_size), height, width)
-    forward = cv2.convertMaps(np.mod(cols, width).astype(np.float32), rows.astype(np.float32), cv2.CV_16SC2)
+    forward = cv2.convertMaps(
+        np.mod(cols, width).astype(np.float32), rows.astype(np.float32), cv2.CV_16SC2
+    )
     copies = layout.direction_to_copies(sphere.erp_directions(height, width), map_size)
     main = np.argmax(copies.weight, axis=-1)[..., None]
     back_rows = np.take_along_axis(copies.row, main, -1)[..., 0].astype(np.float32)
@@ -57,7 +59,9 @@ def main(argv=None) -> int:
     frame = scenes.to_uint8(scenes.render_erp(height, 0.0, "room"))
     clip = np.stack([np.roll(frame, 7 * f, axis=1) for f in range(args.frames)])
 
-    round_trip = jax.jit(lambda x: geometry.viewpoint_to_erp(geometry.erp_to_viewpoint(x, m), height))
+    round_trip = jax.jit(
+        lambda x: geometry.viewpoint_to_erp(geometry.erp_to_viewpoint(x, m), height)
+    )
     clip_device = jax.device_put(clip)
     start = time.perf_counter()
     jax.block_until_ready(round_trip(clip_device))
@@ -65,6 +69,7 @@ def main(argv=None) -> int:
     ours = best_time(lambda: jax.block_until_ready(round_trip(clip_device)), args.repeats)
 
     face = m // 2
+
     def py360():
         for f in range(args.frames):
             faces = py360convert.e2c(clip[f], face, cube_format="list")
@@ -73,6 +78,7 @@ def main(argv=None) -> int:
     py360_s = best_time(py360, max(1, args.repeats - 2))
 
     forward, backward = cv2_maps(height, width, m)
+
     def remap():
         for f in range(args.frames):
             vp = cv2.remap(clip[f], *forward, cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
@@ -81,8 +87,10 @@ def main(argv=None) -> int:
     cv2_s = best_time(remap, args.repeats)
 
     per_frame = lambda s: 1e3 * s / args.frames
-    print(f"{args.frames} frames, ERP {height}x{width}x3 uint8 -> {m} map -> ERP; "
-          f"CPU, {jax.device_count()} device(s); ours compiled in {compile_s:.1f} s\n")
+    print(
+        f"{args.frames} frames, ERP {height}x{width}x3 uint8 -> {m} map -> ERP; "
+        f"CPU, {jax.device_count()} device(s); ours compiled in {compile_s:.1f} s\n"
+    )
     print("| method | ms/frame | vs ours |")
     print("|---|---:|---:|")
     for name, seconds in [

@@ -6,7 +6,8 @@
 One sampler step = one DiT forward on the 2B batch (conditional + unconditional) + guidance +
 the scheduler update (+ optional fusion / progress callback). The bare forward is the same DiT
 call, jitted alone, on the same 2B inputs, run `steps` times back to back (dispatch is
-asynchronous, so the host loop does not stall the device). Overhead = sampler step / forward.
+asynchronous, so the host loop does not stall the device); a second baseline chains the same
+forwards inside one fori_loop (no sampler arithmetic). Overhead = sampler step / bare forward.
 Measurements alternate between the variants and the best of `--repeats` rounds is kept, which
 filters out noise from other processes on a shared machine.
 """
@@ -88,6 +89,19 @@ def main():
             out = forward(params, inputs, timesteps, context)
         return out
 
+    @jax.jit
+    def chained_forwards(params, x, condition, t, context):
+        # The same forwards inside one program; each feeds the next (else XLA would hoist it).
+        model = nnx.merge(graphdef, params)
+
+        def body(_, x):
+            return model(jnp.concatenate([x, condition], axis=-1), t, context)
+
+        return jax.lax.fori_loop(0, args.steps, body, x)
+
+    noisy2 = inputs[..., : shape[-1]]
+    condition2 = inputs[..., shape[-1] :]
+
     def run_sampler(**static):
         return lambda: sampler.sample_latents(
             graphdef, params, conditions, keys[3], schedule, guidance, **static
@@ -96,6 +110,9 @@ def main():
     ticks = []
     variants = {
         "bare forward (jit, per call)": bare,
+        "bare forwards in one fori_loop": lambda: chained_forwards(
+            params, noisy2, condition2, timesteps, context
+        ),
         "sampler, fori_loop": run_sampler(),
         "sampler + per-step fusion": run_sampler(fuse_every_step=True),
         "sampler + progress callback": run_sampler(progress=lambda i: ticks.append(i)),

@@ -1,8 +1,9 @@
 """Converts published PyTorch Wan2.1 weights into Orbax checkpoint directories.
 
-  python tools/convert_wan.py dit  --src Wan2.1-T2V-1.3B/ --dst ckpt/dit [--in-dim 33] [--dtype bfloat16]
-  python tools/convert_wan.py vae  --src Wan2.1_VAE.pth --dst ckpt/vae
-  python tools/convert_wan.py umt5 --src models_t5_umt5-xxl-enc-bf16.pth --dst ckpt/umt5
+python tools/convert_wan.py dit  --src Wan2.1-T2V-1.3B/ --dst ckpt/dit \\
+    [--in-dim 33] [--dtype bfloat16]
+python tools/convert_wan.py vae  --src Wan2.1_VAE.pth --dst ckpt/vae
+python tools/convert_wan.py umt5 --src models_t5_umt5-xxl-enc-bf16.pth --dst ckpt/umt5
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from viewpoint_jax.cli import run_main  # noqa: E402
+from viewpoint_jax.cli import run_main
 
 
 def _dit(args: argparse.Namespace) -> None:
@@ -28,7 +29,11 @@ def _dit(args: argparse.Namespace) -> None:
     if args.attention_pattern:
         overrides["attention_pattern"] = args.attention_pattern
     config = convert_dit(
-        args.src, args.dst, in_dim=args.in_dim, dtype=args.dtype, overwrite=args.overwrite,
+        args.src,
+        args.dst,
+        in_dim=args.in_dim,
+        dtype=args.dtype,
+        overwrite=args.overwrite,
         **overrides,
     )
     print(json.dumps(config.to_dict()))
@@ -63,10 +68,18 @@ def main() -> None:
         if name == "dit":
             sub.add_argument("--in-dim", type=int, help="input channels (33 for ViewPoint)")
             sub.add_argument("--attention-pattern", help="alternate | pano | perspective")
-            for size in ("dim", "ffn_dim", "num_heads", "num_layers", "out_dim", "text_dim",
-                         "freq_dim"):
-                sub.add_argument(f"--{size.replace('_', '-')}", type=int, dest=size,
-                                 help="override config.json")
+            for size in (
+                "dim",
+                "ffn_dim",
+                "num_heads",
+                "num_layers",
+                "out_dim",
+                "text_dim",
+                "freq_dim",
+            ):
+                sub.add_argument(
+                    f"--{size.replace('_', '-')}", type=int, dest=size, help="override config.json"
+                )
     args = parser.parse_args()
     start = time.perf_counter()
     args.run(args)

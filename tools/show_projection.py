@@ -3,8 +3,8 @@
   python tools/show_projection.py INPUT --out DIR [--map-size 640] [--frame 0]
   python tools/show_projection.py --scene room --out DIR      # a rendered procedural scene
 
-INPUT is an ERP image or video (2:1). Files: input_erp.png, viewpoint_map.png, face_{F,R,B,L,U,D}.png,
-roundtrip_erp.png, all written atomically.
+INPUT is an ERP image or video (2:1). Files: input_erp.png, viewpoint_map.png,
+face_{F,R,B,L,U,D}.png, roundtrip_erp.png, all written atomically.
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ def show_projection(erp: np.ndarray, out_dir, map_size: int = 640) -> dict[str, 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("input", nargs="?", help="ERP image or video")
     parser.add_argument("--scene", choices=scenes.KINDS, help="render a procedural scene instead")
     parser.add_argument("--out", required=True, help="output directory")
@@ -58,7 +60,9 @@ def main(argv=None) -> int:
         frames, _ = video_io.read_video(args.input, start=args.frame, num_frames=1)
         erp = frames[0]
         if erp.shape[1] != 2 * erp.shape[0]:
-            raise UserError(f"{args.input} is not an ERP panorama (2:1), got {erp.shape[0]}x{erp.shape[1]}")
+            raise UserError(
+                f"{args.input} is not an ERP panorama (2:1), got {erp.shape[0]}x{erp.shape[1]}"
+            )
     show_projection(erp, args.out, args.map_size)
     print(f"wrote {args.out}/viewpoint_map.png, face_*.png, roundtrip_erp.png")
     return 0

@@ -74,15 +74,14 @@ def load_config(spec: str):
 
 
 def load_pipeline(config, checkpoint: str | os.PathLike) -> Pipeline:
-    """Builds the text encoder and autoencoder from `config` and restores the trained DiT."""
+    """Builds the text encoder and autoencoder from `config` and restores the DiT from a training
+    run directory or a converted checkpoint."""
     from viewpoint_jax import components
 
-    checkpoint = Path(checkpoint)
-    if not checkpoint.exists():
+    if not Path(checkpoint).is_dir():
         raise UserError(f"--checkpoint: no such directory {checkpoint}")
-    model = components.restore_model(config, checkpoint)
     return Pipeline(
-        model=model,
+        model=components.restore_model_for_inference(checkpoint, config),
         autoencoder=components.build_autoencoder(config),
         text_encoder=components.build_text_encoder(config),
         config=config,
@@ -125,11 +124,12 @@ def generate(
     latents = sampler.sample(
         pipeline.model, conditions, jax.random.key(settings.seed), settings, progress=progress
     )
-    map_video = sampler.decode_latents(pipeline.autoencoder, latents)[0]
-    panorama = sampler.map_to_panorama(map_video, data.erp_height, data.erp_width)
+    map_video, panorama = sampler.decode_to_panorama(
+        pipeline.autoencoder, latents, data.erp_height, data.erp_width
+    )
     return Generation(
-        map_video=sampler.to_uint8(map_video),
-        panorama=sampler.to_uint8(panorama),
+        map_video=sampler.to_uint8(map_video[0]),
+        panorama=sampler.to_uint8(panorama[0]),
         latents=np.asarray(latents),
         settings=settings,
     )
@@ -183,7 +183,17 @@ def write_outputs(
             tmp / "viewer.html", (tmp / "pano.mp4").read_bytes(), generation.panorama[0], title
         )
         atomic_write_text(tmp / "settings.json", json.dumps(record, indent=2) + "\n")
+        _make_shareable(tmp)
     return Path(out)
+
+
+def _make_shareable(directory: Path) -> None:
+    """Temporary files and directories are private (0600/0700); outputs get the usual modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for path in directory.iterdir():
+        path.chmod(0o666 & ~umask)
 
 
 # --- Command line --------------------------------------------------------------------------------
@@ -204,7 +214,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--yaw", type=float, default=0.0, help="degrees, positive turns right")
     parser.add_argument("--pitch", type=float, default=0.0, help="degrees, positive looks up")
     parser.add_argument("--roll", type=float, default=0.0, help="degrees")
-    parser.add_argument("--num-frames", type=int, help="frames (1 + 4k) without --video")
+    parser.add_argument(
+        "--num-frames", type=int, help="frames to generate, 1 + 4k (with --video: at most)"
+    )
     parser.add_argument("--steps", type=int, help="sampling steps (config: sample.steps)")
     parser.add_argument("--shift", type=float, help="timestep shift (config: sample.shift)")
     parser.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale")

@@ -2,8 +2,8 @@
 
 The page has no external scripts and no network access: the MP4 is embedded as a base64 data URI
 and a plain 2D canvas renders the perspective view (no WebGL, so it works everywhere, headless
-browsers included). Each output pixel looks up its ERP source pixel in a table that is rebuilt
-only when the view changes, so a frame costs one `getImageData` and one gather.
+browsers included). Each output pixel blends its 4 nearest ERP pixels, found in a table that is
+rebuilt only when the view changes, so a frame costs one `getImageData` and one gather.
 
 Angles follow the project's conventions (docs: viewpoint-map.md §1-2): yaw turns right, pitch looks
 up, the ERP centre column is the front. The initial view can be set in the URL:
@@ -58,7 +58,7 @@ space to pause <span id="angles"></span></div>
     const [key, value] = part.split("=");
     if (key in view && isFinite(parseFloat(value))) view[key] = parseFloat(value);
   }
-  let lookup = null;   // Int32Array: ERP pixel index of each view pixel
+  let lookup = null;   // per view pixel: its 4 ERP source pixels and bilinear weights
   let image = null;    // ImageData of the view
 
   function clampView() {
@@ -78,6 +78,7 @@ space to pause <span id="angles"></span></div>
 
   // Pinhole camera (fov is horizontal): pixel (i, j) looks along
   // f forward + (j + 0.5 - w/2) right + (h/2 - i - 0.5) up; lon = atan2(x, z), lat = asin(y).
+  // Each view pixel blends 4 ERP pixels (bilinear; columns wrap, rows clamp).
   function buildLookup(erpWidth, erpHeight) {
     const w = canvas.width, h = canvas.height, rad = Math.PI / 180;
     const psi = view.yaw * rad, phi = view.pitch * rad;
@@ -86,18 +87,24 @@ space to pause <span id="angles"></span></div>
     const fx = cp * sy, fy = sp, fz = cp * cy;     // forward
     const rx = cy, rz = -sy;                       // right (horizontal)
     const ux = -sp * sy, uy = cp, uz = -sp * cy;   // up
-    lookup = new Int32Array(w * h);
+    lookup = { top: new Int32Array(w * h), bottom: new Int32Array(w * h),
+               left: new Int32Array(w * h), right: new Int32Array(w * h),
+               wx: new Float32Array(w * h), wy: new Float32Array(w * h) };
     for (let i = 0; i < h; i++) {
       const b = h / 2 - i - 0.5;
       for (let j = 0; j < w; j++) {
-        const a = j + 0.5 - w / 2;
+        const a = j + 0.5 - w / 2, k = i * w + j;
         const x = f * fx + a * rx + b * ux, y = f * fy + b * uy, z = f * fz + a * rz + b * uz;
         const lon = Math.atan2(x, z), lat = Math.atan2(y, Math.hypot(x, z));
-        let col = Math.floor((lon / (2 * Math.PI) + 0.5) * erpWidth) % erpWidth;
-        if (col < 0) col += erpWidth;
-        const row = Math.floor((0.5 - lat / Math.PI) * erpHeight);
-        const clampedRow = Math.min(erpHeight - 1, Math.max(0, row));
-        lookup[i * w + j] = clampedRow * erpWidth + col;
+        const col = (lon / (2 * Math.PI) + 0.5) * erpWidth - 0.5;   // pixel centres
+        const row = (0.5 - lat / Math.PI) * erpHeight - 0.5;
+        const c0 = Math.floor(col), r0 = Math.floor(row);
+        lookup.wx[k] = col - c0;
+        lookup.wy[k] = row - r0;
+        lookup.left[k] = ((c0 % erpWidth) + erpWidth) % erpWidth;
+        lookup.right[k] = (((c0 + 1) % erpWidth) + erpWidth) % erpWidth;
+        lookup.top[k] = Math.min(erpHeight - 1, Math.max(0, r0)) * erpWidth;
+        lookup.bottom[k] = Math.min(erpHeight - 1, Math.max(0, r0 + 1)) * erpWidth;
       }
     }
     const deg = (v) => v.toFixed(0) + "°";
@@ -114,10 +121,21 @@ space to pause <span id="angles"></span></div>
         source.width = W; source.height = H; lookup = null;
       }
       sourceContext.drawImage(frame, 0, 0, W, H);
-      const erp = new Uint32Array(sourceContext.getImageData(0, 0, W, H).data.buffer);
+      const erp = sourceContext.getImageData(0, 0, W, H).data;
       if (!lookup) buildLookup(W, H);
-      const out = new Uint32Array(image.data.buffer);
-      for (let k = 0; k < lookup.length; k++) out[k] = erp[lookup[k]];
+      const { top, bottom, left, right, wx, wy } = lookup;
+      const out = image.data;
+      for (let k = 0, o = 0; k < wx.length; k++, o += 4) {
+        const p00 = (top[k] + left[k]) * 4, p01 = (top[k] + right[k]) * 4;
+        const p10 = (bottom[k] + left[k]) * 4, p11 = (bottom[k] + right[k]) * 4;
+        const ax = wx[k], ay = wy[k];
+        for (let c = 0; c < 3; c++) {
+          const upper = erp[p00 + c] + ax * (erp[p01 + c] - erp[p00 + c]);
+          const lower = erp[p10 + c] + ax * (erp[p11 + c] - erp[p10 + c]);
+          out[o + c] = upper + ay * (lower - upper);
+        }
+        out[o + 3] = 255;
+      }
       context.putImageData(image, 0, 0);
       document.body.dataset.rendered = "true";
     }

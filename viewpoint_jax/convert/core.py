@@ -1,15 +1,15 @@
 """Streaming PyTorch -> Orbax checkpoint conversion, shared by the DiT, VAE and umT5 converters.
 
-Reading: `open_checkpoint(src)` gives a `TensorSource` that reads one tensor at a time from a single
-`.safetensors` file, sharded safetensors with a `*.safetensors.index.json`, a `.pth/.pt/.bin` pickle,
-or a folder holding one of these (plus its `config.json`). Safetensors are read with plain
+Reading: `open_checkpoint(src)` gives a `TensorSource` that reads one tensor at a time from a
+single `.safetensors` file, sharded safetensors with a `*.safetensors.index.json`, a `.pth/.pt/.bin`
+pickle, or a folder holding one of these (plus its `config.json`). Safetensors are read with plain
 `seek + readinto` rather than mmap, so pages of tensors already converted never stay resident.
 
 Mapping: a converter describes the target parameter tree as flat `targets` ("a/b/kernel" ->
-`jax.ShapeDtypeStruct`) and lists `TensorRule`s: torch key -> target path (+ a slot `index` along the
-leading axis for stacked layers) + a numpy `transform` (transpose, reshape, pad, ...). Nothing is read
-until every rule has been validated against the source's shapes; all problems are reported at once in
-one `ConversionError`.
+`jax.ShapeDtypeStruct`) and lists `TensorRule`s: torch key -> target path (+ a slot `index` along
+the leading axis for stacked layers) + a numpy `transform` (transpose, reshape, pad, ...). Nothing
+is read until every rule has been validated against the source's shapes; all problems are reported
+at once in one `ConversionError`.
 
 Writing: `convert_checkpoint` saves the tree as a standard Orbax PyTree checkpoint under
 `dst/params`, inside `io_utils.atomic_directory(dst)`. A custom Orbax type handler streams each
@@ -163,8 +163,9 @@ class TensorSource:
             for file in files:
                 for key, entry in _read_safetensors_header(file).items():
                     if key in self._entries:
-                        raise ValueError(f"tensor {key} appears in both {file} and "
-                                         f"{self._entries[key].file}")
+                        raise ValueError(
+                            f"tensor {key} appears in both {file} and {self._entries[key].file}"
+                        )
                     self._entries[key] = entry
         else:
             self._torch_state = _load_torch_state(files[0])
@@ -188,8 +189,10 @@ class TensorSource:
         entry = self._entries[key]
         out = np.empty(entry.shape, entry.dtype)
         if entry.nbytes != out.nbytes:
-            raise ValueError(f"{entry.file}: tensor {key} has {entry.nbytes} bytes for shape "
-                             f"{entry.shape} {entry.dtype}")
+            raise ValueError(
+                f"{entry.file}: tensor {key} has {entry.nbytes} bytes for shape "
+                f"{entry.shape} {entry.dtype}"
+            )
         with open(entry.file, "rb", buffering=0) as f:
             f.seek(entry.start)
             view = memoryview(out.reshape(-1).view(np.uint8))
@@ -256,8 +259,9 @@ def open_checkpoint(src: str | os.PathLike) -> TensorSource:
             return TensorSource(path, _index_files(path), config)
         if path.suffix in (".safetensors", ".pth", ".pt", ".bin"):
             return TensorSource(path, [path], config)
-        raise ValueError(f"{path}: unsupported checkpoint file; supported: "
-                         + "; ".join(SUPPORTED_FORMATS))
+        raise ValueError(
+            f"{path}: unsupported checkpoint file; supported: " + "; ".join(SUPPORTED_FORMATS)
+        )
     indexes = sorted(path.glob("*.safetensors.index.json"))
     if len(indexes) > 1:
         raise ValueError(f"{path}: several safetensors index files: {[p.name for p in indexes]}")
@@ -270,7 +274,9 @@ def open_checkpoint(src: str | os.PathLike) -> TensorSource:
     if len(pickles) == 1:
         return TensorSource(path, pickles, config)
     if len(pickles) > 1:
-        raise ValueError(f"{path}: several torch checkpoints, pass one: {[p.name for p in pickles]}")
+        raise ValueError(
+            f"{path}: several torch checkpoints, pass one: {[p.name for p in pickles]}"
+        )
     raise ValueError(f"{path}: no checkpoint found; supported: " + "; ".join(SUPPORTED_FORMATS))
 
 
@@ -380,8 +386,9 @@ _MIN_CHUNK_BYTES = 16 << 20
 class _StreamedLeaf:
     """A target leaf that Orbax writes piece by piece, reading each torch tensor on demand."""
 
-    def __init__(self, name: str, struct: jax.ShapeDtypeStruct, rules: list[TensorRule],
-                 source: TensorSource):
+    def __init__(
+        self, name: str, struct: jax.ShapeDtypeStruct, rules: list[TensorRule], source: TensorSource
+    ):
         self.name = name
         self.shape = tuple(struct.shape)
         self.dtype = np.dtype(struct.dtype)
@@ -396,37 +403,46 @@ class _StreamedLeaf:
             value = np.asarray(rule.transform(self._source.get(rule.source)))
             want = self.shape if rule.index is None else self.shape[1:]
             if value.shape != want:
-                raise ValueError(f"{rule.source} -> {self.name}: transformed shape {value.shape}, "
-                                 f"expected {want}")
+                raise ValueError(
+                    f"{rule.source} -> {self.name}: transformed shape {value.shape}, "
+                    f"expected {want}"
+                )
             yield (() if rule.index is None else (rule.index,)), value.astype(self.dtype)
 
 
 def _streaming_handler():
     """An Orbax NumpyHandler that writes `_StreamedLeaf`s sequentially, one piece at a time."""
+    import tensorstore as ts
+    from orbax.checkpoint._src.futures import future
     from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
     from orbax.checkpoint._src.serialization import type_handlers
-    from orbax.checkpoint._src.futures import future
-
-    import tensorstore as ts
 
     class StreamingHandler(type_handlers.NumpyHandler):
         async def _stream(self, values, infos, args):
             for leaf, info, arg in zip(values, infos, args):
                 await info.await_path_creation()
                 spec = ts_utils.build_array_write_spec(
-                    info=info, arg=arg, global_shape=leaf.shape, local_shape=leaf.shape,
-                    dtype=leaf.dtype, use_ocdbt=info.is_ocdbt_checkpoint,
+                    info=info,
+                    arg=arg,
+                    global_shape=leaf.shape,
+                    local_shape=leaf.shape,
+                    dtype=leaf.dtype,
+                    use_ocdbt=info.is_ocdbt_checkpoint,
                     process_index=None if not info.is_ocdbt_checkpoint else 0,
                 ).json
-                store = await ts.open(ts.Spec(spec), create=True, open=True,
-                                      context=info.ts_context)
+                store = await ts.open(
+                    ts.Spec(spec), create=True, open=True, context=info.ts_context
+                )
                 for index, piece in leaf.pieces():
                     await store[index].write(piece)
 
         async def serialize(self, values, infos, args=None):
             args = args or [None] * len(values)
-            return [future.CommitFutureAwaitingContractedSignals(
-                self._stream(values, infos, args), name="streaming_numpy_handler")]
+            return [
+                future.CommitFutureAwaitingContractedSignals(
+                    self._stream(values, infos, args), name="streaming_numpy_handler"
+                )
+            ]
 
     return StreamingHandler()
 
@@ -458,13 +474,14 @@ def convert_checkpoint(
     from orbax.checkpoint._src.serialization import jax_array_handlers, type_handler_registry
 
     validate_rules(source, rules, targets, ignore)
+    _return_freed_tensors_to_the_os()
     by_target: dict[str, list[TensorRule]] = {name: [] for name in targets}
     for rule in rules:
         by_target[rule.target].append(rule)
     tree: dict[str, Any] = {}
     save_args: dict[str, Any] = {}
-    for name, struct in targets.items():
-        leaf = _StreamedLeaf(name, struct, by_target[name], source)
+    for name, target in targets.items():
+        leaf = _StreamedLeaf(name, target, by_target[name], source)
         # One chunk per stacked slot (or per leaf), so each written piece fills whole chunks and
         # tensorstore never holds a partially written chunk of a big stacked array.
         stacked = len(by_target[name]) > 1 or by_target[name][0].index is not None
@@ -486,6 +503,22 @@ def convert_checkpoint(
         for file_name, text in (extra_files or {}).items():
             (tmp / file_name).write_text(text)
     return dst
+
+
+def _return_freed_tensors_to_the_os() -> None:
+    """Pins glibc's mmap threshold at 1 MiB (process-wide).
+
+    glibc raises the threshold to the size of each freed mmap'd block, after which tensor-sized
+    buffers come from the heap and freed ones fragment it: peak RSS then creeps up with the number
+    of tensors converted. With a fixed threshold every tensor buffer is its own mapping, returned
+    on free. No-op where glibc is not the allocator.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 def _set_path(tree: dict, path: str, value: Any) -> None:

@@ -11,11 +11,8 @@ Diffusers layout (`WanTransformer3DModel`): `condition_embedder.*`, `blocks.N.at
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -77,15 +74,30 @@ def config_from_source(source: core.TensorSource, layout: int) -> dict[str, Any]
             raise ValueError(f"{source.path}: image-conditioned (I2V) Wan is not supported")
         heads = cfg["num_attention_heads"]
         return dict(
-            dim=heads * cfg["attention_head_dim"], num_heads=heads, ffn_dim=cfg["ffn_dim"],
-            num_layers=cfg["num_layers"], in_dim=cfg["in_channels"],
-            out_dim=cfg["out_channels"], text_dim=cfg["text_dim"], freq_dim=cfg["freq_dim"],
-            eps=cfg.get("eps", 1e-6), patch_size=tuple(cfg.get("patch_size", (1, 2, 2))),
+            dim=heads * cfg["attention_head_dim"],
+            num_heads=heads,
+            ffn_dim=cfg["ffn_dim"],
+            num_layers=cfg["num_layers"],
+            in_dim=cfg["in_channels"],
+            out_dim=cfg["out_channels"],
+            text_dim=cfg["text_dim"],
+            freq_dim=cfg["freq_dim"],
+            eps=cfg.get("eps", 1e-6),
+            patch_size=tuple(cfg.get("patch_size", (1, 2, 2))),
         )
     if layout == 0 and cfg:
         if cfg.get("model_type", "t2v") not in ("t2v", "ti2v"):
             raise ValueError(f"{source.path}: model_type {cfg['model_type']!r} is not supported")
-        fields = ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "freq_dim", "eps")
+        fields = (
+            "dim",
+            "ffn_dim",
+            "num_heads",
+            "num_layers",
+            "in_dim",
+            "out_dim",
+            "freq_dim",
+            "eps",
+        )
         out = {k: cfg[k] for k in fields if k in cfg}
         out["text_dim"] = cfg.get("text_dim", 4096)
         out["patch_size"] = tuple(cfg.get("patch_size", (1, 2, 2)))
@@ -93,16 +105,27 @@ def config_from_source(source: core.TensorSource, layout: int) -> dict[str, Any]
     # No config.json: read the sizes off the tensors (Wan's head dim is always 128).
     names = ("patch_embedding.weight", "ffn.0.weight" if layout == 0 else "ffn.net.0.proj.weight")
     dim, in_dim, *patch = source.shape(names[0])
-    first = "text_embedding.0.weight" if layout == 0 else (
-        "condition_embedder.text_embedder.linear_1.weight")
-    time_in = "time_embedding.0.weight" if layout == 0 else (
-        "condition_embedder.time_embedder.linear_1.weight")
+    first = (
+        "text_embedding.0.weight"
+        if layout == 0
+        else ("condition_embedder.text_embedder.linear_1.weight")
+    )
+    time_in = (
+        "time_embedding.0.weight"
+        if layout == 0
+        else ("condition_embedder.time_embedder.linear_1.weight")
+    )
     head = "head.head.weight" if layout == 0 else "proj_out.weight"
     num_layers = 1 + max(int(k.split(".")[1]) for k in source.keys() if k.startswith("blocks."))
     return dict(
-        dim=dim, in_dim=in_dim, patch_size=tuple(patch), num_heads=max(dim // 128, 1),
-        ffn_dim=source.shape(f"blocks.0.{names[1]}")[0], num_layers=num_layers,
-        text_dim=source.shape(first)[1], freq_dim=source.shape(time_in)[1],
+        dim=dim,
+        in_dim=in_dim,
+        patch_size=tuple(patch),
+        num_heads=max(dim // 128, 1),
+        ffn_dim=source.shape(f"blocks.0.{names[1]}")[0],
+        num_layers=num_layers,
+        text_dim=source.shape(first)[1],
+        freq_dim=source.shape(time_in)[1],
         out_dim=source.shape(head)[0] // int(np.prod(patch)),
     )
 
@@ -114,8 +137,11 @@ def dit_rules(config: dit_lib.DiTConfig, layout: int, source_in_dim: int) -> lis
     rules = []
 
     def linear(path, key, shape, index=None):
-        rules.append(core.TensorRule(f"{key}.weight", f"{path}/kernel", index,
-                                     core.linear_kernel, tuple(shape)))
+        rules.append(
+            core.TensorRule(
+                f"{key}.weight", f"{path}/kernel", index, core.linear_kernel, tuple(shape)
+            )
+        )
         rules.append(core.TensorRule(f"{key}.bias", f"{path}/bias", index, source_shape=shape[:1]))
 
     extra = config.in_dim - source_in_dim
@@ -127,12 +153,22 @@ def dit_rules(config: dit_lib.DiTConfig, layout: int, source_in_dim: int) -> lis
         kernel = core.conv_kernel(w)
         return np.pad(kernel, [(0, 0)] * 3 + [(0, extra), (0, 0)])
 
-    rules.append(core.TensorRule("patch_embedding.weight", "patch_kernel", None, patch_kernel,
-                                 (d, source_in_dim, pt, ph, pw)))
+    rules.append(
+        core.TensorRule(
+            "patch_embedding.weight",
+            "patch_kernel",
+            None,
+            patch_kernel,
+            (d, source_in_dim, pt, ph, pw),
+        )
+    )
     rules.append(core.TensorRule("patch_embedding.bias", "patch_bias", source_shape=(d,)))
     top_shapes = {
-        "text_in": (d, config.text_dim), "text_out": (d, d), "time_in": (d, config.freq_dim),
-        "time_out": (d, d), "time_projection": (6 * d, d),
+        "text_in": (d, config.text_dim),
+        "text_out": (d, d),
+        "time_in": (d, config.freq_dim),
+        "time_out": (d, d),
+        "time_projection": (6 * d, d),
         "head": (pt * ph * pw * config.out_dim, d),
     }
     for path, keys in _TOP_LINEARS.items():
@@ -146,11 +182,17 @@ def dit_rules(config: dit_lib.DiTConfig, layout: int, source_in_dim: int) -> lis
         for path, keys in _BLOCK_LINEARS.items():
             linear(f"blocks/{path}", prefix + keys[layout], block_shapes.get(path, (d, d)), i)
         for path, keys in _BLOCK_NORMS.items():
-            rules.append(core.TensorRule(f"{prefix}{keys[layout]}.weight", f"blocks/{path}", i,
-                                         source_shape=(d,)))
+            rules.append(
+                core.TensorRule(
+                    f"{prefix}{keys[layout]}.weight", f"blocks/{path}", i, source_shape=(d,)
+                )
+            )
         cross_norm = _BLOCK_NORMS["cross_norm/scale"][layout]
-        rules.append(core.TensorRule(f"{prefix}{cross_norm}.bias", "blocks/cross_norm/bias", i,
-                                     source_shape=(d,)))
+        rules.append(
+            core.TensorRule(
+                f"{prefix}{cross_norm}.bias", "blocks/cross_norm/bias", i, source_shape=(d,)
+            )
+        )
         modulation = prefix + ("modulation", "scale_shift_table")[layout]
         rules.append(core.TensorRule(modulation, "blocks/modulation", i, lambda x: x[0], (1, 6, d)))
     return rules
@@ -192,29 +234,18 @@ def convert_dit(
     source = core.open_checkpoint(src)
     layout = detect_layout(source.keys())
     sizes = config_from_source(source, layout)
-    source_in_dim = config_overrides.pop("source_in_dim", sizes["in_dim"])
+    source_in_dim = sizes["in_dim"]
     fields = {**sizes, **config_overrides, "param_dtype": str(np.dtype(dtype))}
     if in_dim is not None:
         fields["in_dim"] = in_dim
     config = dit_lib.DiTConfig(**fields)
     rules = dit_rules(config, layout, source_in_dim)
-    ignore: Callable[[str], bool] = lambda key: False  # noqa: E731
     core.convert_checkpoint(
         source,
         rules,
         dit_targets(config),
         dst,
-        ignore=ignore,
         extra_files={"config.json": json.dumps(config.to_dict(), indent=2)},
         overwrite=overwrite,
     )
     return config
-
-
-def layout_name(layout: int) -> str:
-    return LAYOUTS[layout]
-
-
-__all__ = ["LAYOUTS", "convert_dit", "detect_layout", "dit_rules", "dit_targets"]
-
-_ = (dataclasses, Path)

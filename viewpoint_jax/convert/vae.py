@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from viewpoint_jax.convert import core
+from viewpoint_jax.models import vae as vae_lib
 from viewpoint_jax.models.vae import WanVAEConfig, param_targets
 
 ORIGINAL, DIFFUSERS = "original", "diffusers"
@@ -108,7 +109,7 @@ def infer_config(source: core.TensorSource, layout: str) -> WanVAEConfig:
     )
 
 
-def _torch_names(config: WanVAEConfig, layout: str) -> list[tuple[str, str, str]]:
+def torch_module_names(config: WanVAEConfig, layout: str) -> list[tuple[str, str, str]]:
     """(target module path, torch module prefix, kind) for every parameterised module."""
     orig = layout == ORIGINAL
     out = []
@@ -191,11 +192,13 @@ def vae_rules(
 ) -> list[core.TensorRule]:
     """Rules for every target leaf; the source shapes follow from the target shapes."""
     rules = []
-    for target, src, kind in _torch_names(config, layout):
+    for target, src, kind in torch_module_names(config, layout):
         if kind == "norm":
-            name = f"{target}/scale"
-            if name in targets:
-                rules.append(core.TensorRule(f"{src}.gamma", name, transform=_norm_scale))
+            # torch RMS_norm gammas broadcast over (C, T, H, W), or (C, H, W) in attention.
+            dim = targets[f"{target}/scale"].shape[0]
+            shape = (dim, 1, 1) if "/attention/" in target else (dim, 1, 1, 1)
+            rules.append(core.TensorRule(f"{src}.gamma", f"{target}/scale",
+                                         transform=_norm_scale, source_shape=shape))  # fmt: skip
             continue
         kernel = f"{target}/kernel"
         if kernel not in targets:  # e.g. no shortcut / no time_conv in this block
@@ -238,14 +241,6 @@ def convert_vae(
         config = dataclasses.replace(config, param_dtype=str(jnp.dtype(dtype)))
     targets = param_targets(config)
     rules = vae_rules(config, layout, targets)
-    # Norm gammas have torch shape (C, 1, 1[, 1]); check them by element count after the fact.
-    for rule in rules:
-        if rule.source.endswith(".gamma") and rule.source in source:
-            want = targets[rule.target].shape
-            got = tuple(source.shape(rule.source))
-            if int(np.prod(got)) != want[0] or got[0] != want[0]:
-                raise core.ConversionError(source=source.path, misshapen=[(rule.source, got,
-                                                                           (want[0], 1, 1, 1))])
     return core.convert_checkpoint(
         source,
         rules,
@@ -254,3 +249,48 @@ def convert_vae(
         extra_files={"config.json": json.dumps(config.to_dict(), indent=2)},
         overwrite=overwrite,
     )
+
+
+def vae_from_state_dict(
+    state: dict[str, np.ndarray], config: WanVAEConfig | None = None
+) -> vae_lib.WanVAE:
+    """Builds a `WanVAE` straight from an in-memory torch state dict (either layout).
+
+    For tools and tests that already hold the torch model; checkpoints on disk go through
+    `convert_vae` + `load_vae`. `state` values may be torch tensors or numpy arrays.
+    """
+    from flax import nnx
+
+    state = {k: np.asarray(v.detach().float().numpy() if hasattr(v, "detach") else v)
+             for k, v in state.items()}  # fmt: skip
+    layout = detect_layout(set(state), "state dict")
+    if config is None:
+        source = _DictSource(state)
+        config = infer_config(source, layout)
+    targets = param_targets(config)
+    rules = vae_rules(config, layout, targets)
+    missing = sorted(r.source for r in rules if r.source not in state)
+    unexpected = sorted(set(state) - {r.source for r in rules})
+    if missing or unexpected:
+        raise core.ConversionError(missing=missing, unexpected=unexpected, source="state dict")
+    values = {r.target: r.transform(state[r.source]) for r in rules}
+    model = nnx.eval_shape(lambda: vae_lib.WanVAE(config, rngs=nnx.Rngs(0)))
+    graphdef, params = nnx.split(model)
+    flat = []
+    for path, var in nnx.to_flat_state(params):
+        key = "/".join(str(p) for p in path)
+        flat.append((path, var.replace(jnp.asarray(values[key], targets[key].dtype))))
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+class _DictSource:
+    """The part of `core.TensorSource` that `infer_config` reads, over a dict."""
+
+    def __init__(self, state: dict[str, np.ndarray]):
+        self._state, self.path, self.config = state, "state dict", None
+
+    def keys(self):
+        return list(self._state)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._state[key].shape)

@@ -18,6 +18,7 @@ All renderers are jax.numpy, so they jit and vmap over `time`. Colours are float
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -73,7 +74,11 @@ def _smooth_colour(d):
 def _graticule(d):
     lon, lat = sphere.direction_to_lonlat(d, jnp)
     colour = 0.5 + 0.45 * jnp.stack(
-        [jnp.sin(lon + 0.3) * jnp.cos(lat), jnp.sin(2.1 * lat + 0.4 * lon), jnp.cos(lon - 0.5 * lat)],
+        [
+            jnp.sin(lon + 0.3) * jnp.cos(lat),
+            jnp.sin(2.1 * lat + 0.4 * lon),
+            jnp.cos(lon - 0.5 * lat),
+        ],
         axis=-1,
     )
     step = np.deg2rad(30.0)
@@ -123,7 +128,9 @@ def _room(d, time, scene: Scene):
         _line_mask(u, scene.tile_size, scene.line_width),
         _line_mask(v, scene.tile_size, scene.line_width),
     )
-    checker = 0.08 * jnp.sign(jnp.sin(np.pi * u / scene.tile_size) * jnp.sin(np.pi * v / scene.tile_size))
+    checker = 0.08 * jnp.sign(
+        jnp.sin(np.pi * u / scene.tile_size) * jnp.sin(np.pi * v / scene.tile_size)
+    )
     colour = base * (1 + checker[..., None])
     # Floor planks: stripes along z.
     planks = 0.1 * jnp.sin(2 * np.pi * x / 0.25)
@@ -144,23 +151,35 @@ def _room(d, time, scene: Scene):
     # Discs orbiting the camera at several elevations (soft edges).
     d_cam = d
     for k, (elevation, radius, rgb) in enumerate(
-        [(0.0, 12.0, (0.95, 0.2, 0.2)), (35.0, 9.0, (0.2, 0.3, 0.95)), (-40.0, 10.0, (0.95, 0.85, 0.1))]
+        [
+            (0.0, 12.0, (0.95, 0.2, 0.2)),
+            (35.0, 9.0, (0.2, 0.3, 0.95)),
+            (-40.0, 10.0, (0.95, 0.85, 0.1)),
+        ]
     ):
         azimuth = jnp.deg2rad(120.0 * k + scene.disc_speed_deg * (1 + 0.5 * k) * time)
         el = np.deg2rad(elevation)
-        centre = jnp.stack([np.cos(el) * jnp.sin(azimuth), np.sin(el) + 0 * azimuth, np.cos(el) * jnp.cos(azimuth)])
+        centre = jnp.stack(
+            [np.cos(el) * jnp.sin(azimuth), np.sin(el) + 0 * azimuth, np.cos(el) * jnp.cos(azimuth)]
+        )
         angle = jnp.arccos(jnp.clip(d_cam @ centre, -1, 1))
         inside = 1 - _smoothstep(np.deg2rad(radius) - 0.01, np.deg2rad(radius) + 0.01, angle)
         ring = 0.6 + 0.4 * jnp.cos(angle * 60.0)
-        colour = colour * (1 - inside[..., None]) + inside[..., None] * jnp.asarray(rgb) * ring[..., None]
+        colour = (
+            colour * (1 - inside[..., None])
+            + inside[..., None] * jnp.asarray(rgb) * ring[..., None]
+        )
     return colour
 
 
 def render(directions, time=0.0, scene: Scene | str = "room") -> jax.Array:
     """Colours `(..., 3)` float32 in [0, 1] of unit `directions` `(..., 3)` at `time`."""
     scene = Scene(kind=scene) if isinstance(scene, str) else scene
-    d = jnp.asarray(directions, jnp.float32)
-    time = jnp.asarray(time, jnp.float32)
+    return _render(jnp.asarray(directions, jnp.float32), jnp.asarray(time, jnp.float32), scene)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _render(d, time, scene: Scene):
     if scene.kind == "smooth":
         colour = _smooth_colour(d)
     elif scene.kind == "graticule":
@@ -182,12 +201,16 @@ def _render_supersampled(directions_at, time, scene, samples: int):
 
 def render_erp(height: int, time=0.0, scene: Scene | str = "room", samples: int = 1) -> jax.Array:
     """ERP `(H, 2H, 3)` of the scene."""
-    return _render_supersampled(lambda o: sphere.erp_directions(height, 2 * height, o), time, scene, samples)
+    return _render_supersampled(
+        lambda o: sphere.erp_directions(height, 2 * height, o), time, scene, samples
+    )
 
 
 def render_viewpoint(map_size: int, time=0.0, scene: Scene | str = "room", samples: int = 1):
     """ViewPoint map `(M, M, 3)` of the scene, rendered from the map's pixel directions."""
-    return _render_supersampled(lambda o: vm_layout.map_directions(map_size, o), time, scene, samples)
+    return _render_supersampled(
+        lambda o: vm_layout.map_directions(map_size, o), time, scene, samples
+    )
 
 
 def render_cubemap(face_size: int, time=0.0, scene: Scene | str = "room") -> jax.Array:
@@ -215,7 +238,7 @@ def render_erp_video(
     """ERP video `(F, H, 2H, 3)` float32: frame f at time f / fps (one vmapped program)."""
     d = jnp.asarray(sphere.erp_directions(height, 2 * height), jnp.float32)
     times = jnp.arange(num_frames, dtype=jnp.float32) / fps
-    return jax.jit(jax.vmap(lambda t: render(d, t, scene)))(times)
+    return jax.vmap(lambda t: render(d, t, scene))(times)
 
 
 def to_uint8(image: jax.Array) -> np.ndarray:

@@ -1,14 +1,16 @@
 """The compiled sampler: conditions -> ViewPoint-map latents in one XLA program.
 
 `sample_latents` runs the whole denoising loop in a `lax.fori_loop`: no host round trip per step,
-one compilation for any number of steps of a given length (the schedule is an input array).
+the model traced once however many steps, and the schedule an input array, so a new seed, shift
+or guidance scale reuses the compiled program.
 Classifier-free guidance evaluates the conditional and unconditional branches as one batch of 2B.
 
-The model sees, per step, `concat([x_t, condition latent, mask])` (16 + 16 + 1 channels, channels
-last) at timestep `t` and predicts the flow velocity `noise - x_0`. Optionally the predicted clean
-latent is made consistent across the overlaps of the map at every step (`fuse_every_step`): the
-two copies of a shared sphere region are replaced by their weighted blend (spec §4), at latent
-resolution. The final map -> ERP conversion always fuses, in pixel space (`map_to_panorama`).
+The model sees, per step, `concat([x_t, condition latent, mask])` (C + C + 1 channels, 33 with
+Wan's VAE; channels last) at timestep `t` and predicts the flow velocity `noise - x_0`.
+Optionally the predicted clean latent is made consistent across the overlaps of the map at every
+step (`fuse_every_step`): the two copies of a shared sphere region are replaced by their weighted
+blend (spec §4), at latent resolution. The final map -> ERP conversion always fuses, in pixel
+space (`map_to_panorama`).
 
 Building conditions (pure array code, I/O stays in the CLI): `perspective_condition` projects a
 perspective video/image onto the map with its coverage mask; `encode_condition` encodes it with
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -93,18 +94,21 @@ def guided_velocity(
     model: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
     x: jax.Array,
     t: jax.Array,
-    conditions: Conditions,
+    condition: jax.Array,
+    context: jax.Array,
     guidance_scale: jax.Array | float,
     use_cfg: bool = True,
 ) -> jax.Array:
     """Velocity at `x` `(B, f, h, w, C)` and scalar timestep `t`, with classifier-free guidance
-    `v_u + g (v_c - v_u)`; both branches run as one batch of 2B."""
+    `v_u + g (v_c - v_u)`.
+
+    `condition` is the loop-invariant part of the model input, `concat([latent, mask])`, and
+    `context` the text embeddings; with `use_cfg` both are already doubled to the 2B batch
+    (conditional first), and both branches run as one model call.
+    """
     batch = x.shape[0]
-    inputs = model_input(x, conditions.latent, conditions.mask)
-    context = conditions.context
-    if use_cfg:
-        inputs = jnp.concatenate([inputs, inputs], axis=0)
-        context = jnp.concatenate([conditions.context, conditions.negative_context], axis=0)
+    noisy = jnp.concatenate([x, x], axis=0) if use_cfg else x
+    inputs = jnp.concatenate([noisy, condition.astype(x.dtype)], axis=-1)
     timesteps = jnp.full((inputs.shape[0],), t, jnp.float32)
     velocity = model(inputs, timesteps, context).astype(jnp.float32)
     if not use_cfg:
@@ -140,11 +144,16 @@ def denoise(
     """
     model = nnx.merge(graphdef, params)
     x = jax.random.normal(rng, conditions.latent.shape, jnp.float32)
+    condition = jnp.concatenate([conditions.latent, conditions.mask], axis=-1)
+    context = conditions.context
+    if use_cfg:
+        condition = jnp.concatenate([condition, condition], axis=0)
+        context = jnp.concatenate([conditions.context, conditions.negative_context], axis=0)
 
     def body(i, state):
         x, sigma = state.x, schedule.sigmas[i]
         velocity = guided_velocity(
-            model, x, schedule.timesteps[i], conditions, guidance_scale, use_cfg
+            model, x, schedule.timesteps[i], condition, context, guidance_scale, use_cfg
         )
         if fuse_every_step:
             clean = _fuse_overlaps(x - sigma * velocity)
@@ -201,18 +210,6 @@ def valid_frame_count(num_frames: int, temporal_factor: int = 4) -> int:
     if num_frames < 1:
         raise ValueError(f"need at least one frame, got {num_frames}")
     return 1 + (num_frames - 1) // temporal_factor * temporal_factor
-
-
-def trim_frames(video: np.ndarray, temporal_factor: int = 4, name: str = "video") -> np.ndarray:
-    """Drops trailing frames so that the count is `1 + temporal_factor k`, with a warning."""
-    count = valid_frame_count(len(video), temporal_factor)
-    if count != len(video):
-        warnings.warn(
-            f"{name} has {len(video)} frames; using the first {count} (frame counts must be "
-            f"1 + {temporal_factor}k)",
-            stacklevel=2,
-        )
-    return video[:count]
 
 
 def perspective_condition(
@@ -341,6 +338,15 @@ def map_to_panorama(map_video: jax.Array, height: int, width: int) -> jax.Array:
     copies of each sphere region (the final pixel-space fusion)."""
     with jax.ensure_compile_time_eval():  # see `_fuse_overlaps`
         return geometry.viewpoint_to_erp(map_video, height, width)
+
+
+def decode_to_panorama(
+    autoencoder: Any, latents: jax.Array, height: int, width: int
+) -> tuple[jax.Array, jax.Array]:
+    """Map latents `(B, f, h, w, C)` -> (map video `(B, F, M, M, 3)`, ERP video
+    `(B, F, height, width, 3)`), both in [-1, 1]; the ERP blends the overlapping copies."""
+    map_video = decode_latents(autoencoder, latents)
+    return map_video, map_to_panorama(map_video, height, width)
 
 
 def to_uint8(video: jax.Array | np.ndarray) -> np.ndarray:

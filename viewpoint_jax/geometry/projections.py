@@ -52,7 +52,9 @@ def _check_erp(erp, name: str = "erp"):
     erp = _check_images(erp, name)
     height, width = erp.shape[-3:-1]
     if width != 2 * height:
-        raise ValueError(f"{name} must be an ERP image with width = 2 * height, got {height}x{width}")
+        raise ValueError(
+            f"{name} must be an ERP image with width = 2 * height, got {height}x{width}"
+        )
     return erp
 
 
@@ -199,7 +201,7 @@ def _cube_to_erp_plan(face_size: int, height: int, width: int, mode: str):
     if mode == "nearest":
         i = np.clip(np.floor(row + 0.5), 0, a - 1).astype(np.int64)
         j = np.clip(np.floor(col + 0.5), 0, a - 1).astype(np.int64)
-        idx, w = ((face * a + i) * a + j)[..., None], np.ones(row.shape + (1,))
+        idx, w = ((face * a + i) * a + j)[..., None], np.ones((*row.shape, 1))
     else:
         i0, j0 = np.floor(row).astype(np.int64), np.floor(col).astype(np.int64)
         fy, fx = row - i0, col - j0
@@ -322,7 +324,9 @@ def erp_to_perspective(
     angles = _angles(fov_deg, yaw_deg, pitch_deg, roll_deg)
     if angles is not None:
         return sampling.resample(erp, _erp_to_perspective_plan(height, width, angles, out_hw, mode))
-    radians = [jnp.deg2rad(jnp.asarray(v, jnp.float32)) for v in (fov_deg, yaw_deg, pitch_deg, roll_deg)]
+    radians = [
+        jnp.deg2rad(jnp.asarray(v, jnp.float32)) for v in (fov_deg, yaw_deg, pitch_deg, roll_deg)
+    ]
     d = sphere.perspective_directions(*radians, *out_hw, xp=jnp)
     row, col = sphere.direction_to_erp_pixel(d, height, width, xp=jnp)
     idx, w = sampling.erp_taps(row, col, height, width, mode, xp=jnp)

@@ -105,7 +105,7 @@ class ResamplePlan:
 
 def _merge_duplicate_taps(idx: np.ndarray, w: np.ndarray):
     """Sums the weights of repeated indices in each row and drops negligible weights."""
-    rows, taps = idx.shape
+    taps = idx.shape[1]
     order = np.argsort(idx, axis=1, kind="stable")
     idx = np.take_along_axis(idx, order, axis=1)
     w = np.take_along_axis(w, order, axis=1)
@@ -167,7 +167,9 @@ def make_plan(
         inverse = np.empty(num_out, np.int32)
         inverse[position] = np.arange(num_out, dtype=np.int32)
         order = inverse
-    return ResamplePlan(in_hw=tuple(in_hw), out_hw=tuple(out_hw), buckets=tuple(buckets), order=order)
+    return ResamplePlan(
+        in_hw=tuple(in_hw), out_hw=tuple(out_hw), buckets=tuple(buckets), order=order
+    )
 
 
 # Runtime -----------------------------------------------------------------------------------------
@@ -227,11 +229,34 @@ def _resample(x, arrays, in_hw, out_hw):
     buckets, order = arrays
     dtype = compute_dtype(x.dtype)
     rows, lead_channels = to_rows(x, in_hw)
-    out = [cast_output(apply_taps(rows, idx, w, dtype), x.dtype) for idx, w in buckets]
+    out = [blend_rows(rows, idx, w, dtype, x.dtype) for idx, w in buckets]
     out = out[0] if len(out) == 1 else jnp.concatenate(out, axis=0)
     if order is not None:
         out = out[order]
     return from_rows(out, out_hw, lead_channels)
+
+
+_CHUNK_ROWS = 1 << 14
+
+
+def blend_rows(rows, idx, w, dtype, out_dtype):
+    """`apply_taps` in chunks of output rows inside a loop.
+
+    The loop is a fusion boundary: without it XLA fuses the surrounding layout transposes (or a
+    previous resampling) into the gathers, and every tap then re-reads strided memory or
+    recomputes its producer (several times slower). Chunks also keep the working set in cache.
+    """
+    num = idx.shape[0]
+    chunks = -(-num // _CHUNK_ROWS)
+    pad = chunks * _CHUNK_ROWS - num
+    xp = np if isinstance(idx, np.ndarray) and isinstance(w, np.ndarray) else jnp
+    idx, w = xp.pad(idx, ((0, pad), (0, 0))), xp.pad(w, ((0, pad), (0, 0)))
+    taps = idx.shape[-1]
+    out = jax.lax.map(
+        lambda iw: cast_output(apply_taps(rows, iw[0], iw[1], dtype), out_dtype),
+        (idx.reshape(chunks, _CHUNK_ROWS, taps), w.reshape(chunks, _CHUNK_ROWS, taps)),
+    )
+    return out.reshape(chunks * _CHUNK_ROWS, -1)[:num]
 
 
 def resample_taps(x: jax.Array, idx: jax.Array, w: jax.Array, in_hw, out_hw) -> jax.Array:
@@ -240,5 +265,5 @@ def resample_taps(x: jax.Array, idx: jax.Array, w: jax.Array, in_hw, out_hw) -> 
     dtype = compute_dtype(x.dtype)
     rows, lead_channels = to_rows(x, tuple(in_hw))
     k = idx.shape[-1]
-    out = apply_taps(rows, idx.reshape(-1, k), w.reshape(-1, k), dtype)
-    return from_rows(cast_output(out, x.dtype), tuple(out_hw), lead_channels)
+    out = blend_rows(rows, idx.reshape(-1, k), w.reshape(-1, k), dtype, x.dtype)
+    return from_rows(out, tuple(out_hw), lead_channels)

@@ -55,7 +55,10 @@ def subregion_slices(map_size: int) -> dict[str, tuple[slice, slice]]:
     """(row slice, col slice) of each subregion, keyed by its centre face (F, R, B, L)."""
     r = check_map_size(map_size) // 2
     return {
-        sub.face: (slice(sub.block[0] * r, (sub.block[0] + 1) * r), slice(sub.block[1] * r, (sub.block[1] + 1) * r))
+        sub.face: (
+            slice(sub.block[0] * r, (sub.block[0] + 1) * r),
+            slice(sub.block[1] * r, (sub.block[1] + 1) * r),
+        )
         for sub in SUBREGIONS
     }
 
@@ -83,7 +86,7 @@ def unfolded_coords(map_size: int, offset: tuple[float, float] = (0.5, 0.5)):
     rows, cols = np.meshgrid(np.arange(m) + offset[0], np.arange(m) + offset[1], indexing="ij")
     index = subregion_index(m)
     cos_sin = np.array([sub.cos_sin for sub in SUBREGIONS])[index]  # (M, M, 2)
-    # r * alpha = 2 q - r with q the subregion-local column (of the sample point); r * beta likewise.
+    # r * alpha = 2 q - r, q the subregion-local column of the sample point; r * beta likewise.
     alpha = 2 * (cols - r * (cols >= r)) - r
     beta = r - 2 * (rows - r * (rows >= r))
     ct, st = cos_sin[..., 0], cos_sin[..., 1]

@@ -24,7 +24,6 @@ import functools
 import json
 import math
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +85,7 @@ class DiTConfig:
             )
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy {self.remat_policy!r} not in {list(REMAT_POLICIES)}")
-        self.block_kinds  # validates the pattern
+        _ = self.block_kinds  # validates the pattern
 
     @property
     def head_dim(self) -> int:
@@ -266,7 +265,7 @@ class Attention(nnx.Module):
 
 
 class Block(nnx.Module):
-    """One Wan block; the static `kind` ("pano" | "perspective") passed per call picks its attention.
+    """One Wan block; the static `kind` ("pano" | "perspective") of each call picks its attention.
 
     Keeping the kind out of the parameters makes a checkpoint independent of the attention pattern.
     """
@@ -275,6 +274,7 @@ class Block(nnx.Module):
         dt = _dtypes(config)
         d = config.dim
         self.eps = config.eps
+        self.dtype = dt["dtype"]
         self.self_attn = Attention(config, d, rngs=rngs)
         self.cross_norm = layers.LayerNorm(d, eps=config.eps, param_dtype=dt["param_dtype"])
         self.cross_attn = Attention(config, d, rngs=rngs)
@@ -292,29 +292,33 @@ class Block(nnx.Module):
         grid: tuple[int, int, int],
         kind: str = PANO,
     ) -> jax.Array:
-        """x (B, L, D); e (B, 6, D) fp32 time projection; context (B, Lc, D) embedded text."""
-        dtype = x.dtype
+        """x (B, L, D) fp32 residual stream; e (B, 6, D) fp32 time projection; context
+        (B, Lc, D) embedded text. As in Wan, the residual stream stays fp32; matmuls run in dtype.
+        """
+        dtype = self.dtype
         mod = self.modulation[...].astype(jnp.float32)[None] + e
         shift, scale, gate, c_shift, c_scale, c_gate = (mod[:, i : i + 1] for i in range(6))
 
         h = (layers.layer_norm(x, self.eps) * (1 + scale) + shift).astype(dtype)
         local = kind == PERSPECTIVE
         h = self.self_attn(h, rope=ropes[kind], grid=grid if local else None)
-        x = (x.astype(jnp.float32) + h * gate).astype(dtype)
+        x = x + h.astype(jnp.float32) * gate
 
         h = self.cross_attn(self.cross_norm(x).astype(dtype), context=context)
-        x = x + h
+        x = x + h.astype(jnp.float32)
 
         h = (layers.layer_norm(x, self.eps) * (1 + c_scale) + c_shift).astype(dtype)
         h = jax.nn.gelu(self.ffn_in(h), approximate=True)
         h = constrain(h, ("batch", "length", "act_mlp"))
         h = self.ffn_out(h)
-        x = (x.astype(jnp.float32) + h.astype(jnp.float32) * c_gate).astype(dtype)
+        x = x + h.astype(jnp.float32) * c_gate
         return constrain(x, ("batch", "length", "act_embed"))
 
 
 class WanDiT(nnx.Module):
-    """Wan2.1 DiT. `model(x (B, F, H, W, C_in), t (B,), context (B, L, text_dim))`."""
+    """Wan2.1 DiT: `model(x (B, F, H, W, C_in), t (B,), context (B, L, text_dim))` -> fp32
+    (B, F, H, W, C_out). `t` are timesteps in [0, 1000]; H, W are latent sizes.
+    """
 
     def __init__(self, config: DiTConfig, *, rngs: nnx.Rngs):
         self.config = config
@@ -343,7 +347,9 @@ class WanDiT(nnx.Module):
             return Block(config, rngs=rngs)
 
         self.blocks = make_blocks(rngs)
-        self.head = layers.linear(d, pt * ph * pw * config.out_dim, ("embed", None), **dt, rngs=rngs)
+        self.head = layers.linear(
+            d, pt * ph * pw * config.out_dim, ("embed", None), **dt, rngs=rngs
+        )
         head_init = jax.random.normal(rngs.params(), (2, d), dt["param_dtype"]) / math.sqrt(d)
         self.head_modulation = nnx.Param(head_init, out_sharding=(None, "embed"))
 
@@ -363,10 +369,13 @@ class WanDiT(nnx.Module):
 
         patches = einops.rearrange(
             x.astype(dtype),
-            "b (f pt) (h ph) (w pw) c -> b (f h w) pt ph pw c", pt=pt, ph=ph, pw=pw,
+            "b (f pt) (h ph) (w pw) c -> b (f h w) pt ph pw c",
+            pt=pt,
+            ph=ph,
+            pw=pw,
         )
         tokens = jnp.einsum("blijkc,ijkcd->bld", patches, self.patch_kernel[...].astype(dtype))
-        tokens = (tokens + self.patch_bias[...].astype(dtype)).astype(dtype)
+        tokens = (tokens + self.patch_bias[...].astype(dtype)).astype(jnp.float32)
         tokens = constrain(tokens, ("batch", "length", "act_embed"))
 
         temb = self.time_out(jax.nn.silu(self.time_in(sinusoidal_embedding(t, config.freq_dim))))
@@ -389,9 +398,14 @@ class WanDiT(nnx.Module):
         out = einops.rearrange(
             out,
             "b (f h w) (pt ph pw c) -> b (f pt) (h ph) (w pw) c",
-            f=grid[0], h=grid[1], w=grid[2], pt=pt, ph=ph, pw=pw,
+            f=grid[0],
+            h=grid[1],
+            w=grid[2],
+            pt=pt,
+            ph=ph,
+            pw=pw,
         )
-        return out
+        return out.astype(jnp.float32)  # as Wan: the velocity leaves the model in fp32
 
     def _run_blocks(self, tokens, e, ctx, ropes, grid):
         """Scans over groups of blocks, one period of the attention pattern per step."""

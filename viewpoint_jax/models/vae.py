@@ -24,6 +24,7 @@ blocks); the Wan2.2 VAE (residual up/down blocks, patchified input) is refused b
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -96,7 +97,8 @@ class WanVAEConfig:
         return 2 ** sum(self.temporal_downsample)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        items = dataclasses.asdict(self).items()
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in items}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WanVAEConfig:
@@ -150,7 +152,8 @@ class CausalConv3d(nnx.Module):
         if cache is None:
             cache = jnp.zeros((x.shape[0], self.history, *x.shape[2:]), x.dtype)
         x = jnp.concatenate([cache.astype(x.dtype), x], axis=1)
-        return _conv(x, self.kernel[...], self.bias[...], self.stride, padding), x[:, -self.history:]
+        y = _conv(x, self.kernel[...], self.bias[...], self.stride, padding)
+        return y, x[:, -self.history :]
 
 
 class Conv2d(nnx.Module):
@@ -323,7 +326,7 @@ class Encoder(nnx.Module):
         dims = [cfg.base_dim * m for m in (1, *cfg.dim_mult)]
         self.conv_in = CausalConv3d(3, dims[0], (3, 3, 3), dtype=dtype, rngs=rngs)
         blocks = []
-        for i, (in_dim, out_dim_i) in enumerate(zip(dims[:-1], dims[1:])):
+        for i, (in_dim, out_dim_i) in enumerate(itertools.pairwise(dims)):
             for _ in range(cfg.num_res_blocks):
                 blocks.append(ResidualBlock(in_dim, out_dim_i, dtype=dtype, rngs=rngs))
                 in_dim = out_dim_i
@@ -354,7 +357,7 @@ class Decoder(nnx.Module):
         self.conv_in = CausalConv3d(cfg.z_dim, dims[0], (3, 3, 3), dtype=dtype, rngs=rngs)
         self.mid = MidBlock(dims[0], dtype=dtype, rngs=rngs)
         blocks = []
-        for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
+        for i, (in_dim, out_dim) in enumerate(itertools.pairwise(dims)):
             if i > 0:
                 in_dim //= 2  # the previous upsampler halved the channels
             for _ in range(cfg.num_res_blocks + 1):
@@ -385,7 +388,7 @@ def _tile_starts(length: int, tile: int, stride: int) -> list[int]:
     if length <= tile:
         return [0]
     starts = list(range(0, length - tile, stride))
-    return starts + [length - tile]
+    return [*starts, length - tile]
 
 
 def _blend_ramp(start: Array, tile: int, length: int, ramp: int) -> Array:
@@ -476,9 +479,17 @@ class WanVAE(nnx.Module):
                                             rngs=rngs)  # fmt: skip
         self.decoder = Decoder(config, dtype=dtype, rngs=rngs)
 
-    latent_channels = property(lambda self: self.config.z_dim)
-    spatial_factor = property(lambda self: self.config.spatial_factor)
-    temporal_factor = property(lambda self: self.config.temporal_factor)
+    @property
+    def latent_channels(self) -> int:
+        return self.config.z_dim
+
+    @property
+    def spatial_factor(self) -> int:
+        return self.config.spatial_factor
+
+    @property
+    def temporal_factor(self) -> int:
+        return self.config.temporal_factor
 
     @property
     def _compute_dtype(self):
@@ -488,9 +499,9 @@ class WanVAE(nnx.Module):
         tf, sf = self.temporal_factor, self.spatial_factor
         if video.ndim != 5:
             raise ValueError(f"video must be (B, F, H, W, 3), got shape {tuple(video.shape)}")
-        b, f, h, w, c = video.shape
+        _, f, h, w, c = video.shape
         if c != 3:
-            raise ValueError(f"video must have 3 (RGB) channels last, got {c} (shape {video.shape})")
+            raise ValueError(f"video must have 3 (RGB) channels last, got {c}: shape {video.shape}")
         if (f - 1) % tf:
             raise ValueError(
                 f"the Wan VAE encodes 1 + {tf}k frames (1, 5, 9, ..., 49, ...), got {f} frames"
@@ -625,9 +636,13 @@ def load_vae(path: str | os.PathLike, *, dtype: str | None = None) -> WanVAE:
     if dtype is not None:
         config = dataclasses.replace(config, dtype=dtype)
     targets = param_targets(config)
-    abstract = {}
+    abstract: dict[str, Any] = {}
     for name, struct in targets.items():
-        core._set_path(abstract, name, struct)
+        *parents, leaf = name.split("/")
+        node = abstract
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = struct
     restored = core.flatten_paths(core.restore_params(path / "params", abstract))
     model = nnx.eval_shape(lambda: WanVAE(config, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)

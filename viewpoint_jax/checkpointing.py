@@ -1,0 +1,107 @@
+"""Training checkpoints: Orbax CheckpointManager over the train state and the data iterator.
+
+A checkpoint `<workdir>/checkpoints/<step>/` holds two items:
+  state  the train state pytree (step, params, opt_state, ema_params?, nonfinite counters),
+         saved sharded from every host, restored straight into the target shardings;
+  data   the grain iterator state of every host (`process_<i>-of-<n>.json`), so a resumed run
+         reads the same batches it would have read.
+Saves are asynchronous (training continues while the arrays are written) and atomic: Orbax
+writes into a temporary directory and renames it when complete, so a `kill -9` at any moment
+leaves the last complete checkpoint as the latest one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+def _has_state(iterator: Any) -> bool:
+    return iterator is not None and hasattr(iterator, "get_state") and hasattr(iterator, "set_state")
+
+
+class Checkpointer:
+    """Saves every `every_steps` steps, keeps the last `keep`; `save(..., force=True)` always saves."""
+
+    def __init__(
+        self, directory: str | os.PathLike, *, every_steps: int, keep: int, async_save: bool = True
+    ):
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            save_interval_steps=every_steps,
+            max_to_keep=keep,
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,  # what a killed save left behind
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=options,
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "data": grain.checkpoint.CheckpointHandler(),
+            },
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, data_iterator: Any = None, *, force: bool = False) -> bool:
+        """Starts saving (returns once the arrays are copied off the devices); True if it saves."""
+        items = {"state": ocp.args.StandardSave(state)}
+        if _has_state(data_iterator):
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+    def restore(self, step: int, abstract_state: Any, data_iterator: Any = None) -> Any:
+        """The state of `step` (into the shardings of `abstract_state`'s ShapeDtypeStructs);
+        sets `data_iterator` to where it was at that step."""
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        has_data = (self.directory / str(step) / "data").is_dir()
+        if _has_state(data_iterator) and has_data:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        return restored["state"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def restore_params(directory: str | os.PathLike, abstract_params: Any, *, use_ema: bool = True):
+    """Only the model weights of the latest checkpoint (the EMA weights when saved and asked for).
+
+    The optimizer state is not read: its leaves are Orbax placeholders.
+    """
+    directory = Path(directory).absolute()
+    with ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(read_only=True)
+    ) as manager:
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no complete checkpoint under {directory}")
+        metadata = manager.item_metadata(step)
+        tree = metadata["state"] if metadata and metadata.get("state") is not None else None
+        if tree is None:
+            tree = ocp.StandardCheckpointer().metadata(directory / str(step) / "state").item_metadata
+        tree = dict(tree.tree if hasattr(tree, "tree") else tree)
+        key = "ema_params" if use_ema and "ema_params" in tree else "params"
+        params = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_params
+        )
+        target = {
+            name: params if name == key else jax.tree.map(lambda _: ocp.PLACEHOLDER, value)
+            for name, value in tree.items()
+        }
+        restored = ocp.StandardCheckpointer().restore(
+            directory / str(step) / "state", target
+        )
+    return restored[key]

@@ -1,0 +1,247 @@
+"""The training config: its schema (`base_config`, which `configs/*.py` start from) and its
+validation (`validate_config`: a bad value fails at start with a message naming its key).
+
+Schema:
+
+    config.seed, num_steps                       run length and the seed of init, noise, data order
+    config.model        preset ("tiny" | "wan_1_3b" | "wan_14b") + DiTConfig fields (None: preset's)
+                        init_checkpoint: a converted Wan DiT directory ("" = random init)
+    config.autoencoder  kind ("space_to_depth" | "wan_vae"), factor, checkpoint
+    config.text_encoder kind ("tiny_random" | "umt5"), checkpoint, tokenizer, max_length, seed,
+                        precompute (embed every caption once before training, cache in cache_dir)
+    config.data         viewpoint_jax.data.pipeline.default_data_config() + overrides
+    config.diffusion    timestep_sampler ("logit_normal" | "shifted_uniform"), shift, logit_mean/std
+    config.optim        AdamW: lr, warmup_steps, schedule, b1, b2, eps, weight_decay, grad_clip,
+                        mu_dtype, ema_decay (0 = no EMA)
+    config.mesh         data, fsdp, sequence, tensor (one may be -1: the remaining devices)
+    config.sharding_rules  logical axis -> mesh axes (viewpoint_jax.sharding.DEFAULT_RULES)
+    config.checkpoint   every_steps, keep, async_save
+    config.log          every_steps, image_every_steps, peak_tflops (0: by device kind)
+    config.max_consecutive_nonfinite  stop after this many NaN/Inf losses in a row
+    config.sample       sampler defaults: scheduler, steps, shift, guidance_scale, fuse_every_step
+"""
+
+import ml_collections
+
+from viewpoint_jax.data.pipeline import default_data_config
+from viewpoint_jax.sharding import DEFAULT_RULES
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.num_steps = 1000
+
+    config.model = ml_collections.ConfigDict()
+    config.model.preset = "tiny"
+    # DiTConfig fields; None keeps the preset's value. in_dim, out_dim and text_dim follow the
+    # autoencoder and text encoder (2 C + 1 in, C out) and are not set here.
+    for field in (
+        "dim", "ffn_dim", "num_heads", "num_layers", "freq_dim", "attention_pattern",
+        "attention_backend", "remat_policy", "dtype", "param_dtype",
+    ):
+        config.model[field] = None
+    config.model.init_checkpoint = ""
+
+    config.autoencoder = ml_collections.ConfigDict()
+    config.autoencoder.kind = "space_to_depth"
+    config.autoencoder.factor = 8
+    config.autoencoder.checkpoint = ""
+
+    config.text_encoder = ml_collections.ConfigDict()
+    config.text_encoder.kind = "tiny_random"
+    config.text_encoder.checkpoint = ""  # a converted umT5 directory (kind "umt5")
+    config.text_encoder.tokenizer = ""  # a SentencePiece model ("" with tiny_random: bytes)
+    config.text_encoder.max_length = 512
+    config.text_encoder.seed = 0  # tiny_random: the same seed gives the same encoder at sampling
+    config.text_encoder.precompute = False
+    config.text_encoder.cache_dir = ""  # "" = <workdir>/text_cache
+
+    config.data = default_data_config()
+
+    config.diffusion = ml_collections.ConfigDict()
+    config.diffusion.timestep_sampler = "logit_normal"
+    config.diffusion.shift = 1.0
+    config.diffusion.logit_mean = 0.0
+    config.diffusion.logit_std = 1.0
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.lr = 1e-4
+    config.optim.warmup_steps = 100
+    config.optim.schedule = "constant"  # after warmup: "constant" | "cosine"
+    config.optim.b1 = 0.9
+    config.optim.b2 = 0.999
+    config.optim.eps = 1e-8
+    config.optim.weight_decay = 0.0
+    config.optim.grad_clip = 1.0
+    config.optim.mu_dtype = "float32"
+    config.optim.ema_decay = 0.0
+
+    config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, sequence=1, tensor=1))
+    config.sharding_rules = tuple((name, axes) for name, axes in DEFAULT_RULES)
+
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.every_steps = 500
+    config.checkpoint.keep = 3
+    config.checkpoint.async_save = True
+
+    config.log = ml_collections.ConfigDict()
+    config.log.every_steps = 10
+    config.log.image_every_steps = 500
+    config.log.peak_tflops = 0.0  # per device; 0: looked up from the device kind (bf16 dense)
+
+    config.max_consecutive_nonfinite = 10
+
+    config.sample = ml_collections.ConfigDict()
+    config.sample.scheduler = "unipc"
+    config.sample.steps = 50
+    config.sample.shift = 5.0
+    config.sample.guidance_scale = 5.0
+    config.sample.fuse_every_step = False
+    return config
+
+
+AUTOENCODERS = ("space_to_depth", "wan_vae")
+TEXT_ENCODERS = ("tiny_random", "umt5")
+TIMESTEP_SAMPLERS = ("logit_normal", "shifted_uniform")
+SCHEDULES = ("constant", "cosine")
+PRESETS = ("tiny", "wan_1_3b", "wan_14b")
+MESH_AXES = ("data", "fsdp", "sequence", "tensor")
+
+
+def _fail(key: str, message: str):
+    raise ValueError(f"config.{key}: {message}")
+
+
+def _positive_int(config: ml_collections.ConfigDict, key: str) -> int:
+    value = config
+    for part in key.split("."):
+        value = value[part]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        _fail(key, f"must be a positive integer, got {value!r}")
+    return value
+
+
+def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
+    """`config.mesh` with a -1 axis resolved; ValueError naming `config.mesh` if it cannot fit."""
+    unknown = set(config.mesh.keys()) - set(MESH_AXES)
+    if unknown:
+        _fail("mesh", f"unknown axes {sorted(unknown)}; the axes are {MESH_AXES}")
+    sizes = {axis: config.mesh.get(axis, 1) for axis in MESH_AXES}
+    for axis, size in sizes.items():
+        if isinstance(size, bool) or not isinstance(size, int) or (size < 1 and size != -1):
+            _fail(f"mesh.{axis}", f"must be a positive integer or -1, got {size!r}")
+    rest = [axis for axis, size in sizes.items() if size == -1]
+    if len(rest) > 1:
+        _fail("mesh", f"at most one axis may be -1, got {rest}")
+    known = 1
+    for size in sizes.values():
+        known *= 1 if size == -1 else size
+    if rest:
+        if num_devices % known:
+            _fail("mesh", f"{sizes} cannot be filled with {num_devices} devices")
+        sizes[rest[0]] = num_devices // known
+    elif known != num_devices:
+        _fail("mesh", f"{sizes} needs {known} devices, but {num_devices} are available")
+    return sizes
+
+
+def validate_config(
+    config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1
+) -> None:
+    """Checks a training config before anything is built; ValueError names the offending key."""
+    _positive_int(config, "num_steps")
+    _positive_int(config, "max_consecutive_nonfinite")
+    if config.model.preset not in PRESETS:
+        _fail("model.preset", f"must be one of {PRESETS}, got {config.model.preset!r}")
+
+    ae = config.autoencoder
+    if ae.kind not in AUTOENCODERS:
+        _fail("autoencoder.kind", f"must be one of {AUTOENCODERS}, got {ae.kind!r}")
+    if ae.kind == "space_to_depth":
+        spatial, temporal = _positive_int(config, "autoencoder.factor"), 1
+    else:
+        if not ae.checkpoint:
+            _fail("autoencoder.checkpoint", "kind 'wan_vae' needs a converted VAE directory")
+        spatial, temporal = 8, 4
+    te = config.text_encoder
+    if te.kind not in TEXT_ENCODERS:
+        _fail("text_encoder.kind", f"must be one of {TEXT_ENCODERS}, got {te.kind!r}")
+    if te.kind == "umt5":
+        for key in ("checkpoint", "tokenizer"):
+            if not te[key]:
+                _fail(f"text_encoder.{key}", "kind 'umt5' needs it (a converted umT5 / its spm)")
+    _positive_int(config, "text_encoder.max_length")
+
+    data = config.data
+    for key in ("erp_height", "erp_width", "map_size", "num_frames", "frame_stride", "batch_size"):
+        _positive_int(config, f"data.{key}")
+    if data.erp_width != 2 * data.erp_height:
+        _fail("data.erp_width", f"must be 2 * erp_height, got {data.erp_height}x{data.erp_width}")
+    # The latent (map / spatial factor) splits into 2 x 2 patches, whose token grid splits into
+    # the 4 subregions of the map: the map side is a multiple of 4 * patch * spatial factor.
+    multiple = 2 * 2 * spatial
+    if data.map_size % multiple:
+        _fail("data.map_size", f"must be a multiple of {multiple}, got {data.map_size}")
+    if (data.num_frames - 1) % temporal:
+        _fail("data.num_frames", f"must be 1 + {temporal}k for this autoencoder, got {data.num_frames}")
+    for key in ("image_ratio", "caption_dropout"):
+        if not 0.0 <= data[key] <= 1.0:
+            _fail(f"data.{key}", f"must be in [0, 1], got {data[key]}")
+
+    diffusion = config.diffusion
+    if diffusion.timestep_sampler not in TIMESTEP_SAMPLERS:
+        _fail(
+            "diffusion.timestep_sampler",
+            f"must be one of {TIMESTEP_SAMPLERS}, got {diffusion.timestep_sampler!r}",
+        )
+    if not diffusion.shift > 0:
+        _fail("diffusion.shift", f"must be > 0, got {diffusion.shift}")
+    if not diffusion.logit_std > 0:
+        _fail("diffusion.logit_std", f"must be > 0, got {diffusion.logit_std}")
+
+    optim = config.optim
+    if not optim.lr > 0:
+        _fail("optim.lr", f"must be > 0, got {optim.lr}")
+    if optim.warmup_steps < 0:
+        _fail("optim.warmup_steps", f"must be >= 0, got {optim.warmup_steps}")
+    if optim.schedule not in SCHEDULES:
+        _fail("optim.schedule", f"must be one of {SCHEDULES}, got {optim.schedule!r}")
+    if optim.grad_clip < 0:
+        _fail("optim.grad_clip", f"must be >= 0 (0 = no clipping), got {optim.grad_clip}")
+    if not 0.0 <= optim.ema_decay < 1.0:
+        _fail("optim.ema_decay", f"must be in [0, 1) (0 = no EMA), got {optim.ema_decay}")
+    if optim.mu_dtype not in ("float32", "bfloat16"):
+        _fail("optim.mu_dtype", f"must be float32 or bfloat16, got {optim.mu_dtype!r}")
+
+    _positive_int(config, "checkpoint.every_steps")
+    _positive_int(config, "checkpoint.keep")
+    _positive_int(config, "log.every_steps")
+    if config.log.image_every_steps < 0:
+        _fail("log.image_every_steps", "must be >= 0 (0 = never)")
+
+    sizes = mesh_shape(config, num_devices)
+    batch_shards = sizes["data"] * sizes["fsdp"]
+    if data.batch_size % batch_shards:
+        _fail(
+            "data.batch_size",
+            f"{data.batch_size} must be divisible by the mesh's data x fsdp = {batch_shards}",
+        )
+    if data.batch_size % process_count:
+        _fail("data.batch_size", f"{data.batch_size} must be divisible by the {process_count} hosts")
+    rule_names = set()
+    for entry in config.sharding_rules:
+        if len(entry) != 2:
+            _fail("sharding_rules", f"entries are (logical name, mesh axes), got {entry!r}")
+        name, axes = entry
+        targets = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        if not set(targets) <= set(MESH_AXES):
+            _fail("sharding_rules", f"{name!r} maps to {axes!r}, not axes of {MESH_AXES}")
+        rule_names.add(name)
+
+    from viewpoint_jax import components  # the model fields are checked by DiTConfig itself
+
+    try:
+        components.dit_config(config)
+    except (TypeError, ValueError) as error:
+        _fail("model", str(error))

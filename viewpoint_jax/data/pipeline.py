@@ -1,0 +1,433 @@
+"""The grain input pipeline: panoramic records -> batches of ViewPoint maps and conditions.
+
+Per record (in grain workers): a random clip of `num_frames` frames every `frame_stride` frames
+is decoded (OpenCV) and resized to the ERP size; a random yaw turn (a horizontal roll of the
+ERP, exact) augments it; the jitted geometry maps it onto the ViewPoint map and renders the
+condition (a random perspective view of the clip projected back onto the map with its mask,
+see conditions.py); the caption is dropped (set to "") at rate `caption_dropout` for
+classifier-free guidance.
+
+Joint image and video training: images are 1-frame videos. Two streams, each batched on its
+own so every batch has one frame count, are interleaved with weights (1 - image_ratio,
+image_ratio): the video stream reads the video records, the image stream one random frame of
+any record (an image, or a frame of a video). Records are sharded per host, shuffled (reshuffled
+every epoch), processed in `worker_count` processes, and the iterator state is checkpointable.
+
+Training batches (`make_train_iterator`), host-local batch B = batch_size // process_count,
+F = num_frames for video batches and 1 for image batches, M = map_size:
+
+    target_map       (B, F, M, M, 3) float32 in [-1, 1]
+    condition_map    (B, F, M, M, 3) float32 in [-1, 1], 0 outside the mask
+    condition_mask   (B, F, M, M, 1) float32 in {0, 1} (the same for every frame)
+    caption          (B,) str ("" when dropped)
+    is_image         (B,) bool (all equal within a batch)
+    skipped_records  () int64: corrupt records skipped so far on this host (for metrics)
+
+Eval batches (`make_eval_iterator`) add perspective (B, F, h, w, 3) float32 (the condition
+clip), view (B, 4) float32 (fov, yaw, pitch, roll in degrees) and source (B,) str.
+
+A record that cannot be decoded is skipped with a warning and counted in `skipped_records`;
+the run never dies on one bad file (only if every record fails).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+from absl import flags
+
+from viewpoint_jax.data import builder, conditions
+
+log = logging.getLogger(__name__)
+
+# A run whose records fail this many times in a row has no readable data: stop with a message.
+MAX_CONSECUTIVE_FAILURES = 1000
+_BAD = "bad"
+_SKIP = "skip"
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """`config.data`: the demo dataset at CPU size; configs override what they need."""
+    c = ml_collections.ConfigDict()
+    c.data_dir = "demo_output/data"  # the TFDS data dir (holds panoramic_videos/<name>/<version>)
+    c.name = "demo"  # dataset name given to tools/prepare_dataset.py --name
+    c.train_split = "train"
+    c.eval_split = "test"
+    c.erp_height = 64
+    c.erp_width = 128
+    c.map_size = 64
+    c.num_frames = 9  # frames per video clip (1 + 4k for the Wan VAE)
+    c.frame_stride = 1  # take every stride-th frame
+    c.image_ratio = 0.0  # fraction of batches that are images (1-frame videos)
+    c.caption_dropout = 0.1  # caption -> "" at this rate (classifier-free guidance)
+    c.condition_fov_range = (60.0, 120.0)  # horizontal field of view, degrees
+    c.condition_yaw_range = (-180.0, 180.0)
+    c.condition_pitch_range = (-30.0, 30.0)
+    c.condition_roll_range = (0.0, 0.0)
+    c.condition_size = (0, 0)  # perspective (h, w); (0, 0): conditions.condition_size(erp_height)
+    c.yaw_augment = True  # random horizontal roll of the ERP
+    c.batch_size = 8  # global, over all hosts
+    c.worker_count = 0  # grain worker processes per host (0: in the main process)
+    c.worker_buffer_size = 1  # batches buffered per worker
+    c.read_threads = 2  # threads per process reading and processing records
+    c.shuffle_seed = 0
+    return c
+
+
+def _validate(config: ml_collections.ConfigDict) -> None:
+    def positive(key):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"config.data.{key} must be a positive integer, got {value!r}")
+
+    for key in ("erp_height", "erp_width", "map_size", "num_frames", "frame_stride", "batch_size"):
+        positive(key)
+    if config.erp_width != 2 * config.erp_height:
+        raise ValueError(
+            "config.data.erp_width must be 2 * erp_height, got "
+            f"{config.erp_height}x{config.erp_width}"
+        )
+    if config.map_size % 2:
+        raise ValueError(f"config.data.map_size must be even, got {config.map_size}")
+    for key in ("image_ratio", "caption_dropout"):
+        if not 0.0 <= config[key] <= 1.0:
+            raise ValueError(f"config.data.{key} must be in [0, 1], got {config[key]}")
+    if config.worker_count < 0:
+        raise ValueError(f"config.data.worker_count must be >= 0, got {config.worker_count}")
+
+
+def _condition_hw(config: ml_collections.ConfigDict) -> tuple[int, int]:
+    size = tuple(int(v) for v in config.condition_size)
+    if size == (0, 0):
+        return conditions.condition_size(config.erp_height)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"config.data.condition_size must be (h, w) or (0, 0), got {size}")
+    return size
+
+
+# Per-record processing --------------------------------------------------------------------------
+
+
+def clip_indices(
+    num_available: int, num_frames: int, stride: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Frame indices of a random clip; short videos get a smaller stride, then a frozen tail.
+
+    A video with at least (num_frames - 1) * stride + 1 frames gives a clip at a uniformly random
+    start. A shorter one is read with the largest stride that fits; one with fewer than
+    `num_frames` frames repeats its last frame.
+    """
+    if num_available < 1:
+        raise ValueError("a record with no frames")
+    if num_frames == 1:
+        return np.asarray([rng.integers(num_available)])
+    stride = max(1, min(stride, (num_available - 1) // (num_frames - 1)))
+    span = (num_frames - 1) * stride + 1
+    start = rng.integers(max(1, num_available - span + 1))
+    return np.minimum(start + stride * np.arange(num_frames), num_available - 1)
+
+
+def decode_clip(frames: list[bytes], indices: np.ndarray, erp_hw: tuple[int, int]) -> np.ndarray:
+    """Decodes the frames at `indices` (each once) -> RGB uint8 `(F, H, W, 3)` at `erp_hw`."""
+    decoded = {}
+    for i in np.unique(indices):
+        decoded[int(i)] = builder.resize_frame(builder.decode_frame(frames[int(i)]), erp_hw)
+    return np.stack([decoded[int(i)] for i in indices])
+
+
+def yaw_roll(erp: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """A random yaw turn of an ERP clip `(..., H, W, C)`: a horizontal roll by whole pixels.
+
+    Rolling by k columns turns the panorama by 360 k / W degrees about the vertical axis, which
+    is exact (no resampling). Returns the rolled clip and k.
+    """
+    shift = int(rng.integers(erp.shape[-2]))
+    return np.roll(erp, shift, axis=-2), shift
+
+
+@functools.cache
+def _cpu_device() -> jax.Device | None:
+    """The host CPU: the geometry of the input pipeline stays off the accelerators."""
+    try:
+        return jax.local_devices(backend="cpu")[0]
+    except RuntimeError:  # JAX_PLATFORMS excludes the CPU: use the default device
+        return None
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+class ExampleMaker:
+    """Record -> training example; a grain `random_map` callable (picklable, jax on CPU).
+
+    `mode`: "video" (clips of num_frames; image records are skipped), "image" (one random frame
+    of any record) or "eval" (videos, no caption dropout nor yaw turn, extra keys).
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, mode: str):
+        if mode not in ("video", "image", "eval"):
+            raise ValueError(f"mode must be video, image or eval, got {mode!r}")
+        self.mode = mode
+        self.num_frames = 1 if mode == "image" else int(config.num_frames)
+        self.stride = int(config.frame_stride)
+        self.erp_hw = (int(config.erp_height), int(config.erp_width))
+        self.map_size = int(config.map_size)
+        self.condition_hw = _condition_hw(config)
+        self.view_ranges = {
+            "fov_range": tuple(config.condition_fov_range),
+            "yaw_range": tuple(config.condition_yaw_range),
+            "pitch_range": tuple(config.condition_pitch_range),
+            "roll_range": tuple(config.condition_roll_range),
+        }
+        conditions.sample_view(np.random.default_rng(0), **self.view_ranges)  # validates ranges
+        self.caption_dropout = 0.0 if mode == "eval" else float(config.caption_dropout)
+        self.yaw_augment = bool(config.yaw_augment) and mode != "eval"
+
+    def __call__(self, record: dict, rng: np.random.Generator) -> dict:
+        if self.mode != "image" and bool(record.get("is_image", False)):
+            return {"_status": _SKIP}
+        try:
+            return self.make(record, rng)
+        except Exception as error:
+            where = _text(record.get("source", "?")) if isinstance(record, dict) else "?"
+            log.warning("skipping unreadable record %s: %s: %s", where, type(error).__name__, error)
+            return {"_status": _BAD}
+
+    def make(self, record: dict, rng: np.random.Generator) -> dict:
+        frames = record["frames"]
+        indices = clip_indices(len(frames), self.num_frames, self.stride, rng)
+        clip = decode_clip(frames, indices, self.erp_hw)
+        if self.yaw_augment:
+            clip, _ = yaw_roll(clip, rng)
+        view = conditions.sample_view(rng, **self.view_ranges)
+        caption = _text(record["caption"])
+        if rng.random() < self.caption_dropout:
+            caption = ""
+        erp = clip.astype(np.float32) / 127.5 - 1.0
+        with jax.default_device(_cpu_device()):
+            maps = conditions.target_and_condition(
+                erp, view.as_array(), map_size=self.map_size, out_hw=self.condition_hw
+            )
+            maps = {key: np.asarray(value, np.float32) for key, value in maps.items()}
+        example = {
+            "target_map": maps["target_map"],
+            "condition_map": maps["condition_map"],
+            "condition_mask": maps["condition_mask"],
+            "caption": caption,
+            "is_image": np.bool_(self.num_frames == 1),
+        }
+        if self.mode == "eval":
+            example["perspective"] = maps["perspective"]
+            example["view"] = view.as_array()
+            example["source"] = _text(record.get("source", ""))
+        return example
+
+
+# Batching that drops bad records, and the skip counter ------------------------------------------
+
+
+def _stack(examples: list[dict]) -> dict:
+    return {key: np.stack([np.asarray(e[key]) for e in examples]) for key in examples[0]}
+
+
+class _BatchIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, batch_size: int, drop_remainder: bool):
+        super().__init__(parent)
+        self._batch_size = batch_size
+        self._drop_remainder = drop_remainder
+
+    def __next__(self) -> dict:
+        examples, skipped, failures = [], 0, 0
+        while len(examples) < self._batch_size:
+            try:
+                element = next(self._parent)
+            except StopIteration:
+                if examples and not self._drop_remainder:
+                    break
+                raise
+            status = element.get("_status")
+            if status is None:
+                examples.append(element)
+                failures = 0
+            elif status == _BAD:
+                skipped += 1
+                failures += 1
+                if failures >= MAX_CONSECUTIVE_FAILURES:
+                    raise RuntimeError(
+                        f"{failures} records in a row could not be read: is the dataset corrupt?"
+                    )
+        batch = _stack(examples)
+        batch["skipped_records"] = np.int64(skipped)
+        return batch
+
+    def get_state(self) -> dict:
+        return self._parent.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self._parent.set_state(state)
+
+
+class _BatchDataset(grain.IterDataset):
+    """Batches examples, dropping skipped/bad records; `skipped_records` counts the bad ones."""
+
+    def __init__(self, parent: grain.IterDataset, batch_size: int, drop_remainder: bool = True):
+        super().__init__(parent)
+        self._batch_size = batch_size
+        self._drop_remainder = drop_remainder
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _BatchIterator(self._parent.__iter__(), self._batch_size, self._drop_remainder)
+
+
+class _CountIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator):
+        super().__init__(parent)
+        self._total = 0
+
+    def __next__(self) -> dict:
+        batch = next(self._parent)
+        self._total += int(batch["skipped_records"])
+        batch["skipped_records"] = np.int64(self._total)
+        return batch
+
+    def get_state(self) -> dict:
+        return {"parent": self._parent.get_state(), "skipped_records": self._total}
+
+    def set_state(self, state: dict) -> None:
+        self._parent.set_state(state["parent"])
+        self._total = int(state["skipped_records"])
+
+
+class _CountDataset(grain.IterDataset):
+    """Turns per-batch skip counts into the running total of this host (kept in the state)."""
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _CountIterator(self._parent.__iter__())
+
+
+# Iterators --------------------------------------------------------------------------------------
+
+
+def _cpu_worker_init(worker_index: int, worker_count: int) -> None:
+    """Grain workers compute the geometry on CPU: never claim the host's accelerators."""
+    del worker_index, worker_count
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    if "jax" in sys.modules:
+        sys.modules["jax"].config.update("jax_platforms", "cpu")
+
+
+def _split_has_videos(config: ml_collections.ConfigDict, split: str) -> bool | None:
+    counts = builder.split_counts(config.data_dir, config.name).get(split)
+    return None if counts is None else counts.get("video_segments", 0) > 0
+
+
+def make_train_iterator(
+    config: ml_collections.ConfigDict,
+    *,
+    seed: int | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+    data_source: Any = None,
+) -> grain.DatasetIterator:
+    """An endless, checkpointable iterator of this host's training batches (keys: module doc).
+
+    Args:
+      config: `config.data` (see `default_data_config`).
+      seed: shuffle and augmentation seed (default config.shuffle_seed).
+      process_index, process_count: this host's shard of the records (jax.process_index(),
+        jax.process_count()); each host gets batch_size // process_count examples a batch.
+      data_source: random-access records to read instead of config's TFDS split (tests).
+
+    Save/restore with `it.get_state()` / `it.set_state(state)` (JSON-able dict), or with Orbax:
+    `grain.checkpoint.CheckpointSave(it)` / `grain.checkpoint.CheckpointRestore(it)`.
+    Call `it.close()` when done if worker_count > 0.
+    """
+    _validate(config)
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    if config.batch_size % process_count:
+        raise ValueError(
+            f"config.data.batch_size {config.batch_size} is not divisible by the "
+            f"{process_count} hosts"
+        )
+    batch_size = config.batch_size // process_count
+    seed = int(config.shuffle_seed if seed is None else seed)
+    if data_source is None:
+        data_source = builder.open_data_source(config.data_dir, config.name, config.train_split)
+        if config.image_ratio < 1 and _split_has_videos(config, config.train_split) is False:
+            raise ValueError(
+                f"split {config.train_split!r} of dataset {config.name!r} has no videos: set "
+                "config.data.image_ratio = 1 to train on images only"
+            )
+    if len(data_source) < process_count:
+        raise ValueError(f"{len(data_source)} records cannot be sharded over {process_count} hosts")
+    records = grain.MapDataset.source(data_source)[process_index::process_count]
+    read_options = grain.ReadOptions(
+        num_threads=config.read_threads, prefetch_buffer_size=max(2, 2 * batch_size)
+    )
+
+    def stream(mode: str, stream_seed: int) -> grain.IterDataset:
+        ds = records.shuffle(seed=stream_seed).repeat()
+        ds = ds.random_map(ExampleMaker(config, mode), seed=stream_seed + 1)
+        return _BatchDataset(ds.to_iter_dataset(read_options), batch_size)
+
+    streams, weights = {}, {}
+    if config.image_ratio < 1:
+        streams["video"], weights["video"] = stream("video", seed), 1.0 - config.image_ratio
+    if config.image_ratio > 0:
+        streams["image"], weights["image"] = stream("image", seed + 7919), config.image_ratio
+    ds = (
+        streams[next(iter(streams))]
+        if len(streams) == 1
+        else grain.IterDataset.mix(streams, weights)
+    )
+    if config.worker_count > 0:
+        # Grain's workers read absl flags; outside an absl app (tests, notebooks) use defaults.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        ds = ds.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size
+            ),
+            worker_init_fn=_cpu_worker_init,
+        )
+    return iter(_CountDataset(ds))
+
+
+def make_eval_iterator(
+    config: ml_collections.ConfigDict,
+    *,
+    split: str | None = None,
+    batch_size: int = 1,
+    seed: int = 0,
+    num_examples: int | None = None,
+    data_source: Any = None,
+) -> Iterable[dict]:
+    """A finite, deterministic iterator over the video records of a held-out split.
+
+    No shuffle, no caption dropout, no yaw turn; the clip start and condition view of each
+    record are fixed by `seed`. Batches carry the training keys plus perspective, view, source.
+    The last batch may be smaller.
+    """
+    _validate(config)
+    if data_source is None:
+        data_source = builder.open_data_source(
+            config.data_dir, config.name, split or config.eval_split
+        )
+    ds = grain.MapDataset.source(data_source)
+    if num_examples is not None:
+        ds = ds[: int(num_examples)]
+    ds = ds.random_map(ExampleMaker(config, "eval"), seed=seed)
+    options = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=2)
+    ds = _BatchDataset(ds.to_iter_dataset(options), batch_size, drop_remainder=False)
+    return iter(_CountDataset(ds))

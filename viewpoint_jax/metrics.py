@@ -1,0 +1,174 @@
+"""Training observability: analytic FLOPs and MFU, TensorBoard, a progress bar, preview images.
+
+FLOPs of one forward pass of the DiT on one sample (a multiply-add = 2 FLOPs), with
+N tokens = (F / pt) (H / ph) (W / pw) of the latent, D = dim, Df = ffn_dim, L text tokens,
+Dt = text_dim, Ci / Co input / output channels, P = pt ph pw:
+
+  patch embed       2 N (P Ci) D
+  text embed        2 L (Dt D + D D)
+  time embed        2 (freq D + D D + D 6D)             (per sample, negligible)
+  per block
+    self-attn proj  2 N D 4D                            (q, k, v, o)
+    self-attn       pano:        2 * 2 N N D            (q k^T and p v, all heads)
+                    perspective: 4 * 2 * 2 (N/4)^2 D    (4 subregions of N/4 tokens) = N^2 D
+    cross-attn      2 N D 2D + 2 L D 2D + 2 * 2 N L D   (q, o; k, v of the text; q k^T, p v)
+    ffn             2 N D 2Df
+  head              2 N D (P Co)
+
+A training step costs 3x the forward (the backward pass is two matmuls per forward matmul);
+rematerialisation's recomputation is not counted (MFU, not hardware utilisation). The frozen
+VAE and text encoder are not counted either.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from viewpoint_jax.io_utils import atomic_path
+from viewpoint_jax.models.dit import PANO, DiTConfig
+
+# Dense bf16 peak per device, FLOP/s (vendor figures, no sparsity).
+PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "TPU v5p": 459e12,
+    "TPU v5 lite": 197e12,
+    "TPU v6 lite": 918e12,
+    "TPU v4": 275e12,
+}
+
+
+def dit_forward_flops(
+    config: DiTConfig, latent_shape: tuple[int, int, int], text_tokens: int
+) -> float:
+    """Forward FLOPs of the DiT on one sample of latent `(F, H, W)` (see the module docstring)."""
+    pt, ph, pw = config.patch_size
+    f, h, w = latent_shape
+    n = (f // pt) * (h // ph) * (w // pw)
+    d, dff, lt, patch = config.dim, config.ffn_dim, text_tokens, pt * ph * pw
+    flops = 2 * n * patch * config.in_dim * d
+    flops += 2 * lt * (config.text_dim * d + d * d)
+    flops += 2 * (config.freq_dim * d + d * d + d * 6 * d)
+    for kind in config.block_kinds:
+        flops += 2 * n * d * 4 * d
+        flops += 4 * n * n * d if kind == PANO else 4 * 4 * (n // 4) ** 2 * d
+        flops += 2 * n * d * 2 * d + 2 * lt * d * 2 * d + 4 * n * lt * d
+        flops += 2 * n * d * 2 * dff
+    flops += 2 * n * d * patch * config.out_dim
+    return float(flops)
+
+
+def train_step_flops(
+    config: DiTConfig, latent_shape: tuple[int, int, int], text_tokens: int, batch: int
+) -> float:
+    """FLOPs of one training step (forward + backward) of a global batch."""
+    return 3.0 * batch * dit_forward_flops(config, latent_shape, text_tokens)
+
+
+def tokens_per_sample(config: DiTConfig, latent_shape: tuple[int, int, int]) -> int:
+    pt, ph, pw = config.patch_size
+    return math.prod((s // p) for s, p in zip(latent_shape, (pt, ph, pw)))
+
+
+def peak_flops_per_device(device_kind: str, override_tflops: float = 0.0) -> float | None:
+    """Peak FLOP/s of a device (override, else by its kind); None when unknown (e.g. CPU)."""
+    if override_tflops > 0:
+        return override_tflops * 1e12
+    for name, flops in PEAK_FLOPS.items():
+        if name.lower() in device_kind.lower():
+            return flops
+    return None
+
+
+class StepTimer:
+    """Wall time between consecutive `tick()` calls (the first returns None)."""
+
+    def __init__(self):
+        self._last = None
+
+    def tick(self) -> float | None:
+        now = time.perf_counter()
+        elapsed = None if self._last is None else now - self._last
+        self._last = now
+        return elapsed
+
+
+def throughput(
+    step_seconds: float, step_flops: float, step_tokens: int, num_devices: int, peak: float | None
+) -> dict[str, float]:
+    """tokens/s and, when the peak is known, MFU = achieved FLOP/s / (devices * peak)."""
+    out = {"tokens_per_s": step_tokens / step_seconds}
+    if peak:
+        out["mfu"] = step_flops / step_seconds / (num_devices * peak)
+    return out
+
+
+class Writer:
+    """TensorBoard scalars and images (tensorboardX), only on the first host."""
+
+    def __init__(self, logdir: str | Path, enabled: bool = True):
+        self._writer = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(str(logdir), flush_secs=30)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self._writer is not None:
+            for name, value in values.items():
+                self._writer.add_scalar(name, value, step)
+
+    def image(self, step: int, name: str, image: np.ndarray) -> None:
+        """`image` (H, W, 3) uint8."""
+        if self._writer is not None:
+            self._writer.add_image(name, image, step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    return np.round((np.clip(x, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+
+
+def preview_grid(
+    condition: np.ndarray, target: np.ndarray, prediction: np.ndarray, max_examples: int = 4
+) -> np.ndarray:
+    """Maps `(B, F, M, M, 3)` in [-1, 1] -> one uint8 image: a row per example of condition,
+    target and prediction, each showing the first and the last frame side by side."""
+    rows = []
+    gap = 2
+    for b in range(min(len(target), max_examples)):
+        tiles = []
+        for video in (condition, target, prediction):
+            frames = [video[b, 0], video[b, -1]]
+            tiles.append(np.concatenate([frames[0], np.ones_like(frames[0][:, :gap]), frames[1]], 1))
+            tiles.append(np.ones_like(tiles[-1][:, : 3 * gap]))
+        rows.append(np.concatenate(tiles[:-1], axis=1))
+        rows.append(np.ones_like(rows[-1][: 3 * gap]))
+    return _to_uint8(np.concatenate(rows[:-1], axis=0))
+
+
+def write_png(path: str | Path, image: np.ndarray) -> None:
+    import cv2
+
+    with atomic_path(path) as tmp:
+        ok, data = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))
+        if not ok:
+            raise ValueError(f"could not encode {path}")
+        tmp.write_bytes(data.tobytes())
+
+
+def format_scalars(values: dict[str, Any]) -> str:
+    parts = []
+    for name, value in values.items():
+        parts.append(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}")
+    return " ".join(parts)

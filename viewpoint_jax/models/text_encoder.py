@@ -1,0 +1,215 @@
+"""Prompts -> umT5 text context as Wan2.1's DiT receives it, and an on-disk cache of caption embeddings.
+
+Wan's `T5EncoderModel.__call__` keeps each prompt's first `n` hidden states (n = its tokens with
+`</s>`) and the DiT zero-pads them back to 512 (`text_len`). `encode_text` returns that tensor
+directly: the encoder's states with every padded position set to zero, plus the mask.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from viewpoint_jax import io_utils
+from viewpoint_jax.models.umt5 import UMT5Encoder
+
+
+def masked_embeddings(encoder: nnx.Module, ids: jax.Array, mask: jax.Array) -> jax.Array:
+    """ids `(B, L)`, mask `(B, L)` -> `(B, L, D)` float32 hidden states, zero where mask is 0."""
+    embeddings = encoder(ids, mask).astype(jnp.float32)
+    return embeddings * mask[..., None].astype(jnp.float32)
+
+
+@jax.jit
+def _encode(graphdef: nnx.GraphDef, state: nnx.State, ids: jax.Array, mask: jax.Array):
+    return masked_embeddings(nnx.merge(graphdef, state), ids, mask)
+
+
+class TextEncoder:
+    """A tokenizer and an umT5 encoder; `encode_text(prompts)` runs both (the encoder jitted).
+
+    Attributes:
+      encoder: the `UMT5Encoder` (an nnx.Module; training splits it to pass its arrays).
+      tokenizer: `tokenizer(prompts) -> (ids (B, L) int32, mask (B, L))`, e.g. `Tokenizer`.
+    """
+
+    def __init__(self, encoder: UMT5Encoder, tokenizer: Callable[[Sequence[str]], Any]):
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+
+    @property
+    def dim(self) -> int:
+        return int(self.encoder.config.d_model)
+
+    def encode_ids(self, ids: Any, mask: Any) -> jax.Array:
+        """Token ids and mask `(B, L)` -> `(B, L, d_model)` float32, zero past each prompt."""
+        ids, mask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)
+        if ids.ndim != 2 or ids.shape != mask.shape:
+            raise ValueError(f"ids {ids.shape} and mask {mask.shape} must both be (batch, length)")
+        vocab = self.encoder.config.vocab_size
+        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            raise ValueError(
+                f"token ids span [{int(ids.min())}, {int(ids.max())}], outside the encoder's "
+                f"vocabulary of {vocab}: is the tokenizer the one this encoder was trained with?"
+            )
+        # Split on every call (cheap) so an encoder updated in place is never served stale.
+        graphdef, state = nnx.split(self.encoder)
+        return _encode(graphdef, state, ids, mask)
+
+    def encode_text(self, prompts: Sequence[str]) -> tuple[jax.Array, jax.Array]:
+        """Prompts -> (embeddings `(B, L, d_model)` float32 zero-padded as Wan pads its context,
+        mask `(B, L)` int32); `L` is the tokenizer's max_length (512 for Wan)."""
+        ids, mask = self.tokenizer(prompts)
+        return self.encode_ids(ids, mask), jnp.asarray(mask, jnp.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Precomputed caption embeddings.
+
+
+class TextEmbeddingCache:
+    """Caption embeddings held as their real tokens only (padding is zeros, not stored).
+
+    `lookup(captions)` gives what `encode_text(captions)` would: `(B, max_length, D)` float32
+    zero-padded embeddings and the `(B, max_length)` int32 mask.
+    """
+
+    def __init__(
+        self, captions: Sequence[str], lengths: np.ndarray, tokens: np.ndarray, max_length: int
+    ):
+        self.captions = list(captions)
+        self.lengths = np.asarray(lengths, np.int64)
+        self.tokens = np.asarray(tokens, np.float32)
+        self.max_length = int(max_length)
+        starts = np.concatenate([[0], np.cumsum(self.lengths)])
+        self._rows = {c: (int(starts[i]), int(starts[i + 1])) for i, c in enumerate(self.captions)}
+
+    @property
+    def dim(self) -> int:
+        return int(self.tokens.shape[-1])
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __contains__(self, caption: str) -> bool:
+        return caption in self._rows
+
+    def lookup(self, captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        missing = [c for c in captions if c not in self._rows]
+        if missing:
+            raise KeyError(f"{len(missing)} captions are not in the cache, e.g. {missing[0]!r}")
+        embeddings = np.zeros((len(captions), self.max_length, self.dim), np.float32)
+        mask = np.zeros((len(captions), self.max_length), np.int32)
+        for row, caption in enumerate(captions):
+            start, stop = self._rows[caption]
+            embeddings[row, : stop - start] = self.tokens[start:stop]
+            mask[row, : stop - start] = 1
+        return embeddings, mask
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes an `.npz` atomically (no pickles: captions are stored as a unicode array)."""
+        with io_utils.atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(
+                f,
+                captions=np.array(self.captions, dtype=str),
+                lengths=self.lengths,
+                tokens=self.tokens,
+                max_length=np.int64(self.max_length),
+            )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TextEmbeddingCache:
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return cls(
+                    [str(c) for c in data["captions"]],
+                    data["lengths"],
+                    data["tokens"],
+                    int(data["max_length"]),
+                )
+        except (OSError, KeyError, ValueError) as e:
+            raise ValueError(f"{path}: not a text embedding cache ({e})") from None
+
+
+def cache_text_embeddings(
+    text_encoder: TextEncoder,
+    captions: Iterable[str],
+    path: str | os.PathLike,
+    *,
+    batch_size: int = 8,
+) -> TextEmbeddingCache:
+    """Embeddings of every distinct caption, computed once and kept in an `.npz` at `path`.
+
+    An existing cache is reloaded and only the captions it lacks are encoded (then the file is
+    rewritten atomically with all of them). Batches have a fixed size (the last one is filled by
+    repeating captions), so the encoder compiles once.
+
+    Raises:
+      ValueError if the existing file was written for another width or max_length (delete it to
+      rebuild; a different encoder of the same sizes cannot be detected).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    captions = list(dict.fromkeys(captions))
+    for i, caption in enumerate(captions):
+        if not isinstance(caption, str):
+            raise ValueError(f"caption {i} is a {type(caption).__name__}, not a str")
+    path = Path(path)
+    if path.exists():
+        cache = TextEmbeddingCache.load(path)
+    else:
+        cache = None
+    todo = [c for c in captions if cache is None or c not in cache]
+    if cache is not None and not todo:
+        _check_compatible(cache, text_encoder, path)
+        return cache
+
+    lengths, tokens = [], []
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        padded = batch + [batch[-1]] * (batch_size - len(batch))
+        embeddings, mask = text_encoder.encode_text(padded)
+        embeddings, mask = np.asarray(embeddings), np.asarray(mask)
+        for row in range(len(batch)):
+            n = int(mask[row].sum())
+            lengths.append(n)
+            tokens.append(embeddings[row, :n])
+    max_length = int(mask.shape[1]) if todo else 0
+    new = TextEmbeddingCache(todo, np.array(lengths, np.int64),
+                             np.concatenate(tokens) if tokens else np.zeros((0, 0)), max_length)
+    if cache is not None:
+        _check_compatible(cache, text_encoder, path, new)
+        new = TextEmbeddingCache(
+            cache.captions + new.captions,
+            np.concatenate([cache.lengths, new.lengths]),
+            np.concatenate([cache.tokens, new.tokens]),
+            cache.max_length,
+        )
+    if todo:
+        new.save(path)
+    return new
+
+
+def _check_compatible(
+    cache: TextEmbeddingCache,
+    text_encoder: TextEncoder,
+    path: Path,
+    new: TextEmbeddingCache | None = None,
+) -> None:
+    width = text_encoder.dim
+    max_length = new.max_length if new is not None else getattr(
+        text_encoder.tokenizer, "max_length", cache.max_length
+    )
+    if cache.dim != width or cache.max_length != max_length:
+        raise ValueError(
+            f"{path}: cached embeddings are {cache.max_length} x {cache.dim}, the text encoder "
+            f"gives {max_length} x {width}; delete the file to rebuild it"
+        )
