@@ -152,7 +152,8 @@ def test_parity_with_diffusers(reference, tmp_path, layout, fmt):
     model = dit_lib.load_dit(tmp_path / "dst")
     got = _jax_forward(model, x, t, ctx)
     rel = np.abs(got - expected).max() / np.abs(expected).max()
-    assert rel < 1e-5, f"max abs error relative to output scale: {rel:.2e}"
+    # Measured: 2.6e-7 from both layouts (fp32 on CPU); the issue asks for 1e-5.
+    assert rel < 2e-6, f"max abs error relative to output scale: {rel:.2e}"
 
 
 def test_inflation_ignores_condition_channels(reference, tmp_path):

@@ -4,7 +4,6 @@ import json
 import shutil
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import cv2
@@ -15,14 +14,14 @@ import pytest
 from flax import nnx
 
 from viewpoint_jax import sample, video_io
-from viewpoint_jax.diffusion import sampler
-from viewpoint_jax.models.autoencoder import SpaceToDepthAutoencoder
-from viewpoint_jax.models.dit import DiTConfig, WanDiT
+from viewpoint_jax.cli import UserError, run_main
+from viewpoint_jax.models.dit import WanDiT
 
 FFPROBE = shutil.which("ffprobe")
 REPO = Path(__file__).resolve().parents[1]
-MAP_SIZE, ERP_HEIGHT, FRAMES = 64, 32, 5
+FRAMES = 5
 
+# A config that loads fast, for the argument checks (the end-to-end test uses tiny.py:micro).
 CONFIG_FILE = """
 import ml_collections
 
@@ -37,41 +36,6 @@ def get_config(arg=None):
     )
     return config
 """
-
-
-class HashTextEncoder:
-    """Stand-in text encoder: a fixed random embedding per prompt, zero-padded like Wan's."""
-
-    def __init__(self, dim: int, length: int = 8):
-        self.dim, self.length = dim, length
-
-    def encode_text(self, prompts):
-        embeddings = np.zeros((len(prompts), self.length, self.dim), np.float32)
-        mask = np.zeros((len(prompts), self.length), np.int32)
-        for b, prompt in enumerate(prompts):
-            n = min(len(prompt.split()), self.length)
-            rng = np.random.default_rng(zlib.crc32(prompt.encode()))
-            embeddings[b, :n] = rng.normal(size=(n, self.dim))
-            mask[b, :n] = 1
-        return jnp.asarray(embeddings), jnp.asarray(mask)
-
-
-@pytest.fixture(scope="module")
-def pipeline():
-    import ml_collections
-
-    autoencoder = SpaceToDepthAutoencoder(factor=4)
-    channels = autoencoder.latent_channels
-    config = DiTConfig.tiny(in_dim=2 * channels + 1, out_dim=channels)
-    namespace = {}
-    exec(CONFIG_FILE, namespace)
-    settings: ml_collections.ConfigDict = namespace["get_config"]()
-    return sample.Pipeline(
-        model=WanDiT(config, rngs=nnx.Rngs(0)),
-        autoencoder=autoencoder,
-        text_encoder=HashTextEncoder(config.text_dim),
-        config=settings,
-    )
 
 
 def spherical_projection(path):
@@ -90,50 +54,6 @@ def condition_video(frames=FRAMES):
     for f in range(frames):
         video[f, 8:16, 4 + 3 * f : 12 + 3 * f] = (240, 200, 40)
     return video
-
-
-def test_generate_and_write_outputs(pipeline, tmp_path):
-    settings = sampler.SampleSettings(num_steps=3, seed=11, guidance_scale=4.0)
-    ticks = []
-    generation = sample.generate(
-        pipeline,
-        "a bright square",
-        settings,
-        video=condition_video(),
-        yaw_deg=45.0,
-        progress=lambda i: ticks.append(int(i)),
-    )
-    jax.effects_barrier()
-    assert sorted(ticks) == [0, 1, 2]
-    assert generation.map_video.shape == (FRAMES, MAP_SIZE, MAP_SIZE, 3)
-    assert generation.panorama.shape == (FRAMES, ERP_HEIGHT, 2 * ERP_HEIGHT, 3)
-    assert generation.panorama.dtype == np.uint8 and generation.panorama.std() > 5
-
-    out = tmp_path / "out"
-    record = {"prompt": "a bright square", "seed": 11, "settings": settings.to_dict()}
-    sample.write_outputs(out, generation, fps=8.0, record=record)
-    assert sorted(p.name for p in out.iterdir()) == [
-        "faces.png", "pano.mp4", "settings.json", "viewer.html", "viewpoint.mp4",
-    ]  # fmt: skip
-    assert all(path.stat().st_mode & 0o044 for path in [out, *out.iterdir()])  # not private
-    pano, fps = video_io.read_video(out / "pano.mp4")
-    assert pano.shape == generation.panorama.shape and fps == pytest.approx(8.0)
-
-    # The random model makes noise, which H.264 cannot keep pixel for pixel; its local means
-    # (4 x 4 blocks) must survive.
-    def block_means(video):
-        f, h, w, c = video.shape
-        return video.reshape(f, h // 4, 4, w // 4, 4, c).mean(axis=(2, 4))
-
-    assert np.abs(block_means(pano) - block_means(generation.panorama)).mean() < 8
-    vp, _ = video_io.read_video(out / "viewpoint.mp4")
-    assert vp.shape == generation.map_video.shape
-    faces = cv2.imread(str(out / "faces.png"))
-    assert faces is not None and faces.shape[0] > 6 and faces.shape[1] > 6 * ERP_HEIGHT // 2
-    assert json.loads((out / "settings.json").read_text()) == json.loads(json.dumps(record))
-    assert "data:video/mp4;base64," in (out / "viewer.html").read_text()
-    if FFPROBE:
-        assert spherical_projection(out / "pano.mp4") == "equirectangular"
 
 
 def test_faces_contact_sheet_shows_the_six_views():
@@ -169,46 +89,52 @@ def config_file(tmp_path):
     return path
 
 
-@pytest.mark.parametrize(
-    "extra,message",
-    [
-        (["--video", "missing.mp4"], "cannot read video missing.mp4"),
-        (["--video", "CONFIG"], "cannot read video"),
-        (["--fov", "190"], "--fov must be in (0, 180) degrees, got 190"),
-        (["--fov", "0"], "--fov must be in (0, 180) degrees"),
-        (["--num-frames", "6"], "--num-frames must be 1 + 4k"),
-        (["--pitch", "100"], "--pitch must be in [-90, 90]"),
-    ],
-)
+BAD_INPUT = [
+    (["--video", "missing.mp4"], "cannot read video missing.mp4"),
+    (["--video", "CONFIG"], "cannot read video"),
+    (["--fov", "190"], "--fov must be in (0, 180) degrees, got 190"),
+    (["--fov", "0"], "--fov must be in (0, 180) degrees"),
+    (["--num-frames", "6"], "--num-frames must be 1 + 4k"),
+    (["--pitch", "100"], "--pitch must be in [-90, 90]"),
+    (["--checkpoint", "nowhere"], "--checkpoint: no such directory nowhere"),
+]
+
+
+def bad_input_args(config_file, tmp_path, extra):
+    args = ["--config", config_file, "--checkpoint", tmp_path, "--prompt", "x"]
+    args += ["--out", tmp_path / "out"]
+    return [str(config_file) if arg == "CONFIG" else str(arg) for arg in args + extra]
+
+
+@pytest.mark.parametrize("extra,message", [BAD_INPUT[i] for i in (0, 2, 4)])
 def test_bad_input_gives_one_clear_message(config_file, tmp_path, extra, message):
-    extra = [str(config_file) if arg == "CONFIG" else arg for arg in extra]
-    result = run_cli(
-        "--config", config_file, "--checkpoint", tmp_path, "--prompt", "x",
-        "--out", tmp_path / "out", *extra, cwd=tmp_path,
-    )  # fmt: skip
+    result = run_cli(*bad_input_args(config_file, tmp_path, extra), cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
-    assert message in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
     assert not (tmp_path / "out").exists()
 
 
-def test_existing_output_and_missing_config_are_reported(config_file, tmp_path):
+@pytest.mark.parametrize("extra,message", [BAD_INPUT[i] for i in (1, 3, 5, 6)])
+def test_more_bad_input_in_process(config_file, tmp_path, monkeypatch, capsys, extra, message):
+    """The same path as the subprocess tests (`run_main(main)`), without a Python start each."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["sample", *bad_input_args(config_file, tmp_path, extra)])
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(sample.main)
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("error: ") and message in stderr and len(stderr.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_and_missing_config_are_reported(config_file, tmp_path, capsys):
     (tmp_path / "out").mkdir()
-    result = run_cli(
-        "--config",
-        config_file,
-        "--checkpoint",
-        tmp_path,
-        "--prompt",
-        "x",
-        "--out",
-        tmp_path / "out",
-    )
-    assert result.returncode == 2 and "exists (pass --overwrite" in result.stderr
-    result = run_cli("--config", tmp_path / "nope.py", "--checkpoint", tmp_path, "--prompt", "x",
-                     "--out", tmp_path / "new")  # fmt: skip
-    assert result.returncode == 2 and "--config: no such file" in result.stderr
+    with pytest.raises(UserError, match="exists \\(pass --overwrite"):
+        sample.main(bad_input_args(config_file, tmp_path, []))
+    with pytest.raises(UserError, match="--config: no such file"):
+        sample.main(bad_input_args(tmp_path / "nope.py", tmp_path, ["--out", tmp_path / "new"]))
 
 
 def test_frame_counts_are_trimmed_to_one_plus_4k(tmp_path, capsys):
@@ -271,5 +197,7 @@ def test_cli_end_to_end(tiny_checkpoint, tmp_path):
     assert video_io.read_video(out / "viewpoint.mp4")[0].shape == (5, 64, 64, 3)
     assert cv2.imread(str(out / "faces.png")) is not None
     assert (out / "viewer.html").stat().st_size > 1000
+    assert all(path.stat().st_mode & 0o044 for path in [out, *out.iterdir()])  # not private
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
     if FFPROBE:
         assert spherical_projection(out / "pano.mp4") == "equirectangular"

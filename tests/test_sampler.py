@@ -66,15 +66,15 @@ def reference_loop(model, conditions, rng, scheduler, guidance):
 @pytest.mark.parametrize("name", ["unipc", "euler"])
 def test_sample_matches_diffusers_loop(name):
     model, conditions = StandInModel(nnx.Rngs(0)), make_conditions()
-    settings = sampler.SampleSettings(num_steps=8, shift=3.0, guidance_scale=4.5, scheduler=name)
+    settings = sampler.SampleSettings(num_steps=4, shift=3.0, guidance_scale=4.5, scheduler=name)
     if name == "unipc":
         scheduler = UniPCMultistepScheduler(
             prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
         )
-        scheduler.set_timesteps(8)
+        scheduler.set_timesteps(4)
     else:
         scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
-        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1e-3, 9)[:-1])
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1e-3, 5)[:-1])
     rng = jax.random.key(7)
     expected = reference_loop(model, conditions, rng, scheduler, 4.5)
     latents = sampler.sample(model, conditions, rng, settings)
@@ -107,7 +107,7 @@ def test_all_steps_compile_once():
 
 def test_guidance_scale_one_skips_the_unconditional_branch():
     model, conditions = StandInModel(nnx.Rngs(0)), make_conditions()
-    settings = sampler.SampleSettings(num_steps=3, guidance_scale=1.0)
+    settings = sampler.SampleSettings(num_steps=4, guidance_scale=1.0)
     latents = sampler.sample(model, conditions, jax.random.key(0), settings)
     assert TRACED_BATCHES == [1]
     other_negative = conditions._replace(negative_context=-conditions.negative_context)
@@ -131,14 +131,14 @@ def test_fusing_every_step_makes_the_overlaps_agree():
 
 def test_progress_is_reported_for_every_step():
     steps = []
-    settings = sampler.SampleSettings(num_steps=5, guidance_scale=2.0)
+    settings = sampler.SampleSettings(num_steps=4, guidance_scale=2.0)
     model, conditions = StandInModel(nnx.Rngs(0)), make_conditions()
     latents = sampler.sample(
         model, conditions, jax.random.key(0), settings, progress=lambda i: steps.append(int(i))
     )
     jax.block_until_ready(latents)
     jax.effects_barrier()
-    assert sorted(steps) == list(range(5))
+    assert sorted(steps) == list(range(4))
 
 
 def test_settings_validate_and_round_trip():

@@ -96,9 +96,8 @@ def test_schedule_steps_inside_fori_loop_match_python_loop():
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 4, 8)), jnp.float32)
 
     def velocity(x, t):
-        return jax.pure_callback(
-            lambda x, t: model(np.asarray(x), float(t)), jax.ShapeDtypeStruct(x.shape, x.dtype), x, t
-        )
+        host_model = lambda x, t: model(np.asarray(x), float(t))
+        return jax.pure_callback(host_model, jax.ShapeDtypeStruct(x.shape, x.dtype), x, t)
 
     def body(i, state):
         return schedule.step(i, state, velocity(state.x, schedule.timesteps[i]))

@@ -79,29 +79,29 @@ class Checkpointer:
 def restore_params(directory: str | os.PathLike, abstract_params: Any, *, use_ema: bool = True):
     """Only the model weights of the latest checkpoint (the EMA weights when saved and asked for).
 
-    The optimizer state is not read: its leaves are Orbax placeholders.
+    A partial restore: the optimizer state is never read. Arrays land on the shardings of
+    `abstract_params`' leaves when they have them, else on the first device.
     """
     directory = Path(directory).absolute()
-    with ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(read_only=True)
-    ) as manager:
-        step = manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"no complete checkpoint under {directory}")
-        metadata = manager.item_metadata(step)
-        tree = metadata["state"] if metadata and metadata.get("state") is not None else None
-        if tree is None:
-            tree = ocp.StandardCheckpointer().metadata(directory / str(step) / "state").item_metadata
-        tree = dict(tree.tree if hasattr(tree, "tree") else tree)
-        key = "ema_params" if use_ema and "ema_params" in tree else "params"
-        params = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_params
-        )
-        target = {
-            name: params if name == key else jax.tree.map(lambda _: ocp.PLACEHOLDER, value)
-            for name, value in tree.items()
-        }
-        restored = ocp.StandardCheckpointer().restore(
-            directory / str(step) / "state", target
-        )
+    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True)) as m:
+        step = m.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no complete checkpoint under {directory}")
+    path = directory / str(step) / "state"
+    saved = ocp.StandardCheckpointer().metadata(path).item_metadata.tree
+    key = "ema_params" if use_ema and "ema_params" in saved else "params"
+    item = {key: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_params)}
+    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+    def restore_arg(x: Any) -> ocp.ArrayRestoreArgs:
+        sharding = getattr(x, "sharding", None) or default
+        return ocp.ArrayRestoreArgs(sharding=sharding, global_shape=x.shape, dtype=x.dtype)
+
+    shardings_like = {key: abstract_params}
+    restored = ocp.PyTreeCheckpointer().restore(
+        path,
+        args=ocp.args.PyTreeRestore(
+            item=item, restore_args=jax.tree.map(restore_arg, shardings_like), partial_restore=True
+        ),
+    )
     return restored[key]

@@ -154,12 +154,6 @@ def build_text_encoder(config: ml_collections.ConfigDict) -> Any:
     return text_lib.TextEncoder(encoder, tokenizer)
 
 
-def text_context(encoder: nnx.Module, ids: jax.Array, mask: jax.Array) -> jax.Array:
-    """Token ids `(B, L)` -> embeddings `(B, L, D)` float32, zero past each prompt (as Wan pads)."""
-    embeddings = encoder(ids, mask).astype(jnp.float32)
-    return embeddings * mask[..., None].astype(jnp.float32)
-
-
 # --- Pretrained and trained weights ------------------------------------------------------------
 
 

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from viewpoint_jax import geometry, video_io, viewer
+from viewpoint_jax import components, geometry, video_io, viewer
 from viewpoint_jax.cli import UserError, run_main
 from viewpoint_jax.diffusion import sampler
 from viewpoint_jax.io_utils import atomic_directory, atomic_path, atomic_write_text
@@ -76,8 +76,6 @@ def load_config(spec: str):
 def load_pipeline(config, checkpoint: str | os.PathLike) -> Pipeline:
     """Builds the text encoder and autoencoder from `config` and restores the DiT from a training
     run directory or a converted checkpoint."""
-    from viewpoint_jax import components
-
     if not Path(checkpoint).is_dir():
         raise UserError(f"--checkpoint: no such directory {checkpoint}")
     return Pipeline(

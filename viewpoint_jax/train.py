@@ -48,6 +48,7 @@ from viewpoint_jax.config_validation import mesh_shape, validate_config
 from viewpoint_jax.diffusion import flow_matching as fm
 from viewpoint_jax.diffusion import sampler
 from viewpoint_jax.io_utils import atomic_write_text
+from viewpoint_jax.models import text_encoder as text_lib
 
 MAP_KEYS = ("target_map", "condition_map", "condition_mask")
 PREVIEW_SIGMA = 0.75  # the noise level of the one-step predictions in the preview images
@@ -153,7 +154,9 @@ def encode_batch(frozen: Frozen, frozen_arrays: dict, batch: dict) -> dict[str, 
         encoded["context"] = batch["context"]
     else:
         text_encoder = frozen.text_encoder(frozen_arrays)
-        encoded["context"] = components.text_context(text_encoder, batch["ids"], batch["ids_mask"])
+        encoded["context"] = text_lib.masked_embeddings(
+            text_encoder, batch["ids"], batch["ids_mask"]
+        )
     return jax.tree.map(lambda x: jax.lax.stop_gradient(x.astype(jnp.float32)), encoded)
 
 
@@ -359,11 +362,11 @@ class StopFlag:
 # --- The loop -----------------------------------------------------------------------------------
 
 
-def _mesh_and_rules(config: ml_collections.ConfigDict):
-    sizes = mesh_shape(config, jax.device_count())
+def _mesh_and_rules(config: ml_collections.ConfigDict, devices: list[jax.Device]):
+    sizes = mesh_shape(config, len(devices))
     rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
                   for name, axes in config.sharding_rules)  # fmt: skip
-    return sharding_lib.make_mesh(sizes), rules
+    return sharding_lib.make_mesh(sizes, devices), rules
 
 
 def _with_shardings(abstract: Any, shardings: Any) -> Any:
@@ -482,18 +485,21 @@ def train(
     *,
     data_iterator: Iterator[dict] | None = None,
     data_source: Any = None,
+    devices: list[jax.Device] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Trains (or resumes) the run in `workdir` up to `config.num_steps`.
 
     `data_iterator` (batches as pipeline.make_train_iterator yields them) or `data_source`
-    (records) replace the config's dataset, for tests. Returns {"step", "losses": {step: loss},
+    (records) replace the config's dataset, and `devices` the devices of the mesh (default all),
+    for tests. Returns {"step", "losses": {step: loss},
     "stopped": bool (SIGTERM)}.
     """
     workdir = Path(workdir).absolute()
     process_index, process_count = jax.process_index(), jax.process_count()
-    validate_config(config, jax.device_count(), process_count)
-    mesh, rules = _mesh_and_rules(config)
+    devices = jax.devices() if devices is None else list(devices)
+    validate_config(config, len(devices), process_count)
+    mesh, rules = _mesh_and_rules(config, devices)
     is_main = process_index == 0
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -546,7 +552,7 @@ def train(
         if seconds:
             values["step_time_s"] = seconds
             values.update(metrics_lib.throughput(
-                seconds, batch_info["flops"], batch_info["tokens"], jax.device_count(), peak
+                seconds, batch_info["flops"], batch_info["tokens"], len(devices), peak
             ))  # fmt: skip
         values["data/skipped_records"] = batch_info["skipped"]
         losses[step] = values["loss"]

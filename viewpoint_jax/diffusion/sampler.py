@@ -117,13 +117,6 @@ def guided_velocity(
     return unconditional + guidance_scale * (conditional - unconditional)
 
 
-def _fuse_overlaps(x: jax.Array) -> jax.Array:
-    # The geometry builds its resampling tables on first use and caches them; keep them
-    # constants (not tracers of this program) when that first use is inside a trace.
-    with jax.ensure_compile_time_eval():
-        return geometry.fuse_overlaps(x)
-
-
 def denoise(
     graphdef: nnx.GraphDef,
     params: nnx.State,
@@ -156,7 +149,7 @@ def denoise(
             model, x, schedule.timesteps[i], condition, context, guidance_scale, use_cfg
         )
         if fuse_every_step:
-            clean = _fuse_overlaps(x - sigma * velocity)
+            clean = geometry.fuse_overlaps(x - sigma * velocity)
             velocity = (x - clean) / sigma  # sigma > 0 at every step; only the last target is 0
         state = schedule.step(i, state, velocity)
         if progress is not None:
@@ -336,8 +329,7 @@ def decode_latents(autoencoder: Any, latents: jax.Array) -> jax.Array:
 def map_to_panorama(map_video: jax.Array, height: int, width: int) -> jax.Array:
     """Map video `(..., M, M, 3)` -> ERP `(..., height, width, 3)`, blending the overlapping
     copies of each sphere region (the final pixel-space fusion)."""
-    with jax.ensure_compile_time_eval():  # see `_fuse_overlaps`
-        return geometry.viewpoint_to_erp(map_video, height, width)
+    return geometry.viewpoint_to_erp(map_video, height, width)
 
 
 def decode_to_panorama(

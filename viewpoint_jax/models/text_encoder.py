@@ -50,15 +50,17 @@ class TextEncoder:
 
     def encode_ids(self, ids: Any, mask: Any) -> jax.Array:
         """Token ids and mask `(B, L)` -> `(B, L, d_model)` float32, zero past each prompt."""
-        ids, mask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)
+        ids, mask = np.asarray(ids), np.asarray(mask)
         if ids.ndim != 2 or ids.shape != mask.shape:
             raise ValueError(f"ids {ids.shape} and mask {mask.shape} must both be (batch, length)")
         vocab = self.encoder.config.vocab_size
-        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+            # Out-of-range ids would silently gather clamped rows of the embedding.
             raise ValueError(
-                f"token ids span [{int(ids.min())}, {int(ids.max())}], outside the encoder's "
-                f"vocabulary of {vocab}: is the tokenizer the one this encoder was trained with?"
+                f"token ids span [{ids.min()}, {ids.max()}], outside the encoder's vocabulary "
+                f"of {vocab}: is the tokenizer the one this encoder was trained with?"
             )
+        ids, mask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)
         # Split on every call (cheap) so an encoder updated in place is never served stale.
         graphdef, state = nnx.split(self.encoder)
         return _encode(graphdef, state, ids, mask)

@@ -1,0 +1,227 @@
+"""The train loop on a micro config: loss falls, resume is exact, sharded equals unsharded, NaNs.
+
+Helpers here (micro_config, procedural_records, write_dataset, subprocess_env) are shared with
+test_checkpointing.py and test_multihost.py.
+"""
+
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from viewpoint_jax import checkpointing, components, train
+from viewpoint_jax import sharding as sharding_lib
+from viewpoint_jax.data import builder
+
+REPO = Path(__file__).resolve().parents[1]
+# Every run of the micro config compiles the same programs: keep them across tests and processes.
+COMPILE_CACHE = Path(tempfile.gettempdir()) / "viewpoint_jax_test_compile_cache"
+jax.config.update("jax_compilation_cache_dir", str(COMPILE_CACHE))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def load_config(name: str = "tiny", arg: str | None = "micro"):
+    spec = importlib.util.spec_from_file_location(f"_cfg_{name}", REPO / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def micro_config():
+    """configs/tiny.py:micro on one device (the sharded runs pass their own mesh)."""
+    config = load_config()
+    config.mesh.update(dict(data=1, fsdp=1, sequence=1, tensor=1))
+    return config
+
+
+ONE_DEVICE = jax.devices()[:1]
+
+
+def procedural_frames(index: int, num_frames: int, height: int) -> np.ndarray:
+    """A moving pattern (uint8 `(F, H, 2H, 3)`): smooth colour bands and a drifting blob."""
+    h, w = height, 2 * height
+    y, x = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
+    frames = []
+    for t in range(num_frames):
+        phase = 0.15 * t + 0.7 * index
+        r = 0.5 + 0.5 * np.sin(2 * np.pi * (x + phase))
+        g = 0.5 + 0.5 * np.cos(2 * np.pi * (y * 2 + 0.3 * index))
+        blob = np.exp(-(((x - (0.1 * t + 0.2 * index) % 1) * 8) ** 2 + ((y - 0.5) * 6) ** 2))
+        b = np.clip(0.3 + blob, 0, 1)
+        frames.append(np.stack([r, g, b], -1))
+    return np.round(np.stack(frames) * 255).astype(np.uint8)
+
+
+def procedural_records(count: int = 6, num_frames: int = 7, height: int = 32) -> list[dict]:
+    """Records as the TFDS builder writes them, in memory."""
+    return [
+        {
+            "frames": [builder.encode_frame(f, "png") for f in procedural_frames(i, num_frames, height)],
+            "caption": f"a pattern of bands number {i}",
+            "is_image": False,
+            "source": f"clip{i}.mp4",
+        }
+        for i in range(count)
+    ]
+
+
+def write_dataset(root: Path, count: int = 6, num_frames: int = 7, height: int = 32):
+    """A real TFDS dataset (ArrayRecord) of procedural clips: returns (data_dir, name)."""
+    from viewpoint_jax.video_io import write_video
+
+    source = root / "source"
+    source.mkdir(parents=True)
+    lines = []
+    for i in range(count):
+        write_video(source / f"clip{i}.mp4", procedural_frames(i, num_frames, height), 8.0)
+        lines.append(json.dumps({"file": f"clip{i}.mp4", "caption": f"bands number {i}"}))
+    (source / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    builder.prepare(source, root / "data", "micro", progress=False, frame_format="png")
+    return root / "data", "micro"
+
+
+def subprocess_env(devices: int = 1) -> dict:
+    env = dict(os.environ)
+    env.update(
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(COMPILE_CACHE),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+    )
+    return env
+
+
+def cli(workdir: Path, data_dir: Path, name: str, *overrides: str) -> list[str]:
+    return [
+        sys.executable, "-m", "viewpoint_jax.train",
+        f"--config={REPO / 'configs' / 'tiny.py'}:micro", f"--workdir={workdir}",
+        f"--config.data.data_dir={data_dir}", f"--config.data.name={name}",
+        "--config.mesh.fsdp=-1", *overrides,
+    ]  # fmt: skip
+
+
+def read_losses(workdir: Path, name: str = "metrics.jsonl") -> dict[int, float]:
+    """step -> loss, the last record of each step winning (a resumed run re-logs steps)."""
+    losses = {}
+    for line in (workdir / name).read_text().splitlines():
+        record = json.loads(line)
+        losses[record["step"]] = record["loss"]
+    return losses
+
+
+# --- Tests ---------------------------------------------------------------------------------------
+
+
+def test_loss_falls_and_logs(tmp_path):
+    config = micro_config()
+    config.num_steps = 24
+    config.checkpoint.every_steps = 12
+    config.log.image_every_steps = 12
+    result = train.train(config, tmp_path, data_source=procedural_records(), devices=ONE_DEVICE, progress=False)
+    losses = [result["losses"][s] for s in range(1, 25)]
+    assert np.mean(losses[-6:]) < 0.8 * np.mean(losses[:6]), losses
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 25))
+    for key in ("loss", "lr", "grad_norm", "step_time_s", "tokens_per_s", "nonfinite_total"):
+        assert key in records[-1], key
+    assert records[0]["lr"] == 0.0 and records[-1]["lr"] == pytest.approx(config.optim.lr)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (tmp_path / "images").glob("*.png")) == [
+        "step_0000012.png", "step_0000024.png"
+    ]  # fmt: skip
+    assert checkpointing.Checkpointer(
+        tmp_path / "checkpoints", every_steps=1, keep=2
+    ).latest_step() == 24
+    # The sampler's entry point restores the trained weights from the run directory.
+    model = components.restore_model_for_inference(tmp_path, config)
+    assert model.config == components.dit_config(config)
+
+
+def test_resume_gives_the_same_losses(tmp_path):
+    records = procedural_records()
+    config = micro_config()
+    config.num_steps = 6
+    config.checkpoint.every_steps = 3
+    straight = train.train(config, tmp_path / "straight", data_source=records, devices=ONE_DEVICE, progress=False)
+    config.num_steps = 3
+    train.train(config, tmp_path / "resumed", data_source=records, devices=ONE_DEVICE, progress=False)
+    config.num_steps = 6
+    resumed = train.train(config, tmp_path / "resumed", data_source=records, devices=ONE_DEVICE, progress=False)
+    assert sorted(resumed["losses"]) == [4, 5, 6]  # it did not redo steps 1-3
+    np.testing.assert_allclose(
+        [resumed["losses"][s] for s in (4, 5, 6)],
+        [straight["losses"][s] for s in (4, 5, 6)],
+        rtol=1e-6,
+    )
+
+
+def _two_steps(config, mesh, batches):
+    trainer = train.make_trainer(config, mesh, tuple(config.sharding_rules))
+    state = trainer.init_state()
+    losses = []
+    for batch in batches:
+        state, metrics = trainer.step(state, trainer.device_batch(batch))
+        losses.append(float(metrics["loss"]))
+    return losses, jax.device_get(state["params"])
+
+
+def test_sharded_step_equals_single_device():
+    config = micro_config()
+    from viewpoint_jax.data import pipeline
+
+    it = pipeline.make_train_iterator(config.data, data_source=procedural_records())
+    batches = [next(it), next(it)]
+    single = sharding_lib.make_mesh(dict(data=1, fsdp=1, sequence=1, tensor=1), jax.devices()[:1])
+    sharded = sharding_lib.make_mesh(dict(data=2, fsdp=2, sequence=1, tensor=2))
+    losses_1, params_1 = _two_steps(config, single, batches)
+    losses_8, params_8 = _two_steps(config, sharded, batches)
+    np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(params_8), jax.tree.leaves(params_1)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _nan_batches(good: list[dict], nan_from: int):
+    for i, batch in enumerate(good):
+        if i >= nan_from:
+            batch = dict(batch, target_map=np.full_like(batch["target_map"], np.nan))
+        yield batch
+
+
+def test_nonfinite_loss_skips_update_then_stops(tmp_path):
+    config = micro_config()
+    config.num_steps = 10
+    config.checkpoint.every_steps = 2
+    config.max_consecutive_nonfinite = 3
+    from viewpoint_jax.data import pipeline
+
+    it = pipeline.make_train_iterator(config.data, data_source=procedural_records())
+    batches = [next(it) for _ in range(10)]
+    with pytest.raises(train.NonFiniteLossError, match="3 NaN/Inf losses in a row at step 6"):
+        train.train(config, tmp_path, data_iterator=_nan_batches(batches, 3), devices=ONE_DEVICE, progress=False)
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["nonfinite_total"] for r in records] == [0, 0, 0, 1, 2, 3]
+    assert all(np.isfinite(r["loss"]) for r in records[:3])
+    # Checkpoints are only written for finite steps: the last good one is step 2.
+    manager = checkpointing.Checkpointer(tmp_path / "checkpoints", every_steps=1, keep=3)
+    assert manager.latest_step() == 2
+
+    # A skipped step leaves the weights and optimizer moments exactly as they were.
+    mesh = sharding_lib.make_mesh(dict(data=1, fsdp=1, sequence=1, tensor=1), ONE_DEVICE)
+    trainer = train.make_trainer(config, mesh, tuple(config.sharding_rules))
+    state = trainer.init_state()
+    before = jax.device_get({k: state[k] for k in ("params", "opt_state")})
+    bad = dict(batches[0], target_map=np.full_like(batches[0]["target_map"], np.inf))
+    state, metrics = trainer.step(state, trainer.device_batch(bad))
+    after = jax.device_get({k: state[k] for k in ("params", "opt_state")})
+    jax.tree.map(np.testing.assert_array_equal, after, before)
+    assert int(state["nonfinite"]["run"]) == 1 and int(state["step"]) == 1
+    state, metrics = trainer.step(state, trainer.device_batch(batches[1]))
+    assert np.isfinite(float(metrics["loss"])) and int(state["nonfinite"]["run"]) == 0
+    assert int(state["nonfinite"]["total"]) == 1
