@@ -122,7 +122,9 @@ def test_bf16_wan_checkpoint_keeps_bf16(reference, tmp_path):
     assert encoder.token_embedding[...].dtype == jnp.bfloat16
     expected = np.asarray(state["token_embedding.weight"].float())
     np.testing.assert_array_equal(np.asarray(encoder.token_embedding[...], np.float32), expected)
-    out = np.asarray(_forward(encoder, jnp.asarray(reference["ids"]), jnp.asarray(reference["mask"])))
+    out = np.asarray(
+        _forward(encoder, jnp.asarray(reference["ids"]), jnp.asarray(reference["mask"]))
+    )
     valid = reference["mask"][..., None] > 0
     # bf16 weights and matmuls: error ~1e-2 on outputs of magnitude ~4.
     error = np.abs(out - reference["out"])[np.broadcast_to(valid, out.shape)]
@@ -134,8 +136,16 @@ def test_full_seq2seq_folder_uses_encoder_only(tmp_path):
     from transformers import UMT5ForConditionalGeneration
 
     torch.manual_seed(1)
-    hf_config = HFConfig(vocab_size=VOCAB, d_model=16, d_kv=4, num_heads=2, d_ff=24, num_layers=1,
-                         relative_attention_max_distance=64, dropout_rate=0.0)
+    hf_config = HFConfig(
+        vocab_size=VOCAB,
+        d_model=16,
+        d_kv=4,
+        num_heads=2,
+        d_ff=24,
+        num_layers=1,
+        relative_attention_max_distance=64,
+        dropout_rate=0.0,
+    )
     model = UMT5ForConditionalGeneration(hf_config).eval()
     model.save_pretrained(tmp_path / "hf")
     config = convert_umt5(tmp_path / "hf", tmp_path / "out")
@@ -143,8 +153,9 @@ def test_full_seq2seq_folder_uses_encoder_only(tmp_path):
     ids = np.arange(40)[None] % VOCAB
     with torch.no_grad():
         expected = model.encoder(input_ids=torch.tensor(ids)).last_hidden_state.numpy()
-    np.testing.assert_allclose(_run(tmp_path / "out", ids, np.ones_like(ids)), expected,
-                               atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(
+        _run(tmp_path / "out", ids, np.ones_like(ids)), expected, atol=2e-5, rtol=1e-5
+    )
 
 
 def test_load_into_mesh(reference, converted_hf):
@@ -162,8 +173,14 @@ def test_load_into_mesh(reference, converted_hf):
 
 def test_cli_dispatches_to_convert_umt5(reference, tmp_path, monkeypatch, capsys):
     torch.save(to_wan_layout(reference["model"].state_dict()), tmp_path / "umt5.pth")
-    argv = ["convert_wan.py", "umt5", "--src", str(tmp_path / "umt5.pth"),
-            "--dst", str(tmp_path / "out")]
+    argv = [
+        "convert_wan.py",
+        "umt5",
+        "--src",
+        str(tmp_path / "umt5.pth"),
+        "--dst",
+        str(tmp_path / "out"),
+    ]
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(str(REPO / "tools" / "convert_wan.py"), run_name="__main__")
@@ -178,9 +195,18 @@ def _tiny_wan_state(num_layers=2):
     d, inner, f, buckets, heads = 16, 16, 24, 32, 2
     state = {"token_embedding.weight": torch.randn(VOCAB, d), "norm.weight": torch.ones(d)}
     for i in range(num_layers):
-        shapes = {"norm1": (d,), "attn.q": (inner, d), "attn.k": (inner, d), "attn.v": (inner, d),
-                  "attn.o": (d, inner), "pos_embedding.embedding": (buckets, heads),
-                  "norm2": (d,), "ffn.gate.0": (f, d), "ffn.fc1": (f, d), "ffn.fc2": (d, f)}
+        shapes = {
+            "norm1": (d,),
+            "attn.q": (inner, d),
+            "attn.k": (inner, d),
+            "attn.v": (inner, d),
+            "attn.o": (d, inner),
+            "pos_embedding.embedding": (buckets, heads),
+            "norm2": (d,),
+            "ffn.gate.0": (f, d),
+            "ffn.fc1": (f, d),
+            "ffn.fc2": (d, f),
+        }
         state.update({f"blocks.{i}.{k}.weight": torch.randn(s) for k, s in shapes.items()})
     return state
 
@@ -194,8 +220,12 @@ def test_reports_all_missing_unexpected_misshapen(tmp_path):
     with pytest.raises(core.ConversionError) as error:
         convert_umt5(tmp_path / "bad.pth", tmp_path / "out")
     message = str(error.value)
-    for name in ("blocks.1.attn.k.weight", "blocks.0.norm2.weight", "blocks.0.extra.weight",
-                 "blocks.1.ffn.fc2.weight has shape (16, 23), expected (16, 24)"):
+    for name in (
+        "blocks.1.attn.k.weight",
+        "blocks.0.norm2.weight",
+        "blocks.0.extra.weight",
+        "blocks.1.ffn.fc2.weight has shape (16, 23), expected (16, 24)",
+    ):
         assert name in message
     assert not (tmp_path / "out").exists()
 
@@ -211,7 +241,7 @@ def test_t5_checkpoint_is_named(tmp_path):
 
 def test_unknown_layout_and_existing_destination(tmp_path):
     torch.save({"model.weight": torch.zeros(2)}, tmp_path / "other.pth")
-    with pytest.raises(ValueError, match="unknown umT5 checkpoint layout.*transformers"):
+    with pytest.raises(ValueError, match=r"unknown umT5 checkpoint layout.*transformers"):
         convert_umt5(tmp_path / "other.pth", tmp_path / "out")
     assert detect_layout(["shared.weight"]) == 1 and detect_layout(["token_embedding.weight"]) == 0
     torch.save(_tiny_wan_state(1), tmp_path / "ok.pth")
@@ -220,7 +250,5 @@ def test_unknown_layout_and_existing_destination(tmp_path):
         convert_umt5(tmp_path / "ok.pth", tmp_path / "out")
     with pytest.raises(ValueError, match="dtype"):
         convert_umt5(tmp_path / "ok.pth", tmp_path / "out2", dtype="float16")
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
         umt5.load_umt5(tmp_path / "out")
-
-

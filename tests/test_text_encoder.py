@@ -61,9 +61,12 @@ def test_bad_input(text_encoder):
 def test_cache_round_trip(text_encoder, tmp_path, monkeypatch):
     path = tmp_path / "cache" / "captions.npz"
     captions = ["a city street at night", "", "a clear blue sky", "a city street at night"]
-    cache = text_lib.cache_text_embeddings(text_encoder, captions, path, batch_size=2)
+    # batch_size 3 throughout this file: one compiled encoder program for all these tests.
+    cache = text_lib.cache_text_embeddings(text_encoder, captions, path, batch_size=3)
     assert path.is_file() and len(cache) == 3 and cache.captions[1] == ""
-    expected, expected_mask = text_encoder.encode_text(["a clear blue sky", "", "a city street at night"])
+    expected, expected_mask = text_encoder.encode_text(
+        ["a clear blue sky", "", "a city street at night"]
+    )
     got, got_mask = text_lib.TextEmbeddingCache.load(path).lookup(
         ["a clear blue sky", "", "a city street at night"]
     )
@@ -79,10 +82,11 @@ def test_cache_round_trip(text_encoder, tmp_path, monkeypatch):
         return original(prompts)
 
     monkeypatch.setattr(text_encoder, "encode_text", counting_encode)
-    again = text_lib.cache_text_embeddings(text_encoder, captions, path)
+    again = text_lib.cache_text_embeddings(text_encoder, captions, path, batch_size=3)
     assert encoded == [] and again.captions == cache.captions
-    grown = text_lib.cache_text_embeddings(text_encoder, ["waves", "a clear blue sky"], path,
-                                           batch_size=4)
+    grown = text_lib.cache_text_embeddings(
+        text_encoder, ["waves", "a clear blue sky"], path, batch_size=3
+    )
     assert set(encoded) == {"waves"} and len(grown) == 4
     reloaded = text_lib.TextEmbeddingCache.load(path)
     np.testing.assert_array_equal(reloaded.lookup(captions)[0], cache.lookup(captions)[0])
@@ -93,14 +97,16 @@ def test_cache_round_trip(text_encoder, tmp_path, monkeypatch):
 
 def test_cache_rejects_other_encoders_and_corrupt_files(text_encoder, tmp_path):
     path = tmp_path / "captions.npz"
-    text_lib.cache_text_embeddings(text_encoder, ["a city"], path)
+    text_lib.cache_text_embeddings(text_encoder, ["a city"], path, batch_size=3)
     wider = umt5.UMT5Config.tiny(vocab_size=text_encoder.encoder.config.vocab_size, d_model=16)
     other = text_lib.TextEncoder(
         nnx.eval_shape(lambda: umt5.UMT5Encoder(wider, rngs=nnx.Rngs(0))),
         text_encoder.tokenizer,
     )
-    with pytest.raises(ValueError, match="512 x 32.*512 x 16.*delete the file"):
-        text_lib.cache_text_embeddings(other, ["a city"], path)
+    with pytest.raises(ValueError, match=r"512 x 32.*512 x 16.*delete the file"):
+        text_lib.cache_text_embeddings(other, ["a city"], path, batch_size=3)
     (tmp_path / "broken.npz").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="broken.npz: not a text embedding cache"):
-        text_lib.cache_text_embeddings(text_encoder, ["a city"], tmp_path / "broken.npz")
+    with pytest.raises(ValueError, match=r"broken\.npz: not a text embedding cache"):
+        text_lib.cache_text_embeddings(
+            text_encoder, ["a city"], tmp_path / "broken.npz", batch_size=3
+        )

@@ -45,7 +45,7 @@ def test_matches_transformers_t5_tokenizer(model_dir):
     sp = spm.SentencePieceProcessor(model_file=str(model_dir / "spiece.model"))
     for row, prompt in enumerate(PROMPTS):
         n = int(mask[row].sum())
-        assert list(ids[row, :n]) == sp.encode(prompt) + [1]  # pieces, then </s>
+        assert list(ids[row, :n]) == [*sp.encode(prompt), 1]  # pieces, then </s>
         assert (ids[row, n:] == 0).all() and (mask[row, n:] == 0).all()  # <pad> = 0
 
 
@@ -82,12 +82,12 @@ def test_model_file_resolution_and_errors(model_dir, tmp_path):
     (tmp_path / "other" / "custom.model").write_bytes((model_dir / "spiece.model").read_bytes())
     single = Tokenizer(tmp_path / "other", max_length=16)
     np.testing.assert_array_equal(single(["a cat"])[0], Tokenizer(model_dir, 16)(["a cat"])[0])
-    with pytest.raises(FileNotFoundError, match="spiece.model"):
+    with pytest.raises(FileNotFoundError, match=r"spiece\.model"):
         Tokenizer(tmp_path)
-    with pytest.raises(FileNotFoundError, match="nothing.model"):
+    with pytest.raises(FileNotFoundError, match=r"nothing\.model"):
         Tokenizer(tmp_path / "nothing.model")
     (tmp_path / "bad.model").write_bytes(b"not a model")
-    with pytest.raises(ValueError, match="bad.model: not a SentencePiece model"):
+    with pytest.raises(ValueError, match=r"bad\.model: not a SentencePiece model"):
         Tokenizer(tmp_path / "bad.model")
     with pytest.raises(ValueError, match="max_length"):
         Tokenizer(model_dir, max_length=1)

@@ -24,8 +24,13 @@ _forward = jax.jit(lambda encoder, ids, mask: encoder(ids, mask))
 def test_relative_position_buckets_match_transformers(num_buckets, max_distance):
     # Distances up to 599 cover the exact, logarithmic and clamped ranges and the float
     # boundary distances (16, 32, 64 for the default 32 / 128).
-    config = HFConfig(relative_attention_num_buckets=num_buckets,
-                      relative_attention_max_distance=max_distance, d_model=8, d_kv=2, num_heads=4)
+    config = HFConfig(
+        relative_attention_num_buckets=num_buckets,
+        relative_attention_max_distance=max_distance,
+        d_model=8,
+        d_kv=2,
+        num_heads=4,
+    )
     attention = UMT5Attention(config, has_relative_attention_bias=True)
     length = 600
     relative = torch.arange(length)[None, :] - torch.arange(length)[:, None]
@@ -96,7 +101,7 @@ def test_umt5_xxl_preset_has_wans_shapes():
 def test_config_round_trip_and_errors():
     config = umt5.UMT5Config.tiny(num_layers=3)
     assert umt5.UMT5Config.from_dict(config.to_dict()) == config
-    with pytest.raises(ValueError, match="unknown UMT5Config fields.*'heads'"):
+    with pytest.raises(ValueError, match=r"unknown UMT5Config fields.*'heads'"):
         umt5.UMT5Config.from_dict({**config.to_dict(), "heads": 2})
     with pytest.raises(ValueError, match="num_buckets"):
         umt5.UMT5Config.tiny(num_buckets=7)
@@ -109,5 +114,5 @@ def test_bad_inputs(encoder):
         encoder(jnp.zeros((4,), jnp.int32))
     with pytest.raises(ValueError, match="mask shape"):
         encoder(jnp.zeros((2, 8), jnp.int32), jnp.ones((2, 9), jnp.int32))
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
         umt5.load_umt5("/nonexistent/umt5")

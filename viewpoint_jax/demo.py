@@ -128,6 +128,7 @@ def untrained_model(config: ml_collections.ConfigDict) -> nnx.Module:
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _INK = (40, 40, 40)
 _GRID = (225, 225, 225)
+_AA = cv2.LINE_AA
 
 
 def _nice_ticks(low: float, high: float, count: int = 5) -> np.ndarray:
@@ -180,7 +181,7 @@ def loss_curve_image(
     for tick in _nice_ticks(step_lo, step_hi):
         (x, _) = px(tick, loss_lo)
         cv2.line(image, (int(x), y1), (int(x), y1 + 5), _INK, 1)
-        text = f"{int(round(tick))}"
+        text = f"{round(float(tick))}"
         size = cv2.getTextSize(text, _FONT, 0.45, 1)[0]
         cv2.putText(
             image, text, (int(x) - size[0] // 2, y1 + 22), _FONT, 0.45, _INK, 1, cv2.LINE_AA
@@ -191,7 +192,7 @@ def loss_curve_image(
     cv2.line(image, (x0, y0), (x0, y1), _INK, 1)
     title = "training loss (flow-matching velocity MSE)"
     cv2.putText(image, title, (x0, 30), _FONT, 0.65, _INK, 1, cv2.LINE_AA)
-    cv2.putText(image, "step", ((x0 + x1) // 2 - 15, height - 15), _FONT, 0.55, _INK, 1, cv2.LINE_AA)
+    cv2.putText(image, "step", ((x0 + x1) // 2 - 15, height - 15), _FONT, 0.55, _INK, 1, _AA)
     cv2.putText(image, "loss", (10, y0 - 10), _FONT, 0.55, _INK, 1, cv2.LINE_AA)
     legend = [("per step", (150, 190, 235), 1), (f"mean of {window}", (20, 80, 180), 2)]
     for k, (text, colour, thickness) in enumerate(legend):
@@ -264,10 +265,8 @@ def run_demo(out: str | Path, *, train_steps: int | None = None, quick: bool = F
     out = Path(out).absolute()
     preset = QUICK if quick else FULL
     config = demo_config(out, quick, train_steps)
-    check_or_write_stamp(
-        out,
-        {"config": preset["config_arg"] or "tiny", "dataset": preset["dataset"], "fps": DATASET_FPS},
-    )
+    stamp = {"config": preset["config_arg"] or "tiny", "dataset": preset["dataset"]}
+    check_or_write_stamp(out, {**stamp, "fps": DATASET_FPS})
     seconds: dict[str, float] = {}
     started = time.perf_counter()
 

@@ -83,8 +83,9 @@ def load_eval_clips(
     split: str | None = None,
     data_source: Any = None,
 ) -> EvalClips:
-    """The first `num_clips` video records of the held-out split (`data_config.eval_split`), each
-    with its clip start and condition view fixed by `seed` (`pipeline.make_eval_iterator`)."""
+    """The video clips among the first `num_clips` records (all if None) of the held-out split
+    (`data_config.eval_split`), each with its clip start and condition view fixed by `seed`
+    (`pipeline.make_eval_iterator`; image records are skipped)."""
     from viewpoint_jax.data import pipeline
 
     batches = list(

@@ -534,7 +534,8 @@ def train(
         state = trainer.init_state()
 
     writer = metrics_lib.Writer(workdir / "tensorboard", enabled=is_main)
-    metrics_file = workdir / "metrics.jsonl"
+    # Every host logs its view of the step (they agree: the metrics are replicated).
+    metrics_file = workdir / ("metrics.jsonl" if is_main else f"metrics.{process_index}.jsonl")
     peak = metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind, config.log.peak_tflops)
     timer = metrics_lib.StepTimer()
     stop = StopFlag()
@@ -556,9 +557,9 @@ def train(
             ))  # fmt: skip
         values["data/skipped_records"] = batch_info["skipped"]
         losses[step] = values["loss"]
+        with open(metrics_file, "a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
         if is_main:
-            with open(metrics_file, "a") as f:
-                f.write(json.dumps({"step": step, **values}) + "\n")
             if step % config.log.every_steps == 0 or step == config.num_steps:
                 writer.scalars(step, values)
             if bar is not None:

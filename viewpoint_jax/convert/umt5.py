@@ -87,23 +87,34 @@ def config_from_source(source: core.TensorSource, layout: int) -> dict[str, Any]
     num_buckets, num_heads = shape("relative_bias")
     inner = shape("q/kernel")[0]
     if inner % num_heads:
-        raise ValueError(f"{source.path}: attention width {inner} is not a multiple of the "
-                         f"{num_heads} heads of the relative position bias")
+        raise ValueError(
+            f"{source.path}: attention width {inner} is not a multiple of the "
+            f"{num_heads} heads of the relative position bias"
+        )
     fields = dict(
-        vocab_size=vocab_size, d_model=d_model, num_heads=num_heads, d_kv=inner // num_heads,
-        d_ff=shape("ffn_linear/kernel")[0], num_layers=max(indices) + 1, num_buckets=num_buckets,
+        vocab_size=vocab_size,
+        d_model=d_model,
+        num_heads=num_heads,
+        d_kv=inner // num_heads,
+        d_ff=shape("ffn_linear/kernel")[0],
+        num_layers=max(indices) + 1,
+        num_buckets=num_buckets,
     )
     cfg = source.config or {}
     if layout == TRANSFORMERS and cfg:
         if cfg.get("feed_forward_proj", "gated-gelu") != "gated-gelu":
-            raise ValueError(f"{source.path}: feed_forward_proj {cfg['feed_forward_proj']!r} is "
-                             "not umT5's 'gated-gelu'")
+            raise ValueError(
+                f"{source.path}: feed_forward_proj {cfg['feed_forward_proj']!r} is "
+                "not umT5's 'gated-gelu'"
+            )
         fields["eps"] = float(cfg.get("layer_norm_epsilon", 1e-6))
         fields["max_distance"] = int(cfg.get("relative_attention_max_distance", 128))
     return fields
 
 
-def umt5_rules(config: umt5_lib.UMT5Config, layout: int, embedding_key: str) -> list[core.TensorRule]:
+def umt5_rules(
+    config: umt5_lib.UMT5Config, layout: int, embedding_key: str
+) -> list[core.TensorRule]:
     """All rules for one layout; stacked block params get `index` = block number."""
     d, inner, f = config.d_model, config.num_heads * config.d_kv, config.d_ff
     shapes = {  # torch shapes

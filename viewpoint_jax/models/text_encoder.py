@@ -1,4 +1,4 @@
-"""Prompts -> umT5 text context as Wan2.1's DiT receives it, and an on-disk cache of caption embeddings.
+"""Prompts -> umT5 text context as Wan2.1's DiT receives it; an on-disk cache of caption embeddings.
 
 Wan's `T5EncoderModel.__call__` keeps each prompt's first `n` hidden states (n = its tokens with
 `</s>`) and the DiT zero-pads them back to 512 (`text_len`). `encode_text` returns that tensor
@@ -185,8 +185,12 @@ def cache_text_embeddings(
             lengths.append(n)
             tokens.append(embeddings[row, :n])
     max_length = int(mask.shape[1]) if todo else 0
-    new = TextEmbeddingCache(todo, np.array(lengths, np.int64),
-                             np.concatenate(tokens) if tokens else np.zeros((0, 0)), max_length)
+    new = TextEmbeddingCache(
+        todo,
+        np.array(lengths, np.int64),
+        np.concatenate(tokens) if tokens else np.zeros((0, 0)),
+        max_length,
+    )
     if cache is not None:
         _check_compatible(cache, text_encoder, path, new)
         new = TextEmbeddingCache(
@@ -207,8 +211,10 @@ def _check_compatible(
     new: TextEmbeddingCache | None = None,
 ) -> None:
     width = text_encoder.dim
-    max_length = new.max_length if new is not None else getattr(
-        text_encoder.tokenizer, "max_length", cache.max_length
+    max_length = (
+        new.max_length
+        if new is not None
+        else getattr(text_encoder.tokenizer, "max_length", cache.max_length)
     )
     if cache.dim != width or cache.max_length != max_length:
         raise ValueError(

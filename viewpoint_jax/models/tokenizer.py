@@ -51,7 +51,7 @@ def clean_prompt(text: str) -> str:
 
 
 def find_model_file(model_file: str | os.PathLike) -> Path:
-    """A SentencePiece model path, or a folder holding one (`spiece.model`, or a single `*.model`)."""
+    """A SentencePiece model path, or a folder holding `spiece.model` (or a single `*.model`)."""
     path = Path(model_file)
     if path.is_dir():
         if (path / "spiece.model").is_file():
@@ -61,7 +61,8 @@ def find_model_file(model_file: str | os.PathLike) -> Path:
             return models[0]
         found = [p.name for p in models] or "none"
         raise FileNotFoundError(
-            f"tokenizer folder {path} must hold spiece.model (or exactly one *.model); found {found}"
+            f"tokenizer folder {path} must hold spiece.model (or exactly one *.model); "
+            f"found {found}"
         )
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer model not found: {path}")
@@ -69,7 +70,7 @@ def find_model_file(model_file: str | os.PathLike) -> Path:
 
 
 class Tokenizer:
-    """umT5 tokenizer: `tokenizer(prompts) -> (ids (B, max_length) int32, mask (B, max_length) int32)`.
+    """umT5 tokenizer: `tokenizer(prompts) -> (ids, mask)`, both `(B, max_length)` int32.
 
     Args:
       model_file: umt5-xxl's `spiece.model`, or the folder holding it (Wan's `google/umt5-xxl/`).
@@ -80,7 +81,9 @@ class Tokenizer:
         import sentencepiece as spm
 
         if int(max_length) < 2:
-            raise ValueError(f"max_length must be at least 2 (one piece and </s>), got {max_length}")
+            raise ValueError(
+                f"max_length must be at least 2 (one piece and </s>), got {max_length}"
+            )
         self.model_file = find_model_file(model_file)
         self.max_length = int(max_length)
         self._sp = spm.SentencePieceProcessor()

@@ -1,4 +1,4 @@
-"""The umT5 encoder as Wan2.1 uses it (`wan/modules/t5.py`, `umt5_xxl(encoder_only=True)`), Flax NNX.
+"""The umT5 encoder as Wan2.1 uses it (`wan/modules/t5.py`, `umt5_xxl(encoder_only=True)`), NNX.
 
 Pre-norm T5 blocks: RMS norm (T5's LayerNorm: no mean subtraction, no bias, fp32 statistics),
 self-attention without the 1/sqrt(d) scaling and with a learned relative position bias, RMS norm,
@@ -157,7 +157,9 @@ class UMT5Block(nnx.Module):
         b, length, _ = x.shape
         h = self.attn_norm(x).astype(dtype)
         q, k, v = (
-            constrain(p(h).reshape(b, length, self.num_heads, -1), ("batch", "length", "act_heads", None))
+            constrain(
+                p(h).reshape(b, length, self.num_heads, -1), ("batch", "length", "act_heads", None)
+            )
             for p in (self.q, self.k, self.v)
         )
         # T5 folds the 1/sqrt(d) scaling into its weights: the logits are the raw dot products.

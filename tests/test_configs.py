@@ -1,0 +1,96 @@
+"""The configs load, describe the paper's setup, and bad values fail naming their key."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from viewpoint_jax import components
+from viewpoint_jax.config_validation import mesh_shape, validate_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load(name, arg=None):
+    spec = importlib.util.spec_from_file_location(f"_c_{name}", REPO / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg)
+    if config.autoencoder.kind == "wan_vae":  # paths the user passes; validation needs them set
+        config.autoencoder.checkpoint = "/ckpt/wan_vae"
+        config.text_encoder.checkpoint = "/ckpt/umt5_xxl"
+        config.text_encoder.tokenizer = "/ckpt/umt5_xxl/spiece.model"
+    return config
+
+
+def test_wan14b_is_the_papers_setup():
+    config = load("wan14b")
+    assert (config.data.erp_height, config.data.erp_width) == (512, 1024)
+    assert config.data.map_size == 640 and config.data.num_frames == 49
+    assert config.optim.lr == 1e-4 and config.data.batch_size == 8
+    model = components.dit_config(config)
+    assert (model.in_dim, model.out_dim, model.text_dim) == (33, 16, 4096)
+    assert (model.dim, model.num_layers, model.num_heads) == (5120, 40, 40)
+    assert model.dtype == "bfloat16" and model.param_dtype == "float32"
+    validate_config(config, num_devices=8)
+    assert mesh_shape(config, 8) == dict(data=1, fsdp=8, sequence=1, tensor=1)
+
+
+def test_wan1_3b_and_tiny_validate():
+    config = load("wan1_3b")
+    assert components.dit_config(config).dim == 1536
+    validate_config(config, num_devices=8)
+    for arg in (None, "micro"):
+        tiny = load("tiny", arg)
+        validate_config(tiny, num_devices=1)
+        model = components.dit_config(tiny)
+        channels = 3 * tiny.autoencoder.factor**2  # space-to-depth latents
+        assert (model.in_dim, model.out_dim) == (2 * channels + 1, channels)
+
+
+@pytest.mark.parametrize(
+    "key, value, devices, message",
+    [
+        ("mesh.fsdp", 4, 8, r"config\.mesh: .*needs 4 devices, but 8"),
+        ("data.map_size", 624, 8, r"config\.data\.map_size: must be a multiple of 32"),
+        ("data.num_frames", 48, 8, r"config\.data\.num_frames: must be 1 \+ 4k"),
+        ("data.erp_width", 1000, 8, r"config\.data\.erp_width"),
+        ("data.batch_size", 4, 8, r"config\.data\.batch_size: 4 must be divisible"),
+        ("optim.lr", 0.0, 8, r"config\.optim\.lr"),
+        ("optim.ema_decay", 1.0, 8, r"config\.optim\.ema_decay"),
+        ("diffusion.timestep_sampler", "cosine", 8, r"config\.diffusion\.timestep_sampler"),
+        ("model.num_heads", 7, 8, r"config\.model: dim 5120 is not divisible by num_heads 7"),
+        ("autoencoder.kind", "vqgan", 8, r"config\.autoencoder\.kind"),
+        ("checkpoint.every_steps", 0, 8, r"config\.checkpoint\.every_steps"),
+    ],
+)
+def test_invalid_values_name_the_key(key, value, devices, message):
+    config = load("wan14b")
+    section, field = key.split(".")
+    if key == "mesh.fsdp":
+        config.mesh.fsdp = value
+    else:
+        config[section][field] = value
+    with pytest.raises(ValueError, match=message):
+        validate_config(config, num_devices=devices)
+
+
+def test_wan_configs_need_their_checkpoints():
+    config = load("wan14b")
+    config.autoencoder.checkpoint = ""
+    with pytest.raises(ValueError, match=r"config\.autoencoder\.checkpoint"):
+        validate_config(config, num_devices=8)
+
+
+def test_cli_reports_a_bad_config_in_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "viewpoint_jax.train", f"--config={REPO / 'configs/tiny.py'}:micro",
+         f"--workdir={tmp_path}", "--config.data.map_size=72"],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+        env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "error: config.data.map_size: must be a multiple of 32, got 72" in result.stderr
+    assert "Traceback" not in result.stderr

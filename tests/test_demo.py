@@ -1,0 +1,113 @@
+"""`make demo` end to end at the test size (`--quick`: a handful of clips, 8 training steps), so
+the newcomer's path cannot rot; and the demo's parts: the untrained baseline, the pictures."""
+
+import functools
+import json
+
+import cv2
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from viewpoint_jax import demo, evaluation, train, video_io
+from viewpoint_jax.cli import UserError
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "demo_output"
+    assert demo.main(["--out", str(out), "--quick"]) == 0
+    return out
+
+
+def _read_png(path):
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert image is not None, f"{path} is not a readable PNG"
+    return image[..., ::-1]
+
+
+def test_quick_demo_writes_every_output(quick_demo):
+    out = quick_demo
+    sample = out / "sample"
+    for name in ("pano.mp4", "viewpoint.mp4", "faces.png", "viewer.html", "settings.json"):
+        assert (sample / name).is_file(), name
+    config = demo.demo_config(out, quick=True, train_steps=None)
+    pano, fps = video_io.read_video(sample / "pano.mp4")
+    assert pano.shape == (
+        config.data.num_frames, config.data.erp_height, config.data.erp_width, 3
+    )  # fmt: skip
+    assert fps == pytest.approx(demo.DATASET_FPS)
+    assert video_io.read_video(sample / "viewpoint.mp4")[0].shape[1:3] == (64, 64)
+    assert b"sv3d" in (sample / "pano.mp4").read_bytes()  # tagged as a 360 video
+    assert "<video" in (sample / "viewer.html").read_text()
+
+    summary = json.loads((out / "evaluation.json").read_text())
+    settings = json.loads((sample / "settings.json").read_text())
+    assert settings["prompt"] == summary["clips"][0]["caption"]
+    assert settings["condition"]["video"] == summary["clips"][0]["source"]
+    assert not list(out.rglob(".*.tmp*")), "a temporary file was left behind"
+
+
+def test_quick_demo_reports_the_evaluation(quick_demo):
+    summary = json.loads((quick_demo / "evaluation.json").read_text())
+    num_clips = demo.QUICK["dataset"]["num_test"]
+    assert len(summary["clips"]) == num_clips
+    assert summary["trained_steps"] == 8
+    for name in ("untrained", "trained"):
+        result = summary[name]
+        assert len(result["per_clip_mse"]) == num_clips
+        assert result["mse"] == pytest.approx(np.mean(result["per_clip_mse"]))
+        assert result["psnr_db"] == pytest.approx(float(evaluation.psnr(result["mse"])))
+        assert result["seeds"] == list(demo.QUICK["eval_seeds"])
+    # 8 steps teach little; the full demo's claim (trained < untrained) is what this records.
+    assert summary["trained_is_better"] == (summary["trained"]["mse"] < summary["untrained"]["mse"])
+    assert summary["untrained"] != summary["trained"]
+
+    steps, losses = demo.read_losses(quick_demo / "run" / "metrics.jsonl")
+    np.testing.assert_array_equal(steps, np.arange(1, 9))
+    assert np.all(np.isfinite(losses))
+
+    curve = _read_png(quick_demo / "loss_curve.png")
+    assert curve.shape == (500, 900, 3)
+    comparison = _read_png(quick_demo / "outpainting.png")
+    assert comparison.shape[1] == 2 * 8 + 4 * 2 * 64 + 3 * 6  # four 128-pixel columns
+    assert comparison.shape[0] > num_clips * 128
+
+
+def test_an_output_folder_of_other_settings_is_refused(quick_demo):
+    with pytest.raises(UserError, match="other settings"):
+        demo.run_demo(quick_demo, quick=False)
+
+
+def test_bad_train_steps_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="--train-steps"):
+        demo.run_demo(tmp_path / "out", train_steps=0, quick=True)
+
+
+def test_untrained_model_is_the_training_init():
+    config = demo.demo_config(demo.CONFIG_FILE.parent, quick=True, train_steps=None)
+    tx, _ = train.make_optimizer(config.optim, config.num_steps)
+    init = jax.jit(functools.partial(train.init_state, config, tx))
+    expected = init(jax.random.key(config.seed))["params"]
+    got = nnx.state(demo.untrained_model(config), nnx.Param)
+    jax.tree.map(np.testing.assert_array_equal, got, expected)
+
+
+def test_moving_average_is_a_trailing_mean():
+    values = np.asarray([1.0, 3.0, 5.0, 7.0])
+    np.testing.assert_allclose(demo.moving_average(values, 2), [1.0, 2.0, 4.0, 6.0])
+    np.testing.assert_allclose(demo.moving_average(values, 1), values)
+
+
+def test_loss_curve_draws_the_losses_where_they_are():
+    # A constant loss of 1 (axis 0 .. 1.05) is a horizontal dark-blue line at 1/1.05 of the height.
+    steps = np.arange(1, 101)
+    image = demo.loss_curve_image(steps, np.ones(100), width=900, height=500)
+    top, bottom = 50, 500 - 60
+    y = round(bottom - (bottom - top) / 1.05)
+    column = image[:, 450]
+    blue = np.flatnonzero((column[:, 2] > 150) & (column[:, 0] < 60))
+    assert blue.size and abs(blue.mean() - y) <= 2
+    with pytest.raises(ValueError, match="no losses"):
+        demo.loss_curve_image(np.zeros(0), np.zeros(0))

@@ -1,0 +1,225 @@
+"""Per-device memory of a training config: parameters, optimizer state, gradients, activations.
+
+    python tools/memory_plan.py --config configs/wan14b.py [--devices 8] [--hbm_gb 80]
+    python tools/memory_plan.py --config configs/tiny.py:micro --method compiled
+
+--method analytic (default; needs no devices, any model size): parameter, optimizer-state and
+  gradient bytes are exact, leaf by leaf, from the model's abstract shapes and the sharding rules
+  on a mesh of the config's shape; activations are an estimate (formula in `activation_bytes`).
+--method compiled: lowers and compiles the real train step on abstract inputs over simulated CPU
+  devices and prints XLA's memory analysis (arguments = state + batch, temporaries = activations
+  and gradients). It builds the frozen encoders, so it needs a config whose encoders exist
+  (tiny), and CPU compile time grows with the model: use it for small configs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import os
+import sys
+from pathlib import Path
+
+GIB = 1024**3
+
+
+def load_config(spec: str):
+    path, _, arg = spec.partition(":")
+    if not Path(path).is_file():
+        raise ValueError(f"--config: no such file {path}")
+    module_spec = importlib.util.spec_from_file_location(f"_config_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+def _resolved_mesh(config, devices: int) -> dict[str, int]:
+    from viewpoint_jax.config_validation import mesh_shape
+
+    return mesh_shape(config, devices)
+
+
+def _sharded_bytes(abstract_tree, mesh_sizes: dict[str, int], rules, dtype_bytes=None) -> int:
+    """Bytes one device holds of a tree of annotated variables, sharded by the rules."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from viewpoint_jax import sharding as sharding_lib
+
+    mesh = jax.sharding.AbstractMesh(
+        tuple(mesh_sizes[a] for a in sharding_lib.MESH_AXES), sharding_lib.MESH_AXES
+    )
+    total = 0
+    for variable in jax.tree.leaves(abstract_tree, is_leaf=lambda x: isinstance(x, nnx.Variable)):
+        value = variable.get_value() if isinstance(variable, nnx.Variable) else variable
+        logical = variable.get_metadata().get("out_sharding") if isinstance(
+            variable, nnx.Variable
+        ) else None
+        spec = sharding_lib._fit_spec_to_shape(
+            sharding_lib.logical_to_mesh_spec(logical, rules), value.shape, mesh
+        )
+        shards = 1
+        for entry in spec:
+            for axis in () if entry is None else (entry,) if isinstance(entry, str) else entry:
+                shards *= mesh_sizes[axis]
+        itemsize = dtype_bytes or np.dtype(value.dtype).itemsize
+        total += math.prod(value.shape) // shards * itemsize
+    return total
+
+
+def activation_bytes(config, model_config, mesh_sizes: dict[str, int]) -> dict[str, float]:
+    """Estimated activation bytes per device for one step.
+
+    N tokens per sample (split over the `sequence` axis), b samples per device, c bytes per
+    compute element, D width, Dff FFN width, G blocks per scan group:
+      carry per saved scan step  b N D c         (what remat keeps: one per group of G blocks)
+      one block's live tensors   b N (12 D + 3 Dff) c  (norms, q k v o, attention output, FFN)
+      attention scores (only with the plain XLA backend; flash backends keep O(N)):
+                                 b heads N_q N_k 4  (fp32 softmax), N_k = N (pano) or N/4 (subregion)
+    remat "full": all carries + one group recomputed; "save_dots": the matmul outputs of every
+    block are kept (~ b N (6 D + 2 Dff) c per block); "none": every block's live tensors.
+    """
+    import numpy as np
+
+    from viewpoint_jax.models import dit as dit_lib
+
+    data = config.data
+    spatial = 8 if config.autoencoder.kind == "wan_vae" else int(config.autoencoder.factor)
+    temporal = 4 if config.autoencoder.kind == "wan_vae" else 1
+    latent = (1 + (data.num_frames - 1) // temporal, data.map_size // spatial,
+              data.map_size // spatial)  # fmt: skip
+    pt, ph, pw = model_config.patch_size
+    tokens = (latent[0] // pt) * (latent[1] // ph) * (latent[2] // pw)
+    n = tokens / mesh_sizes["sequence"]
+    b = data.batch_size / (mesh_sizes["data"] * mesh_sizes["fsdp"])
+    c = np.dtype(model_config.dtype).itemsize
+    d, dff = model_config.dim, model_config.ffn_dim
+    layers = model_config.num_layers
+    group = len(model_config.scan_group)
+    block = b * n * (12 * d + 3 * dff) * c
+    scores = 0.0
+    if model_config.attention_backend == "xla":
+        heads = model_config.num_heads / mesh_sizes["tensor"]
+        pano = b * heads * n * tokens * 4
+        scores = pano if dit_lib.PANO in model_config.scan_group else pano / 4
+    policy = model_config.remat_policy
+    if policy == "full":
+        total = layers / group * b * n * d * c + group * block + scores
+    elif policy in ("save_dots", "save_all_dots"):
+        total = layers * b * n * (6 * d + 2 * dff) * c + block + scores
+    else:
+        total = layers * (block + scores)
+    return {"tokens_per_sample": tokens, "samples_per_device": b, "activations": total}
+
+
+def analytic_plan(config, devices: int) -> dict[str, float]:
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from viewpoint_jax import components
+    from viewpoint_jax.models import dit as dit_lib
+
+    model_config = components.dit_config(config)
+    mesh_sizes = _resolved_mesh(config, devices)
+    rules = tuple(tuple(r) for r in config.sharding_rules)
+    _, params = nnx.split(dit_lib.abstract_model(model_config), nnx.Param)
+    param_bytes = _sharded_bytes(params, mesh_sizes, rules)
+    mu_bytes = np.dtype(config.optim.mu_dtype).itemsize
+    opt_bytes = _sharded_bytes(params, mesh_sizes, rules, mu_bytes) + _sharded_bytes(
+        params, mesh_sizes, rules, 4
+    )
+    if config.optim.ema_decay > 0:
+        opt_bytes += param_bytes
+    plan = {
+        "parameters": dit_lib.count_params(params),
+        "param_bytes": param_bytes,
+        "optimizer_bytes": opt_bytes,
+        "gradient_bytes": _sharded_bytes(params, mesh_sizes, rules, 4),
+        **activation_bytes(config, model_config, mesh_sizes),
+    }
+    del jax
+    plan["total_bytes"] = (
+        plan["param_bytes"] + plan["optimizer_bytes"] + plan["gradient_bytes"] + plan["activations"]
+    )
+    return plan
+
+
+def compiled_plan(config, devices: int) -> dict[str, float]:
+    import jax
+
+    from viewpoint_jax import sharding as sharding_lib
+    from viewpoint_jax import train
+
+    if jax.device_count() < devices:
+        raise ValueError(f"{devices} devices asked for, {jax.device_count()} simulated")
+    mesh = sharding_lib.make_mesh(_resolved_mesh(config, devices), jax.devices()[:devices])
+    rules = tuple(tuple(r) if isinstance(r, list) else r for r in config.sharding_rules)
+    trainer = train.make_trainer(config, mesh, rules)
+    data = config.data
+    m, f, b = data.map_size, data.num_frames, data.batch_size
+    text = trainer.text(["a caption"] * b)
+    batch = {
+        "target_map": jax.ShapeDtypeStruct((b, f, m, m, 3), "float32"),
+        "condition_map": jax.ShapeDtypeStruct((b, f, m, m, 3), "float32"),
+        "condition_mask": jax.ShapeDtypeStruct((b, f, m, m, 1), "float32"),
+        **{k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in text.items()},
+    }
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_sharding)
+             for k, v in batch.items()}  # fmt: skip
+    compiled = trainer.step_fn.lower(
+        trainer.abstract_state_with_shardings(), batch, trainer.frozen_arrays
+    ).compile()
+    analysis = compiled.memory_analysis()
+    return {
+        "argument_bytes": analysis.argument_size_in_bytes,
+        "output_bytes": analysis.output_size_in_bytes,
+        "alias_bytes": analysis.alias_size_in_bytes,
+        "temp_bytes": analysis.temp_size_in_bytes,
+        "total_bytes": analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+        - analysis.alias_size_in_bytes + analysis.temp_size_in_bytes,
+    }
+
+
+def format_plan(plan: dict, method: str, devices: int, hbm_gb: float) -> str:
+    lines = [f"| {method}, per device of {devices} | GiB |", "|---|---:|"]
+    for key, value in plan.items():
+        if key.endswith("_bytes") or key == "activations":
+            lines.append(f"| {key} | {value / GIB:.2f} |")
+        else:
+            lines.append(f"| {key} | {value:,.0f} |" if value >= 100 else f"| {key} | {value:g} |")
+    fits = plan["total_bytes"] <= hbm_gb * 1e9
+    lines.append(
+        f"\n{'fits' if fits else 'does NOT fit'}: {plan['total_bytes'] / 1e9:.1f} GB of "
+        f"{hbm_gb:g} GB per device"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="configs/*.py[:arg]")
+    parser.add_argument("--devices", type=int, default=8, help="devices of the mesh (default 8)")
+    parser.add_argument("--hbm_gb", type=float, default=80.0, help="memory per device, GB")
+    parser.add_argument("--method", choices=("analytic", "compiled"), default="analytic")
+    args = parser.parse_args(argv)
+    if args.method == "compiled":  # simulated devices must exist before jax starts
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_force_host_platform_device_count" not in flags:
+            os.environ["XLA_FLAGS"] = (
+                f"{flags} --xla_force_host_platform_device_count={args.devices}"
+            )
+    config = load_config(args.config)
+    plan = (analytic_plan if args.method == "analytic" else compiled_plan)(config, args.devices)
+    print(format_plan(plan, args.method, args.devices, args.hbm_gb))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from viewpoint_jax.cli import run_main
+
+    run_main(main)
