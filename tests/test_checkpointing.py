@@ -16,10 +16,16 @@ def dataset(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("data"))
 
 
+def _lines(workdir):
+    path = workdir / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
 def _wait_for_steps(process, workdir, count, timeout=240):
+    """Until `metrics.jsonl` has `count` lines (steps logged, by this run and earlier ones)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if (workdir / "metrics.jsonl").exists() and len(read_losses(workdir)) >= count:
+        if _lines(workdir) >= count:
             return
         if process.poll() is not None:
             raise AssertionError(f"training exited early: {process.stderr.read()}")
@@ -59,7 +65,7 @@ def test_kill9_resumes_on_the_same_data_order_and_sigterm_saves(tmp_path, datase
 
     # The restart resumes there, reads the same batches, and SIGTERM makes it save and exit 0.
     resumed = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-    _wait_for_steps(resumed, run, last_complete + 3)
+    _wait_for_steps(resumed, run, _lines(run) + 3)
     resumed.send_signal(signal.SIGTERM)
     _, stderr = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, stderr

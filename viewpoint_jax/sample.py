@@ -181,17 +181,7 @@ def write_outputs(
             tmp / "viewer.html", (tmp / "pano.mp4").read_bytes(), generation.panorama[0], title
         )
         atomic_write_text(tmp / "settings.json", json.dumps(record, indent=2) + "\n")
-        _make_shareable(tmp)
     return Path(out)
-
-
-def _make_shareable(directory: Path) -> None:
-    """Temporary files and directories are private (0600/0700); outputs get the usual modes."""
-    umask = os.umask(0)
-    os.umask(umask)
-    directory.chmod(0o777 & ~umask)
-    for path in directory.iterdir():
-        path.chmod(0o666 & ~umask)
 
 
 # --- Command line --------------------------------------------------------------------------------

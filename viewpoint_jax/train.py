@@ -495,6 +495,7 @@ def train(
     for tests. Returns {"step", "losses": {step: loss},
     "stopped": bool (SIGTERM)}.
     """
+    stop = StopFlag()  # first: a SIGTERM during setup still ends in a clean exit
     workdir = Path(workdir).absolute()
     process_index, process_count = jax.process_index(), jax.process_count()
     devices = jax.devices() if devices is None else list(devices)
@@ -538,7 +539,6 @@ def train(
     metrics_file = workdir / ("metrics.jsonl" if is_main else f"metrics.{process_index}.jsonl")
     peak = metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind, config.log.peak_tflops)
     timer = metrics_lib.StepTimer()
-    stop = StopFlag()
     start = int(jax.device_get(state["step"]))
     losses: dict[int, float] = {}
     bar = None

@@ -1,0 +1,97 @@
+"""Components: Wan checkpoint inflation, inference restore, the tiny text encoder, autoencoders."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from test_train import micro_config
+
+from viewpoint_jax import components
+from viewpoint_jax.models import dit as dit_lib
+
+
+def _save_converted(path, model):
+    """A converted DiT directory as the converter writes it: config.json + params/ (Orbax)."""
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(model.config.to_dict()))
+    pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+    def string_keys(tree):
+        return {str(k): string_keys(v) for k, v in tree.items()} if isinstance(tree, dict) else tree
+
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        checkpointer.save(path / "params", string_keys(pure))
+
+
+def test_inflated_wan_checkpoint_ignores_the_condition_until_trained(tmp_path):
+    config = micro_config()
+    target_config = components.dit_config(config)
+    channels = target_config.out_dim
+    t2v_config = dataclasses.replace(target_config, in_dim=channels)  # text-to-video: C inputs
+    t2v = dit_lib.WanDiT(t2v_config, rngs=nnx.Rngs(3))
+    _save_converted(tmp_path / "wan", t2v)
+
+    params = components.load_pretrained_params(tmp_path / "wan", target_config)
+    graphdef, _ = nnx.split(dit_lib.abstract_model(target_config), nnx.Param)
+    model = nnx.merge(graphdef, params)
+    kernel = np.asarray(params["patch_kernel"][...])
+    assert kernel.shape[3] == 2 * channels + 1
+    np.testing.assert_array_equal(kernel[..., :channels, :], t2v.patch_kernel[...])
+    np.testing.assert_array_equal(kernel[..., channels:, :], 0.0)
+
+    keys = jax.random.split(jax.random.key(0), 4)
+    x = jax.random.normal(keys[0], (1, 2, 4, 4, channels))
+    condition = jax.random.normal(keys[1], x.shape)
+    mask = (jax.random.uniform(keys[2], (*x.shape[:-1], 1)) > 0.5).astype(jnp.float32)
+    context = jax.random.normal(keys[3], (1, 5, target_config.text_dim))
+    t = jnp.array([500.0])
+    inflated = model(jnp.concatenate([x, condition, mask], -1), t, context)
+    np.testing.assert_allclose(inflated, t2v(x, t, context), rtol=1e-5, atol=1e-5)
+
+    # The sampler CLI takes a converted directory as well as a run directory.
+    loaded = components.restore_model_for_inference(tmp_path / "wan", config)
+    assert loaded.config.in_dim == channels
+
+
+def test_mismatched_checkpoint_is_named(tmp_path):
+    config = micro_config()
+    target_config = components.dit_config(config)
+    other = dit_lib.WanDiT(dataclasses.replace(target_config, dim=64, ffn_dim=64), rngs=nnx.Rngs(0))
+    _save_converted(tmp_path / "wan", other)
+    try:
+        components.load_pretrained_params(tmp_path / "wan", target_config)
+    except ValueError as error:
+        assert "dim is 64 in the checkpoint but 32 in the config" in str(error)
+    else:
+        raise AssertionError("a checkpoint of another size was accepted")
+
+
+def test_tiny_text_encoder_is_the_same_at_training_and_sampling():
+    config = micro_config()
+    first, second = components.build_text_encoder(config), components.build_text_encoder(config)
+    prompts = ["a red ball rises", ""]
+    a, mask = first.encode_text(prompts)
+    b, _ = second.encode_text(prompts)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (2, config.text_encoder.max_length, components.text_width(config))
+    assert int(mask[0].sum()) == len("a red ball rises") + 1 and int(mask[1].sum()) == 1
+    np.testing.assert_array_equal(a[0, int(mask[0].sum()) :], 0.0)  # zero past the prompt
+
+
+def test_byte_tokenizer():
+    ids, mask = components.ByteTokenizer(8)(["héllo  world", "ab"])
+    assert ids.shape == (2, 8) and ids.dtype == np.int32
+    assert list(ids[1]) == [ord("a") + 2, ord("b") + 2, 1, 0, 0, 0, 0, 0]
+    assert list(mask[1]) == [1, 1, 1, 0, 0, 0, 0, 0]
+    assert ids[0, -1] == 1 and ids.max() < components.ByteTokenizer.vocab_size  # truncated, ended
+
+
+def test_space_to_depth_autoencoder_from_config():
+    config = micro_config()
+    autoencoder = components.build_autoencoder(config)
+    assert autoencoder.spatial_factor == config.autoencoder.factor
+    assert autoencoder.latent_channels == components.latent_channels(config)
