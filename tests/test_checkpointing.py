@@ -46,8 +46,11 @@ def test_kill9_resumes_on_the_same_data_order_and_sigterm_saves(tmp_path, datase
     reference = tmp_path / "reference"
     done = subprocess.run(
         cli(reference, data_dir, name, "--config.num_steps=16", every),
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     expected = read_losses(reference)
     assert sorted(expected) == list(range(1, 17))

@@ -86,11 +86,20 @@ def test_wan_configs_need_their_checkpoints():
 
 def test_cli_reports_a_bad_config_in_one_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "viewpoint_jax.train", f"--config={REPO / 'configs/tiny.py'}:micro",
-         f"--workdir={tmp_path}", "--config.data.map_size=72"],
-        capture_output=True, text=True, timeout=120, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "viewpoint_jax.train",
+            f"--config={REPO / 'configs/tiny.py'}:micro",
+            f"--workdir={tmp_path}",
+            "--config.data.map_size=72",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
         env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
+    )
     assert result.returncode == 2, result.stderr
     assert "error: config.data.map_size: must be a multiple of 32, got 72" in result.stderr
     assert "Traceback" not in result.stderr

@@ -60,7 +60,7 @@ def test_shifted_uniform_distribution():
 
 
 def test_unknown_sampler_is_named():
-    with pytest.raises(ValueError, match="timestep sampler.*'cosine'"):
+    with pytest.raises(ValueError, match=r"timestep sampler.*'cosine'"):
         fm.sample_sigmas(jax.random.key(0), 2, "cosine")
 
 

@@ -20,18 +20,29 @@ def dataset(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("data"))
 
 
+@pytest.mark.slow
 def test_two_processes_train_together_and_agree(tmp_path, dataset):
     data_dir, name = dataset
     workdir = tmp_path / "run"
     port = _free_port()
     processes = [
         subprocess.Popen(
-            cli(workdir, data_dir, name, "--config.num_steps=4", "--config.mesh.data=2",
-                "--config.checkpoint.every_steps=2", f"--coordinator_address=localhost:{port}",
-                "--num_processes=2", f"--process_id={i}"),
-            env=subprocess_env(devices=2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            cli(
+                workdir,
+                data_dir,
+                name,
+                "--config.num_steps=4",
+                "--config.mesh.data=2",
+                "--config.checkpoint.every_steps=2",
+                f"--coordinator_address=localhost:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ),
+            env=subprocess_env(devices=2),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for i in range(2)
     ]
     outputs = []
@@ -52,5 +63,5 @@ def test_two_processes_train_together_and_agree(tmp_path, dataset):
     config = json.loads((workdir / "config.json").read_text())
     assert config["mesh"]["data"] == 2 and config["data"]["batch_size"] == 4
     # Each host checkpointed its own data-iterator state.
-    data_states = sorted(p.name for p in (workdir / "checkpoints" / "4" / "data").iterdir())
+    data_states = sorted(p.name for p in (workdir / "checkpoints" / "4" / "data").glob("*.json"))
     assert data_states == ["process_0-of-2.json", "process_1-of-2.json"], data_states

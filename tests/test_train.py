@@ -62,7 +62,9 @@ def procedural_records(count: int = 6, num_frames: int = 7, height: int = 32) ->
     """Records as the TFDS builder writes them, in memory."""
     return [
         {
-            "frames": [builder.encode_frame(f, "png") for f in procedural_frames(i, num_frames, height)],
+            "frames": [
+                builder.encode_frame(f, "png") for f in procedural_frames(i, num_frames, height)
+            ],
             "caption": f"a pattern of bands number {i}",
             "is_image": False,
             "source": f"clip{i}.mp4",
@@ -100,11 +102,16 @@ def subprocess_env(devices: int = 1) -> dict:
 
 def cli(workdir: Path, data_dir: Path, name: str, *overrides: str) -> list[str]:
     return [
-        sys.executable, "-m", "viewpoint_jax.train",
-        f"--config={REPO / 'configs' / 'tiny.py'}:micro", f"--workdir={workdir}",
-        f"--config.data.data_dir={data_dir}", f"--config.data.name={name}",
-        "--config.mesh.fsdp=-1", *overrides,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "viewpoint_jax.train",
+        f"--config={REPO / 'configs' / 'tiny.py'}:micro",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={data_dir}",
+        f"--config.data.name={name}",
+        "--config.mesh.fsdp=-1",
+        *overrides,
+    ]
 
 
 def read_losses(workdir: Path, name: str = "metrics.jsonl") -> dict[int, float]:
@@ -124,7 +131,9 @@ def test_loss_falls_and_logs(tmp_path):
     config.num_steps = 24
     config.checkpoint.every_steps = 12
     config.log.image_every_steps = 12
-    result = train.train(config, tmp_path, data_source=procedural_records(), devices=ONE_DEVICE, progress=False)
+    result = train.train(
+        config, tmp_path, data_source=procedural_records(), devices=ONE_DEVICE, progress=False
+    )
     losses = [result["losses"][s] for s in range(1, 25)]
     assert np.mean(losses[-6:]) < 0.8 * np.mean(losses[:6]), losses
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -134,11 +143,13 @@ def test_loss_falls_and_logs(tmp_path):
     assert records[0]["lr"] == 0.0 and records[-1]["lr"] == pytest.approx(config.optim.lr)
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert sorted(p.name for p in (tmp_path / "images").glob("*.png")) == [
-        "step_0000012.png", "step_0000024.png"
-    ]  # fmt: skip
-    assert checkpointing.Checkpointer(
-        tmp_path / "checkpoints", every_steps=1, keep=2
-    ).latest_step() == 24
+        "step_0000012.png",
+        "step_0000024.png",
+    ]
+    assert (
+        checkpointing.Checkpointer(tmp_path / "checkpoints", every_steps=1, keep=2).latest_step()
+        == 24
+    )
     # The sampler's entry point restores the trained weights from the run directory.
     model = components.restore_model_for_inference(tmp_path, config)
     assert model.config == components.dit_config(config)
@@ -149,11 +160,17 @@ def test_resume_gives_the_same_losses(tmp_path):
     config = micro_config()
     config.num_steps = 6
     config.checkpoint.every_steps = 3
-    straight = train.train(config, tmp_path / "straight", data_source=records, devices=ONE_DEVICE, progress=False)
+    straight = train.train(
+        config, tmp_path / "straight", data_source=records, devices=ONE_DEVICE, progress=False
+    )
     config.num_steps = 3
-    train.train(config, tmp_path / "resumed", data_source=records, devices=ONE_DEVICE, progress=False)
+    train.train(
+        config, tmp_path / "resumed", data_source=records, devices=ONE_DEVICE, progress=False
+    )
     config.num_steps = 6
-    resumed = train.train(config, tmp_path / "resumed", data_source=records, devices=ONE_DEVICE, progress=False)
+    resumed = train.train(
+        config, tmp_path / "resumed", data_source=records, devices=ONE_DEVICE, progress=False
+    )
     assert sorted(resumed["losses"]) == [4, 5, 6]  # it did not redo steps 1-3
     np.testing.assert_allclose(
         [resumed["losses"][s] for s in (4, 5, 6)],
@@ -204,7 +221,13 @@ def test_nonfinite_loss_skips_update_then_stops(tmp_path):
     it = pipeline.make_train_iterator(config.data, data_source=procedural_records())
     batches = [next(it) for _ in range(10)]
     with pytest.raises(train.NonFiniteLossError, match="3 NaN/Inf losses in a row at step 6"):
-        train.train(config, tmp_path, data_iterator=_nan_batches(batches, 3), devices=ONE_DEVICE, progress=False)
+        train.train(
+            config,
+            tmp_path,
+            data_iterator=_nan_batches(batches, 3),
+            devices=ONE_DEVICE,
+            progress=False,
+        )
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["nonfinite_total"] for r in records] == [0, 0, 0, 1, 2, 3]
     assert all(np.isfinite(r["loss"]) for r in records[:3])

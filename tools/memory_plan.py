@@ -54,9 +54,11 @@ def _sharded_bytes(abstract_tree, mesh_sizes: dict[str, int], rules, dtype_bytes
     total = 0
     for variable in jax.tree.leaves(abstract_tree, is_leaf=lambda x: isinstance(x, nnx.Variable)):
         value = variable.get_value() if isinstance(variable, nnx.Variable) else variable
-        logical = variable.get_metadata().get("out_sharding") if isinstance(
-            variable, nnx.Variable
-        ) else None
+        logical = (
+            variable.get_metadata().get("out_sharding")
+            if isinstance(variable, nnx.Variable)
+            else None
+        )
         spec = sharding_lib._fit_spec_to_shape(
             sharding_lib.logical_to_mesh_spec(logical, rules), value.shape, mesh
         )
@@ -88,8 +90,11 @@ def activation_bytes(config, model_config, mesh_sizes: dict[str, int]) -> dict[s
     data = config.data
     spatial = 8 if config.autoencoder.kind == "wan_vae" else int(config.autoencoder.factor)
     temporal = 4 if config.autoencoder.kind == "wan_vae" else 1
-    latent = (1 + (data.num_frames - 1) // temporal, data.map_size // spatial,
-              data.map_size // spatial)  # fmt: skip
+    latent = (
+        1 + (data.num_frames - 1) // temporal,
+        data.map_size // spatial,
+        data.map_size // spatial,
+    )
     pt, ph, pw = model_config.patch_size
     tokens = (latent[0] // pt) * (latent[1] // ph) * (latent[2] // pw)
     n = tokens / mesh_sizes["sequence"]
@@ -167,8 +172,10 @@ def compiled_plan(config, devices: int) -> dict[str, float]:
         "condition_mask": jax.ShapeDtypeStruct((b, f, m, m, 1), "float32"),
         **{k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in text.items()},
     }
-    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_sharding)
-             for k, v in batch.items()}  # fmt: skip
+    batch = {
+        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_sharding)
+        for k, v in batch.items()
+    }
     compiled = trainer.step_fn.lower(
         trainer.abstract_state_with_shardings(), batch, trainer.frozen_arrays
     ).compile()
@@ -178,8 +185,10 @@ def compiled_plan(config, devices: int) -> dict[str, float]:
         "output_bytes": analysis.output_size_in_bytes,
         "alias_bytes": analysis.alias_size_in_bytes,
         "temp_bytes": analysis.temp_size_in_bytes,
-        "total_bytes": analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-        - analysis.alias_size_in_bytes + analysis.temp_size_in_bytes,
+        "total_bytes": analysis.argument_size_in_bytes
+        + analysis.output_size_in_bytes
+        - analysis.alias_size_in_bytes
+        + analysis.temp_size_in_bytes,
     }
 
 

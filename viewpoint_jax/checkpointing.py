@@ -22,7 +22,9 @@ import orbax.checkpoint as ocp
 
 
 def _has_state(iterator: Any) -> bool:
-    return iterator is not None and hasattr(iterator, "get_state") and hasattr(iterator, "set_state")
+    return (
+        iterator is not None and hasattr(iterator, "get_state") and hasattr(iterator, "set_state")
+    )
 
 
 class Checkpointer:
@@ -51,7 +53,9 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: Any, data_iterator: Any = None, *, force: bool = False) -> bool:
+    def save(
+        self, step: int, state: Any, data_iterator: Any = None, *, force: bool = False
+    ) -> bool:
         """Starts saving (returns once the arrays are copied off the devices); True if it saves."""
         items = {"state": ocp.args.StandardSave(state)}
         if _has_state(data_iterator):
@@ -83,7 +87,9 @@ def restore_params(directory: str | os.PathLike, abstract_params: Any, *, use_em
     `abstract_params`' leaves when they have them, else on the first device.
     """
     directory = Path(directory).absolute()
-    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True)) as m:
+    with ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(read_only=True)
+    ) as m:
         step = m.latest_step()
     if step is None:
         raise FileNotFoundError(f"no complete checkpoint under {directory}")

@@ -30,9 +30,17 @@ from viewpoint_jax.models import dit as dit_lib
 WAN_LATENT_CHANNELS = 16
 UMT5_XXL_WIDTH = 4096
 _DIT_FIELDS = (
-    "dim", "ffn_dim", "num_heads", "num_layers", "freq_dim", "attention_pattern",
-    "attention_backend", "remat_policy", "dtype", "param_dtype",
-)  # fmt: skip
+    "dim",
+    "ffn_dim",
+    "num_heads",
+    "num_layers",
+    "freq_dim",
+    "attention_pattern",
+    "attention_backend",
+    "remat_policy",
+    "dtype",
+    "param_dtype",
+)
 
 
 # --- Sizes -------------------------------------------------------------------------------------
@@ -189,10 +197,8 @@ def load_pretrained_params(
             )
     source_config = dataclasses.replace(model_config, in_dim=source.in_dim)
     _, abstract = nnx.split(dit_lib.abstract_model(source_config), nnx.Param)
-    source_shardings = None
-    if shardings is not None:  # the kernel's sharding does not depend on its channel count
-        source_shardings = shardings
-    params = dit_lib.load_dit_state(path, abstract, source_shardings)
+    # Shardings do not depend on the channel count of the patch embedding: reuse the model's.
+    params = dit_lib.load_dit_state(path, abstract, shardings)
     kernel = params["patch_kernel"]
     inflated = inflate_patch_kernel(kernel[...], model_config.in_dim)
     if shardings is not None:

@@ -37,8 +37,16 @@ def base_config() -> ml_collections.ConfigDict:
     # DiTConfig fields; None keeps the preset's value. in_dim, out_dim and text_dim follow the
     # autoencoder and text encoder (2 C + 1 in, C out) and are not set here.
     for field in (
-        "dim", "ffn_dim", "num_heads", "num_layers", "freq_dim", "attention_pattern",
-        "attention_backend", "remat_policy", "dtype", "param_dtype",
+        "dim",
+        "ffn_dim",
+        "num_heads",
+        "num_layers",
+        "freq_dim",
+        "attention_pattern",
+        "attention_backend",
+        "remat_policy",
+        "dtype",
+        "param_dtype",
     ):
         config.model[field] = None
     config.model.init_checkpoint = ""
@@ -184,7 +192,10 @@ def validate_config(
     if data.map_size % multiple:
         _fail("data.map_size", f"must be a multiple of {multiple}, got {data.map_size}")
     if (data.num_frames - 1) % temporal:
-        _fail("data.num_frames", f"must be 1 + {temporal}k for this autoencoder, got {data.num_frames}")
+        _fail(
+            "data.num_frames",
+            f"must be 1 + {temporal}k for this autoencoder, got {data.num_frames}",
+        )
     for key in ("image_ratio", "caption_dropout"):
         if not 0.0 <= data[key] <= 1.0:
             _fail(f"data.{key}", f"must be in [0, 1], got {data[key]}")
@@ -228,7 +239,9 @@ def validate_config(
             f"{data.batch_size} must be divisible by the mesh's data x fsdp = {batch_shards}",
         )
     if data.batch_size % process_count:
-        _fail("data.batch_size", f"{data.batch_size} must be divisible by the {process_count} hosts")
+        _fail(
+            "data.batch_size", f"{data.batch_size} must be divisible by the {process_count} hosts"
+        )
     rule_names = set()
     for entry in config.sharding_rules:
         if len(entry) != 2:

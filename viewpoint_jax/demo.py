@@ -162,7 +162,8 @@ def loss_curve_image(
     image = np.full((height, width, 3), 255, np.uint8)
     left, right, top, bottom = 80, 30, 50, 60
     x0, x1, y0, y1 = left, width - right, top, height - bottom
-    step_lo, step_hi = float(steps[0]), float(max(steps[-1], steps[0] + 1))
+    step_lo = min(0.0, float(steps[0]))
+    step_hi = float(max(steps[-1], step_lo + 1))
     window = max(1, len(losses) // 20)
     smooth = moving_average(losses, window)
     loss_lo, loss_hi = 0.0, float(np.max(losses)) * 1.05
@@ -211,14 +212,16 @@ def comparison_image(
     clips: evaluation.EvalClips,
     untrained: evaluation.OutpaintingResult,
     trained: evaluation.OutpaintingResult,
+    grey_mse: float,
     frame: int = -1,
     scale: int = 2,
 ) -> np.ndarray:
     """One row per clip: ground truth | condition | untrained | trained (one frame of each map,
-    enlarged `scale` times), with each model's outpainting MSE -> RGB uint8."""
+    enlarged `scale` times) with each model's outpainting MSE; the means below -> RGB uint8."""
     columns = ("ground truth", "condition", "untrained", "trained")
     gap, header, footer = 6, 28, 20
     side = clips.target_map.shape[2] * scale
+    width = 4 * side + 3 * gap
     rows = []
     for n in range(len(clips)):
         tiles = [
@@ -227,24 +230,31 @@ def comparison_image(
             untrained.maps[n, frame],
             trained.maps[n, frame],
         ]
-        row = np.full((side + footer, 4 * side + 3 * gap, 3), 255, np.uint8)
+        row = np.full((side + footer, width, 3), 255, np.uint8)
         for k, tile in enumerate(tiles):
             x = k * (side + gap)
             row[:side, x : x + side] = _tile(tile, scale)
         for k, result in ((2, untrained), (3, trained)):
             x = k * (side + gap)
             text = f"MSE {result.mse[n]:.3f}"
-            cv2.putText(row, text, (x + 4, side + 15), _FONT, 0.45, _INK, 1, cv2.LINE_AA)
+            cv2.putText(row, text, (x + 4, side + 15), _FONT, 0.45, _INK, 1, _AA)
         rows.append(row)
-    head = np.full((header, rows[0].shape[1], 3), 255, np.uint8)
+    head = np.full((header, width, 3), 255, np.uint8)
     for k, name in enumerate(columns):
-        x = k * (side + gap) + 4
-        cv2.putText(head, name, (x, 19), _FONT, 0.5, _INK, 1, cv2.LINE_AA)
-    spacer = np.full((gap, rows[0].shape[1], 3), 255, np.uint8)
+        cv2.putText(head, name, (k * (side + gap) + 4, 19), _FONT, 0.5, _INK, 1, _AA)
+    foot = np.full((44, width, 3), 255, np.uint8)
+    lines = (
+        f"mean MSE outside the condition: untrained {np.mean(untrained.mse):.3f}, "
+        f"trained {np.mean(trained.mse):.3f}",
+        f"(mid-grey fill {grey_mse:.3f}; pixels in [-1, 1]; frame {frame % clips.target_map.shape[1]})",
+    )
+    for k, line in enumerate(lines):
+        cv2.putText(foot, line, (4, 16 + 20 * k), _FONT, 0.42, _INK, 1, _AA)
+    spacer = np.full((gap, width, 3), 255, np.uint8)
     body = [head]
     for row in rows:
         body += [row, spacer]
-    image = np.concatenate(body[:-1], axis=0)
+    image = np.concatenate([*body, foot], axis=0)
     return np.pad(image, ((8, 8), (8, 8), (0, 0)), constant_values=255)
 
 
@@ -319,7 +329,7 @@ def run_demo(out: str | Path, *, train_steps: int | None = None, quick: bool = F
     }
     write_png(
         out / "outpainting.png",
-        comparison_image(clips, results["untrained"], results["trained"]),
+        comparison_image(clips, results["untrained"], results["trained"], float(np.mean(grey))),
     )
     seconds["evaluation"] = time.perf_counter() - t
 

@@ -150,7 +150,9 @@ def preview_grid(
         tiles = []
         for video in (condition, target, prediction):
             frames = [video[b, 0], video[b, -1]]
-            tiles.append(np.concatenate([frames[0], np.ones_like(frames[0][:, :gap]), frames[1]], 1))
+            tiles.append(
+                np.concatenate([frames[0], np.ones_like(frames[0][:, :gap]), frames[1]], 1)
+            )
             tiles.append(np.ones_like(tiles[-1][:, : 3 * gap]))
         rows.append(np.concatenate(tiles[:-1], axis=1))
         rows.append(np.ones_like(rows[-1][: 3 * gap]))

@@ -182,9 +182,13 @@ def train_step(
         noise = jax.random.normal(noise_rng, x.shape, jnp.float32)
         diffusion = config.diffusion
         sigmas = fm.sample_sigmas(
-            sigma_rng, x.shape[0], diffusion.timestep_sampler, diffusion.shift,
-            diffusion.logit_mean, diffusion.logit_std,
-        )  # fmt: skip
+            sigma_rng,
+            x.shape[0],
+            diffusion.timestep_sampler,
+            diffusion.shift,
+            diffusion.logit_mean,
+            diffusion.logit_std,
+        )
         inputs = sampler.model_input(
             fm.noisy_latents(x, noise, sigmas), encoded["condition"], encoded["mask"]
         )
@@ -313,8 +317,7 @@ def host_batch(batch: dict, text: TextFeeder) -> dict[str, np.ndarray]:
 def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
     """Every host's rows -> global arrays sharded over the batch axes of the mesh."""
     return {
-        key: jax.make_array_from_process_local_data(sharding, value)
-        for key, value in local.items()
+        key: jax.make_array_from_process_local_data(sharding, value) for key, value in local.items()
     }
 
 
@@ -364,8 +367,10 @@ class StopFlag:
 
 def _mesh_and_rules(config: ml_collections.ConfigDict, devices: list[jax.Device]):
     sizes = mesh_shape(config, len(devices))
-    rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
-                  for name, axes in config.sharding_rules)  # fmt: skip
+    rules = tuple(
+        (name, tuple(axes) if isinstance(axes, list) else axes)
+        for name, axes in config.sharding_rules
+    )
     return sharding_lib.make_mesh(sizes, devices), rules
 
 
@@ -444,18 +449,29 @@ def make_trainer(
     replicated = NamedSharding(mesh, PartitionSpec())
     step_fn = jax.jit(
         functools.partial(
-            train_step, graphdef=graphdef, frozen=frozen, tx=tx, schedule=schedule,
-            config=config, mesh=mesh, rules=rules,
-        ),  # fmt: skip
+            train_step,
+            graphdef=graphdef,
+            frozen=frozen,
+            tx=tx,
+            schedule=schedule,
+            config=config,
+            mesh=mesh,
+            rules=rules,
+        ),
         in_shardings=(state_sharding, batch_sharding, frozen_sharding),
         out_shardings=(state_sharding, replicated),
         donate_argnums=(0,),
     )
     preview_fn = jax.jit(
         functools.partial(
-            preview_step, graphdef=graphdef, frozen=frozen, config=config, mesh=mesh,
-            rules=rules, num_examples=min(4, config.data.batch_size),
-        ),  # fmt: skip
+            preview_step,
+            graphdef=graphdef,
+            frozen=frozen,
+            config=config,
+            mesh=mesh,
+            rules=rules,
+            num_examples=min(4, config.data.batch_size),
+        ),
         in_shardings=(state_sharding["params"], batch_sharding, frozen_sharding),
         out_shardings=replicated,
     )
@@ -527,9 +543,7 @@ def train(
 
     latest = checkpointer.latest_step()
     if latest is not None:
-        state = checkpointer.restore(
-            latest, trainer.abstract_state_with_shardings(), data_iterator
-        )
+        state = checkpointer.restore(latest, trainer.abstract_state_with_shardings(), data_iterator)
         print(f"resumed from {checkpointer.directory}/{latest}", file=sys.stderr)
     else:
         state = trainer.init_state()
@@ -545,16 +559,20 @@ def train(
     if progress and is_main:
         from tqdm import tqdm
 
-        bar = tqdm(total=config.num_steps, initial=start, desc="train", unit="step", file=sys.stderr)
+        bar = tqdm(
+            total=config.num_steps, initial=start, desc="train", unit="step", file=sys.stderr
+        )
 
     def report(step: int, step_metrics: dict, batch_info: dict) -> None:
         values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
         seconds = timer.tick()
         if seconds:
             values["step_time_s"] = seconds
-            values.update(metrics_lib.throughput(
-                seconds, batch_info["flops"], batch_info["tokens"], len(devices), peak
-            ))  # fmt: skip
+            values.update(
+                metrics_lib.throughput(
+                    seconds, batch_info["flops"], batch_info["tokens"], len(devices), peak
+                )
+            )
         values["data/skipped_records"] = batch_info["skipped"]
         losses[step] = values["loss"]
         with open(metrics_file, "a") as f:
@@ -574,8 +592,11 @@ def train(
 
     def batch_info(batch: dict, device_batch: dict) -> dict:
         shape = device_batch["target_map"].shape
-        latent = (1 + (shape[1] - 1) // autoencoder.temporal_factor,
-                  shape[2] // autoencoder.spatial_factor, shape[3] // autoencoder.spatial_factor)  # fmt: skip
+        latent = (
+            1 + (shape[1] - 1) // autoencoder.temporal_factor,
+            shape[2] // autoencoder.spatial_factor,
+            shape[3] // autoencoder.spatial_factor,
+        )
         text_tokens = int(config.text_encoder.max_length)
         return {
             "flops": metrics_lib.train_step_flops(model_config, latent, text_tokens, shape[0]),
