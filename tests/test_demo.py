@@ -1,23 +1,30 @@
 """`make demo` end to end at the test size (`--quick`: a handful of clips, 8 training steps), so
 the newcomer's path cannot rot; and the demo's parts: the untrained baseline, the pictures."""
 
-import functools
 import json
+import subprocess
+import sys
 
 import cv2
 import jax
 import numpy as np
 import pytest
 from flax import nnx
+from test_train import ONE_DEVICE, subprocess_env
 
 from viewpoint_jax import demo, evaluation, train, video_io
+from viewpoint_jax import sharding as sharding_lib
 from viewpoint_jax.cli import UserError
 
 
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
+    """`python -m viewpoint_jax.demo --quick` as a newcomer runs it: its own process, one device."""
     out = tmp_path_factory.mktemp("demo") / "demo_output"
-    assert demo.main(["--out", str(out), "--quick"]) == 0
+    command = [sys.executable, "-m", "viewpoint_jax.demo", "--out", str(out), "--quick"]
+    result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Open:" in result.stdout and str(out / "sample" / "viewer.html") in result.stdout
     return out
 
 
@@ -87,9 +94,10 @@ def test_bad_train_steps_is_a_user_error(tmp_path):
 
 def test_untrained_model_is_the_training_init():
     config = demo.demo_config(demo.CONFIG_FILE.parent, quick=True, train_steps=None)
-    tx, _ = train.make_optimizer(config.optim, config.num_steps)
-    init = jax.jit(functools.partial(train.init_state, config, tx))
-    expected = init(jax.random.key(config.seed))["params"]
+    config.mesh.update(dict(data=1, fsdp=1, sequence=1, tensor=1))
+    mesh = sharding_lib.make_mesh(dict(data=1, fsdp=1, sequence=1, tensor=1), ONE_DEVICE)
+    trainer = train.make_trainer(config, mesh, tuple(config.sharding_rules))
+    expected = trainer.init_state()["params"]
     got = nnx.state(demo.untrained_model(config), nnx.Param)
     jax.tree.map(np.testing.assert_array_equal, got, expected)
 

@@ -103,7 +103,7 @@ def worker(framework: str, op: str, frames: int, size: int) -> dict:
     start = time.perf_counter()
     compiled = fn.lower(state, x).compile()
     compile_s = time.perf_counter() - start
-    mem = compiled.memory_analysis()
+    analysis = compiled.memory_analysis()
     # Compiled ahead of time, so the first call is already steady state.
     with _PeakRSS() as mem:
         start = time.perf_counter()
@@ -113,7 +113,7 @@ def worker(framework: str, op: str, frames: int, size: int) -> dict:
         "seconds": seconds,
         "compile_seconds": compile_s,
         "peak_rss": mem.growth,
-        "xla_temp": mem.temp_size_in_bytes,
+        "xla_temp": analysis.temp_size_in_bytes,
     }
 
 

@@ -21,6 +21,7 @@ skips) the training. `--quick` is the test size: a handful of clips and steps, s
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -38,6 +39,7 @@ from viewpoint_jax.cli import UserError, run_main
 from viewpoint_jax.diffusion import sampler
 from viewpoint_jax.io_utils import atomic_write_text
 from viewpoint_jax.metrics import write_png
+from viewpoint_jax.models import dit as dit_lib
 
 CONFIG_FILE = Path(__file__).resolve().parent.parent / "configs" / "tiny.py"
 DATASET_NAME = "demo"
@@ -60,12 +62,21 @@ QUICK = {
 # --- Settings ---------------------------------------------------------------------------------
 
 
-def demo_config(out: Path, quick: bool, train_steps: int | None) -> ml_collections.ConfigDict:
-    """configs/tiny.py (`:micro` with `quick`) reading the dataset under `out/data`."""
+def config_spec(quick: bool) -> str:
+    """configs/tiny.py, or configs/tiny.py:micro with `quick`."""
+    arg = (QUICK if quick else FULL)["config_arg"]
+    return str(CONFIG_FILE) + (f":{arg}" if arg else "")
+
+
+def demo_config(
+    out: Path, quick: bool, train_steps: int | None, spec: str | None = None
+) -> ml_collections.ConfigDict:
+    """The config `spec` (`path.py[:arg]`, default `config_spec(quick)`) reading the dataset
+    under `out/data`."""
     from viewpoint_jax.sample import load_config
 
     preset = QUICK if quick else FULL
-    spec = str(CONFIG_FILE) + (f":{preset['config_arg']}" if preset["config_arg"] else "")
+    spec = spec or config_spec(quick)
     config = load_config(spec)
     config.data.data_dir = str(out / "data")
     config.data.name = DATASET_NAME
@@ -119,8 +130,15 @@ def read_losses(metrics_file: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def untrained_model(config: ml_collections.ConfigDict) -> nnx.Module:
-    """The DiT as training initialises it (the same seed), before any step."""
-    return components.build_model(config, nnx.Rngs(jax.random.key(config.seed)))
+    """The DiT exactly as training initialises it (`train.init_state`, the same seed, jitted as
+    the trainer jits it), before any step."""
+    from viewpoint_jax import train
+
+    tx, _ = train.make_optimizer(config.optim, config.num_steps)
+    init = jax.jit(functools.partial(train.init_state, config, tx))
+    params = init(jax.random.key(config.seed))["params"]
+    graphdef, _ = nnx.split(dit_lib.abstract_model(components.dit_config(config)), nnx.Param)
+    return nnx.merge(graphdef, params)
 
 
 # --- Pictures ---------------------------------------------------------------------------------
@@ -266,16 +284,23 @@ def _step(index: int, total: int, text: str) -> float:
     return time.perf_counter()
 
 
-def run_demo(out: str | Path, *, train_steps: int | None = None, quick: bool = False) -> dict:
-    """Runs the five steps into `out`; returns the summary also written to
-    `out/evaluation.json`."""
+def run_demo(
+    out: str | Path,
+    *,
+    train_steps: int | None = None,
+    quick: bool = False,
+    config: str | None = None,
+) -> dict:
+    """Runs the five steps into `out` with the config file `config` (`path.py[:arg]`, default
+    configs/tiny.py); returns the summary also written to `out/evaluation.json`."""
     from viewpoint_jax import sample as sample_lib
     from viewpoint_jax import train as train_lib
 
     out = Path(out).absolute()
     preset = QUICK if quick else FULL
-    config = demo_config(out, quick, train_steps)
-    stamp = {"config": preset["config_arg"] or "tiny", "dataset": preset["dataset"]}
+    spec = config or config_spec(quick)
+    config = demo_config(out, quick, train_steps, spec)
+    stamp = {"config": spec, "dataset": preset["dataset"]}
     check_or_write_stamp(out, {**stamp, "fps": DATASET_FPS})
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -285,7 +310,7 @@ def run_demo(out: str | Path, *, train_steps: int | None = None, quick: bool = F
     seconds["dataset"] = time.perf_counter() - t
 
     run_dir = out / "run"
-    t = _step(2, 5, f"training configs/tiny.py for {config.num_steps} steps -> {run_dir}")
+    t = _step(2, 5, f"training {Path(spec).name} for {config.num_steps} steps -> {run_dir}")
     result = train_lib.train(config, run_dir, progress=True)
     if result["stopped"]:
         raise UserError("training was stopped (SIGTERM); rerun the demo to resume it")
@@ -365,7 +390,7 @@ def run_demo(out: str | Path, *, train_steps: int | None = None, quick: bool = F
         "fps": DATASET_FPS,
         "panorama_size": list(generation.panorama.shape[1:3]),
         "map_size": int(generation.map_video.shape[1]),
-        "config": str(CONFIG_FILE),
+        "config": spec,
         "checkpoint": str(run_dir),
     }
     sample_dir = sample_lib.write_outputs(
@@ -412,6 +437,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "and untrained models on held-out clips and generate a 360 video.",
     )
     parser.add_argument("--out", default="demo_output", help="output folder")
+    parser.add_argument(
+        "--config",
+        help="config file, path.py[:arg] (default: configs/tiny.py, :micro with --quick)",
+    )
     parser.add_argument("--train-steps", type=int, help="training steps (default: the config's)")
     parser.add_argument(
         "--quick", action="store_true", help="test size: a tiny dataset and model, a few steps"
@@ -421,7 +450,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    run_demo(args.out, train_steps=args.train_steps, quick=args.quick)
+    run_demo(args.out, train_steps=args.train_steps, quick=args.quick, config=args.config)
     return 0
 
 
