@@ -11,7 +11,14 @@ class UserError(ValueError):
 
 
 # Exceptions whose message is enough for the user; anything else is a bug and keeps its traceback.
-USER_FACING = (UserError, ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, KeyError)
+USER_FACING = (
+    UserError,
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    KeyError,
+)
 
 
 def run_main(main: Callable[[], int | None]) -> None:

@@ -16,7 +16,6 @@ def _umask() -> int:
     return mask
 
 
-
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary sibling path to write a file to; renames it onto `path` on success.

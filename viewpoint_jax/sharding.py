@@ -107,7 +107,9 @@ def logical_to_mesh_spec(
             out.append(None)
             continue
         if name not in table:
-            raise ValueError(f"logical axis {name!r} has no sharding rule; rules cover {sorted(table)}")
+            raise ValueError(
+                f"logical axis {name!r} has no sharding rule; rules cover {sorted(table)}"
+            )
         target = table[name]
         targets = (target,) if isinstance(target, str) else tuple(target or ())
         free = tuple(t for t in targets if t not in used)
@@ -158,9 +160,7 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules: LogicalRules = DEFAULT_
         shape = getattr(variable, "shape", ())
         return named_sharding(mesh, None, shape, rules)
 
-    return jax.tree.map(
-        leaf_sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable)
-    )
+    return jax.tree.map(leaf_sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 @contextlib.contextmanager
