@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import os
 import sys
@@ -25,13 +24,10 @@ GIB = 1024**3
 
 
 def load_config(spec: str):
-    path, _, arg = spec.partition(":")
-    if not Path(path).is_file():
-        raise ValueError(f"--config: no such file {path}")
-    module_spec = importlib.util.spec_from_file_location(f"_config_{Path(path).stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    # Imported here: jax must not initialise before main() sets the simulated device count.
+    from viewpoint_jax.config_validation import load_config_file
+
+    return load_config_file(spec)
 
 
 def _resolved_mesh(config, devices: int) -> dict[str, int]:

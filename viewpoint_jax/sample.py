@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import os
 import sys
@@ -29,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from viewpoint_jax import components, geometry, video_io, viewer
+from viewpoint_jax import components, config_validation, geometry, video_io, viewer
 from viewpoint_jax.cli import UserError, run_main
 from viewpoint_jax.diffusion import sampler
 from viewpoint_jax.io_utils import atomic_directory, atomic_path, atomic_write_text
@@ -62,15 +61,7 @@ class Generation:
 
 def load_config(spec: str):
     """`path/to/config.py[:arg]` -> `get_config(arg)` of that file (ml_collections style)."""
-    path, _, arg = spec.partition(":")
-    if not Path(path).is_file():
-        raise UserError(f"--config: no such file {path}")
-    module_spec = importlib.util.spec_from_file_location(f"_config_{Path(path).stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise UserError(f"--config: {path} defines no get_config()")
-    return module.get_config(arg) if arg else module.get_config()
+    return config_validation.load_config_file(spec)
 
 
 def load_pipeline(config, checkpoint: str | os.PathLike) -> Pipeline:
