@@ -110,3 +110,20 @@ def test_cache_rejects_other_encoders_and_corrupt_files(text_encoder, tmp_path):
         text_lib.cache_text_embeddings(
             text_encoder, ["a city"], tmp_path / "broken.npz", batch_size=3
         )
+
+
+def test_encode_captions_and_merge_in_memory(text_encoder):
+    first = text_lib.encode_captions(text_encoder, ["a city", ""], batch_size=3)
+    second = text_lib.encode_captions(text_encoder, ["", "waves", "a sky", "a lake"], batch_size=3)
+    merged = first.merged(second)
+    assert merged.captions == ["a city", "", "waves", "a sky", "a lake"]
+    captions = ["a lake", "a city", "", "waves", "a sky"]
+    expected, expected_mask = text_encoder.encode_text(captions)
+    got, got_mask = merged.lookup(captions)
+    np.testing.assert_array_equal(got_mask, expected_mask)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5)
+    empty = text_lib.encode_captions(text_encoder, [], batch_size=3)
+    assert len(empty) == 0 and empty.merged(first) is first and first.merged(empty) is first
+    narrow = text_lib.TextEmbeddingCache(["x"], np.array([1]), np.zeros((1, 16)), 512)
+    with pytest.raises(ValueError, match=r"512 x 16 into a cache of 512 x 32"):
+        first.merged(narrow)

@@ -18,6 +18,7 @@ import pytest
 from viewpoint_jax import checkpointing, components, train
 from viewpoint_jax import sharding as sharding_lib
 from viewpoint_jax.data import builder
+from viewpoint_jax.models import text_encoder as text_lib
 
 REPO = Path(__file__).resolve().parents[1]
 # Every run of the micro config compiles the same programs: keep them across tests and processes.
@@ -248,3 +249,61 @@ def test_nonfinite_loss_skips_update_then_stops(tmp_path):
     state, metrics = trainer.step(state, trainer.device_batch(batches[1]))
     assert np.isfinite(float(metrics["loss"])) and int(state["nonfinite"]["run"]) == 0
     assert int(state["nonfinite"]["total"]) == 1
+
+
+def test_precomputed_text_gives_the_same_losses_and_writes_the_cache(tmp_path):
+    records = procedural_records()
+    config = micro_config()
+    config.num_steps = 4
+    config.data.caption_dropout = 0.5  # some batches hold "", a caption no record has
+    encoded = train.train(
+        config, tmp_path / "encoded", data_source=records, devices=ONE_DEVICE, progress=False
+    )
+    config.text_encoder.precompute = True
+    cached = train.train(
+        config, tmp_path / "cached", data_source=records, devices=ONE_DEVICE, progress=False
+    )
+    np.testing.assert_allclose(
+        [cached["losses"][s] for s in range(1, 5)],
+        [encoded["losses"][s] for s in range(1, 5)],
+        rtol=1e-5,
+    )
+    path = train.text_cache_path(tmp_path / "cached" / "text_cache", 0)
+    cache = text_lib.TextEmbeddingCache.load(path)
+    assert "" in cache and len(cache) > 1
+    assert set(cache.captions) <= {r["caption"] for r in records} | {""}
+    embeddings, mask = components.build_text_encoder(config).encode_text(cache.captions)
+    got, got_mask = cache.lookup(cache.captions)
+    np.testing.assert_array_equal(got_mask, mask)
+    np.testing.assert_allclose(got, embeddings, rtol=1e-6, atol=1e-6)
+
+
+class _CountingEncoder:
+    def __init__(self, text_encoder):
+        self.text_encoder = text_encoder
+        self.tokenizer = text_encoder.tokenizer
+        self.encoded: list[str] = []
+
+    def encode_text(self, prompts):
+        self.encoded.extend(prompts)
+        return self.text_encoder.encode_text(prompts)
+
+
+def test_text_feeder_embeds_each_caption_once_and_reloads_its_cache(tmp_path):
+    config = micro_config()
+    encoder = _CountingEncoder(components.build_text_encoder(config))
+    path = train.text_cache_path(tmp_path / "text_cache", 0)
+    feeder = train.TextFeeder(encoder, True, path, batch_size=2)
+    first = feeder(["a", "b", "a"])["context"]
+    second = feeder(["b", ""])["context"]
+    assert sorted(set(encoder.encoded)) == ["", "a", "b"]
+    assert len(encoder.encoded) == 4  # two batches of 2: ["a", "b"], then ["", ""] (padded)
+    assert not path.exists()  # written at checkpoints, not per step
+    feeder.flush()
+    reloaded = train.TextFeeder(encoder, True, path, batch_size=2)
+    np.testing.assert_array_equal(reloaded(["a", "b", "a"])["context"], first)
+    np.testing.assert_array_equal(reloaded(["b", ""])["context"], second)
+    assert len(encoder.encoded) == 4  # nothing re-encoded
+    want, _ = encoder.text_encoder.encode_text(["a", "b", ""])
+    np.testing.assert_allclose(first[:2], want[:2], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(second[1], want[2], rtol=1e-6, atol=1e-6)

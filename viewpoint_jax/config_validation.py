@@ -8,7 +8,7 @@ Schema:
                         init_checkpoint: a converted Wan DiT directory ("" = random init)
     config.autoencoder  kind ("space_to_depth" | "wan_vae"), factor, checkpoint
     config.text_encoder kind ("tiny_random" | "umt5"), checkpoint, tokenizer, max_length, seed,
-                        precompute (embed every caption once before training, cache in cache_dir)
+                        precompute (embed each distinct caption once, when first seen; cached per host in cache_dir)
     config.data         viewpoint_jax.data.pipeline.default_data_config() + overrides
     config.diffusion    timestep_sampler ("logit_normal" | "shifted_uniform"), shift, logit_mean/std
     config.optim        AdamW: lr, warmup_steps, schedule, b1, b2, eps, weight_decay, grad_clip,

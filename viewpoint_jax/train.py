@@ -265,42 +265,48 @@ def preview_step(
 
 
 class TextFeeder:
-    """Captions -> the step's text inputs: token ids (encoded in the step) or, with
-    `precompute`, embeddings computed once per distinct caption and cached in memory and on disk."""
+    """Captions -> the step's text inputs: token ids (encoded in the step) or, with `precompute`,
+    embeddings computed once per distinct caption (`text_encoder.encode_captions`).
 
-    def __init__(self, text_encoder: Any, precompute: bool, cache_dir: Path | None):
+    Captions are met as batches arrive (a dropped caption is ""), so the cache grows in memory;
+    `flush()` writes it atomically to `cache_path` if one is given (one file per host: hosts see
+    different captions and never write the same file) and a restarted run reloads it.
+    """
+
+    def __init__(
+        self, text_encoder: Any, precompute: bool, cache_path: Path | None, batch_size: int
+    ):
         self.text_encoder = text_encoder
         self.precompute = precompute
-        self.cache_dir = cache_dir
-        self._memory: dict[str, np.ndarray] = {}
+        self.cache_path = cache_path if precompute else None
+        self.batch_size = batch_size
+        self.cache: text_lib.TextEmbeddingCache | None = None
+        self._dirty = False
+        if cache_path is not None and cache_path.is_file():
+            self.cache = text_lib.TextEmbeddingCache.load(cache_path)
 
     def __call__(self, captions: list[str]) -> dict[str, np.ndarray]:
         if not self.precompute:
             ids, mask = self.text_encoder.tokenizer(list(captions))
             return {"ids": np.asarray(ids, np.int32), "ids_mask": np.asarray(mask, np.int32)}
-        return {"context": np.stack([self._embedding(c) for c in captions])}
+        missing = list(dict.fromkeys(c for c in captions if not self.cache or c not in self.cache))
+        if missing:
+            new = text_lib.encode_captions(self.text_encoder, missing, batch_size=self.batch_size)
+            self.cache = new if self.cache is None else self.cache.merged(new)
+            self._dirty = True
+        embeddings, _ = self.cache.lookup(captions)
+        return {"context": embeddings}
 
-    def _embedding(self, caption: str) -> np.ndarray:
-        if caption in self._memory:
-            return self._memory[caption]
-        import hashlib
+    def flush(self) -> None:
+        """Writes the captions embedded since the last flush (the whole cache, atomically)."""
+        if self._dirty and self.cache_path is not None:
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            self.cache.save(self.cache_path)
+            self._dirty = False
 
-        path = None
-        if self.cache_dir is not None:
-            name = hashlib.sha1(caption.encode("utf-8")).hexdigest()
-            path = self.cache_dir / f"{name}.npy"
-            if path.is_file():
-                self._memory[caption] = np.load(path)
-                return self._memory[caption]
-        embeddings, _ = self.text_encoder.encode_text([caption])
-        value = np.asarray(embeddings[0], np.float32)
-        if path is not None:
-            from viewpoint_jax.io_utils import atomic_path
 
-            with atomic_path(path) as tmp, open(tmp, "wb") as f:
-                np.save(f, value)
-        self._memory[caption] = value
-        return value
+def text_cache_path(cache_dir: Path, process_index: int) -> Path:
+    return Path(cache_dir) / f"embeddings.process{process_index}.npz"
 
 
 def _captions(batch: dict) -> list[str]:
@@ -436,7 +442,11 @@ def make_trainer(
     autoencoder = components.build_autoencoder(config)
     text_encoder = components.build_text_encoder(config)
     precompute = bool(config.text_encoder.precompute)
-    text = TextFeeder(text_encoder, precompute, text_cache_dir if precompute else None)
+    cache_path = None
+    if precompute and text_cache_dir is not None:
+        cache_path = text_cache_path(text_cache_dir, jax.process_index())
+    local_batch_size = config.data.batch_size // jax.process_count()
+    text = TextFeeder(text_encoder, precompute, cache_path, local_batch_size)
     frozen = Frozen(autoencoder, None if precompute else text_encoder)
     tx, schedule = make_optimizer(config.optim, config.num_steps)
     graphdef, _ = nnx.split(_abstract_model(config), nnx.Param)
@@ -625,6 +635,7 @@ def train(
                 pending = None
                 if int(jax.device_get(state["nonfinite"]["run"])) == 0:
                     checkpointer.save(step, state, data_iterator, force=True)
+                trainer.text.flush()
             if stopping:
                 stopped = True
                 print(f"SIGTERM: saved step {step}, exiting", file=sys.stderr)
@@ -632,6 +643,7 @@ def train(
         if pending is not None:
             report(*pending)
     finally:
+        trainer.text.flush()
         checkpointer.close()
         stop.restore()
         writer.close()

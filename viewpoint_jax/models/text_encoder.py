@@ -115,6 +115,27 @@ class TextEmbeddingCache:
             mask[row, : stop - start] = 1
         return embeddings, mask
 
+    def merged(self, other: TextEmbeddingCache) -> TextEmbeddingCache:
+        """This cache plus the captions of `other` it lacks (same width and max_length)."""
+        if not len(other):
+            return self
+        if not len(self):
+            return other
+        if other.dim != self.dim or other.max_length != self.max_length:
+            raise ValueError(
+                f"cannot merge embeddings of {other.max_length} x {other.dim} into a cache of "
+                f"{self.max_length} x {self.dim}"
+            )
+        keep = [i for i, c in enumerate(other.captions) if c not in self]
+        starts = np.concatenate([[0], np.cumsum(other.lengths)])
+        rows = [other.tokens[starts[i] : starts[i + 1]] for i in keep]
+        return TextEmbeddingCache(
+            self.captions + [other.captions[i] for i in keep],
+            np.concatenate([self.lengths, other.lengths[keep]]),
+            np.concatenate([self.tokens, *rows]),
+            self.max_length,
+        )
+
     def save(self, path: str | os.PathLike) -> None:
         """Writes an `.npz` atomically (no pickles: captions are stored as a unicode array)."""
         with io_utils.atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -174,9 +195,23 @@ def cache_text_embeddings(
         _check_compatible(cache, text_encoder, path)
         return cache
 
-    lengths, tokens = [], []
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start : start + batch_size]
+    new = encode_captions(text_encoder, todo, batch_size=batch_size)
+    if cache is not None:
+        _check_compatible(cache, text_encoder, path, new)
+        new = cache.merged(new)
+    if todo:
+        new.save(path)
+    return new
+
+
+def encode_captions(
+    text_encoder: TextEncoder, captions: Sequence[str], *, batch_size: int = 8
+) -> TextEmbeddingCache:
+    """An in-memory cache of `captions` (distinct), encoded in fixed-size batches (the last one
+    filled by repeating captions) so the encoder compiles once."""
+    lengths, tokens, mask = [], [], None
+    for start in range(0, len(captions), batch_size):
+        batch = list(captions[start : start + batch_size])
         padded = batch + [batch[-1]] * (batch_size - len(batch))
         embeddings, mask = text_encoder.encode_text(padded)
         embeddings, mask = np.asarray(embeddings), np.asarray(mask)
@@ -184,24 +219,12 @@ def cache_text_embeddings(
             n = int(mask[row].sum())
             lengths.append(n)
             tokens.append(embeddings[row, :n])
-    max_length = int(mask.shape[1]) if todo else 0
-    new = TextEmbeddingCache(
-        todo,
+    return TextEmbeddingCache(
+        captions,
         np.array(lengths, np.int64),
         np.concatenate(tokens) if tokens else np.zeros((0, 0)),
-        max_length,
+        int(mask.shape[1]) if mask is not None else 0,
     )
-    if cache is not None:
-        _check_compatible(cache, text_encoder, path, new)
-        new = TextEmbeddingCache(
-            cache.captions + new.captions,
-            np.concatenate([cache.lengths, new.lengths]),
-            np.concatenate([cache.tokens, new.tokens]),
-            cache.max_length,
-        )
-    if todo:
-        new.save(path)
-    return new
 
 
 def _check_compatible(
