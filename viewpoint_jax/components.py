@@ -24,23 +24,12 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from viewpoint_jax.config_validation import DIT_FIELDS
 from viewpoint_jax.models import autoencoder as autoencoder_lib
 from viewpoint_jax.models import dit as dit_lib
 
 WAN_LATENT_CHANNELS = 16
 UMT5_XXL_WIDTH = 4096
-_DIT_FIELDS = (
-    "dim",
-    "ffn_dim",
-    "num_heads",
-    "num_layers",
-    "freq_dim",
-    "attention_pattern",
-    "attention_backend",
-    "remat_policy",
-    "dtype",
-    "param_dtype",
-)
 
 
 # --- Sizes -------------------------------------------------------------------------------------
@@ -82,7 +71,7 @@ def dit_config(config: ml_collections.ConfigDict) -> dit_lib.DiTConfig:
     }
     if config.model.preset not in presets:
         raise ValueError(f"config.model.preset must be one of {list(presets)}")
-    overrides = {k: config.model[k] for k in _DIT_FIELDS if config.model.get(k) is not None}
+    overrides = {k: config.model[k] for k in DIT_FIELDS if config.model.get(k) is not None}
     if isinstance(overrides.get("attention_pattern"), list):
         overrides["attention_pattern"] = tuple(overrides["attention_pattern"])
     channels = latent_channels(config)

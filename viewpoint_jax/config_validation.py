@@ -26,6 +26,20 @@ import ml_collections
 from viewpoint_jax.data.pipeline import default_data_config
 from viewpoint_jax.sharding import DEFAULT_RULES
 
+# The DiTConfig fields a config may set (None keeps the preset's value).
+DIT_FIELDS = (
+    "dim",
+    "ffn_dim",
+    "num_heads",
+    "num_layers",
+    "freq_dim",
+    "attention_pattern",
+    "attention_backend",
+    "remat_policy",
+    "dtype",
+    "param_dtype",
+)
+
 
 def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -36,18 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.preset = "tiny"
     # DiTConfig fields; None keeps the preset's value. in_dim, out_dim and text_dim follow the
     # autoencoder and text encoder (2 C + 1 in, C out) and are not set here.
-    for field in (
-        "dim",
-        "ffn_dim",
-        "num_heads",
-        "num_layers",
-        "freq_dim",
-        "attention_pattern",
-        "attention_backend",
-        "remat_policy",
-        "dtype",
-        "param_dtype",
-    ):
+    for field in DIT_FIELDS:
         config.model[field] = None
     config.model.init_checkpoint = ""
 
