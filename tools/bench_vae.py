@@ -1,7 +1,7 @@
 """Benchmarks the JAX Wan VAE against diffusers' AutoencoderKLWan on CPU, in one run.
 
   python tools/bench_vae.py                       # 17 frames at 256x256, full-size VAE
-  python tools/bench_vae.py --frames 5 --size 64  # a quick look
+  python tools/bench_vae.py --frames 5 --size 128 --skip-tiled  # the ratio in a few minutes
 
 Both sides use the real Wan2.1 VAE size (base_dim 96) with the same random weights (diffusers'
 init, seed 0, copied into the JAX model). Each (framework, op) runs in its own subprocess so that
@@ -10,7 +10,11 @@ peak RSS during the op (sampled every 5 ms) minus its RSS just before (weights a
 resident). diffusers is warmed up on one frame first; JAX is compiled ahead of time (compile time
 listed apart), so its timed call is steady state.
 
-The second table compares the tiled and untiled decode of a 49-frame 640x640 video (13 x 80 x 80
+The second table times one causal 3x3x3 conv layer (a 96-channel res-block conv on a chunk of 4
+frames plus 2 cached ones at 256x256 by default): torch's Conv3d, XLA's 3D convolution, and the
+model's formulation (a sum over the temporal taps of 2D convs, `vae._conv`).
+
+The third table compares the tiled and untiled decode of a 49-frame 640x640 video (13 x 80 x 80
 latents) by XLA's compiled memory analysis (temporaries + output), without running them: running
 the full-resolution decode twice is too heavy for this shared 2-core machine.
 """
@@ -117,6 +121,55 @@ def worker(framework: str, op: str, frames: int, size: int) -> dict:
     }
 
 
+def layer_worker(framework: str, frames: int, size: int, channels: int) -> dict:
+    """Best of 3 timings of one causal 3x3x3 conv over `frames` + 2 cached frames."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, frames + 2, size, size, channels)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 3, channels, channels)).astype(np.float32)
+    kernel /= np.sqrt(27 * channels)
+    bias = np.zeros((channels,), np.float32)
+    if framework == "torch":
+        import torch
+
+        torch.set_grad_enabled(False)
+        conv = torch.nn.Conv3d(channels, channels, 3, padding=(0, 1, 1))
+        conv.weight.copy_(torch.from_numpy(kernel).permute(4, 3, 0, 1, 2))
+        conv.bias.zero_()
+        xt = torch.from_numpy(x).permute(0, 4, 1, 2, 3).contiguous()
+        run = lambda: conv(xt)
+    else:
+        import jax
+
+        from viewpoint_jax.models import vae
+
+        if framework == "xla_conv3d":
+
+            def fn(x, kernel, bias):
+                y = jax.lax.conv_general_dilated(
+                    x, kernel, (1, 1, 1), ((0, 0), (1, 1), (1, 1)),
+                    dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+                )  # fmt: skip
+                return y + bias
+
+        else:
+
+            def fn(x, kernel, bias):
+                return vae._conv(x, kernel, bias, (1, 1, 1), ((1, 1), (1, 1)))
+
+        compiled = jax.jit(fn).lower(x, kernel, bias).compile()
+        args = [jax.device_put(a) for a in (x, kernel, bias)]
+        run = lambda: jax.block_until_ready(compiled(*args))
+    run()
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return {"seconds": min(times)}
+
+
 def tiled_memory(frames: int, size: int, tile: int, overlap: int) -> dict:
     import jax
     import jax.numpy as jnp
@@ -162,32 +215,58 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=32, help="latent pixels (32 = 256 px)")
     parser.add_argument("--overlap", type=int, default=8, help="latent pixels")
     parser.add_argument("--skip-tiled", action="store_true")
+    parser.add_argument("--layer-frames", type=int, default=4, help="new frames (+2 cached)")
+    parser.add_argument("--layer-size", type=int, default=256)
+    parser.add_argument("--layer-channels", type=int, default=96)
+    parser.add_argument("--skip-layer", action="store_true")
+    parser.add_argument("--skip-model", action="store_true")
+    parser.add_argument("--layer-worker", metavar="FRAMEWORK", help=argparse.SUPPRESS)
     parser.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "OP"), help=argparse.SUPPRESS)
     parser.add_argument("--tiled-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(*args.worker, args.frames, args.size)))
         return
+    if args.layer_worker:
+        print(json.dumps(layer_worker(args.layer_worker, args.layer_frames, args.layer_size,
+                                      args.layer_channels)))  # fmt: skip
+        return
     if args.tiled_worker:
         print(json.dumps(tiled_memory(args.tiled_frames, args.tiled_size, args.tile,
                                       args.overlap)))  # fmt: skip
         return
 
-    sizes = ["--frames", str(args.frames), "--size", str(args.size)]
-    print(f"Wan2.1 VAE (base_dim 96, random weights), {args.frames} frames {args.size}x"
-          f"{args.size}, CPU ({os.cpu_count()} cores), fp32\n")  # fmt: skip
-    print(
-        "| op | diffusers s | JAX s | speed-up (diffusers/JAX) | diffusers peak RSS growth "
-        "| JAX peak RSS growth | JAX XLA temp | JAX compile s |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-    for op in ("encode", "decode"):
-        t = _spawn("--worker", "torch", op, *sizes)
-        j = _spawn("--worker", "jax", op, *sizes)
-        print(f"| {op} | {t['seconds']:.1f} | {j['seconds']:.1f} | "
-              f"{t['seconds'] / j['seconds']:.2f}x | {_gib(t['peak_rss'])} | "
-              f"{_gib(j['peak_rss'])} | {_gib(j['xla_temp'])} | "
-              f"{j['compile_seconds']:.1f} |", flush=True)  # fmt: skip
+    if not args.skip_model:
+        sizes = ["--frames", str(args.frames), "--size", str(args.size)]
+        print(f"Wan2.1 VAE (base_dim 96, random weights), {args.frames} frames {args.size}x"
+              f"{args.size}, CPU ({os.cpu_count()} cores), fp32\n")  # fmt: skip
+        print(
+            "| op | diffusers s | JAX s | speed-up (diffusers/JAX) | diffusers peak RSS growth "
+            "| JAX peak RSS growth | JAX XLA temp | JAX compile s |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        for op in ("encode", "decode"):
+            t = _spawn("--worker", "torch", op, *sizes)
+            j = _spawn("--worker", "jax", op, *sizes)
+            print(f"| {op} | {t['seconds']:.1f} | {j['seconds']:.1f} | "
+                  f"{t['seconds'] / j['seconds']:.2f}x | {_gib(t['peak_rss'])} | "
+                  f"{_gib(j['peak_rss'])} | {_gib(j['xla_temp'])} | "
+                  f"{j['compile_seconds']:.1f} |", flush=True)  # fmt: skip
+    if not args.skip_layer:
+        layer = ["--layer-frames", str(args.layer_frames), "--layer-size", str(args.layer_size),
+                 "--layer-channels", str(args.layer_channels)]  # fmt: skip
+        print(f"\nOne causal 3x3x3 conv, {args.layer_channels} -> {args.layer_channels} channels, "
+              f"{args.layer_frames} (+2 cached) frames {args.layer_size}x{args.layer_size}, "
+              "best of 3\n")  # fmt: skip
+        print("| formulation | s | speed (torch s / s) |")
+        print("|---|---|---|")
+        base = None
+        for name in ("torch", "xla_conv3d", "taps_2d"):
+            seconds = _spawn("--layer-worker", name, *layer)["seconds"]
+            base = base or seconds
+            label = {"torch": "torch Conv3d", "xla_conv3d": "XLA 3D conv (old)",
+                     "taps_2d": "sum of per-tap 2D convs (vae._conv)"}[name]  # fmt: skip
+            print(f"| {label} | {seconds:.3f} | {base / seconds:.2f}x |", flush=True)
     if args.skip_tiled:
         return
     m = _spawn(

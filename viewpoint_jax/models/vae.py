@@ -117,15 +117,41 @@ def _init(rngs: nnx.Rngs, shape: Sequence[int], fan_in: int, dtype) -> Array:
     return jax.random.normal(rngs.params(), shape, dtype) / math.sqrt(fan_in)
 
 
-def _conv(x: Array, kernel: Array, bias: Array, stride=(1, 1, 1), padding="VALID") -> Array:
-    """x (B, F, H, W, Cin), kernel (kt, kh, kw, Cin, Cout)."""
+_WIDE_CHANNELS = 32  # see `_conv`
+
+
+def _conv_frames(x: Array, kernel: Array, stride=(1, 1), padding="VALID") -> Array:
+    """The same 2D conv on every frame: x (B, F, H, W, Cin), kernel (kh, kw, Cin, Cout)."""
+    b, f = x.shape[:2]
     y = jax.lax.conv_general_dilated(
-        x,
+        x.reshape(b * f, *x.shape[2:]),
         kernel.astype(x.dtype),
         window_strides=stride,
         padding=padding,
-        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
+    return y.reshape(b, f, *y.shape[1:])
+
+
+def _conv(x: Array, kernel: Array, bias: Array, stride=(1, 1, 1), padding="VALID") -> Array:
+    """Valid in time: x (B, F, H, W, Cin), kernel (kt, kh, kw, Cin, Cout), padding in space only.
+
+    Written with 2D convs (frames folded into the batch), exact up to the order of the float
+    sums: XLA's CPU 3D convolution is ~1.5x slower than its 2D one on the same work. Thin inputs
+    (the RGB `conv_in`) stack the kt shifted frame sets along channels for one conv with kernel
+    (kh, kw, kt * Cin, Cout), which keeps the matrix products wide; wide inputs sum kt 2D convs,
+    which needs no kt-fold copy of the input.
+    """
+    kt, kh, kw, cin, cout = kernel.shape
+    st = stride[0]
+    frames = (x.shape[1] - kt) // st + 1
+    span = st * (frames - 1) + 1
+    shifted = [x[:, t : t + span : st] for t in range(kt)]
+    if kt > 1 and cin < _WIDE_CHANNELS:
+        stacked_kernel = jnp.moveaxis(kernel, 0, 2).reshape(kh, kw, kt * cin, cout)
+        y = _conv_frames(jnp.concatenate(shifted, axis=-1), stacked_kernel, stride[1:], padding)
+    else:
+        y = sum(_conv_frames(s, kernel[t], stride[1:], padding) for t, s in enumerate(shifted))
     return y + bias.astype(x.dtype)
 
 
@@ -146,7 +172,7 @@ class CausalConv3d(nnx.Module):
 
     def __call__(self, x: Array, cache: Cache = None) -> tuple[Array, Cache]:
         kh, kw = self.kernel.shape[1:3]
-        padding = ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2))
+        padding = ((kh // 2, kh // 2), (kw // 2, kw // 2))
         if self.history == 0:
             return _conv(x, self.kernel[...], self.bias[...], self.stride, padding), None
         if cache is None:
@@ -166,11 +192,8 @@ class Conv2d(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((out_dim,), dtype))
 
     def __call__(self, x: Array, *, stride: int = 1, padding: Any = "SAME") -> Array:
-        if isinstance(padding, str):
-            pad = padding
-        else:
-            pad = ((0, 0), *padding)
-        return _conv(x, self.kernel[None], self.bias[...], (1, stride, stride), pad)
+        y = _conv_frames(x, self.kernel[...], (stride, stride), padding)
+        return y + self.bias[...].astype(x.dtype)
 
 
 class RMSNorm(nnx.Module):
