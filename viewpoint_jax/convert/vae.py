@@ -31,6 +31,19 @@ from viewpoint_jax.models.vae import WanVAEConfig, param_targets
 
 ORIGINAL, DIFFUSERS = "original", "diffusers"
 
+# A residual block's parameterised parts, and their torch module names in each layout.
+_RESIDUAL_PARTS = (
+    ("norm1", "norm"),
+    ("conv1", "conv3d"),
+    ("norm2", "norm"),
+    ("conv2", "conv3d"),
+    ("shortcut", "conv3d"),
+)
+_RESIDUAL_MODULES = {
+    ORIGINAL: ("residual.0", "residual.2", "residual.3", "residual.6", "shortcut"),
+    DIFFUSERS: ("norm1", "conv1", "norm2", "conv2", "conv_shortcut"),
+}
+
 
 def _norm_scale(gamma: np.ndarray) -> np.ndarray:
     return gamma.reshape(-1)
@@ -115,22 +128,9 @@ def torch_module_names(config: WanVAEConfig, layout: str) -> list[tuple[str, str
     out = []
 
     def res(target: str, src: str):
-        if orig:
-            out.extend([
-                (f"{target}/norm1", f"{src}.residual.0", "norm"),
-                (f"{target}/conv1", f"{src}.residual.2", "conv3d"),
-                (f"{target}/norm2", f"{src}.residual.3", "norm"),
-                (f"{target}/conv2", f"{src}.residual.6", "conv3d"),
-                (f"{target}/shortcut", f"{src}.shortcut", "conv3d"),
-            ])  # fmt: skip
-        else:
-            out.extend([
-                (f"{target}/norm1", f"{src}.norm1", "norm"),
-                (f"{target}/conv1", f"{src}.conv1", "conv3d"),
-                (f"{target}/norm2", f"{src}.norm2", "norm"),
-                (f"{target}/conv2", f"{src}.conv2", "conv3d"),
-                (f"{target}/shortcut", f"{src}.conv_shortcut", "conv3d"),
-            ])  # fmt: skip
+        names = _RESIDUAL_MODULES[layout]
+        for (part, kind), name in zip(_RESIDUAL_PARTS, names, strict=True):
+            out.append((f"{target}/{part}", f"{src}.{name}", kind))
 
     def resample(target: str, src: str):
         out.append((f"{target}/resample", f"{src}.resample.1", "conv2d"))
