@@ -67,7 +67,10 @@ def test_prompt_cleaning():
     assert clean_prompt("\u201cquoted\u201d and \u2018single\u2019") == "\"quoted\" and 'single'"
     assert clean_prompt("e\u0301t\u00e9") == "\u00e9t\u00e9"  # NFC
     assert clean_prompt("\ufb01sh \uff21\uff22\u3000c") == "fish AB c"  # ligature, full width
-    assert clean_prompt("bold\x1b[1m text\x00\u200b") == "bold text"
+    assert clean_prompt("bold\x1b[1m text\x00") == "bold text"
+    assert (
+        clean_prompt("caf\u00c3\u00a9 cr\u00c3\u00a8me") == "caf\u00e9 cr\u00e8me"
+    )  # mojibake repaired
     assert clean_prompt("日本語 の テキスト") == "日本語 の テキスト"
 
 

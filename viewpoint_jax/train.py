@@ -5,7 +5,8 @@
         [--config.key=value ...] [--coordinator_address host:port --num_processes N --process_id i]
 
 One step, read top to bottom (`train_step`):
-  1. the target map, the condition map and its mask -> latents with the frozen autoencoder;
+  1. the target map, the condition map and its mask -> latents with the frozen autoencoder (or
+     latents precomputed into the dataset, `config.data.precomputed_latents`);
      captions -> text embeddings with the frozen text encoder (or from the precomputed cache);
   2. s ~ the config's timestep sampler, e ~ N(0, I): x_s = (1 - s) x + s e, target v = e - x;
   3. the DiT sees concat[x_s, condition latent, mask] (2 C + 1 channels) at t = 1000 s;
@@ -45,12 +46,13 @@ from viewpoint_jax import checkpointing, components
 from viewpoint_jax import metrics as metrics_lib
 from viewpoint_jax import sharding as sharding_lib
 from viewpoint_jax.config_validation import mesh_shape, validate_config
+from viewpoint_jax.data import latents as latents_lib
+from viewpoint_jax.data.pipeline import MAP_KEYS
 from viewpoint_jax.diffusion import flow_matching as fm
 from viewpoint_jax.diffusion import sampler
 from viewpoint_jax.io_utils import atomic_write_text
 from viewpoint_jax.models import text_encoder as text_lib
 
-MAP_KEYS = ("target_map", "condition_map", "condition_mask")
 PREVIEW_SIGMA = 0.75  # the noise level of the one-step predictions in the preview images
 
 
@@ -138,18 +140,12 @@ def _merge(static: Any, arrays: Any) -> Any:
 
 
 def encode_batch(frozen: Frozen, frozen_arrays: dict, batch: dict) -> dict[str, jax.Array]:
-    """Maps -> latents `(B, f, h, w, C)`, condition latent, latent mask `(B, f, h, w, 1)`, text."""
-    autoencoder = frozen.autoencoder(frozen_arrays)
-    pool = functools.partial(
-        sampler.latent_mask,
-        spatial_factor=autoencoder.spatial_factor,
-        temporal_factor=autoencoder.temporal_factor,
-    )
-    encoded = {
-        "latents": autoencoder.encode(batch["target_map"]),
-        "condition": autoencoder.encode(batch["condition_map"]),
-        "mask": jax.vmap(pool)(batch["condition_mask"]),
-    }
+    """The step's inputs: latents and condition_latents `(B, f, h, w, C)`, latent_mask
+    `(B, f, h, w, 1)` (from the maps, or precomputed in the batch) and the text context."""
+    if "latents" in batch:  # precomputed into the dataset
+        encoded = {key: batch[key] for key in latents_lib.LATENT_KEYS}
+    else:
+        encoded = latents_lib.encode_maps(frozen.autoencoder(frozen_arrays), batch)
     if "context" in batch:  # precomputed embeddings
         encoded["context"] = batch["context"]
     else:
@@ -190,7 +186,7 @@ def train_step(
             diffusion.logit_std,
         )
         inputs = sampler.model_input(
-            fm.noisy_latents(x, noise, sigmas), encoded["condition"], encoded["mask"]
+            fm.noisy_latents(x, noise, sigmas), encoded["condition_latents"], encoded["latent_mask"]
         )
         target = fm.velocity_target(x, noise)
 
@@ -253,12 +249,22 @@ def preview_step(
         noise = jax.random.normal(jax.random.key(config.seed + 1), x.shape, jnp.float32)
         sigmas = jnp.full((x.shape[0],), PREVIEW_SIGMA, jnp.float32)
         noisy = fm.noisy_latents(x, noise, sigmas)
-        inputs = sampler.model_input(noisy, encoded["condition"], encoded["mask"])
+        inputs = sampler.model_input(noisy, encoded["condition_latents"], encoded["latent_mask"])
         velocity = nnx.merge(graphdef, params)(inputs, fm.timesteps(sigmas), encoded["context"])
         clean = fm.predicted_clean(noisy, velocity, sigmas)
-        prediction = frozen.autoencoder(frozen_arrays).decode(clean)
-    condition = batch["condition_map"]
-    return {"condition": condition, "target": batch["target_map"], "prediction": prediction}
+        autoencoder = frozen.autoencoder(frozen_arrays)
+        prediction = autoencoder.decode(clean)
+        if "latents" in batch:  # no maps in the batch: show what the latents decode to
+            return {
+                "condition": autoencoder.decode(encoded["condition_latents"]),
+                "target": autoencoder.decode(x),
+                "prediction": prediction,
+            }
+    return {
+        "condition": batch["condition_map"],
+        "target": batch["target_map"],
+        "prediction": prediction,
+    }
 
 
 # --- Host side: batches, text, distributed setup -------------------------------------------------
@@ -315,7 +321,8 @@ def _captions(batch: dict) -> list[str]:
 
 def host_batch(batch: dict, text: TextFeeder) -> dict[str, np.ndarray]:
     """A host's pipeline batch -> the arrays the step takes (this host's rows)."""
-    arrays = {key: np.asarray(batch[key], np.float32) for key in MAP_KEYS}
+    keys = latents_lib.LATENT_KEYS if "latents" in batch else MAP_KEYS
+    arrays = {key: np.asarray(batch[key], np.float32) for key in keys}
     arrays.update(text(_captions(batch)))
     return arrays
 
@@ -544,6 +551,8 @@ def train(
     if data_iterator is None:
         from viewpoint_jax.data import pipeline
 
+        if config.data.precomputed_latents and data_source is None:
+            latents_lib.check_matches_config(config)
         data_iterator = pipeline.make_train_iterator(
             config.data,
             process_index=process_index,
@@ -601,12 +610,16 @@ def train(
             )
 
     def batch_info(batch: dict, device_batch: dict) -> dict:
-        shape = device_batch["target_map"].shape
-        latent = (
-            1 + (shape[1] - 1) // autoencoder.temporal_factor,
-            shape[2] // autoencoder.spatial_factor,
-            shape[3] // autoencoder.spatial_factor,
-        )
+        if "latents" in device_batch:
+            shape = device_batch["latents"].shape
+            latent = shape[1:4]
+        else:
+            shape = device_batch["target_map"].shape
+            latent = (
+                1 + (shape[1] - 1) // autoencoder.temporal_factor,
+                shape[2] // autoencoder.spatial_factor,
+                shape[3] // autoencoder.spatial_factor,
+            )
         text_tokens = int(config.text_encoder.max_length)
         return {
             "flops": metrics_lib.train_step_flops(model_config, latent, text_tokens, shape[0]),

@@ -540,6 +540,17 @@ def flatten_paths(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def read_checkpoint_config(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """The `config.json` of a converted checkpoint directory (`what`: "Wan VAE", ...)."""
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path} is not a converted {what}: no config.json")
+    try:
+        return json.loads(config_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_file}: invalid JSON ({e})") from None
+
+
 def restore_params(path: str | os.PathLike, abstract_tree: Any) -> Any:
     """Restores an Orbax PyTree checkpoint written by `convert_checkpoint`.
 

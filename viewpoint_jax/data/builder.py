@@ -32,7 +32,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -44,6 +44,11 @@ from viewpoint_jax.io_utils import atomic_directory
 from viewpoint_jax.video_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 DATASET_NAME = "panoramic_videos"
+# The datasets of this package and the tools that write them (for error messages).
+BUILD_TOOLS = {
+    DATASET_NAME: "tools/prepare_dataset.py",
+    "panoramic_latents": "tools/precompute_latents.py",
+}
 CAPTIONS_FILE = "captions.jsonl"
 FRAME_FORMATS = ("png", "jpeg")
 # ERP frames must be 2:1; a few pixels off (odd encoder sizes) is resized to exactly 2:1.
@@ -338,15 +343,30 @@ def prepare(
     if not src.is_dir():
         raise ValueError(f"source folder not found: {src}")
     read_captions(src, config.get("captions_file", CAPTIONS_FILE))  # fail before TFDS starts
+    return build_atomically(
+        lambda staging: make_builder(staging, name, **config),
+        data_dir,
+        download_config=tfds.download.DownloadConfig(manual_dir=str(src)),
+        progress=progress,
+    )
+
+
+def build_atomically(
+    make: Callable[[Path], tfds.core.DatasetBuilder],
+    data_dir: str | os.PathLike,
+    *,
+    download_config: tfds.download.DownloadConfig | None = None,
+    progress: bool = True,
+) -> Path:
+    """Runs `make(staging_data_dir).download_and_prepare()` and moves the result into `data_dir`
+    in one rename (replacing the same name and version); returns the dataset's directory."""
     Path(data_dir).mkdir(parents=True, exist_ok=True)
     if not progress:
         tfds.disable_progress_bar()
     staging = Path(tempfile.mkdtemp(prefix=".build-", dir=data_dir))
     try:
-        builder = make_builder(staging, name, **config)
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=str(src))
-        )
+        builder = make(staging)
+        builder.download_and_prepare(download_config=download_config)
         built = Path(builder.data_dir)
         out = Path(data_dir) / built.relative_to(staging)
         with atomic_directory(out, overwrite=True) as tmp:
@@ -357,9 +377,11 @@ def prepare(
     return out
 
 
-def dataset_dir(data_dir: str | os.PathLike, name: str = "default") -> Path:
+def dataset_dir(
+    data_dir: str | os.PathLike, name: str = "default", dataset: str = DATASET_NAME
+) -> Path:
     """The directory of a built dataset (the newest version); ValueError if there is none."""
-    root = Path(data_dir) / DATASET_NAME / name
+    root = Path(data_dir) / dataset / name
     versions = sorted(
         (
             p
@@ -371,14 +393,19 @@ def dataset_dir(data_dir: str | os.PathLike, name: str = "default") -> Path:
     if not versions:
         raise ValueError(
             f"no dataset {name!r} under {data_dir} (expected {root}/<version>/dataset_info.json); "
-            "build it with tools/prepare_dataset.py"
+            f"build it with {BUILD_TOOLS.get(dataset, 'its tool')}"
         )
     return versions[-1]
 
 
-def open_data_source(data_dir: str | os.PathLike, name: str = "default", split: str = "train"):
+def open_data_source(
+    data_dir: str | os.PathLike,
+    name: str = "default",
+    split: str = "train",
+    dataset: str = DATASET_NAME,
+):
     """Random-access records of a split (`tfds` ArrayRecord data source; no TensorFlow)."""
-    builder = tfds.builder_from_directory(str(dataset_dir(data_dir, name)))
+    builder = tfds.builder_from_directory(str(dataset_dir(data_dir, name, dataset)))
     if split not in builder.info.splits:
         raise ValueError(
             f"dataset {name!r} has no split {split!r}; it has {sorted(builder.info.splits)}"
@@ -386,9 +413,12 @@ def open_data_source(data_dir: str | os.PathLike, name: str = "default", split: 
     return builder.as_data_source(split=split)
 
 
-def split_counts(data_dir: str | os.PathLike, name: str = "default") -> dict[str, dict]:
-    """Per-split counts written by the builder: videos, video_segments, images, skipped_files."""
-    path = dataset_dir(data_dir, name) / "metadata.json"
+def split_counts(
+    data_dir: str | os.PathLike, name: str = "default", dataset: str = DATASET_NAME
+) -> dict[str, dict]:
+    """Per-split counts written by a builder (here: videos, video_segments, images,
+    skipped_files)."""
+    path = dataset_dir(data_dir, name, dataset) / "metadata.json"
     if not path.is_file():
         return {}
     return json.loads(path.read_text()).get("counts", {})

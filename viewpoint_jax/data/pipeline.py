@@ -23,6 +23,14 @@ F = num_frames for video batches and 1 for image batches, M = map_size:
     is_image         (B,) bool (all equal within a batch)
     skipped_records  () int64: corrupt records skipped so far on this host (for metrics)
 
+With `config.precomputed_latents` (a dataset written by tools/precompute_latents.py, see
+latents.py) the records are fixed draws already encoded, and training batches carry, instead of
+the three maps, with f latent frames and m = M / spatial factor:
+
+    latents            (B, f, m, m, C) float32
+    condition_latents  (B, f, m, m, C) float32
+    latent_mask        (B, f, m, m, 1) float32
+
 Eval batches (`make_eval_iterator`) add perspective (B, F, h, w, 3) float32 (the condition
 clip), view (B, 4) float32 (fov, yaw, pitch, roll in degrees) and source (B,) str.
 
@@ -45,14 +53,16 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from viewpoint_jax.data import builder, conditions
+from viewpoint_jax.data import builder, conditions, latents
 
 log = logging.getLogger(__name__)
 
 # A run whose records fail this many times in a row has no readable data: stop with a message.
 MAX_CONSECUTIVE_FAILURES = 1000
-_BAD = "bad"
-_SKIP = "skip"
+# `_status` of what a maker returns for a record it does not turn into an example.
+BAD = "bad"  # unreadable: skipped with a warning and counted
+SKIP = "skip"  # not for this stream (an image record in the video stream)
+MAP_KEYS = ("target_map", "condition_map", "condition_mask")
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -80,6 +90,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.worker_buffer_size = 1  # batches buffered per worker
     c.read_threads = 2  # threads per process reading and processing records
     c.shuffle_seed = 0
+    # "" encodes the maps in the train step; a name reads panoramic_latents/<name> from data_dir,
+    # written by tools/precompute_latents.py (data/latents.py: fixed draws per record).
+    c.precomputed_latents = ""
     return c
 
 
@@ -163,7 +176,8 @@ def _cpu_device() -> jax.Device | None:
         return None
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A record's text field (bytes when read back from TFDS) as str."""
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
@@ -172,9 +186,18 @@ class ExampleMaker:
 
     `mode`: "video" (clips of num_frames; image records are skipped), "image" (one random frame
     of any record) or "eval" (videos, no caption dropout nor yaw turn, extra keys).
+    `caption_dropout` overrides the config's rate; `with_view` adds the condition camera
+    (`view`, as in eval) to every example.
     """
 
-    def __init__(self, config: ml_collections.ConfigDict, mode: str):
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        mode: str,
+        *,
+        caption_dropout: float | None = None,
+        with_view: bool = False,
+    ):
         if mode not in ("video", "image", "eval"):
             raise ValueError(f"mode must be video, image or eval, got {mode!r}")
         self.mode = mode
@@ -190,18 +213,21 @@ class ExampleMaker:
             "roll_range": tuple(config.condition_roll_range),
         }
         conditions.sample_view(np.random.default_rng(0), **self.view_ranges)  # validates ranges
-        self.caption_dropout = 0.0 if mode == "eval" else float(config.caption_dropout)
+        if caption_dropout is None:
+            caption_dropout = 0.0 if mode == "eval" else config.caption_dropout
+        self.caption_dropout = float(caption_dropout)
         self.yaw_augment = bool(config.yaw_augment) and mode != "eval"
+        self.with_view = with_view or mode == "eval"
 
     def __call__(self, record: dict, rng: np.random.Generator) -> dict:
         if self.mode != "image" and bool(record.get("is_image", False)):
-            return {"_status": _SKIP}
+            return {"_status": SKIP}
         try:
             return self.make(record, rng)
         except Exception as error:
-            where = _text(record.get("source", "?")) if isinstance(record, dict) else "?"
+            where = as_text(record.get("source", "?")) if isinstance(record, dict) else "?"
             log.warning("skipping unreadable record %s: %s: %s", where, type(error).__name__, error)
-            return {"_status": _BAD}
+            return {"_status": BAD}
 
     def make(self, record: dict, rng: np.random.Generator) -> dict:
         frames = record["frames"]
@@ -210,7 +236,7 @@ class ExampleMaker:
         if self.yaw_augment:
             clip, _ = yaw_roll(clip, rng)
         view = conditions.sample_view(rng, **self.view_ranges)
-        caption = _text(record["caption"])
+        caption = as_text(record["caption"])
         if rng.random() < self.caption_dropout:
             caption = ""
         erp = clip.astype(np.float32) / 127.5 - 1.0
@@ -226,10 +252,35 @@ class ExampleMaker:
             "caption": caption,
             "is_image": np.bool_(self.num_frames == 1),
         }
+        if self.with_view:
+            example["view"] = view.as_array()
         if self.mode == "eval":
             example["perspective"] = maps["perspective"]
-            example["view"] = view.as_array()
-            example["source"] = _text(record.get("source", ""))
+            example["source"] = as_text(record.get("source", ""))
+        return example
+
+
+class LatentExampleMaker:
+    """Precomputed-latent record (data/latents.py) -> training example; a grain `random_map`.
+
+    `mode` "video" reads the video samples, "image" the 1-frame ones (the other kind is skipped);
+    the caption is dropped at rate `config.caption_dropout`.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, mode: str):
+        if mode not in ("video", "image"):
+            raise ValueError(f"mode must be video or image, got {mode!r}")
+        self.is_image = mode == "image"
+        self.caption_dropout = float(config.caption_dropout)
+
+    def __call__(self, record: dict, rng: np.random.Generator) -> dict:
+        if bool(record["is_image"]) != self.is_image:
+            return {"_status": SKIP}
+        caption = as_text(record["caption"])
+        if rng.random() < self.caption_dropout:
+            caption = ""
+        example = {key: np.asarray(record[key], np.float32) for key in latents.LATENT_KEYS}
+        example.update(caption=caption, is_image=np.bool_(self.is_image))
         return example
 
 
@@ -259,7 +310,7 @@ class _BatchIterator(grain.DatasetIterator):
             if status is None:
                 examples.append(element)
                 failures = 0
-            elif status == _BAD:
+            elif status == BAD:
                 skipped += 1
                 failures += 1
                 if failures >= MAX_CONSECUTIVE_FAILURES:
@@ -326,9 +377,28 @@ def _cpu_worker_init(worker_index: int, worker_count: int) -> None:
         sys.modules["jax"].config.update("jax_platforms", "cpu")
 
 
-def _split_has_videos(config: ml_collections.ConfigDict, split: str) -> bool | None:
-    counts = builder.split_counts(config.data_dir, config.name).get(split)
-    return None if counts is None else counts.get("video_segments", 0) > 0
+def _train_source(config: ml_collections.ConfigDict) -> Any:
+    """The train split's records (panoramic or latent), checked to hold what image_ratio asks."""
+    split = config.train_split
+    if config.precomputed_latents:
+        name, dataset = config.precomputed_latents, latents.LATENTS_DATASET
+        kinds = {"video": "video_samples", "image": "image_samples"}
+        fix = "rerun tools/precompute_latents.py with --samples / --image_samples"
+    else:
+        name, dataset = config.name, builder.DATASET_NAME
+        kinds = {"video": "video_segments", "image": None}  # any record gives image samples
+        fix = "set config.data.image_ratio = 1 to train on images only"
+    source = builder.open_data_source(config.data_dir, name, split, dataset=dataset)
+    counts = builder.split_counts(config.data_dir, name, dataset).get(split)
+    if counts is not None:
+        needed = {"video": config.image_ratio < 1, "image": config.image_ratio > 0}
+        for kind, key in kinds.items():
+            if needed[kind] and key is not None and counts.get(key, 0) == 0:
+                raise ValueError(
+                    f"split {split!r} of {dataset}/{name} has no {kind} samples but "
+                    f"config.data.image_ratio = {config.image_ratio} needs them: {fix}"
+                )
+    return source
 
 
 def make_train_iterator(
@@ -362,13 +432,9 @@ def make_train_iterator(
         )
     batch_size = config.batch_size // process_count
     seed = int(config.shuffle_seed if seed is None else seed)
+    precomputed = bool(config.precomputed_latents)
     if data_source is None:
-        data_source = builder.open_data_source(config.data_dir, config.name, config.train_split)
-        if config.image_ratio < 1 and _split_has_videos(config, config.train_split) is False:
-            raise ValueError(
-                f"split {config.train_split!r} of dataset {config.name!r} has no videos: set "
-                "config.data.image_ratio = 1 to train on images only"
-            )
+        data_source = _train_source(config)
     if len(data_source) < process_count:
         raise ValueError(f"{len(data_source)} records cannot be sharded over {process_count} hosts")
     records = grain.MapDataset.source(data_source)[process_index::process_count]
@@ -377,8 +443,9 @@ def make_train_iterator(
     )
 
     def stream(mode: str, stream_seed: int) -> grain.IterDataset:
+        maker = (LatentExampleMaker if precomputed else ExampleMaker)(config, mode)
         ds = records.shuffle(seed=stream_seed).repeat()
-        ds = ds.random_map(ExampleMaker(config, mode), seed=stream_seed + 1)
+        ds = ds.random_map(maker, seed=stream_seed + 1)
         return _BatchDataset(ds.to_iter_dataset(read_options), batch_size)
 
     streams, weights = {}, {}

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 from pathlib import Path
@@ -444,10 +443,9 @@ def abstract_model(config: DiTConfig) -> WanDiT:
 
 
 def read_config(path: str | os.PathLike) -> DiTConfig:
-    config_file = Path(path) / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"no config.json in DiT checkpoint directory {path}")
-    return DiTConfig.from_dict(json.loads(config_file.read_text()))
+    from viewpoint_jax.convert import core
+
+    return DiTConfig.from_dict(core.read_checkpoint_config(path, "Wan DiT"))
 
 
 def load_dit_state(

@@ -6,10 +6,8 @@ a double HTML unescape and whitespace collapsing, then runs the transformers T5 
 SentencePiece ids, then `</s>`, padded with `<pad>` (id 0) to `max_length` tokens; a prompt that
 is too long keeps its first `max_length - 1` pieces and still ends with `</s>`.
 
-We do the same without ftfy (not a dependency): `clean_prompt` applies the parts of `fix_text`
-that matter for typed prompts (NFC, curly quotes, ligatures, full-width forms, control characters
-and terminal escapes), but not its mojibake repair, so only text that was already mis-decoded
-(e.g. "cafÃ©") is tokenised differently from Wan.
+`clean_prompt` is that cleaning: ftfy's repair of mojibake, curly quotes, ligatures, full-width
+forms, terminal escapes and control characters, so the ids match Wan's for any prompt.
 """
 
 from __future__ import annotations
@@ -18,36 +16,20 @@ import html
 import os
 import re
 import tempfile
-import unicodedata
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import ftfy
 import numpy as np
 
-# Straight quotes for curly ones (ftfy's `uncurl_quotes`).
-_QUOTES = str.maketrans({
-    "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'",
-    "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"', "\u2033": '"',
-})  # fmt: skip
-_LIGATURES = re.compile("[\ufb00-\ufb06\u0132\u0133\u013f\u0140\u01c4-\u01cc\u01f1-\u01f3]")
-_FULL_WIDTH = re.compile("[\u3000\uff01-\uff5e\uffe0-\uffee]")
-_TERMINAL_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-# C0/C1 controls other than whitespace, and the zero-width/bidi marks ftfy removes.
-_CONTROL = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ufeff\u200b\u200e\u200f\u202a-\u202e]")
 _WHITESPACE = re.compile(r"\s+")
 
 
 def clean_prompt(text: str) -> str:
-    """Wan's `whitespace_clean(basic_clean(text))` with the ftfy-free subset of `fix_text`."""
-    text = _TERMINAL_ESCAPES.sub("", text)
-    text = unicodedata.normalize("NFC", text)
-    text = _LIGATURES.sub(lambda m: unicodedata.normalize("NFKC", m.group()), text)
-    text = _FULL_WIDTH.sub(lambda m: unicodedata.normalize("NFKC", m.group()), text)
-    text = text.translate(_QUOTES)
-    text = _CONTROL.sub("", text)
-    text = html.unescape(html.unescape(text))
-    return _WHITESPACE.sub(" ", text).strip()
+    """Wan's `whitespace_clean(basic_clean(text))`: ftfy, HTML unescaped twice, spaces collapsed."""
+    text = html.unescape(html.unescape(ftfy.fix_text(text)))
+    return _WHITESPACE.sub(" ", text.strip()).strip()
 
 
 def find_model_file(model_file: str | os.PathLike) -> Path:

@@ -14,7 +14,6 @@ see `text_encoder.py`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -237,13 +236,9 @@ def abstract_model(config: UMT5Config) -> UMT5Encoder:
 
 
 def read_config(path: str | os.PathLike) -> UMT5Config:
-    config_file = Path(path) / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"no config.json in umT5 checkpoint directory {path}")
-    try:
-        return UMT5Config.from_dict(json.loads(config_file.read_text()))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{config_file}: invalid JSON ({e})") from None
+    from viewpoint_jax.convert import core
+
+    return UMT5Config.from_dict(core.read_checkpoint_config(path, "umT5 encoder"))
 
 
 def load_umt5(

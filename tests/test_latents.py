@@ -1,0 +1,207 @@
+"""Latents precomputed into a dataset: the pipeline's draws, encoded; training on them equals
+encoding in the step; mismatched configs are refused by name."""
+
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from test_train import ONE_DEVICE, REPO, micro_config, subprocess_env, write_dataset
+
+from viewpoint_jax import components, train
+from viewpoint_jax import sharding as sharding_lib
+from viewpoint_jax.data import builder, latents, pipeline
+
+NAME = "micro_latents"
+SAMPLES, IMAGE_SAMPLES = 2, 1
+
+
+def _config(data_dir, name):
+    config = micro_config()
+    config.data.data_dir = str(data_dir)
+    config.data.name = name
+    return config
+
+
+def _precompute_cli(config, *args):
+    return subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools" / "precompute_latents.py"),
+            f"--config={REPO / 'configs' / 'tiny.py'}:micro",
+            f"--config.data.data_dir={config.data.data_dir}",
+            f"--config.data.name={config.data.name}",
+            *args,
+        ],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    """(data_dir, name) of a panoramic dataset, with latents NAME written by the CLI (float32)."""
+    data_dir, name = write_dataset(tmp_path_factory.mktemp("data"))
+    config = _config(data_dir, name)
+    result = _precompute_cli(
+        config,
+        f"--name={NAME}",
+        f"--samples={SAMPLES}",
+        f"--image_samples={IMAGE_SAMPLES}",
+        "--dtype=float32",
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"--config.data.precomputed_latents={NAME}" in result.stdout
+    return data_dir, name
+
+
+@pytest.fixture
+def dataset(written):
+    """A fresh micro config reading the written dataset, and the source records."""
+    data_dir, name = written
+    return _config(data_dir, name), builder.open_data_source(data_dir, name, "train")
+
+
+def _recomputed(config, record, index, mode, sample):
+    """What the record's draw must hold: the pipeline's example for the draw's rng, encoded."""
+    kind = ("video", "image").index(mode)
+    maker = pipeline.ExampleMaker(config.data, mode, caption_dropout=0.0, with_view=True)
+    example = maker(record, latents._sample_rng(0, "train", index, kind, sample))
+    encode = latents.jitted_encoder(components.build_autoencoder(config))
+    encoded = encode({key: example[key][None] for key in pipeline.MAP_KEYS})
+    return example, {key: np.asarray(value[0]) for key, value in encoded.items()}
+
+
+def test_records_are_the_pipelines_draws_encoded(dataset):
+    config, source = dataset
+    stored = latents.open_latents(config.data.data_dir, NAME, "train")
+    assert len(stored) == len(source) * (SAMPLES + IMAGE_SAMPLES)
+    counts = builder.split_counts(config.data.data_dir, NAME, latents.LATENTS_DATASET)["train"]
+    assert counts == {
+        "video_samples": SAMPLES * len(source),
+        "image_samples": IMAGE_SAMPLES * len(source),
+        "skipped_records": 0,
+    }
+    by_key = {
+        (r["source"].decode(), bool(r["is_image"]), int(r["sample"])): r
+        for r in (stored[i] for i in range(len(stored)))
+    }
+    for index, mode, sample in [(0, "video", 0), (3, "video", 1), (5, "image", 0)]:
+        record = source[index]
+        example, encoded = _recomputed(config, record, index, mode, sample)
+        got = by_key[(record["source"].decode(), mode == "image", sample)]
+        frames = 1 if mode == "image" else config.data.num_frames  # space-to-depth: f = F
+        assert got["latents"].shape == (frames, 8, 8, 192)
+        for key in latents.LATENT_KEYS:
+            np.testing.assert_array_equal(got[key], encoded[key], err_msg=key)
+        np.testing.assert_array_equal(got["view"], example["view"])
+        assert got["caption"].decode() == record["caption"].decode()  # never dropped when stored
+    # Different draws of one record differ (clip, yaw turn and view are all random).
+    a, b = by_key[("clip0.mp4", False, 0)], by_key[("clip0.mp4", False, 1)]
+    assert not np.array_equal(a["view"], b["view"])
+    assert not np.array_equal(a["latents"], b["latents"])
+
+
+def test_float16_storage_is_the_rounded_float32(dataset):
+    config, _ = dataset
+    latents.precompute(config, "half", samples=1, progress=False)
+    half = latents.open_latents(config.data.data_dir, "half", "train")
+    exact = latents.open_latents(config.data.data_dir, NAME, "train")
+    exact = {
+        (r["source"], bool(r["is_image"]), int(r["sample"])): r
+        for r in (exact[i] for i in range(len(exact)))
+    }
+    for record in (half[i] for i in range(len(half))):
+        assert record["latents"].dtype == np.float16
+        reference = exact[(record["source"], False, 0)]  # the same seed draws the same sample
+        for key in ("latents", "condition_latents"):
+            np.testing.assert_array_equal(record[key], reference[key].astype(np.float16))
+        np.testing.assert_array_equal(record["latent_mask"], reference["latent_mask"])
+
+
+def _step_losses(config, batches):
+    mesh = sharding_lib.make_mesh(dict(data=1, fsdp=1, sequence=1, tensor=1), ONE_DEVICE)
+    rules = tuple(tuple(r) for r in config.sharding_rules)
+    trainer = train.make_trainer(config, mesh, rules)
+    state = trainer.init_state()
+    losses = []
+    for batch in batches:
+        state, metrics = trainer.step(state, trainer.device_batch(batch))
+        losses.append(float(metrics["loss"]))
+    return np.asarray(losses), jax.device_get(state["params"])
+
+
+def test_latent_batches_train_exactly_like_map_batches():
+    """The step given latents equals the step that encodes the same maps itself."""
+    from test_train import procedural_records
+
+    config = micro_config()
+    it = pipeline.make_train_iterator(config.data, data_source=procedural_records())
+    map_batches = [next(it), next(it)]
+    encode = latents.jitted_encoder(components.build_autoencoder(config))
+    latent_batches = [
+        {
+            **{k: np.asarray(v) for k, v in encode({k: b[k] for k in pipeline.MAP_KEYS}).items()},
+            "caption": b["caption"],
+        }
+        for b in map_batches
+    ]
+    losses_maps, params_maps = _step_losses(config, map_batches)
+    losses_latents, params_latents = _step_losses(config, latent_batches)
+    np.testing.assert_array_equal(losses_latents, losses_maps)
+    for a, b in zip(jax.tree.leaves(params_latents), jax.tree.leaves(params_maps)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_train_on_precomputed_latents(dataset, tmp_path):
+    config, _ = dataset
+    config.data.precomputed_latents = NAME
+    config.data.image_ratio = 0.5
+    config.num_steps = 4
+    config.log.image_every_steps = 2
+    result = train.train(config, tmp_path / "run", devices=ONE_DEVICE, progress=False)
+    assert result["step"] == 4 and all(np.isfinite(list(result["losses"].values())))
+    assert sorted(p.name for p in (tmp_path / "run" / "images").iterdir()) == [
+        "step_0000002.png",
+        "step_0000004.png",
+    ]
+    # The batches of the pipeline: video samples of num_frames latent frames, images of 1.
+    it = pipeline.make_train_iterator(config.data)
+    shapes = {next(it)["latents"].shape for _ in range(8)}
+    assert shapes == {(4, 5, 8, 8, 192), (4, 1, 8, 8, 192)}
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("data.map_size", 128, "config.data.map_size is 128"),
+        ("data.num_frames", 9, "config.data.num_frames is 9"),
+        ("autoencoder.factor", 4, "config.autoencoder is"),
+    ],
+)
+def test_a_config_that_does_not_match_is_refused(dataset, key, value, message):
+    config, _ = dataset
+    config.data.precomputed_latents = NAME
+    section, field = key.split(".")
+    config[section][field] = value
+    with pytest.raises(ValueError, match=message):
+        latents.check_matches_config(config)
+
+
+def test_missing_image_samples_and_bad_arguments_are_named(dataset, tmp_path):
+    config, _ = dataset
+    latents.precompute(config, "videos_only", samples=1, progress=False)
+    config.data.precomputed_latents = "videos_only"
+    config.data.image_ratio = 0.5
+    with pytest.raises(ValueError, match=r"has no image samples.*image_ratio = 0\.5"):
+        pipeline.make_train_iterator(config.data)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        latents.precompute(config, "x", dtype="bfloat16")
+    result = _precompute_cli(config)
+    assert result.returncode == 2 and "error: --name is required" in result.stderr
+    config.data.data_dir = str(tmp_path / "empty")
+    result = _precompute_cli(config, "--name=x")
+    assert result.returncode == 2 and "tools/prepare_dataset.py" in result.stderr
