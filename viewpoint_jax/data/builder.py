@@ -413,6 +413,13 @@ def open_data_source(
     return builder.as_data_source(split=split)
 
 
+def split_captions(data_dir: str | os.PathLike, name: str, split: str) -> list[str]:
+    """The distinct captions of a split, in record order."""
+    source = open_data_source(data_dir, name, split)
+    captions = (source[i]["caption"] for i in range(len(source)))
+    return list(dict.fromkeys(c.decode("utf-8") if isinstance(c, bytes) else c for c in captions))
+
+
 def split_counts(
     data_dir: str | os.PathLike, name: str = "default", dataset: str = DATASET_NAME
 ) -> dict[str, dict]:

@@ -1,0 +1,86 @@
+"""tools/precompute_text.py: a dataset's captions embedded once, read by every host's TextFeeder."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from test_train import REPO, micro_config, subprocess_env, write_dataset
+
+from viewpoint_jax import components, train
+from viewpoint_jax.models import text_encoder as text_lib
+
+
+def _tool(data_dir, name, *args):
+    return subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools" / "precompute_text.py"),
+            f"--config={REPO / 'configs' / 'tiny.py'}:micro",
+            f"--config.data.data_dir={data_dir}",
+            f"--config.data.name={name}",
+            *args,
+        ],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+class _CountingEncoder:
+    def __init__(self, text_encoder):
+        self.text_encoder = text_encoder
+        self.tokenizer = text_encoder.tokenizer
+        self.encoded: list[str] = []
+
+    def encode_text(self, prompts):
+        self.encoded.extend(prompts)
+        return self.text_encoder.encode_text(prompts)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("data"), count=4)
+
+
+def test_tool_embeds_every_caption_and_feeders_reuse_them(dataset, tmp_path):
+    data_dir, name = dataset
+    cache_dir = tmp_path / "text_cache"
+    result = _tool(data_dir, name, f"--cache_dir={cache_dir}", "--batch_size=3")
+    assert result.returncode == 0, result.stderr
+    assert "--config.text_encoder.precompute=True" in result.stdout
+    shared = cache_dir / train.SHARED_TEXT_CACHE
+    cache = text_lib.TextEmbeddingCache.load(shared)
+    captions = ["", *(f"bands number {i}" for i in range(4))]
+    assert sorted(cache.captions) == sorted(captions)
+    encoder = components.build_text_encoder(micro_config())
+    want, want_mask = encoder.encode_text(captions)
+    got, got_mask = cache.lookup(captions)
+    np.testing.assert_array_equal(got_mask, want_mask)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+    # A host's feeder encodes nothing the tool embedded, and writes only what it adds.
+    counting = _CountingEncoder(encoder)
+    own = train.text_cache_path(cache_dir, 1)
+    feeder = train.TextFeeder(counting, True, own, batch_size=2)
+    context = feeder(["bands number 2", ""])["context"]
+    assert counting.encoded == []
+    np.testing.assert_array_equal(context, got[[3, 0]])
+    feeder(["a caption the dataset lacks", "bands number 0"])
+    assert set(counting.encoded) == {"a caption the dataset lacks"}
+    before = shared.read_bytes()
+    feeder.flush()
+    assert shared.read_bytes() == before
+    assert text_lib.TextEmbeddingCache.load(own).captions == ["a caption the dataset lacks"]
+    restarted = train.TextFeeder(counting, True, own, batch_size=2)
+    restarted(["a caption the dataset lacks", "bands number 3"])
+    assert len(counting.encoded) == 2  # one batch of 2 (padded), nothing re-encoded since
+
+
+def test_tool_errors_name_the_argument(dataset, tmp_path):
+    data_dir, name = dataset
+    result = _tool(data_dir, name)
+    assert result.returncode == 2 and "error: --cache_dir is required" in result.stderr
+    result = _tool(data_dir, "missing", f"--cache_dir={tmp_path}")
+    assert result.returncode == 2 and "no dataset 'missing'" in result.stderr

@@ -1,0 +1,65 @@
+"""Embeds every caption of a training config's dataset once, for `text_encoder.precompute`.
+
+    python tools/precompute_text.py --config configs/wan14b.py --cache_dir /data/text_cache \\
+        [--splits train] [--batch_size 8] [--config.k=v ...]
+
+Encodes the distinct captions of the split(s) of config.data (and "", the dropped caption) with
+config.text_encoder and writes them to `<cache_dir>/embeddings.npz`; a cache already there is
+reused and only the missing captions are encoded. Train with
+`--config.text_encoder.precompute=True --config.text_encoder.cache_dir=<cache_dir>`: every host
+reads the file, and captions it lacks are still embedded as they come (train.TextFeeder).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from absl import flags
+    from ml_collections import config_flags
+
+    from viewpoint_jax import components, train
+    from viewpoint_jax.data import builder
+    from viewpoint_jax.models import text_encoder as text_lib
+
+    config_flag = config_flags.DEFINE_config_file(
+        "config", None, "a configs/*.py file (`path[:arg]`)", lock_config=True
+    )
+    cache_dir = flags.DEFINE_string(
+        "cache_dir", None, "where to write embeddings.npz (default: config.text_encoder.cache_dir)"
+    )
+    splits = flags.DEFINE_list("splits", None, "splits to read (default: config.data.train_split)")
+    batch_size = flags.DEFINE_integer("batch_size", 8, "captions encoded per call")
+    flags.FLAGS(sys.argv if argv is None else argv)
+    if config_flag.value is None:
+        raise ValueError("--config is required (e.g. --config configs/wan14b.py)")
+    config = config_flag.value
+    directory = cache_dir.value or config.text_encoder.cache_dir
+    if not directory:
+        raise ValueError("--cache_dir is required (config.text_encoder.cache_dir is empty)")
+    data = config.data
+    captions = [""]  # the caption of every dropped-caption (classifier-free guidance) example
+    for split in splits.value or [data.train_split]:
+        captions += builder.split_captions(data.data_dir, data.name, split)
+    start = time.time()
+    path = Path(directory) / train.SHARED_TEXT_CACHE
+    cache = text_lib.cache_text_embeddings(
+        components.build_text_encoder(config), captions, path, batch_size=batch_size.value
+    )
+    print(f"{len(cache)} captions in {path} ({time.time() - start:.1f} s)")
+    print(
+        "train with --config.text_encoder.precompute=True "
+        f"--config.text_encoder.cache_dir={directory}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    from viewpoint_jax.cli import run_main
+
+    run_main(main)
