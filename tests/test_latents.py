@@ -122,6 +122,36 @@ def test_float16_storage_is_the_rounded_float32(dataset):
         np.testing.assert_array_equal(record["latent_mask"], reference["latent_mask"])
 
 
+def test_batched_over_devices_equals_one_at_a_time(dataset):
+    """8 samples a batch over 8 devices (a full batch, then padded partial ones) store exactly
+    what the CLI stored one sample at a time on one device."""
+    config, _ = dataset
+    assert len(jax.local_devices()) == 8
+    latents.precompute(
+        config,
+        "batched",
+        samples=SAMPLES,
+        image_samples=IMAGE_SAMPLES,
+        dtype="float32",
+        batch_size=8,
+        progress=False,
+    )
+    batched = latents.open_latents(config.data.data_dir, "batched", "train")
+    single = latents.open_latents(config.data.data_dir, NAME, "train")
+
+    def by_key(source):
+        records = (source[i] for i in range(len(source)))
+        return {(r["source"], bool(r["is_image"]), int(r["sample"])): r for r in records}
+
+    batched, single = by_key(batched), by_key(single)
+    assert batched.keys() == single.keys()
+    for key, record in batched.items():
+        for field in (*latents.LATENT_KEYS, "view", "caption"):
+            np.testing.assert_array_equal(record[field], single[key][field], err_msg=str(key))
+    with pytest.raises(ValueError, match="multiple of the 8 local devices"):
+        latents.precompute(config, "x", batch_size=3)
+
+
 def _step_losses(config, batches):
     mesh = sharding_lib.make_mesh(dict(data=1, fsdp=1, sequence=1, tensor=1), ONE_DEVICE)
     rules = tuple(tuple(r) for r in config.sharding_rules)
@@ -205,3 +235,26 @@ def test_missing_image_samples_and_bad_arguments_are_named(dataset, tmp_path):
     config.data.data_dir = str(tmp_path / "empty")
     result = _precompute_cli(config, "--name=x")
     assert result.returncode == 2 and "tools/prepare_dataset.py" in result.stderr
+
+
+def test_wan_vae_encoder_split_over_devices_equals_one_device():
+    from flax import nnx
+
+    from viewpoint_jax.models import vae as vae_lib
+
+    config = vae_lib.WanVAEConfig(base_dim=8, z_dim=16, dim_mult=(1, 2, 4, 4), num_res_blocks=1)
+    vae = vae_lib.WanVAE(config, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    maps = {
+        "target_map": rng.uniform(-1, 1, (8, 1, 16, 16, 3)).astype(np.float32),
+        "condition_map": rng.uniform(-1, 1, (8, 1, 16, 16, 3)).astype(np.float32),
+        "condition_mask": (rng.random((8, 1, 16, 16, 1)) < 0.5).astype(np.float32),
+    }
+    split = latents.jitted_encoder(vae, jax.local_devices())(maps)
+    assert split["latents"].sharding.num_devices == 8
+    whole = latents.jitted_encoder(vae)(maps)
+    for key in latents.LATENT_KEYS:
+        assert (
+            split[key].shape == whole[key].shape == (8, 1, 2, 2, 16 if key != "latent_mask" else 1)
+        )
+        np.testing.assert_allclose(split[key], whole[key], rtol=1e-5, atol=1e-6, err_msg=key)

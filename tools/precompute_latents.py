@@ -1,7 +1,8 @@
 """Encodes a training config's dataset into latents, so its train step skips the autoencoder.
 
     python tools/precompute_latents.py --config configs/wan14b.py --name vp640 \\
-        [--samples 4] [--image_samples 0] [--dtype float16] [--splits train] [--config.k=v ...]
+        [--samples 4] [--image_samples 0] [--dtype float16] [--splits train] [--batch_size N]
+        [--config.k=v ...]
 
 Reads the panoramic_videos dataset of config.data (data_dir, name), draws `--samples` training
 samples per video record (random clip, yaw turn, condition view, as the in-step pipeline does)
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     dtype = flags.DEFINE_enum("dtype", "float16", latents.STORAGE_DTYPES, "storage dtype")
     splits = flags.DEFINE_list("splits", None, "source splits (default: config.data.train_split)")
     seed = flags.DEFINE_integer("seed", 0, "seed of the draws")
+    batch_size = flags.DEFINE_integer(
+        "batch_size", None, "samples encoded at once, over the local devices (default: 1 each)"
+    )
     flags.FLAGS(sys.argv if argv is None else argv)
     if config_flag.value is None:
         raise ValueError("--config is required (e.g. --config configs/wan14b.py)")
@@ -49,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         image_samples=image_samples.value,
         dtype=dtype.value,
         seed=seed.value,
+        batch_size=batch_size.value,
     )
     counts = builder.split_counts(config.data.data_dir, name.value, latents.LATENTS_DATASET)
     for split, count in sorted(counts.items()):

@@ -92,17 +92,34 @@ def encode_maps(autoencoder: Any, batch: dict[str, jax.Array]) -> dict[str, jax.
     return {key: value.astype(jnp.float32) for key, value in encoded.items()}
 
 
-def jitted_encoder(autoencoder: Any) -> Callable[[dict], dict]:
-    """`encode_maps` compiled for one autoencoder (an NNX module's arrays are bound once)."""
+def jitted_encoder(
+    autoencoder: Any, devices: list[jax.Device] | None = None
+) -> Callable[[dict], dict]:
+    """`encode_maps` compiled for one autoencoder (an NNX module's arrays are bound once).
+
+    With `devices`, the batch is split over them (data parallel; the weights are replicated), so
+    a batch size must be a multiple of their number.
+    """
+    if devices is None or len(devices) < 2:
+        shardings = None
+    else:
+        mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",))
+        shardings = (
+            jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+            jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch")),
+        )
     if isinstance(autoencoder, nnx.Module):
         graphdef, arrays = nnx.split(autoencoder)
+        if shardings is not None:
+            arrays = jax.device_put(arrays, shardings[0])
 
-        @jax.jit
         def encode(arrays, batch):
             return encode_maps(nnx.merge(graphdef, arrays), batch)
 
-        return functools.partial(encode, arrays)
-    return jax.jit(functools.partial(encode_maps, autoencoder))
+        jitted = jax.jit(encode) if shardings is None else jax.jit(encode, in_shardings=shardings)
+        return functools.partial(jitted, arrays)
+    encode = functools.partial(encode_maps, autoencoder)
+    return jax.jit(encode) if shardings is None else jax.jit(encode, in_shardings=shardings[1:])
 
 
 def describe_autoencoder(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -204,47 +221,72 @@ def _sample_rng(seed: int, split: str, index: int, kind: int, sample: int) -> np
     return np.random.default_rng([seed, zlib.crc32(split.encode()), index, kind, sample])
 
 
-def _samples(
-    source: Any,
-    split: str,
-    makers: dict[str, Any],
+def _draws(
+    source: Any, split: str, makers: dict[str, Any], counts: dict[str, int], seed: int
+) -> Iterator[tuple[str, dict | None]]:
+    """(key, pipeline example with `source`/`segment`/`sample`) for every draw of every record;
+    (key, None) once for an unreadable record (ExampleMaker logs why)."""
+    from viewpoint_jax.data import pipeline  # (pipeline imports this module)
+
+    for index in range(len(source)):
+        record = source[index]
+        for kind, mode in enumerate(("video", "image")):
+            for sample in range(counts[mode]):
+                example = makers[mode](record, _sample_rng(seed, split, index, kind, sample))
+                status = example.get("_status")
+                if status == pipeline.SKIP:  # an image record has no video draws
+                    break
+                if status == pipeline.BAD:
+                    yield f"{index}:bad", None
+                    return
+                example.update(
+                    source=pipeline.as_text(record.get("source", "")),
+                    segment=int(record.get("segment", 0)),
+                    sample=sample,
+                )
+                yield f"{index}:{mode}:{sample}", example
+
+
+def _encoded(
+    draws: Iterator[tuple[str, dict | None]],
     encode: Callable[[dict], dict],
-    counts: dict[str, int],
-    seed: int,
+    batch_size: int,
     dtype: str,
 ) -> Iterator[tuple[str, dict | None]]:
-    """(key, example) for every draw of every record; example None for an unreadable record."""
-    for index in range(len(source)):
-        yield from _record_samples(source[index], index, split, makers, encode, counts, seed, dtype)
-
-
-def _record_samples(record, index, split, makers, encode, counts, seed, dtype):
+    """Encodes the draws `batch_size` at a time (videos and images in separate batches, padded
+    to a fixed size so each compiles once); yields the stored examples."""
     from viewpoint_jax.data import pipeline
 
-    for kind, mode in enumerate(("video", "image")):
-        for sample in range(counts[mode]):
-            example = makers[mode](record, _sample_rng(seed, split, index, kind, sample))
-            status = example.get("_status")
-            if status == pipeline.SKIP:  # an image record has no video draws
-                break
-            if status == pipeline.BAD:  # ExampleMaker has logged why
-                yield f"{index}:bad", None
-                return
-            encoded = jax.device_get(encode({key: example[key][None] for key in pipeline.MAP_KEYS}))
+    pending: dict[bool, list[tuple[str, dict]]] = {False: [], True: []}
+
+    def flush(is_image: bool) -> Iterator[tuple[str, dict]]:
+        group, pending[is_image] = pending[is_image], []
+        padded = group + [group[-1]] * (batch_size - len(group))
+        maps = {key: np.stack([e[key] for _, e in padded]) for key in pipeline.MAP_KEYS}
+        encoded = jax.device_get(encode(maps))
+        for row, (key, example) in enumerate(group):
             yield (
-                f"{index}:{mode}:{sample}",
+                key,
                 {
-                    "latents": encoded["latents"][0].astype(dtype),
-                    "condition_latents": encoded["condition_latents"][0].astype(dtype),
-                    "latent_mask": encoded["latent_mask"][0],
-                    "caption": example["caption"],
-                    "is_image": bool(example["is_image"]),
-                    "view": example["view"],
-                    "source": pipeline.as_text(record.get("source", "")),
-                    "segment": int(record.get("segment", 0)),
-                    "sample": sample,
+                    "latents": encoded["latents"][row].astype(dtype),
+                    "condition_latents": encoded["condition_latents"][row].astype(dtype),
+                    "latent_mask": encoded["latent_mask"][row],
+                    **{k: example[k] for k in ("caption", "view", "source", "segment", "sample")},
+                    "is_image": is_image,
                 },
             )
+
+    for key, example in draws:
+        if example is None:
+            yield key, None
+            continue
+        is_image = bool(example["is_image"])
+        pending[is_image].append((key, example))
+        if len(pending[is_image]) == batch_size:
+            yield from flush(is_image)
+    for is_image, group in pending.items():
+        if group:
+            yield from flush(is_image)
 
 
 def precompute(
@@ -256,6 +298,7 @@ def precompute(
     image_samples: int = 0,
     dtype: str = "float16",
     seed: int = 0,
+    batch_size: int | None = None,
     autoencoder: Any = None,
     progress: bool = True,
 ) -> Path:
@@ -269,6 +312,8 @@ def precompute(
       samples: video draws per video record; image_samples: 1-frame draws per record.
       dtype: storage dtype of the latents, float16 (half the bytes) or float32 (exact).
       seed: the draws' seed.
+      batch_size: samples encoded at once, split over this host's devices (default: one per
+        device); a multiple of the local device count.
 
     Unreadable source records are skipped with a warning and counted. The dataset is written
     to a staging directory and moved into place in one rename.
@@ -289,16 +334,25 @@ def precompute(
     sources = {split: builder.open_data_source(data.data_dir, data.name, split) for split in splits}
     if autoencoder is None:
         autoencoder = components.build_autoencoder(config)
-    encode = jitted_encoder(autoencoder)
+    devices = jax.local_devices()
+    batch_size = len(devices) if batch_size is None else int(batch_size)
+    if batch_size < 1 or batch_size % len(devices):
+        raise ValueError(
+            f"batch_size must be a positive multiple of the {len(devices)} local devices, got "
+            f"{batch_size}"
+        )
+    encode = jitted_encoder(autoencoder, devices)
     makers = {
         mode: pipeline.ExampleMaker(data, mode, caption_dropout=0.0, with_view=True)
         for mode in ("video", "image")
     }
     counts = {"video": samples, "image": image_samples}
-    generators = {
-        split: functools.partial(_samples, source, split, makers, encode, counts, seed, dtype)
-        for split, source in sources.items()
-    }
+
+    def generator(split: str) -> Callable[[], Iterator[tuple[str, dict | None]]]:
+        draws = functools.partial(_draws, sources[split], split, makers, counts, seed)
+        return lambda: _encoded(draws(), encode, batch_size, dtype)
+
+    generators = {split: generator(split) for split in splits}
     metadata = {
         "source": {"data_dir": str(Path(data.data_dir).absolute()), "name": data.name},
         "autoencoder": describe_autoencoder(config),
