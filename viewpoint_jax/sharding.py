@@ -173,6 +173,11 @@ def use_mesh(mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> Iterator[Mesh]:
         _CONTEXT.reset(token)
 
 
+def current_context() -> tuple[Mesh, LogicalRules] | None:
+    """The (mesh, rules) of the innermost `use_mesh`, or None outside one."""
+    return _CONTEXT.get()
+
+
 def current_mesh() -> Mesh | None:
     context = _CONTEXT.get()
     return None if context is None else context[0]
