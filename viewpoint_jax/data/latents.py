@@ -264,12 +264,19 @@ def _encoded(
         padded = group + [group[-1]] * (batch_size - len(group))
         maps = {key: np.stack([e[key] for _, e in padded]) for key in pipeline.MAP_KEYS}
         encoded = jax.device_get(encode(maps))
+        for field in ("latents", "condition_latents"):
+            encoded[field] = encoded[field].astype(dtype)
+            if not np.isfinite(encoded[field]).all():
+                raise ValueError(
+                    f"non-finite {field} in the samples {[k for k, _ in group]} stored as {dtype} "
+                    "(float16 overflows past 65504: use --dtype float32)"
+                )
         for row, (key, example) in enumerate(group):
             yield (
                 key,
                 {
-                    "latents": encoded["latents"][row].astype(dtype),
-                    "condition_latents": encoded["condition_latents"][row].astype(dtype),
+                    "latents": encoded["latents"][row],
+                    "condition_latents": encoded["condition_latents"][row],
                     "latent_mask": encoded["latent_mask"][row],
                     **{k: example[k] for k in ("caption", "view", "source", "segment", "sample")},
                     "is_image": is_image,
