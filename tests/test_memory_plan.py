@@ -1,15 +1,20 @@
-"""tools/memory_plan.py: the analytic plan of the 14B setup, checked against real shardings."""
+"""tools/memory_plan.py: the analytic plan of the 14B setup, checked against real shardings;
+the compiled plan of a Wan config without checkpoints."""
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
 import jax
 import numpy as np
+from flax import nnx
 from test_train import micro_config
 
+from viewpoint_jax import components, train
 from viewpoint_jax import sharding as sharding_lib
-from viewpoint_jax import train
+from viewpoint_jax.models import dit as dit_lib
+from viewpoint_jax.models import umt5, vae
 
 REPO = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("memory_plan", REPO / "tools" / "memory_plan.py")
@@ -59,3 +64,62 @@ def test_analytic_state_bytes_match_the_trainers_shardings():
     adam_moments = [s for s in jax.tree.leaves(abstract["opt_state"]) if s.ndim > 0]
     assert plan["optimizer_bytes"] == per_device(adam_moments)
     assert plan["param_bytes"] < 4 * plan["parameters"]  # something is really sharded
+
+
+def test_compiled_plan_of_a_wan_config_needs_no_checkpoint(tmp_path):
+    """configs/wan1_3b.py at toy sizes: the VAE and umT5 "checkpoints" hold a config.json only
+    (their sizes), no weights; the step compiles with both encoders in it on 4 devices."""
+    vae_dir, umt5_dir = tmp_path / "vae", tmp_path / "umt5"
+    small_vae = vae.WanVAEConfig(base_dim=8, dim_mult=(1, 2), num_res_blocks=1,
+                                 temporal_downsample=(True,))  # fmt: skip
+    for path, sizes in ((vae_dir, small_vae), (umt5_dir, umt5.UMT5Config.tiny())):
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps(sizes.to_dict()))
+    config = memory_plan.load_config(str(REPO / "configs" / "wan1_3b.py"))
+    config.model.update(dim=32, ffn_dim=64, num_heads=2, num_layers=2, freq_dim=32)
+    config.model.dtype = "float32"  # compiles faster on CPU than bf16
+    config.data.update(map_size=32, num_frames=5, batch_size=4)
+    config.autoencoder.checkpoint = str(vae_dir)
+    config.text_encoder.update(checkpoint=str(umt5_dir), max_length=16, precompute=False)
+
+    compiled, (state, batch, frozen) = memory_plan.compile_train_step(config, devices=4)
+    # The frozen weights are shapes only, sized by the config.json files.
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(frozen))
+    vae_params = nnx.state(nnx.eval_shape(lambda: vae.WanVAE(small_vae, rngs=nnx.Rngs(0))))
+    assert dit_lib.count_params(frozen["autoencoder"]) == dit_lib.count_params(vae_params)
+    assert frozen["text"]["token_embedding"].shape == (512, umt5.UMT5Config.tiny().d_model)
+    assert batch["ids"].shape == (4, 16)  # umT5 runs in the step (precompute=False)
+    # XLA's arguments are exactly state + batch + the frozen weights the step reads, per device
+    # (not the VAE decoder: jit drops unread arguments, the plan adds them back); the donated
+    # state is aliased to the new one; its params are what the analytic plan counts.
+    plan = memory_plan.memory_of(compiled, (state, batch, frozen))
+    read = {k: v for k, v in frozen["autoencoder"].items() if k in ("encoder", "quant_conv")}
+    unread = {k: v for k, v in frozen["autoencoder"].items() if k not in read}
+    assert sorted(unread) == ["decoder", "post_quant_conv"]
+    per_device = memory_plan.per_device_bytes
+    assert plan["argument_bytes"] == per_device((state, batch, frozen["text"], read))
+    assert plan["unread_weight_bytes"] == per_device(unread) > 0
+    assert plan["alias_bytes"] == per_device(state)
+    analytic = memory_plan.analytic_plan(config, devices=4)
+    assert per_device(state["params"]) == analytic["param_bytes"]
+    assert plan["temp_bytes"] > analytic["gradient_bytes"]
+
+    # The config names cudnn: the CPU plan says it compiled with xla instead.
+    assert memory_plan.compile_attention_backend(config)[0] == "xla"
+    notes = memory_plan.compiled_notes(config, devices=4)
+    assert "compiled with the 'xla' backend (the config names 'cudnn'" in notes[0]
+    assert "one fp32 score tensor is" in notes[1]
+
+
+def test_abstract_encoders_without_any_checkpoint_are_wans():
+    """No checkpoint at all: the released Wan2.1 VAE's and umT5-XXL's sizes, no weights."""
+    config = memory_plan.load_config(str(REPO / "configs" / "wan14b.py"))
+    autoencoder = components.abstract_autoencoder(config)
+    assert (autoencoder.spatial_factor, autoencoder.temporal_factor) == (8, 4)
+    assert autoencoder.latent_channels == components.latent_channels(config)
+    encoder = components.abstract_text_model(config)
+    assert encoder.config == umt5.UMT5Config.umt5_xxl()
+    assert encoder.config.d_model == components.text_width(config)
+    for module in (autoencoder, encoder):
+        leaves = jax.tree.leaves(nnx.state(module))
+        assert leaves and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)

@@ -1,20 +1,25 @@
 """Per-device memory of a training config: parameters, optimizer state, gradients, activations.
 
     python tools/memory_plan.py --config configs/wan14b.py [--devices 8] [--hbm_gb 80]
-    python tools/memory_plan.py --config configs/tiny.py:micro --method compiled
+    python tools/memory_plan.py --config configs/wan1_3b.py --method compiled
 
 --method analytic (default; needs no devices, any model size): parameter, optimizer-state and
   gradient bytes are exact, leaf by leaf, from the model's abstract shapes and the sharding rules
   on a mesh of the config's shape; activations are an estimate (formula in `activation_bytes`).
 --method compiled: lowers and compiles the real train step on abstract inputs over simulated CPU
-  devices and prints XLA's memory analysis (arguments = state + batch, temporaries = activations
-  and gradients). It builds the frozen encoders, so it needs a config whose encoders exist
-  (tiny), and CPU compile time grows with the model: use it for small configs.
+  devices and prints XLA's memory analysis (arguments = state + batch + frozen encoder weights,
+  temporaries = activations and gradients, the autoencoder's pass included). The frozen encoders
+  are abstract (their sizes from the config, or from a checkpoint's config.json if present), so
+  no checkpoint is needed and any config compiles; CPU compile time grows with the model
+  (minutes for 14B). On CPU only the 'xla' attention backend compiles: a config naming cudnn or
+  splash is compiled with 'xla', said under the table, and its temporaries then include the
+  attention scores a flash backend never allocates (`activation_bytes` estimates them).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -72,12 +77,16 @@ def activation_bytes(config, model_config, mesh_sizes: dict[str, int]) -> dict[s
 
     N tokens per sample (split over the `sequence` axis), b samples per device, c bytes per
     compute element, D width, Dff FFN width, G blocks per scan group:
-      carry per saved scan step  b N D c         (what remat keeps: one per group of G blocks)
+      carry per saved scan step  b N D 4         (the residual stream is fp32, as in Wan; remat
+                                                  keeps one per group of G blocks)
       one block's live tensors   b N (12 D + 3 Dff) c  (norms, q k v o, attention output, FFN)
       attention scores (only with the plain XLA backend; flash backends keep O(N)):
                                  b heads N_q N_k 4  (fp32 softmax), N_k = N (pano) or N/4 (subregion)
-    remat "full": all carries + one group recomputed; "save_dots": the matmul outputs of every
-    block are kept (~ b N (6 D + 2 Dff) c per block); "none": every block's live tensors.
+    remat "full": all carries + one group recomputed; "save_dots": all carries and the matmul
+    outputs of every block (~ b N (6 D + 2 Dff) c per block); "none": every block's live tensors.
+    The scores term is a floor: the compiled CPU program of configs/wan14b.py with the xla
+    backend holds ~3.5 fp32 score-sized buffers at its backward peak (logits, probabilities,
+    their gradients), so `--method compiled` is the number to trust for the xla backend.
     """
     import numpy as np
 
@@ -106,10 +115,11 @@ def activation_bytes(config, model_config, mesh_sizes: dict[str, int]) -> dict[s
         pano = b * heads * n * tokens * 4
         scores = pano if dit_lib.PANO in model_config.scan_group else pano / 4
     policy = model_config.remat_policy
+    carries = layers / group * b * n * d * 4
     if policy == "full":
-        total = layers / group * b * n * d * c + group * block + scores
+        total = carries + group * block + scores
     elif policy in ("save_dots", "save_all_dots"):
-        total = layers * b * n * (6 * d + 2 * dff) * c + block + scores
+        total = carries + layers * b * n * (6 * d + 2 * dff) * c + block + scores
     else:
         total = layers * (block + scores)
     return {"tokens_per_sample": tokens, "samples_per_device": b, "activations": total}
@@ -148,47 +158,135 @@ def analytic_plan(config, devices: int) -> dict[str, float]:
     return plan
 
 
-def compiled_plan(config, devices: int) -> dict[str, float]:
+def compile_attention_backend(config) -> tuple[str, str | None]:
+    """The attention backend the compiled plan can use here, and a note when it is not the
+    config's: cudnn (GPU) and splash (TPU) do not compile on CPU, so CPU plans use 'xla'."""
+    import jax
+
+    from viewpoint_jax import components
+
+    named = components.dit_config(config).attention_backend
+    runs_here = {"xla": True, "cudnn": "gpu", "splash": "tpu"}.get(named)
+    if runs_here is True or runs_here == jax.default_backend():
+        return named, None
+    return "xla", (
+        f"attention: compiled with the 'xla' backend (the config names {named!r}, which does not "
+        f"compile on {jax.default_backend()}); temp_bytes include the xla backend's fp32 attention "
+        f"scores, which a flash backend does not allocate"
+    )
+
+
+def abstract_train_step(config, mesh, rules):
+    """The train step as `train.make_trainer` jits it, with abstract encoders (no checkpoint is
+    read, no weight allocated, so any model size lowers on CPU), and its abstract arguments.
+
+    Returns (jitted step, (state, batch, frozen arrays) as sharded ShapeDtypeStructs).
+    """
+    from viewpoint_jax import train
+
+    trainer = train.make_trainer(config, mesh, rules, abstract_encoders=True)
+    return trainer.step_fn, trainer.abstract_arguments()
+
+
+def compiled_notes(config, devices: int) -> tuple[str, ...]:
+    """What the compiled plan compiled with: its attention backend and, for 'xla', the analytic
+    estimate of the attention scores its temporaries include."""
+    from viewpoint_jax import components
+
+    backend, note = compile_attention_backend(config)
+    if backend != "xla":
+        return (f"attention: compiled with the config's {backend!r} backend",)
+    notes = [note or "attention: compiled with the config's 'xla' backend"]
+    model_config = components.dit_config(config)
+    mesh_sizes = _resolved_mesh(config, devices)
+    with_scores = dataclasses.replace(model_config, attention_backend="xla")
+    without = dataclasses.replace(model_config, attention_backend="cudnn")
+    scores = (
+        activation_bytes(config, with_scores, mesh_sizes)["activations"]
+        - activation_bytes(config, without, mesh_sizes)["activations"]
+    )
+    notes.append(
+        f"xla attention: one fp32 score tensor is {scores / GIB:.2f} GiB (the analytic floor); "
+        "the backward keeps several (logits, probabilities, their gradients) in temp_bytes"
+    )
+    return tuple(notes)
+
+
+def compile_train_step(config, devices: int):
+    """The train step compiled for `devices` (simulated) devices with abstract encoders (see
+    `abstract_train_step`), on an attention backend this platform compiles
+    (`compile_attention_backend`). Returns (jax.stages.Compiled, its abstract arguments)."""
+    import time
+
     import jax
 
     from viewpoint_jax import sharding as sharding_lib
-    from viewpoint_jax import train
 
     if jax.device_count() < devices:
         raise ValueError(f"{devices} devices asked for, {jax.device_count()} simulated")
-    mesh = sharding_lib.make_mesh(_resolved_mesh(config, devices), jax.devices()[:devices])
+    backend, note = compile_attention_backend(config)
+    if note:
+        config = config.copy_and_resolve_references()
+        config.model.attention_backend = backend
+    mesh_sizes = _resolved_mesh(config, devices)
+    batch_shards = mesh_sizes["data"] * mesh_sizes["fsdp"]
+    if config.data.batch_size % batch_shards:
+        raise ValueError(
+            f"config.data.batch_size: {config.data.batch_size} must be divisible by the mesh's "
+            f"data x fsdp = {batch_shards} (--devices {devices})"
+        )
+    mesh = sharding_lib.make_mesh(mesh_sizes, jax.devices()[:devices])
     rules = tuple(tuple(r) if isinstance(r, list) else r for r in config.sharding_rules)
-    trainer = train.make_trainer(config, mesh, rules)
-    data = config.data
-    m, f, b = data.map_size, data.num_frames, data.batch_size
-    text = trainer.text(["a caption"] * b)
-    batch = {
-        "target_map": jax.ShapeDtypeStruct((b, f, m, m, 3), "float32"),
-        "condition_map": jax.ShapeDtypeStruct((b, f, m, m, 3), "float32"),
-        "condition_mask": jax.ShapeDtypeStruct((b, f, m, m, 1), "float32"),
-        **{k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in text.items()},
-    }
-    batch = {
-        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_sharding)
-        for k, v in batch.items()
-    }
-    compiled = trainer.step_fn.lower(
-        trainer.abstract_state_with_shardings(), batch, trainer.frozen_arrays
-    ).compile()
+    start = time.perf_counter()
+    step, arguments = abstract_train_step(config, mesh, rules)
+    lowered = step.lower(*arguments)
+    print(f"lowered in {time.perf_counter() - start:.0f} s, compiling", file=sys.stderr)
+    compiled = lowered.compile()
+    print(f"compiled in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return compiled, arguments
+
+
+def per_device_bytes(tree) -> int:
+    """Bytes one device holds of a tree of sharded `jax.ShapeDtypeStruct`s (or arrays)."""
+    import jax
+    import numpy as np
+
+    return sum(
+        math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+        for x in jax.tree.leaves(tree)
+    )
+
+
+def memory_of(compiled, arguments) -> dict[str, int]:
+    """XLA's memory analysis of the compiled step, per device: arguments (state, batch, frozen
+    encoder weights), outputs, the donated state aliased between them, temporaries; plus the
+    frozen weights a run keeps on device that the step never reads (jit drops them from its
+    arguments: the VAE decoder, used by previews only).
+    total = arguments + outputs - aliased + temporaries + unread weights."""
     analysis = compiled.memory_analysis()
+    unread = per_device_bytes(arguments) - analysis.argument_size_in_bytes
     return {
         "argument_bytes": analysis.argument_size_in_bytes,
         "output_bytes": analysis.output_size_in_bytes,
         "alias_bytes": analysis.alias_size_in_bytes,
         "temp_bytes": analysis.temp_size_in_bytes,
+        "unread_weight_bytes": unread,
         "total_bytes": analysis.argument_size_in_bytes
         + analysis.output_size_in_bytes
         - analysis.alias_size_in_bytes
-        + analysis.temp_size_in_bytes,
+        + analysis.temp_size_in_bytes
+        + unread,
     }
 
 
-def format_plan(plan: dict, method: str, devices: int, hbm_gb: float) -> str:
+def compiled_plan(config, devices: int) -> dict[str, int]:
+    """`memory_of` the train step compiled for `devices` simulated devices."""
+    return memory_of(*compile_train_step(config, devices))
+
+
+def format_plan(
+    plan: dict, method: str, devices: int, hbm_gb: float, notes: tuple[str, ...] = ()
+) -> str:
     lines = [f"| {method}, per device of {devices} | GiB |", "|---|---:|"]
     for key, value in plan.items():
         if key.endswith("_bytes") or key == "activations":
@@ -200,6 +298,7 @@ def format_plan(plan: dict, method: str, devices: int, hbm_gb: float) -> str:
         f"\n{'fits' if fits else 'does NOT fit'}: {plan['total_bytes'] / 1e9:.1f} GB of "
         f"{hbm_gb:g} GB per device"
     )
+    lines.extend(notes)
     return "\n".join(lines)
 
 
@@ -218,8 +317,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{flags} --xla_force_host_platform_device_count={args.devices}"
             )
     config = load_config(args.config)
-    plan = (analytic_plan if args.method == "analytic" else compiled_plan)(config, args.devices)
-    print(format_plan(plan, args.method, args.devices, args.hbm_gb))
+    if args.method == "analytic":
+        plan, notes = analytic_plan(config, args.devices), ()
+    else:
+        plan, notes = compiled_plan(config, args.devices), compiled_notes(config, args.devices)
+    print(format_plan(plan, args.method, args.devices, args.hbm_gb, notes))
     return 0
 
 

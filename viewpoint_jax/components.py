@@ -3,6 +3,8 @@
     build_model(config, rngs)          -> WanDiT sized for the config's autoencoder and text encoder
     build_autoencoder(config)          -> SpaceToDepthAutoencoder | WanVAE
     build_text_encoder(config)         -> TextEncoder (tokenizer + umT5), `encode_text(prompts)`
+    abstract_autoencoder(config), abstract_text_model(config): the same modules with
+                                          `jax.ShapeDtypeStruct` weights, no checkpoint read
     restore_model(config, run_dir)     -> the trained WanDiT of a training run (EMA if it has one)
     restore_model_for_inference(path, config): a run directory or a converted DiT checkpoint
 
@@ -52,12 +54,17 @@ def _tiny_umt5_config(config: ml_collections.ConfigDict):
     return tiny
 
 
+def _checkpoint_config_file(checkpoint: str) -> Path | None:
+    path = Path(checkpoint) / "config.json" if checkpoint else None
+    return path if path is not None and path.is_file() else None
+
+
 def text_width(config: ml_collections.ConfigDict) -> int:
     """d_model of the text encoder (the DiT's text_dim)."""
     if config.text_encoder.kind == "tiny_random":
         return int(_tiny_umt5_config(config).d_model)
-    config_file = Path(config.text_encoder.checkpoint) / "config.json"
-    if config_file.is_file():
+    config_file = _checkpoint_config_file(config.text_encoder.checkpoint)
+    if config_file is not None:
         return int(json.loads(config_file.read_text()).get("d_model", UMT5_XXL_WIDTH))
     return UMT5_XXL_WIDTH
 
@@ -149,6 +156,43 @@ def build_text_encoder(config: ml_collections.ConfigDict) -> Any:
     else:
         raise ValueError(f"config.text_encoder.kind {te.kind!r} is not 'tiny_random' or 'umt5'")
     return text_lib.TextEncoder(encoder, tokenizer)
+
+
+def abstract_autoencoder(config: ml_collections.ConfigDict) -> autoencoder_lib.Autoencoder:
+    """The config's autoencoder with `jax.ShapeDtypeStruct` weights: traced and compiled, never
+    run (memory plans, shardings). A Wan VAE takes its sizes from the checkpoint's config.json
+    when there is one, else the released Wan2.1 VAE's (`WanVAEConfig()`, float32 as converted).
+    """
+    if config.autoencoder.kind != "wan_vae":
+        return build_autoencoder(config)  # weightless
+    from viewpoint_jax.models import vae
+
+    config_file = _checkpoint_config_file(config.autoencoder.checkpoint)
+    vae_config = (
+        vae.WanVAEConfig.from_dict(json.loads(config_file.read_text()))
+        if config_file
+        else vae.WanVAEConfig()
+    )
+    return nnx.eval_shape(lambda: vae.WanVAE(vae_config, rngs=nnx.Rngs(0)))
+
+
+def abstract_text_model(config: ml_collections.ConfigDict) -> Any:
+    """The config's umT5 encoder (the module of `build_text_encoder(config).encoder`) with
+    `jax.ShapeDtypeStruct` weights; "umt5" takes its sizes from the checkpoint's config.json when
+    there is one, else umT5-XXL's (bf16, as Wan ships it)."""
+    from viewpoint_jax.models import umt5
+
+    te = config.text_encoder
+    if te.kind == "tiny_random":
+        umt5_config = _tiny_umt5_config(config)
+    elif te.kind == "umt5":
+        config_file = _checkpoint_config_file(te.checkpoint)
+        umt5_config = (
+            umt5.read_config(config_file.parent) if config_file else umt5.UMT5Config.umt5_xxl()
+        )
+    else:
+        raise ValueError(f"config.text_encoder.kind {te.kind!r} is not 'tiny_random' or 'umt5'")
+    return umt5.abstract_model(umt5_config)
 
 
 # --- Pretrained and trained weights ------------------------------------------------------------

@@ -453,6 +453,39 @@ class Trainer:
     def abstract_state_with_shardings(self) -> Any:
         return _with_shardings(self.abstract_state, self.state_sharding)
 
+    def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
+        """The global batch `device_batch` makes, as sharded shapes: float32 maps (or the
+        precomputed latents) and the text (token ids, or precomputed embeddings)."""
+        data, b = self.config.data, self.config.data.batch_size
+        m, f = data.map_size, data.num_frames
+        if data.precomputed_latents:
+            ae, c = self.autoencoder, self.model_config.out_dim
+            grid = (b, 1 + (f - 1) // ae.temporal_factor, m // ae.spatial_factor)
+            latent = (*grid, m // ae.spatial_factor)
+            shapes = {"latents": (*latent, c), "condition_latents": (*latent, c)}
+            shapes["latent_mask"] = (*latent, 1)
+        else:
+            shapes = {"target_map": (b, f, m, m, 3), "condition_map": (b, f, m, m, 3)}
+            shapes["condition_mask"] = (b, f, m, m, 1)
+        batch = {k: (v, jnp.float32) for k, v in shapes.items()}
+        length = int(self.config.text_encoder.max_length)
+        if self.config.text_encoder.precompute:
+            batch["context"] = ((b, length, self.model_config.text_dim), jnp.float32)
+        else:
+            batch["ids"] = batch["ids_mask"] = ((b, length), jnp.int32)
+        return {
+            k: jax.ShapeDtypeStruct(shape, dtype, sharding=self.batch_sharding)
+            for k, (shape, dtype) in batch.items()
+        }
+
+    def abstract_arguments(self) -> tuple[Any, dict, Any]:
+        """(state, batch, frozen arrays) as sharded shapes: `step_fn.lower(*args)`."""
+        frozen = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+            self.frozen_arrays,
+        )
+        return self.abstract_state_with_shardings(), self.abstract_batch(), frozen
+
 
 def make_trainer(
     config: ml_collections.ConfigDict,
@@ -460,10 +493,21 @@ def make_trainer(
     rules: sharding_lib.LogicalRules,
     *,
     text_cache_dir: Path | None = None,
+    abstract_encoders: bool = False,
 ) -> Trainer:
-    autoencoder = components.build_autoencoder(config)
-    text_encoder = components.build_text_encoder(config)
+    """The run's jitted functions, shardings and frozen encoders.
+
+    `abstract_encoders=True` builds the frozen encoders with shape-only weights
+    (`components.abstract_autoencoder`, `abstract_text_model`; no checkpoint is read): the step
+    can then be lowered and compiled (`abstract_arguments()`) but not run, e.g. for memory plans.
+    """
     precompute = bool(config.text_encoder.precompute)
+    if abstract_encoders:
+        autoencoder = components.abstract_autoencoder(config)
+        text_encoder = text_lib.TextEncoder(components.abstract_text_model(config), None)
+    else:
+        autoencoder = components.build_autoencoder(config)
+        text_encoder = components.build_text_encoder(config)
     cache_path = None
     if precompute and text_cache_dir is not None:
         cache_path = text_cache_path(text_cache_dir, jax.process_index())
@@ -517,7 +561,11 @@ def make_trainer(
         abstract_state=abstract_state,
         state_sharding=state_sharding,
         batch_sharding=batch_sharding,
-        frozen_arrays=jax.device_put(frozen.arrays, frozen_sharding),
+        frozen_arrays=(
+            _with_shardings(frozen.arrays, frozen_sharding)
+            if abstract_encoders
+            else jax.device_put(frozen.arrays, frozen_sharding)
+        ),
         step_fn=step_fn,
         preview_fn=preview_fn,
         init_fn=jax.jit(init, out_shardings=state_sharding),
