@@ -13,16 +13,17 @@ from flax import nnx
 import viewpoint_jax  # noqa: F401  (flax config)
 from viewpoint_jax.convert.vae import convert_vae
 from viewpoint_jax.models import vae as vae_lib
-from viewpoint_jax.models.autoencoder import Autoencoder, latent_shape
+from viewpoint_jax.models.autoencoder import Autoencoder, SpaceToDepthAutoencoder, latent_shape
+from viewpoint_jax.models.autoencoder import compiler_options as autoencoder_compiler_options
 
 # The tiny networks run in milliseconds; XLA's CPU optimisation passes would dominate test time.
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
-def _jit(vae, method, **kwargs):
+def _jit(vae, method, options=None, **kwargs):
     graphdef, state = nnx.split(vae)
 
-    @jax.jit(compiler_options=FAST_COMPILE)
+    @jax.jit(compiler_options={**FAST_COMPILE, **(options or {})})
     def run(state, x):
         return getattr(nnx.merge(graphdef, state), method)(x, **kwargs)
 
@@ -72,6 +73,21 @@ def test_decode_matches_diffusers(reference):
     assert np.mean(np.abs(want) < 1) > 0.9  # the comparison is not just of clamped values
     # Reached: max abs error ~5e-6 (fp32).
     np.testing.assert_allclose(decoded, want, atol=5e-5, rtol=0)
+
+
+def test_compiler_options_keep_parity(reference):
+    """`vae.compiler_options()` (Eigen instead of YNNPACK convolutions on CPU) is accepted by this
+    jaxlib and keeps encode/decode parity with diffusers at the same tolerances."""
+    options = vae_lib.compiler_options()
+    assert options and vae_lib.compiler_options("gpu") == {}
+    vae = reference["vae"]
+    # What the sampler and the latent precompute jit the VAE with; no options for the stand-in.
+    assert autoencoder_compiler_options(vae) == options
+    assert autoencoder_compiler_options(SpaceToDepthAutoencoder(8)) == {}
+    latents = _jit(vae, "encode", options)(reference["video"])
+    np.testing.assert_allclose(latents, reference["latents"], atol=2e-5, rtol=0)
+    decoded = _jit(vae, "decode", options)(reference["latents"])
+    np.testing.assert_allclose(decoded, reference["decoded"], atol=5e-5, rtol=0)
 
 
 def test_chunked_equals_whole_video(reference):

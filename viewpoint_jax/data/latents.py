@@ -45,6 +45,7 @@ import tensorflow_datasets as tfds
 from flax import nnx
 
 from viewpoint_jax.data import builder
+from viewpoint_jax.models.autoencoder import compiler_options
 
 LATENTS_DATASET = "panoramic_latents"
 LATENT_KEYS = ("latents", "condition_latents", "latent_mask")
@@ -108,6 +109,7 @@ def jitted_encoder(
             jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
             jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch")),
         )
+    jit = functools.partial(jax.jit, compiler_options=compiler_options(autoencoder))
     if isinstance(autoencoder, nnx.Module):
         graphdef, arrays = nnx.split(autoencoder)
         if shardings is not None:
@@ -116,10 +118,10 @@ def jitted_encoder(
         def encode(arrays, batch):
             return encode_maps(nnx.merge(graphdef, arrays), batch)
 
-        jitted = jax.jit(encode) if shardings is None else jax.jit(encode, in_shardings=shardings)
+        jitted = jit(encode) if shardings is None else jit(encode, in_shardings=shardings)
         return functools.partial(jitted, arrays)
     encode = functools.partial(encode_maps, autoencoder)
-    return jax.jit(encode) if shardings is None else jax.jit(encode, in_shardings=shardings[1:])
+    return jit(encode) if shardings is None else jit(encode, in_shardings=shardings[1:])
 
 
 def describe_autoencoder(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from flax import nnx
 
 from viewpoint_jax import geometry
 from viewpoint_jax.diffusion import schedulers
+from viewpoint_jax.models import autoencoder as autoencoder_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,15 +251,24 @@ def latent_mask(mask: jax.Array, spatial_factor: int, temporal_factor: int) -> j
 
 
 def _encode(autoencoder: Any, video: jax.Array) -> jax.Array:
-    if isinstance(autoencoder, nnx.Module):
-        return nnx.jit(lambda module, v: module.encode(v))(autoencoder, video)
-    return jax.jit(autoencoder.encode)(video)
+    return _jitted(autoencoder, "encode")(video)
 
 
 def _decode(autoencoder: Any, latents: jax.Array) -> jax.Array:
-    if isinstance(autoencoder, nnx.Module):
-        return nnx.jit(lambda module, z: module.decode(z))(autoencoder, latents)
-    return jax.jit(autoencoder.decode)(latents)
+    return _jitted(autoencoder, "decode")(latents)
+
+
+def _jitted(autoencoder: Any, method: str) -> Callable[[jax.Array], jax.Array]:
+    """`autoencoder.<method>` jitted with the autoencoder's compiler options."""
+    options = autoencoder_lib.compiler_options(autoencoder)
+    if not isinstance(autoencoder, nnx.Module):
+        return jax.jit(getattr(autoencoder, method), compiler_options=options)
+    graphdef, arrays = nnx.split(autoencoder)
+
+    def apply(arrays, x):
+        return getattr(nnx.merge(graphdef, arrays), method)(x)
+
+    return functools.partial(jax.jit(apply, compiler_options=options), arrays)
 
 
 def encode_condition(

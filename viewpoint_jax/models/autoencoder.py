@@ -25,6 +25,14 @@ class Autoencoder(Protocol):
     def decode(self, latents: jax.Array) -> jax.Array: ...
 
 
+def compiler_options(autoencoder: Autoencoder) -> dict[str, str]:
+    """XLA options to jit an autoencoder's `encode` / `decode` with (`jax.jit(...,
+    compiler_options=...)`): the autoencoder's own if it has any (the Wan VAE's faster CPU
+    convolutions), else none."""
+    options = getattr(autoencoder, "compiler_options", None)
+    return options() if callable(options) else {}
+
+
 def latent_shape(
     autoencoder: Autoencoder, video_shape: tuple[int, ...]
 ) -> tuple[int, int, int, int, int]:

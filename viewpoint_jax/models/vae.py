@@ -24,8 +24,9 @@ blocks); the Wan2.2 VAE (residual up/down blocks, patchified input) is refused b
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
-import json
+import logging
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -36,6 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+log = logging.getLogger(__name__)
 
 Array = jax.Array
 Cache = Any  # a pytree of arrays (None at the start of a video)
@@ -119,6 +122,44 @@ def _init(rngs: nnx.Rngs, shape: Sequence[int], fan_in: int, dtype) -> Array:
 
 _WIDE_CHANNELS = 32  # see `_conv`
 
+# XLA:CPU (jaxlib 0.10) hands 2D convolutions, dots and reductions to YNNPACK by default. On the
+# AVX2 CPU this was measured on (2-core AMD EPYC), XLA's Eigen convolution runs the VAE's 3x3
+# convs 1.1-1.5x faster than YNNPACK's and on par with torch's oneDNN Conv3d (tools/bench_vae.py,
+# per-conv table), so this list keeps YNNPACK for dots and reductions only.
+_CPU_COMPILER_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": (
+        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+    ),
+}
+
+
+def compiler_options(backend: str | None = None) -> dict[str, str]:
+    """XLA options for jitting the VAE: `jax.jit(fn, compiler_options=vae.compiler_options())`.
+
+    On CPU they route the convolutions to XLA's Eigen kernels instead of YNNPACK (see
+    `_CPU_COMPILER_OPTIONS`); elsewhere, or with an XLA that does not know the option, they are
+    empty. They apply to that one compilation only, never to the process (no XLA_FLAGS), so the
+    rest of a program keeps XLA's defaults. Numerics are unchanged up to the order of float sums.
+
+    Args:
+      backend: the platform the function is compiled for; default `jax.default_backend()`.
+    """
+    backend = backend or jax.default_backend()
+    return dict(_CPU_COMPILER_OPTIONS) if backend == "cpu" and _cpu_options_supported() else {}
+
+
+@functools.cache
+def _cpu_options_supported() -> bool:
+    # The option is experimental: a jaxlib that renamed or dropped it must not break the VAE.
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=_CPU_COMPILER_OPTIONS).lower(
+            jnp.zeros((), jnp.float32)
+        ).compile()
+    except Exception as error:  # XLA reports an unknown option as a generic runtime error
+        log.warning("XLA CPU option not available, VAE convs use XLA's defaults: %s", error)
+        return False
+    return True
+
 
 def _conv_frames(x: Array, kernel: Array, stride=(1, 1), padding="VALID") -> Array:
     """The same 2D conv on every frame: x (B, F, H, W, Cin), kernel (kh, kw, Cin, Cout)."""
@@ -137,10 +178,12 @@ def _conv(x: Array, kernel: Array, bias: Array, stride=(1, 1, 1), padding="VALID
     """Valid in time: x (B, F, H, W, Cin), kernel (kt, kh, kw, Cin, Cout), padding in space only.
 
     Written with 2D convs (frames folded into the batch), exact up to the order of the float
-    sums: XLA's CPU 3D convolution is ~1.5x slower than its 2D one on the same work. Thin inputs
+    sums: XLA's CPU 3D convolution is ~2x slower than its 2D one on the same work. Thin inputs
     (the RGB `conv_in`) stack the kt shifted frame sets along channels for one conv with kernel
     (kh, kw, kt * Cin, Cout), which keeps the matrix products wide; wide inputs sum kt 2D convs,
-    which needs no kt-fold copy of the input.
+    which needs no kt-fold copy of the input (stacking them measured 0.7-0.9x as fast, and
+    im2col + dot or Winograd F(2x2, 3x3) + batched dots slower still on CPU: their copies and
+    transforms are memory bound).
     """
     kt, kh, kw, cin, cout = kernel.shape
     st = stride[0]
@@ -489,8 +532,14 @@ def tiled_apply(
 class WanVAE(nnx.Module):
     """Wan2.1 VAE. `encode` -> normalised latents, `decode` -> video in [-1, 1].
 
-    Follows the autoencoder protocol of `viewpoint_jax.models.autoencoder`.
+    Follows the autoencoder protocol of `viewpoint_jax.models.autoencoder`. On CPU, jit its
+    methods with `compiler_options=compiler_options()` for faster convolutions (the callers in
+    this package do, through `autoencoder.compiler_options(vae)`).
     """
+
+    def compiler_options(self) -> dict[str, str]:
+        """XLA options for jitting `encode` / `decode` (see the module function)."""
+        return compiler_options()
 
     def __init__(self, config: WanVAEConfig, *, rngs: nnx.Rngs):
         self.config = config
@@ -652,10 +701,7 @@ def load_vae(path: str | os.PathLike, *, dtype: str | None = None) -> WanVAE:
     from viewpoint_jax.convert import core
 
     path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{path} is not a converted Wan VAE: no config.json")
-    config = WanVAEConfig.from_dict(json.loads(config_file.read_text()))
+    config = WanVAEConfig.from_dict(core.read_checkpoint_config(path, "Wan VAE"))
     if dtype is not None:
         config = dataclasses.replace(config, dtype=dtype)
     targets = param_targets(config)
