@@ -1,13 +1,10 @@
 """Latents precomputed into a dataset: the pipeline's draws, encoded; training on them equals
 encoding in the step; mismatched configs are refused by name."""
 
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
-from test_train import ONE_DEVICE, REPO, micro_config, subprocess_env, write_dataset
+from test_train import ONE_DEVICE, micro_config, run_tool, write_dataset
 
 from viewpoint_jax import components, train
 from viewpoint_jax import sharding as sharding_lib
@@ -25,20 +22,7 @@ def _config(data_dir, name):
 
 
 def _precompute_cli(config, *args):
-    return subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tools" / "precompute_latents.py"),
-            f"--config={REPO / 'configs' / 'tiny.py'}:micro",
-            f"--config.data.data_dir={config.data.data_dir}",
-            f"--config.data.name={config.data.name}",
-            *args,
-        ],
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_tool("precompute_latents.py", config.data.data_dir, config.data.name, *args)
 
 
 @pytest.fixture(scope="module")

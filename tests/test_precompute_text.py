@@ -1,42 +1,15 @@
 """tools/precompute_text.py: a dataset's captions embedded once, read by every host's TextFeeder."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
-from test_train import REPO, micro_config, subprocess_env, write_dataset
+from test_train import CountingEncoder, micro_config, run_tool, write_dataset
 
 from viewpoint_jax import components, train
 from viewpoint_jax.models import text_encoder as text_lib
 
 
 def _tool(data_dir, name, *args):
-    return subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tools" / "precompute_text.py"),
-            f"--config={REPO / 'configs' / 'tiny.py'}:micro",
-            f"--config.data.data_dir={data_dir}",
-            f"--config.data.name={name}",
-            *args,
-        ],
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-class _CountingEncoder:
-    def __init__(self, text_encoder):
-        self.text_encoder = text_encoder
-        self.tokenizer = text_encoder.tokenizer
-        self.encoded: list[str] = []
-
-    def encode_text(self, prompts):
-        self.encoded.extend(prompts)
-        return self.text_encoder.encode_text(prompts)
+    return run_tool("precompute_text.py", data_dir, name, *args)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +34,7 @@ def test_tool_embeds_every_caption_and_feeders_reuse_them(dataset, tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
     # A host's feeder encodes nothing the tool embedded, and writes only what it adds.
-    counting = _CountingEncoder(encoder)
+    counting = CountingEncoder(encoder)
     own = train.text_cache_path(cache_dir, 1)
     feeder = train.TextFeeder(counting, True, own, batch_size=2)
     context = feeder(["bands number 2", ""])["context"]

@@ -1,12 +1,13 @@
 """The train loop on a micro config: loss falls, resume is exact, sharded equals unsharded, NaNs.
 
-Helpers here (micro_config, procedural_records, write_dataset, subprocess_env) are shared with
-test_checkpointing.py and test_multihost.py.
+Helpers here (micro_config, procedural_records, write_dataset, subprocess_env, cli, run_tool,
+CountingEncoder) are shared with other test files.
 """
 
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -113,6 +114,24 @@ def cli(workdir: Path, data_dir: Path, name: str, *overrides: str) -> list[str]:
         "--config.mesh.fsdp=-1",
         *overrides,
     ]
+
+
+def run_tool(script: str, data_dir, name: str, *args: str) -> subprocess.CompletedProcess:
+    """`python tools/<script> --config=configs/tiny.py:micro` on the dataset (data_dir, name)."""
+    return subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools" / script),
+            f"--config={REPO / 'configs' / 'tiny.py'}:micro",
+            f"--config.data.data_dir={data_dir}",
+            f"--config.data.name={name}",
+            *args,
+        ],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def read_losses(workdir: Path, name: str = "metrics.jsonl") -> dict[int, float]:
@@ -278,7 +297,9 @@ def test_precomputed_text_gives_the_same_losses_and_writes_the_cache(tmp_path):
     np.testing.assert_allclose(got, embeddings, rtol=1e-6, atol=1e-6)
 
 
-class _CountingEncoder:
+class CountingEncoder:
+    """A text encoder that records every prompt it encodes."""
+
     def __init__(self, text_encoder):
         self.text_encoder = text_encoder
         self.tokenizer = text_encoder.tokenizer
@@ -291,7 +312,7 @@ class _CountingEncoder:
 
 def test_text_feeder_embeds_each_caption_once_and_reloads_its_cache(tmp_path):
     config = micro_config()
-    encoder = _CountingEncoder(components.build_text_encoder(config))
+    encoder = CountingEncoder(components.build_text_encoder(config))
     path = train.text_cache_path(tmp_path / "text_cache", 0)
     feeder = train.TextFeeder(encoder, True, path, batch_size=2)
     first = feeder(["a", "b", "a"])["context"]
