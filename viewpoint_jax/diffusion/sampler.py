@@ -258,8 +258,10 @@ def _decode(autoencoder: Any, latents: jax.Array) -> jax.Array:
     return _jitted(autoencoder, "decode")(latents)
 
 
+@functools.lru_cache(maxsize=8)
 def _jitted(autoencoder: Any, method: str) -> Callable[[jax.Array], jax.Array]:
-    """`autoencoder.<method>` jitted with the autoencoder's compiler options."""
+    """`autoencoder.<method>` jitted with the autoencoder's compiler options; cached per (frozen)
+    autoencoder, so repeated calls reuse one compiled program."""
     options = autoencoder_lib.compiler_options(autoencoder)
     if not isinstance(autoencoder, nnx.Module):
         return jax.jit(getattr(autoencoder, method), compiler_options=options)
