@@ -2,13 +2,13 @@
 
 A space-to-depth pixel transform stands in for the Wan VAE (4 x 4 pixel blocks -> 48 latent
 channels) and a small randomly initialised umT5 with a byte tokenizer stands in for umT5-XXL.
-The DiT is a 4-block Wan (pano, perspective, pano, perspective).
+The DiT is a 4-block Wan (pano, subregion, pano, subregion attention).
 
     python -m viewpoint_jax.train --config configs/tiny.py --workdir runs/tiny
     python -m viewpoint_jax.train --config configs/tiny.py:micro ...   # test size
 """
 
-from viewpoint_jax.config_validation import base_config
+from viewpoint_jax.config import base_config
 
 
 def get_config(arg: str | None = None):

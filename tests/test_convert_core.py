@@ -12,7 +12,7 @@ from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import save_file as save_torch
 
 import viewpoint_jax  # noqa: F401
-from viewpoint_jax import sharding
+from viewpoint_jax import checkpointing, sharding
 from viewpoint_jax.convert import core
 
 
@@ -132,7 +132,7 @@ def test_convert_round_trip_into_shardings(tmp_path):
         "b": {"w": jax.ShapeDtypeStruct((2, 2, 5), jnp.float32)},
         "c": jax.ShapeDtypeStruct((3,), jnp.bfloat16),
     }
-    params = core.restore_params(tmp_path / "out" / "params", abstract)
+    params = checkpointing.restore_params(tmp_path / "out" / "params", abstract)
     assert params["a"]["kernel"].sharding.spec == spec
     np.testing.assert_array_equal(params["a"]["kernel"], state["a.weight"].numpy().T)
     for i in range(2):

@@ -61,15 +61,15 @@ def _forward(model, x, t, ctx):
     return model(x, t, ctx)
 
 
-def test_perspective_model_is_plain_model_per_quadrant():
+def test_subregion_model_is_plain_model_per_subregion():
     pano = _model(attention_pattern="pano")
-    perspective = _with_config(pano, attention_pattern="perspective")
+    subregion = _with_config(pano, attention_pattern="subregion")
     x, t, ctx = _inputs(pano.config, size=8)
-    out = _forward(perspective, x, t, ctx)
+    out = _forward(subregion, x, t, ctx)
     for rows in (slice(0, 4), slice(4, 8)):
         for cols in (slice(0, 4), slice(4, 8)):
-            quadrant = _forward(pano, x[:, :, rows, cols], t, ctx)
-            np.testing.assert_allclose(out[:, :, rows, cols], quadrant, atol=2e-5, rtol=1e-5)
+            alone = _forward(pano, x[:, :, rows, cols], t, ctx)
+            np.testing.assert_allclose(out[:, :, rows, cols], alone, atol=2e-5, rtol=1e-5)
 
 
 def _unscanned(model, x, t, ctx):
@@ -113,7 +113,7 @@ def test_remat_policy_wraps_each_scan_step(policy):
     graphdef, params = nnx.split(_with_config(model, remat_policy=policy), nnx.Param)
     jaxpr = jax.make_jaxpr(lambda p: nnx.merge(graphdef, p)(x, t, ctx))(params)
     (scan,) = [eqn for eqn in jaxpr.eqns if eqn.primitive.name == "scan"]
-    assert scan.params["length"] == 1  # one (pano, perspective) pair per step
+    assert scan.params["length"] == 1  # one (pano, subregion) pair per step
     body = scan.params["jaxpr"].jaxpr
     remats = [
         eqn
@@ -149,11 +149,11 @@ def test_bad_sizes_raise_clear_errors():
 
 
 def test_config_round_trip():
-    assert DiTConfig.tiny(num_layers=4).block_kinds == ("pano", "perspective") * 2
+    assert DiTConfig.tiny(num_layers=4).block_kinds == ("pano", "subregion") * 2
     assert DiTConfig.tiny(num_layers=4, attention_pattern="pano").scan_group == ("pano",)
-    pattern = ("pano", "perspective", "perspective", "pano") * 2
+    pattern = ("pano", "subregion", "subregion", "pano") * 2
     assert DiTConfig.tiny(num_layers=8, attention_pattern=pattern).scan_group == pattern[:4]
-    config = DiTConfig.tiny(attention_pattern=("pano", "perspective"), in_dim=33)
+    config = DiTConfig.tiny(attention_pattern=("pano", "subregion"), in_dim=33)
     assert DiTConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown DiTConfig fields"):
         DiTConfig.from_dict({**config.to_dict(), "depth": 3})
@@ -209,3 +209,74 @@ def test_every_param_is_annotated_and_sharded_forward_matches():
     with sharding.use_mesh(mesh):
         out = forward(state, x, t, ctx)
     np.testing.assert_allclose(out, expected, atol=2e-5, rtol=1e-5)
+
+
+# RoPE and the forward pass on a token grid with frames, height and width all different ---------
+
+# Latent (F, H, W) = (3, 8, 12) with patch (1, 2, 2): tokens 3 x 4 x 6, so a mix-up of any two
+# axes (positions or frequency bands) changes the result.
+_UNEVEN_LATENT = (3, 8, 12)
+_UNEVEN_GRID = (3, 4, 6)
+
+
+@pytest.mark.parametrize("head_dim", [128, 24])  # Wan's (bands 44, 42, 42), the tiny (8, 8, 8)
+def test_rope_matches_diffusers_on_an_uneven_grid(head_dim):
+    import torch
+    from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+
+    reference = WanRotaryPosEmbed(head_dim, (1, 2, 2), max_seq_len=1024)
+    with torch.no_grad():
+        # diffusers: (1, L, 1, head_dim) tables, each pair's angle repeated (repeat_interleave).
+        cos_ref, sin_ref = reference(torch.zeros(1, 1, *_UNEVEN_LATENT))
+    cos_ref, sin_ref = cos_ref[0, :, 0].numpy(), sin_ref[0, :, 0].numpy()
+    cos, sin = dit_lib.rope_tables(_UNEVEN_GRID, head_dim)
+    assert cos.shape == (np.prod(_UNEVEN_GRID), head_dim // 2)
+    for half in (0, 1):
+        np.testing.assert_allclose(cos, cos_ref[:, half::2], atol=1e-6)
+        np.testing.assert_allclose(sin, sin_ref[:, half::2], atol=1e-6)
+
+    # The rotated queries: ours against diffusers' apply_rotary_emb (WanAttnProcessor).
+    q = np.random.default_rng(0).standard_normal((2, len(cos), 3, head_dim)).astype(np.float32)
+    got = np.asarray(dit_lib.apply_rope(jnp.asarray(q), jnp.asarray(cos), jnp.asarray(sin)))
+    x = torch.from_numpy(q)
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    c, s = (
+        torch.from_numpy(cos_ref)[None, :, None, 0::2],
+        torch.from_numpy(sin_ref)[None, :, None, 1::2],
+    )
+    want = torch.empty_like(x)
+    want[..., 0::2] = x1 * c - x2 * s
+    want[..., 1::2] = x1 * s + x2 * c
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-5, rtol=1e-5)
+
+
+def test_forward_matches_diffusers_on_an_uneven_grid(tmp_path):
+    """The whole (pano) model against diffusers' WanTransformer3DModel with the same weights
+    (converted through convert_dit) on a latent whose token grid is 3 x 4 x 6."""
+    import torch
+    from diffusers import WanTransformer3DModel
+    from test_convert_dit import TINY, _jax_forward, _save
+
+    from viewpoint_jax.convert import dit as convert_dit_lib
+
+    torch.manual_seed(1)
+    reference = WanTransformer3DModel(**TINY).eval()
+    with torch.no_grad():  # non-trivial norms (the defaults are ones and zeros)
+        for name, p in reference.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, TINY["in_channels"], *_UNEVEN_LATENT)).astype(np.float32)
+    t = np.array([400.0], np.float32)
+    ctx = rng.standard_normal((1, 7, TINY["text_dim"])).astype(np.float32)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(ctx))
+    expected = expected.sample.numpy()
+    state = {k: v.detach().clone() for k, v in reference.state_dict().items()}
+    config = {"_class_name": "WanTransformer3DModel", **TINY, "image_dim": None}
+    _save(state, tmp_path / "src", "safetensors", config)
+    convert_dit_lib.convert_dit(tmp_path / "src", tmp_path / "dst", attention_pattern="pano")
+    got = _jax_forward(dit_lib.load_dit(tmp_path / "dst"), x, t, ctx)
+    assert got.shape == expected.shape
+    rel = np.abs(got - expected).max() / np.abs(expected).max()
+    assert rel < 2e-6, f"max abs error relative to output scale: {rel:.2e}"

@@ -54,7 +54,7 @@ def test_each_subregion_is_continuous_inside():
     m = 64
     d = np.asarray(g.viewpoint_directions(m), np.float64)
     pixel = 2 * np.sqrt(2) / (m // 2)
-    for rows, cols in g.viewpoint_quadrant_slices(m).values():
+    for rows, cols in g.subregion_slices(m).values():
         sub = d[rows, cols]
         for axis in (0, 1):
             cos = np.sum(
@@ -381,3 +381,141 @@ def test_nearest_mode_picks_source_pixels():
 def test_bad_input_raises_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# U-face fusion weights (spec section 4), derived here from the spec's formulas ------------------
+
+# Centre and right vectors of the horizontal faces F R B L (spec section 1: yaw 0, 90, 180, -90),
+# in the order of layout.SUBREGIONS; every subregion's up vector is +y.
+_CENTRES = np.array([(0, 0, 1), (1, 0, 0), (0, 0, -1), (-1, 0, 0)], np.float64)
+_RIGHTS = np.array([(1, 0, 0), (0, 0, -1), (-1, 0, 0), (0, 0, 1)], np.float64)
+_U_FLOOR = 0.001  # the spec's "+ 0.001" of a U copy's weight
+
+
+def _spec_fusion_weights(d):
+    """Fusion weight `(N, 4)` of each subregion's copy of unit directions `(N, 3)` (spec 4).
+
+    U (y dominant, up): the U point p = d / d_y; the half-disk of subregion k is centred on the
+    midpoint of U's edge with face k, which is c_k in U's (x, z) plane, radius 1; a covering copy
+    weighs (1 - rho') + 0.001 with rho' = |p - c_k|, normalised over the copies.
+    Side face k (its |s| >= |t| quarters): 1 - |s| / 2 here, |s| / 2 in the neighbour toward s.
+    Elsewhere (top quarters of side faces, D): one copy, in the subregion of the face (for D the
+    subregion whose centre face the point is nearest).
+    """
+    d = np.asarray(d, np.float64)
+    dc, dr = d @ _CENTRES.T, d @ _RIGHTS.T  # (N, 4)
+    nearest = np.argmax(dc, axis=-1)  # the side face (or the D quarter) of the point
+    rows = np.arange(len(d))
+    weights = np.zeros((len(d), 4))
+    weights[rows, nearest] = 1.0
+
+    side = np.argmax(np.abs(d), axis=-1) != 1
+    depth = np.where(side, dc[rows, nearest], 1.0)  # > 0 on side faces
+    s, t = dr[rows, nearest] / depth, d[:, 1] / depth  # face-local coordinates (spec 2)
+    shared = side & (np.abs(s) >= np.abs(t))
+    neighbour = (nearest + np.where(s > 0, 1, -1)) % 4
+    weights[shared] = 0.0
+    weights[rows[shared], nearest[shared]] = 1 - np.abs(s[shared]) / 2
+    weights[rows[shared], neighbour[shared]] = np.abs(s[shared]) / 2
+
+    up = ~side & (d[:, 1] > 0)
+    p = d[up] / d[up, 1:2]
+    rho = np.hypot(p[:, None, 0] - _CENTRES[:, 0], p[:, None, 2] - _CENTRES[:, 2])  # (N_up, 4)
+    raw = np.where(rho <= 1, 1 - rho + _U_FLOOR, 0.0)
+    weights[up] = raw / raw.sum(-1, keepdims=True)
+    return weights
+
+
+def _u_direction(x, z):
+    """Unit direction of the U-face point (x, 1, z)."""
+    return sphere.normalize(np.array([x, 1.0, z], np.float64))
+
+
+def test_u_fusion_weights_at_hand_computed_points():
+    """direction_to_copies' U weights at points worked out by hand from the spec's formula
+    w = (1 - rho') + 0.001, normalised (F's half-disk is centred on (x, z) = (0, 1), R's on
+    (1, 0), B's on (0, -1), L's on (-1, 0), all of radius 1)."""
+    assert layout.U_WEIGHT_FLOOR == _U_FLOOR
+    r85, r200801 = np.sqrt(0.85), np.sqrt(0.200801)
+    cases = {
+        # Only F's half-disk (rho'_F = 0.5; R's is sqrt(1.25) away): one copy.
+        (0.0, 0.5): (1.0, 0.0, 0.0, 0.0),
+        # On the diagonal between F and R: equally far (sqrt(0.5)) from both midpoints.
+        (0.5, 0.5): (0.5, 0.5, 0.0, 0.0),
+        # rho'_F = |(0.3, -0.4)| = 0.5, rho'_R = |(-0.7, 0.6)| = sqrt(0.85).
+        (0.3, 0.6): (0.501 / (0.501 + 1.001 - r85), (1.001 - r85) / (0.501 + 1.001 - r85), 0, 0),
+        # Just inside R's rim, rho'_R = 0.999: the floor doubles R's raw weight 0.001 -> 0.002.
+        # rho'_F = |(0.2008, -0.4006)| = sqrt(0.200801).
+        (0.2008, 0.5994): (
+            (1.001 - r200801) / (1.003 - r200801),
+            0.002 / (1.003 - r200801),
+            0.0,
+            0.0,
+        ),
+        # The U centre: rho' = 1 for all four half-disks; only the floor keeps them defined.
+        (0.0, 0.0): (0.25, 0.25, 0.25, 0.25),
+        # The same points in the other subregions' half-disks (a quarter turn of U each).
+        (0.5, -0.5): (0.0, 0.5, 0.5, 0.0),
+        # rho'_L = |(0.4, 0.3)| = 0.5, rho'_F = |(-0.6, -0.7)| = sqrt(0.85).
+        (-0.6, 0.3): ((1.001 - r85) / (0.501 + 1.001 - r85), 0, 0, 0.501 / (0.501 + 1.001 - r85)),
+        (0.0, -0.5): (0.0, 0.0, 1.0, 0.0),
+    }
+    d = np.stack([_u_direction(x, z) for x, z in cases])
+    copies = layout.direction_to_copies(d, 64)
+    expected = np.array(list(cases.values()), np.float64)
+    np.testing.assert_allclose(copies.weight, expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(copies.covered, expected > 0)
+    np.testing.assert_allclose(_spec_fusion_weights(d), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_u_fusion_weights_follow_the_spec_and_the_four_fold_symmetry():
+    """Random U-face directions: each copy's weight is the spec's (1 - rho') + floor normalised,
+    the weights sum to 1 over at most two copies (off measure-zero rims), and a quarter yaw turn
+    of the direction moves every weight to the next subregion (F -> R -> B -> L -> F)."""
+    rng = np.random.default_rng(7)
+    xz = rng.uniform(-1, 1, (4000, 2))
+    d = sphere.normalize(np.stack([xz[:, 0], np.ones(len(xz)), xz[:, 1]], -1))
+    copies = layout.direction_to_copies(d, 64)
+    expected = _spec_fusion_weights(d)
+    np.testing.assert_allclose(copies.weight, expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(copies.covered, expected > 0)
+    np.testing.assert_allclose(copies.weight.sum(-1), 1, atol=1e-12)
+    count = copies.covered.sum(-1)
+    assert count.min() >= 1 and count.max() <= 2
+    assert (count == 2).mean() > 0.2  # the lenses where half-disks overlap are exercised
+    two = count == 2
+    assert np.abs(copies.weight[two] - 0.5).max() > 0.4  # weights far from an even split
+    # Four-fold symmetry: yaw by +90 degrees maps F's centre (0, 0, 1) to R's (1, 0, 0).
+    turned = np.stack([d[:, 2], d[:, 1], -d[:, 0]], -1)
+    np.testing.assert_allclose(
+        layout.direction_to_copies(turned, 64).weight,
+        np.roll(copies.weight, 1, axis=-1),
+        atol=1e-12,
+    )
+
+
+@pytest.mark.parametrize("map_size", [64, 10])
+def test_fuse_overlaps_blends_disagreeing_copies_with_the_spec_weights(map_size):
+    """A map whose channel k is 1 on subregion k and 0 elsewhere: every copy reads its own
+    subregion's indicator (copies clamp to their subregion), so the copies of a point disagree and
+    fuse_overlaps gives, at each pixel, the fusion weight of its copy in each subregion. These
+    must be the spec's weights (computed here from each pixel's direction), including U's, and
+    the map's four-fold symmetry (a clockwise quarter turn takes subregion k to k + 1)."""
+    m, r = map_size, map_size // 2
+    indicator = np.zeros((m, m, 4), np.float32)
+    for k, (row, col) in enumerate([(0, 0), (0, 1), (1, 1), (1, 0)]):  # F R B L (spec table)
+        indicator[row * r : (row + 1) * r, col * r : (col + 1) * r, k] = 1
+    fused = np.asarray(g.fuse_overlaps(indicator))
+    d = np.asarray(g.viewpoint_directions(m), np.float64).reshape(-1, 3)
+    expected = _spec_fusion_weights(sphere.normalize(d)).reshape(m, m, 4)
+    np.testing.assert_allclose(fused, expected, atol=1e-6)
+    up = (np.abs(d).argmax(-1) == 1) & (d[:, 1] > 0)
+    blended_u = up.reshape(m, m) & ((expected > 0).sum(-1) == 2)
+    assert blended_u.sum() >= 4  # U pixels with two copies are checked
+    for k in range(4):
+        np.testing.assert_allclose(np.rot90(fused[..., k], -1), fused[..., (k + 1) % 4], atol=1e-6)
+    # The same weights blend any values: per-subregion colours c_k fuse to sum_k w_k c_k.
+    colours = np.random.default_rng(3).normal(size=(4, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        np.asarray(g.fuse_overlaps(indicator @ colours)), expected @ colours, atol=1e-5
+    )

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from test_train import ONE_DEVICE, micro_config, run_tool, write_dataset
 
-from viewpoint_jax import components, train
+from viewpoint_jax import build, train
 from viewpoint_jax import sharding as sharding_lib
-from viewpoint_jax.data import builder, latents, pipeline
+from viewpoint_jax.data import builder, latents, pipeline, precompute
 
 NAME = "micro_latents"
 SAMPLES, IMAGE_SAMPLES = 2, 1
@@ -54,7 +54,7 @@ def _recomputed(config, record, index, mode, sample):
     kind = ("video", "image").index(mode)
     maker = pipeline.ExampleMaker(config.data, mode, caption_dropout=0.0, with_view=True)
     example = maker(record, latents._sample_rng(0, "train", index, kind, sample))
-    encode = latents.jitted_encoder(components.build_autoencoder(config))
+    encode = precompute.jitted_encoder(build.build_autoencoder(config))
     encoded = encode({key: example[key][None] for key in pipeline.MAP_KEYS})
     return example, {key: np.asarray(value[0]) for key, value in encoded.items()}
 
@@ -91,7 +91,7 @@ def test_records_are_the_pipelines_draws_encoded(dataset):
 
 def test_float16_storage_is_the_rounded_float32(dataset):
     config, _ = dataset
-    latents.precompute(config, "half", samples=1, progress=False)
+    precompute.precompute(config, "half", samples=1, progress=False)
     half = latents.open_latents(config.data.data_dir, "half", "train")
     exact = latents.open_latents(config.data.data_dir, NAME, "train")
     exact = {
@@ -111,7 +111,7 @@ def test_batched_over_devices_equals_one_at_a_time(dataset):
     what the CLI stored one sample at a time on one device."""
     config, _ = dataset
     assert len(jax.local_devices()) == 8
-    latents.precompute(
+    precompute.precompute(
         config,
         "batched",
         samples=SAMPLES,
@@ -133,7 +133,7 @@ def test_batched_over_devices_equals_one_at_a_time(dataset):
         for field in (*latents.LATENT_KEYS, "view", "caption"):
             np.testing.assert_array_equal(record[field], single[key][field], err_msg=str(key))
     with pytest.raises(ValueError, match="multiple of the 8 local devices"):
-        latents.precompute(config, "x", batch_size=3)
+        precompute.precompute(config, "x", batch_size=3)
 
 
 def _step_losses(config, batches):
@@ -155,7 +155,7 @@ def test_latent_batches_train_exactly_like_map_batches():
     config = micro_config()
     it = pipeline.make_train_iterator(config.data, data_source=procedural_records())
     map_batches = [next(it), next(it)]
-    encode = latents.jitted_encoder(components.build_autoencoder(config))
+    encode = precompute.jitted_encoder(build.build_autoencoder(config))
     latent_batches = [
         {
             **{k: np.asarray(v) for k, v in encode({k: b[k] for k in pipeline.MAP_KEYS}).items()},
@@ -207,13 +207,13 @@ def test_a_config_that_does_not_match_is_refused(dataset, key, value, message):
 
 def test_missing_image_samples_and_bad_arguments_are_named(dataset, tmp_path):
     config, _ = dataset
-    latents.precompute(config, "videos_only", samples=1, progress=False)
+    precompute.precompute(config, "videos_only", samples=1, progress=False)
     config.data.precomputed_latents = "videos_only"
     config.data.image_ratio = 0.5
     with pytest.raises(ValueError, match=r"has no image samples.*image_ratio = 0\.5"):
         pipeline.make_train_iterator(config.data)
     with pytest.raises(ValueError, match="dtype must be one of"):
-        latents.precompute(config, "x", dtype="bfloat16")
+        precompute.precompute(config, "x", dtype="bfloat16")
     result = _precompute_cli(config)
     assert result.returncode == 2 and "error: --name is required" in result.stderr
     config.data.data_dir = str(tmp_path / "empty")
@@ -234,9 +234,9 @@ def test_wan_vae_encoder_split_over_devices_equals_one_device():
         "condition_map": rng.uniform(-1, 1, (8, 1, 16, 16, 3)).astype(np.float32),
         "condition_mask": (rng.random((8, 1, 16, 16, 1)) < 0.5).astype(np.float32),
     }
-    split = latents.jitted_encoder(vae, jax.local_devices())(maps)
+    split = precompute.jitted_encoder(vae, jax.local_devices())(maps)
     assert split["latents"].sharding.num_devices == 8
-    whole = latents.jitted_encoder(vae)(maps)
+    whole = precompute.jitted_encoder(vae)(maps)
     for key in latents.LATENT_KEYS:
         assert (
             split[key].shape == whole[key].shape == (8, 1, 2, 2, 16 if key != "latent_mask" else 1)

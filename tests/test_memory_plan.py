@@ -11,7 +11,7 @@ import numpy as np
 from flax import nnx
 from test_train import micro_config
 
-from viewpoint_jax import components, train
+from viewpoint_jax import build, train
 from viewpoint_jax import sharding as sharding_lib
 from viewpoint_jax.models import dit as dit_lib
 from viewpoint_jax.models import umt5, vae
@@ -114,12 +114,12 @@ def test_compiled_plan_of_a_wan_config_needs_no_checkpoint(tmp_path):
 def test_abstract_encoders_without_any_checkpoint_are_wans():
     """No checkpoint at all: the released Wan2.1 VAE's and umT5-XXL's sizes, no weights."""
     config = memory_plan.load_config(str(REPO / "configs" / "wan14b.py"))
-    autoencoder = components.abstract_autoencoder(config)
+    autoencoder = build.abstract_autoencoder(config)
     assert (autoencoder.spatial_factor, autoencoder.temporal_factor) == (8, 4)
-    assert autoencoder.latent_channels == components.latent_channels(config)
-    encoder = components.abstract_text_model(config)
+    assert autoencoder.latent_channels == build.latent_channels(config)
+    encoder = build.abstract_text_model(config)
     assert encoder.config == umt5.UMT5Config.umt5_xxl()
-    assert encoder.config.d_model == components.text_width(config)
+    assert encoder.config.d_model == build.text_width(config)
     for module in (autoencoder, encoder):
         leaves = jax.tree.leaves(nnx.state(module))
         assert leaves and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)

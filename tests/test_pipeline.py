@@ -237,3 +237,24 @@ def test_bad_config_names_the_key(overrides, message):
         pipeline.make_train_iterator(
             _config(**overrides), process_count=2, data_source=_source(num_videos=2)
         )
+
+
+def test_yaw_turn_is_applied_with_a_random_shift_per_example():
+    """ExampleMaker rolls the clip by a random whole-pixel shift: over 8 seeds the target map is
+    erp_to_viewpoint of the decoded clip rolled by exactly one of the W shifts, and the shifts
+    vary (a maker that skips the roll would always match shift 0)."""
+    record = _record(0, F)
+    erp = np.stack([builder.decode_frame(f) for f in record["frames"]]).astype(np.float32)
+    erp = erp / 127.5 - 1
+    rolled_maps = np.asarray(
+        geometry.erp_to_viewpoint(np.stack([np.roll(erp, k, axis=2) for k in range(W)]), M)
+    )  # (W, F, M, M, 3): the target map of every candidate turn
+    maker = pipeline.ExampleMaker(_config(), "video")
+    shifts = []
+    for seed in range(8):
+        target = maker(record, np.random.default_rng(seed))["target_map"]
+        errors = np.abs(rolled_maps - target).max(axis=(1, 2, 3, 4))
+        (matches,) = np.nonzero(errors < 1e-5)
+        assert len(matches) == 1, (seed, np.sort(errors)[:3])  # exactly one roll explains it
+        shifts.append(int(matches[0]))
+    assert len(set(shifts)) >= 4, shifts

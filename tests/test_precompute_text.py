@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from test_train import CountingEncoder, micro_config, run_tool, write_dataset
 
-from viewpoint_jax import components, train
+from viewpoint_jax import build
 from viewpoint_jax.models import text_encoder as text_lib
 
 
@@ -23,11 +23,11 @@ def test_tool_embeds_every_caption_and_feeders_reuse_them(dataset, tmp_path):
     result = _tool(data_dir, name, f"--cache_dir={cache_dir}", "--batch_size=3")
     assert result.returncode == 0, result.stderr
     assert "--config.text_encoder.precompute=True" in result.stdout
-    shared = cache_dir / train.SHARED_TEXT_CACHE
+    shared = cache_dir / text_lib.SHARED_TEXT_CACHE
     cache = text_lib.TextEmbeddingCache.load(shared)
     captions = ["", *(f"bands number {i}" for i in range(4))]
     assert sorted(cache.captions) == sorted(captions)
-    encoder = components.build_text_encoder(micro_config())
+    encoder = build.build_text_encoder(micro_config())
     want, want_mask = encoder.encode_text(captions)
     got, got_mask = cache.lookup(captions)
     np.testing.assert_array_equal(got_mask, want_mask)
@@ -35,8 +35,8 @@ def test_tool_embeds_every_caption_and_feeders_reuse_them(dataset, tmp_path):
 
     # A host's feeder encodes nothing the tool embedded, and writes only what it adds.
     counting = CountingEncoder(encoder)
-    own = train.text_cache_path(cache_dir, 1)
-    feeder = train.TextFeeder(counting, True, own, batch_size=2)
+    own = text_lib.text_cache_path(cache_dir, 1)
+    feeder = text_lib.TextFeeder(counting, True, own, batch_size=2)
     context = feeder(["bands number 2", ""])["context"]
     assert counting.encoded == []
     np.testing.assert_array_equal(context, got[[3, 0]])
@@ -46,7 +46,7 @@ def test_tool_embeds_every_caption_and_feeders_reuse_them(dataset, tmp_path):
     feeder.flush()
     assert shared.read_bytes() == before
     assert text_lib.TextEmbeddingCache.load(own).captions == ["a caption the dataset lacks"]
-    restarted = train.TextFeeder(counting, True, own, batch_size=2)
+    restarted = text_lib.TextFeeder(counting, True, own, batch_size=2)
     restarted(["a caption the dataset lacks", "bands number 3"])
     assert len(counting.encoded) == 2  # one batch of 2 (padded), nothing re-encoded since
 

@@ -154,10 +154,10 @@ def tiny_checkpoint(tmp_path_factory):
     (`config.json` + Orbax `params/`, the layout `load_dit` reads)."""
     import orbax.checkpoint as ocp
 
-    from viewpoint_jax import components
+    from viewpoint_jax import build
 
     config = sample.load_config(str(REPO / "configs" / "tiny.py:micro"))
-    model_config = components.dit_config(config)
+    model_config = build.dit_config(config)
     model = nnx.jit(lambda: WanDiT(model_config, rngs=nnx.Rngs(0)))()
     path = tmp_path_factory.mktemp("checkpoint") / "dit"
     path.mkdir()

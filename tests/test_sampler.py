@@ -8,8 +8,9 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 from flax import nnx
 
-from viewpoint_jax import geometry
+from viewpoint_jax import geometry, video_io
 from viewpoint_jax.diffusion import sampler
+from viewpoint_jax.models import autoencoder as autoencoder_lib
 from viewpoint_jax.models.autoencoder import SpaceToDepthAutoencoder
 
 LATENT_SHAPE = (1, 3, 8, 8, 16)  # (B, f, h, w, C): a 64 x 64 map, 9 frames, at 1/8 resolution
@@ -173,12 +174,14 @@ def test_latent_mask_pools_pixels_and_frame_groups():
     mask = np.zeros((9, 16, 16, 1), np.float32)
     mask[0, :8, :8] = 1  # frame 0: the whole top-left latent cell
     mask[1:3, 8:, 8:] = 1  # frames 1-2 of the group 1-4: half of the bottom-right cell
-    pooled = np.asarray(sampler.latent_mask(jnp.asarray(mask), spatial_factor=8, temporal_factor=4))
+    pooled = np.asarray(
+        autoencoder_lib.latent_mask(jnp.asarray(mask), spatial_factor=8, temporal_factor=4)
+    )
     expected = np.zeros((3, 2, 2, 1), np.float32)
     expected[0, 0, 0], expected[1, 1, 1] = 1.0, 0.5
     np.testing.assert_array_equal(pooled, expected)
     with pytest.raises(ValueError, match="does not fit"):
-        sampler.latent_mask(jnp.zeros((8, 16, 16, 1)), spatial_factor=8, temporal_factor=4)
+        autoencoder_lib.latent_mask(jnp.zeros((8, 16, 16, 1)), spatial_factor=8, temporal_factor=4)
 
 
 def test_valid_frame_counts_are_one_plus_4k():
@@ -193,7 +196,7 @@ def test_map_to_panorama_fuses_into_erp():
     assert erp.shape == (2, 32, 64, 3)
     np.testing.assert_allclose(erp, 0.25, atol=1e-6)  # weights of the copies sum to 1
     np.testing.assert_array_equal(
-        sampler.to_uint8(jnp.array([-1.0, 0.0, 1.0, 2.0])), [0, 128, 255, 255]
+        video_io.to_uint8(jnp.array([-1.0, 0.0, 1.0, 2.0])), [0, 128, 255, 255]
     )
 
 
@@ -206,7 +209,7 @@ def test_make_conditions_encodes_the_projected_video():
     )
     projected, mask = sampler.perspective_condition(video, 64, 90.0, 30.0)
     np.testing.assert_allclose(conditions.latent, autoencoder.encode(projected[None]), atol=1e-6)
-    pooled = jax.vmap(lambda m: sampler.latent_mask(m, 8, 1))(mask[None])
+    pooled = jax.vmap(lambda m: autoencoder_lib.latent_mask(m, 8, 1))(mask[None])
     np.testing.assert_allclose(conditions.mask, pooled)
     assert conditions.latent.shape == (1, 5, 8, 8, 192) and conditions.mask.shape == (1, 5, 8, 8, 1)
     assert 0 < float(conditions.mask.mean()) < 0.5

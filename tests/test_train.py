@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from viewpoint_jax import checkpointing, components, train
+from viewpoint_jax import build, checkpointing, train
 from viewpoint_jax import sharding as sharding_lib
 from viewpoint_jax.data import builder
 from viewpoint_jax.models import text_encoder as text_lib
@@ -171,8 +171,8 @@ def test_loss_falls_and_logs(tmp_path):
         == 24
     )
     # The sampler's entry point restores the trained weights from the run directory.
-    model = components.restore_model_for_inference(tmp_path, config)
-    assert model.config == components.dit_config(config)
+    model = build.restore_model_for_inference(tmp_path, config)
+    assert model.config == build.dit_config(config)
 
 
 def test_resume_gives_the_same_losses(tmp_path):
@@ -287,11 +287,11 @@ def test_precomputed_text_gives_the_same_losses_and_writes_the_cache(tmp_path):
         [encoded["losses"][s] for s in range(1, 5)],
         rtol=1e-5,
     )
-    path = train.text_cache_path(tmp_path / "cached" / "text_cache", 0)
+    path = text_lib.text_cache_path(tmp_path / "cached" / "text_cache", 0)
     cache = text_lib.TextEmbeddingCache.load(path)
     assert "" in cache and len(cache) > 1
     assert set(cache.captions) <= {r["caption"] for r in records} | {""}
-    embeddings, mask = components.build_text_encoder(config).encode_text(cache.captions)
+    embeddings, mask = build.build_text_encoder(config).encode_text(cache.captions)
     got, got_mask = cache.lookup(cache.captions)
     np.testing.assert_array_equal(got_mask, mask)
     np.testing.assert_allclose(got, embeddings, rtol=1e-6, atol=1e-6)
@@ -312,19 +312,88 @@ class CountingEncoder:
 
 def test_text_feeder_embeds_each_caption_once_and_reloads_its_cache(tmp_path):
     config = micro_config()
-    encoder = CountingEncoder(components.build_text_encoder(config))
-    path = train.text_cache_path(tmp_path / "text_cache", 0)
-    feeder = train.TextFeeder(encoder, True, path, batch_size=2)
+    encoder = CountingEncoder(build.build_text_encoder(config))
+    path = text_lib.text_cache_path(tmp_path / "text_cache", 0)
+    feeder = text_lib.TextFeeder(encoder, True, path, batch_size=2)
     first = feeder(["a", "b", "a"])["context"]
     second = feeder(["b", ""])["context"]
     assert sorted(set(encoder.encoded)) == ["", "a", "b"]
     assert len(encoder.encoded) == 4  # two batches of 2: ["a", "b"], then ["", ""] (padded)
     assert not path.exists()  # written at checkpoints, not per step
     feeder.flush()
-    reloaded = train.TextFeeder(encoder, True, path, batch_size=2)
+    reloaded = text_lib.TextFeeder(encoder, True, path, batch_size=2)
     np.testing.assert_array_equal(reloaded(["a", "b", "a"])["context"], first)
     np.testing.assert_array_equal(reloaded(["b", ""])["context"], second)
     assert len(encoder.encoded) == 4  # nothing re-encoded
     want, _ = encoder.text_encoder.encode_text(["a", "b", ""])
     np.testing.assert_allclose(first[:2], want[:2], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(second[1], want[2], rtol=1e-6, atol=1e-6)
+
+
+def test_step_loss_is_the_flow_matching_formula():
+    """The loss of the jitted train step equals the rectified-flow loss written out here: with
+    rng = fold_in(key(seed), step) split into (noise, sigma) keys, e ~ N(0, I), s from the
+    config's timestep sampler, the model sees concat[(1 - s) x + s e, condition, mask] at
+    t = 1000 s and the loss is mean((prediction - (e - x))^2). Two steps: the rng follows the
+    step. Latents and text embeddings come precomputed, so x, the condition and the mask are
+    chosen here (the mask a random 0/1 pattern, the condition zero outside it)."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from viewpoint_jax.diffusion import flow_matching as fm
+    from viewpoint_jax.models import dit as dit_lib
+
+    config = micro_config()
+    config.text_encoder.precompute = True  # the batch carries the context: no text encoder here
+    mesh = sharding_lib.make_mesh(dict(data=1, fsdp=1, sequence=1, tensor=1), ONE_DEVICE)
+    trainer = train.make_trainer(config, mesh, tuple(config.sharding_rules))
+    channels = trainer.model_config.out_dim
+    rng = np.random.default_rng(0)
+
+    def batch(index):
+        shape = (config.data.batch_size, 2, 8, 8)  # (B, f, h, w): an even token grid
+        mask = (rng.random((*shape, 1)) < 0.4).astype(np.float32)
+        return {
+            "latents": rng.standard_normal((*shape, channels)).astype(np.float32),
+            "condition_latents": mask * rng.standard_normal((*shape, channels)).astype(np.float32),
+            "latent_mask": mask,
+            "caption": np.array([f"clip {index} {i}" for i in range(shape[0])]),
+        }
+
+    graphdef, _ = nnx.split(dit_lib.abstract_model(trainer.model_config), nnx.Param)
+    diffusion = config.diffusion
+
+    @jax.jit
+    def expected_loss(params, x, condition, mask, context, step):
+        key = jax.random.fold_in(jax.random.key(config.seed), step)
+        noise_key, sigma_key = jax.random.split(key)
+        e = jax.random.normal(noise_key, x.shape, jnp.float32)
+        s = fm.sample_sigmas(
+            sigma_key,
+            x.shape[0],
+            diffusion.timestep_sampler,
+            diffusion.shift,
+            diffusion.logit_mean,
+            diffusion.logit_std,
+        )
+        s_b = s[:, None, None, None, None]
+        noisy = (1 - s_b) * x + s_b * e
+        inputs = jnp.concatenate([noisy, condition, mask], axis=-1)
+        prediction = nnx.merge(graphdef, params)(inputs, 1000.0 * s, context)
+        return jnp.mean((prediction - (e - x)) ** 2)
+
+    state = trainer.init_state()
+    for step in range(2):
+        device_batch = trainer.device_batch(batch(step))
+        params = jax.device_get(state["params"])  # before the step donates the state
+        want = expected_loss(
+            params,
+            device_batch["latents"],
+            device_batch["condition_latents"],
+            device_batch["latent_mask"],
+            device_batch["context"],
+            step,
+        )
+        state, metrics = trainer.step(state, device_batch)
+        assert int(state["step"]) == step + 1
+        np.testing.assert_allclose(float(metrics["loss"]), float(want), rtol=1e-5)

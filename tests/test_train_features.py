@@ -9,7 +9,8 @@ from flax import nnx
 from test_convert_dit import _save, original_config, to_original_layout
 from test_train import ONE_DEVICE, micro_config, procedural_records
 
-from viewpoint_jax import checkpointing, components, train
+from viewpoint_jax import build, checkpointing, train
+from viewpoint_jax import config as config_lib
 from viewpoint_jax.convert import dit as convert_dit_lib
 from viewpoint_jax.models import dit as dit_lib
 
@@ -31,10 +32,10 @@ def _assert_trees_equal(actual, expected: dict[str, np.ndarray]):
 
 def _saved_states(config, workdir, steps):
     """The full train state checkpointed at each of `steps`, and the initial one."""
-    mesh, rules = train._mesh_and_rules(config, ONE_DEVICE)
+    mesh, rules = config_lib.mesh_and_rules(config, ONE_DEVICE)
     trainer = train.make_trainer(config, mesh, rules)
     manager = checkpointing.Checkpointer(
-        components.checkpoint_dir(workdir), every_steps=1, keep=len(steps)
+        checkpointing.checkpoint_dir(workdir), every_steps=1, keep=len(steps)
     )
     try:
         abstract = trainer.abstract_state_with_shardings()
@@ -79,13 +80,13 @@ def test_ema_follows_the_recurrence_and_restores(tmp_path):
         params = new_params
     assert not np.array_equal(expected["['patch_kernel']"], params["['patch_kernel']"])
 
-    ema_model = components.restore_model(config, tmp_path, use_ema=True)
-    raw_model = components.restore_model(config, tmp_path, use_ema=False)
+    ema_model = build.restore_model(config, tmp_path, use_ema=True)
+    raw_model = build.restore_model(config, tmp_path, use_ema=False)
     _assert_trees_equal(nnx.state(ema_model, nnx.Param), expected)
     _assert_trees_equal(nnx.state(raw_model, nnx.Param), params)
     # The sampler's entry point takes the EMA weights of a run that keeps them.
     _assert_trees_equal(
-        nnx.state(components.restore_model_for_inference(tmp_path, config), nnx.Param), expected
+        nnx.state(build.restore_model_for_inference(tmp_path, config), nnx.Param), expected
     )
 
 
@@ -94,7 +95,7 @@ def _wan_text_to_video_checkpoint(folder, config) -> dict[str, torch.Tensor]:
     the micro config's sizes otherwise; returns its state dict."""
     from diffusers import WanTransformer3DModel
 
-    model_config = components.dit_config(config)
+    model_config = build.dit_config(config)
     sizes = dict(
         patch_size=tuple(model_config.patch_size),
         num_attention_heads=model_config.num_heads,
@@ -142,10 +143,10 @@ def test_init_checkpoint_starts_from_the_inflated_wan_weights(tmp_path):
     # Step 1 runs at warmup's learning rate 0, so its checkpoint holds the initial weights.
     (line,) = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert json.loads(line)["lr"] == 0.0
-    initial = components.restore_model(config, tmp_path / "run", use_ema=False)
+    initial = build.restore_model(config, tmp_path / "run", use_ema=False)
     params = _flat(nnx.state(initial, nnx.Param))
 
-    in_dim = components.dit_config(config).in_dim
+    in_dim = build.dit_config(config).in_dim
     expected = _flat(nnx.state(dit_lib.load_dit(tmp_path / "converted"), nnx.Param))
     kernel = expected["['patch_kernel']"]
     expected["['patch_kernel']"] = np.concatenate(

@@ -144,9 +144,9 @@ def model_flops(config: DiTConfig, latent: tuple[int, ...], text_len: int) -> fl
     block_token = 2 * (4 * d * d + 2 * d * d + 2 * d * m)  # self qkvo, cross q o, ffn
     flops = tokens * (per_token + config.num_layers * block_token)
     kinds = config.block_kinds
-    full = sum(k == dit_lib.PANO for k in kinds)
+    full = sum(k == dit_lib.BlockKind.PANO for k in kinds)
     local = len(kinds) - full
-    # QK^T and PV: 2 * 2 * Lq * Lk * d; a perspective block attends within quarters.
+    # QK^T and PV: 2 * 2 * Lq * Lk * d; a subregion block attends within each of the 4 subregions.
     flops += 4 * d * (full * tokens**2 + local * tokens**2 / 4)
     flops += config.num_layers * (4 * d * tokens * text_len + 2 * 2 * text_len * d * d)
     flops += 2 * text_len * (config.text_dim * d + d * d)

@@ -30,13 +30,13 @@ GIB = 1024**3
 
 def load_config(spec: str):
     # Imported here: jax must not initialise before main() sets the simulated device count.
-    from viewpoint_jax.config_validation import load_config_file
+    from viewpoint_jax.config import load_config_file
 
     return load_config_file(spec)
 
 
 def _resolved_mesh(config, devices: int) -> dict[str, int]:
-    from viewpoint_jax.config_validation import mesh_shape
+    from viewpoint_jax.config import mesh_shape
 
     return mesh_shape(config, devices)
 
@@ -113,7 +113,7 @@ def activation_bytes(config, model_config, mesh_sizes: dict[str, int]) -> dict[s
     if model_config.attention_backend == "xla":
         heads = model_config.num_heads / mesh_sizes["tensor"]
         pano = b * heads * n * tokens * 4
-        scores = pano if dit_lib.PANO in model_config.scan_group else pano / 4
+        scores = pano if dit_lib.BlockKind.PANO in model_config.scan_group else pano / 4
     policy = model_config.remat_policy
     carries = layers / group * b * n * d * 4
     if policy == "full":
@@ -130,10 +130,10 @@ def analytic_plan(config, devices: int) -> dict[str, float]:
     import numpy as np
     from flax import nnx
 
-    from viewpoint_jax import components
+    from viewpoint_jax import build
     from viewpoint_jax.models import dit as dit_lib
 
-    model_config = components.dit_config(config)
+    model_config = build.dit_config(config)
     mesh_sizes = _resolved_mesh(config, devices)
     rules = tuple(tuple(r) for r in config.sharding_rules)
     _, params = nnx.split(dit_lib.abstract_model(model_config), nnx.Param)
@@ -163,9 +163,9 @@ def compile_attention_backend(config) -> tuple[str, str | None]:
     config's: cudnn (GPU) and splash (TPU) do not compile on CPU, so CPU plans use 'xla'."""
     import jax
 
-    from viewpoint_jax import components
+    from viewpoint_jax import build
 
-    named = components.dit_config(config).attention_backend
+    named = build.dit_config(config).attention_backend
     runs_here = {"xla": True, "cudnn": "gpu", "splash": "tpu"}.get(named)
     if runs_here is True or runs_here == jax.default_backend():
         return named, None
@@ -178,26 +178,58 @@ def compile_attention_backend(config) -> tuple[str, str | None]:
 
 def abstract_train_step(config, mesh, rules):
     """The train step as `train.make_trainer` jits it, with abstract encoders (no checkpoint is
-    read, no weight allocated, so any model size lowers on CPU), and its abstract arguments.
-
-    Returns (jitted step, (state, batch, frozen arrays) as sharded ShapeDtypeStructs).
+    read, no weight allocated, so any model size lowers on CPU), and its abstract arguments
+    (state, batch, frozen encoder weights) as sharded shapes: `step_fn.lower(*arguments)`.
     """
-    from viewpoint_jax import train
+    import jax
+    import jax.numpy as jnp
 
-    trainer = train.make_trainer(config, mesh, rules, abstract_encoders=True)
-    return trainer.step_fn, trainer.abstract_arguments()
+    from viewpoint_jax import build, train
+    from viewpoint_jax.models import text_encoder as text_lib
+    from viewpoint_jax.models.autoencoder import latent_shape
+
+    trainer = train.make_trainer(
+        config,
+        mesh,
+        rules,
+        autoencoder=build.abstract_autoencoder(config),
+        text_encoder=text_lib.TextEncoder(build.abstract_text_model(config), None),
+    )
+    data, b = config.data, config.data.batch_size
+    m, f = data.map_size, data.num_frames
+    if data.precomputed_latents:
+        latent = latent_shape(trainer.autoencoder, (b, f, m, m, 3))
+        shapes = {"latents": latent, "condition_latents": latent, "latent_mask": (*latent[:4], 1)}
+    else:
+        shapes = {"target_map": (b, f, m, m, 3), "condition_map": (b, f, m, m, 3)}
+        shapes["condition_mask"] = (b, f, m, m, 1)
+    batch = {k: (v, jnp.float32) for k, v in shapes.items()}
+    length = int(config.text_encoder.max_length)
+    if config.text_encoder.precompute:
+        batch["context"] = ((b, length, trainer.model_config.text_dim), jnp.float32)
+    else:
+        batch["ids"] = batch["ids_mask"] = ((b, length), jnp.int32)
+    batch = {
+        k: jax.ShapeDtypeStruct(shape, dtype, sharding=trainer.batch_sharding)
+        for k, (shape, dtype) in batch.items()
+    }
+    frozen = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+        trainer.frozen_arrays,
+    )
+    return trainer.step_fn, (trainer.abstract_state_with_shardings(), batch, frozen)
 
 
 def compiled_notes(config, devices: int) -> tuple[str, ...]:
     """What the compiled plan compiled with: its attention backend and, for 'xla', the analytic
     estimate of the attention scores its temporaries include."""
-    from viewpoint_jax import components
+    from viewpoint_jax import build
 
     backend, note = compile_attention_backend(config)
     if backend != "xla":
         return (f"attention: compiled with the config's {backend!r} backend",)
     notes = [note or "attention: compiled with the config's 'xla' backend"]
-    model_config = components.dit_config(config)
+    model_config = build.dit_config(config)
     mesh_sizes = _resolved_mesh(config, devices)
     with_scores = dataclasses.replace(model_config, attention_backend="xla")
     without = dataclasses.replace(model_config, attention_backend="cudnn")

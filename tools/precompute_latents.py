@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     from absl import flags
     from ml_collections import config_flags
 
-    from viewpoint_jax.data import builder, latents
+    from viewpoint_jax.data import builder, latents, precompute
 
     config_flag = config_flags.DEFINE_config_file(
         "config", None, "a configs/*.py file (`path[:arg]`)", lock_config=True
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("--name is required (what config.data.precomputed_latents will name)")
     config = config_flag.value
     start = time.time()
-    out = latents.precompute(
+    out = precompute.precompute(
         config,
         name.value,
         splits=tuple(splits.value) if splits.value else None,

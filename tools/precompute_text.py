@@ -7,7 +7,7 @@ Encodes the distinct captions of the split(s) of config.data (and "", the droppe
 config.text_encoder and writes them to `<cache_dir>/embeddings.npz`; a cache already there is
 reused and only the missing captions are encoded. Train with
 `--config.text_encoder.precompute=True --config.text_encoder.cache_dir=<cache_dir>`: every host
-reads the file, and captions it lacks are still embedded as they come (train.TextFeeder).
+reads the file, and captions it lacks are still embedded as they come (text_lib.TextFeeder).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     from absl import flags
     from ml_collections import config_flags
 
-    from viewpoint_jax import components, train
+    from viewpoint_jax import build
     from viewpoint_jax.data import builder
     from viewpoint_jax.models import text_encoder as text_lib
 
@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     for split in splits.value or [data.train_split]:
         captions += builder.split_captions(data.data_dir, data.name, split)
     start = time.time()
-    path = Path(directory) / train.SHARED_TEXT_CACHE
+    path = Path(directory) / text_lib.SHARED_TEXT_CACHE
     cache = text_lib.cache_text_embeddings(
-        components.build_text_encoder(config), captions, path, batch_size=batch_size.value
+        build.build_text_encoder(config), captions, path, batch_size=batch_size.value
     )
     print(f"{len(cache)} captions in {path} ({time.time() - start:.1f} s)")
     print(

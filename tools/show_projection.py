@@ -2,9 +2,15 @@
 
   python tools/show_projection.py INPUT --out DIR [--map-size 640] [--frame 0]
   python tools/show_projection.py --scene room --out DIR      # a rendered procedural scene
+  python tools/show_projection.py --diagram docs/viewpoint-map.png --map-size 512
 
 INPUT is an ERP image or video (2:1). Files: input_erp.png, viewpoint_map.png,
 face_{F,R,B,L,U,D}.png, roundtrip_erp.png, all written atomically.
+
+--diagram PNG draws the labelled diagram of docs/viewpoint-map.md instead: a panorama whose cube
+faces each have their own colour and letter (U four times, once near each of its edges), with
+lon/lat lines every 30 degrees, projected onto the ViewPoint map with `erp_to_viewpoint`; black
+lines mark the four subregions.
 """
 
 from __future__ import annotations
@@ -14,16 +20,9 @@ import argparse
 import cv2
 import numpy as np
 
-from viewpoint_jax import geometry, io_utils, video_io
+from viewpoint_jax import geometry, video_io
 from viewpoint_jax.cli import UserError, run_main
 from viewpoint_jax.data import scenes
-
-
-def write_png(path, image: np.ndarray) -> None:
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise UserError(f"cannot encode {path}")
-    io_utils.atomic_write_bytes(path, encoded.tobytes())
 
 
 def show_projection(erp: np.ndarray, out_dir, map_size: int = 640) -> dict[str, np.ndarray]:
@@ -35,8 +34,105 @@ def show_projection(erp: np.ndarray, out_dir, map_size: int = 640) -> dict[str, 
     images = {"input_erp": erp, "viewpoint_map": vp, "roundtrip_erp": roundtrip}
     images |= {f"face_{name}": face for name, face in zip(geometry.FACE_NAMES, faces)}
     for stem, image in images.items():
-        write_png(f"{out_dir}/{stem}.png", image)
+        video_io.write_png(f"{out_dir}/{stem}.png", image)
     return images
+
+
+# Diagram -----------------------------------------------------------------------------------------
+
+# Fill colour (RGB) of each cube face in the diagram.
+FACE_COLOURS = {
+    "F": (232, 98, 86),  # red
+    "R": (104, 190, 96),  # green
+    "B": (86, 140, 228),  # blue
+    "L": (240, 200, 64),  # yellow
+    "U": (150, 222, 236),  # light cyan
+    "D": (196, 134, 226),  # violet
+}
+LETTER_COLOUR = (0, 0, 0)
+GRID_COLOUR = (255, 255, 255)
+BORDER_COLOUR = (0, 0, 0)
+
+
+def _letter_mask(letter: str, size: int, height_frac: float) -> np.ndarray:
+    """Alpha `(size, size)` in [0, 1] of `letter` drawn upright and centred, `height_frac` tall."""
+    font = cv2.FONT_HERSHEY_DUPLEX
+    (_, base_h), _ = cv2.getTextSize(letter, font, 1.0, 1)
+    scale = height_frac * size / base_h
+    thickness = max(1, round(scale * 2.2))
+    (w, h), _ = cv2.getTextSize(letter, font, scale, thickness)
+    canvas = np.zeros((size, size), np.uint8)
+    origin = (round((size - w) / 2), round((size + h) / 2))
+    cv2.putText(canvas, letter, origin, font, scale, 255, thickness, cv2.LINE_AA)
+    return canvas.astype(np.float32) / 255
+
+
+def _grid_alpha(directions: np.ndarray, pixel_rad: float, step_deg: float) -> np.ndarray:
+    """Alpha of lon/lat lines every `step_deg`, about 3.5 pixels wide (at a face centre), antialiased."""
+    x, y, z = directions[..., 0], directions[..., 1], directions[..., 2]
+    lon, lat = np.arctan2(x, z), np.arcsin(np.clip(y, -1, 1))
+    step = np.deg2rad(step_deg)
+    to_lat_line = np.abs(lat - step * np.round(lat / step))
+    to_lon_line = np.abs(lon - step * np.round(lon / step)) * np.cos(lat)  # on the sphere
+    distance = np.minimum(to_lat_line, to_lon_line) / pixel_rad
+    return np.clip(1.75 - distance, 0, 1)
+
+
+def labelled_faces(face_size: int, grid_deg: float = 30.0) -> np.ndarray:
+    """Cube faces `(6, a, a, 3)` uint8 (order F R B L U D): colour, lon/lat grid and letters.
+
+    Letters are upright in each face's own frame (spec section 2). U's letter is drawn four
+    times, near each edge and with its top towards U's centre, so that every corner of the map
+    (the half-disk of U next to one side face) shows one U upright as seen from that side face.
+    """
+    a = face_size
+    directions = geometry.cube_face_directions(a)
+    grid = _grid_alpha(directions, pixel_rad=2.0 / a, step_deg=grid_deg)[..., None]
+    faces = []
+    for k, name in enumerate(geometry.FACE_NAMES):
+        image = np.broadcast_to(np.array(FACE_COLOURS[name], np.float32), (a, a, 3))
+        image = image * (1 - grid[k]) + np.array(GRID_COLOUR, np.float32) * grid[k]
+        letters = np.zeros((a, a), np.float32)
+        if name == "U":
+            half = a // 2
+            small = _letter_mask(name, half, 0.85)
+            # (top-left corner of the half-size canvas, quarter turns counter-clockwise): the
+            # copy next to F (bottom edge: U's "up" is towards B), R (right), B (top), L (left).
+            spots = [((half, a // 4), 0), ((a // 4, half), 1), ((0, a // 4), 2), ((a // 4, 0), 3)]
+            for (i, j), turns in spots:
+                letters[i : i + half, j : j + half] = np.maximum(
+                    letters[i : i + half, j : j + half], np.rot90(small, turns)
+                )
+        else:
+            letters = _letter_mask(name, a, 0.45)
+        image = image * (1 - letters[..., None]) + np.array(LETTER_COLOUR) * letters[..., None]
+        faces.append(image)
+    return np.clip(np.round(np.stack(faces)), 0, 255).astype(np.uint8)
+
+
+def draw_subregion_borders(vp: np.ndarray) -> np.ndarray:
+    """The map with its four subregions outlined: 2-pixel lines between them, 1 at the edge."""
+    vp = vp.copy()
+    r = vp.shape[0] // 2
+    vp[r - 1 : r + 1, :] = BORDER_COLOUR
+    vp[:, r - 1 : r + 1] = BORDER_COLOUR
+    for edge in (0, -1):
+        vp[edge, :] = BORDER_COLOUR
+        vp[:, edge] = BORDER_COLOUR
+    return vp
+
+
+def viewpoint_diagram(map_size: int = 512, grid_deg: float = 30.0) -> dict[str, np.ndarray]:
+    """The labelled panorama and its ViewPoint map, as uint8 images by name.
+
+    "faces" `(6, a, a, 3)` are drawn at twice the map's face resolution (a = M); "erp" `(2M, 4M,
+    3)` is `cubemap_to_erp` of them; "viewpoint_map" `(M, M, 3)` is `erp_to_viewpoint` of the ERP
+    with the subregion borders drawn on top.
+    """
+    faces = labelled_faces(map_size, grid_deg)
+    erp = np.asarray(geometry.cubemap_to_erp(faces, 2 * map_size))
+    vp = np.asarray(geometry.erp_to_viewpoint(erp, map_size))
+    return {"faces": faces, "erp": erp, "viewpoint_map": draw_subregion_borders(vp)}
 
 
 def main(argv=None) -> int:
@@ -45,15 +141,26 @@ def main(argv=None) -> int:
     )
     parser.add_argument("input", nargs="?", help="ERP image or video")
     parser.add_argument("--scene", choices=scenes.KINDS, help="render a procedural scene instead")
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument(
+        "--diagram", metavar="PNG", help="write the labelled diagram of the map to PNG instead"
+    )
+    parser.add_argument("--out", help="output directory (not with --diagram)")
     parser.add_argument("--map-size", type=int, default=640)
     parser.add_argument("--frame", type=int, default=0, help="frame of a video input")
     parser.add_argument("--height", type=int, default=512, help="ERP height of a rendered scene")
     args = parser.parse_args(argv)
-    if (args.input is None) == (args.scene is None):
-        raise UserError("give exactly one of INPUT or --scene")
+    if sum(x is not None for x in (args.input, args.scene, args.diagram)) != 1:
+        raise UserError("give exactly one of INPUT, --scene or --diagram")
     if args.map_size < 2 or args.map_size % 2:
         raise UserError(f"--map-size must be a positive even number, got {args.map_size}")
+    if args.diagram:
+        if args.out is not None:
+            raise UserError("--diagram takes the PNG path itself; drop --out")
+        video_io.write_png(args.diagram, viewpoint_diagram(args.map_size)["viewpoint_map"])
+        print(f"wrote {args.diagram}")
+        return 0
+    if args.out is None:
+        raise UserError("--out is required")
     if args.scene:
         erp = scenes.to_uint8(scenes.render_erp(args.height, 0.0, args.scene, samples=2))
     else:

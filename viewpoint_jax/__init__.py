@@ -2,7 +2,7 @@
 
 Package layout:
   geometry/   pure jnp panoramic projections (ERP, cube map, perspective, ViewPoint map)
-  models/     Wan DiT with Pano/Perspective attention, Wan VAE, umT5 text encoder
+  models/     Wan DiT with Pano and subregion attention, Wan VAE, umT5 text encoder
   convert/    PyTorch Wan checkpoints -> Orbax
   data/       TFDS builder, grain pipeline, conditions, procedural scenes
   diffusion/  flow matching, schedulers, the compiled sampler

@@ -34,11 +34,13 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from viewpoint_jax import components, evaluation
+from viewpoint_jax import build, evaluation, video_io
+from viewpoint_jax import sample as sample_lib
+from viewpoint_jax import train as train_lib
 from viewpoint_jax.cli import UserError, run_main
+from viewpoint_jax.data import builder, demo_dataset
 from viewpoint_jax.diffusion import sampler
 from viewpoint_jax.io_utils import atomic_write_text
-from viewpoint_jax.metrics import write_png
 from viewpoint_jax.models import dit as dit_lib
 
 CONFIG_FILE = Path(__file__).resolve().parent.parent / "configs" / "tiny.py"
@@ -73,11 +75,9 @@ def demo_config(
 ) -> ml_collections.ConfigDict:
     """The config `spec` (`path.py[:arg]`, default `config_spec(quick)`) reading the dataset
     under `out/data`."""
-    from viewpoint_jax.sample import load_config
-
     preset = QUICK if quick else FULL
     spec = spec or config_spec(quick)
-    config = load_config(spec)
+    config = sample_lib.load_config(spec)
     config.data.data_dir = str(out / "data")
     config.data.name = DATASET_NAME
     if train_steps is not None:
@@ -107,8 +107,6 @@ def check_or_write_stamp(out: Path, record: dict[str, Any]) -> None:
 
 
 def ensure_dataset(out: Path, dataset: dict[str, Any]) -> None:
-    from viewpoint_jax.data import builder, demo_dataset
-
     try:
         builder.dataset_dir(out / "data", DATASET_NAME)
         print(f"  reusing the dataset in {out / 'data'}")
@@ -132,12 +130,10 @@ def read_losses(metrics_file: Path) -> tuple[np.ndarray, np.ndarray]:
 def untrained_model(config: ml_collections.ConfigDict) -> nnx.Module:
     """The DiT exactly as training initialises it (`train.init_state`, the same seed, jitted as
     the trainer jits it), before any step."""
-    from viewpoint_jax import train
-
-    tx, _ = train.make_optimizer(config.optim, config.num_steps)
-    init = jax.jit(functools.partial(train.init_state, config, tx))
+    tx, _ = train_lib.make_optimizer(config.optim, config.num_steps)
+    init = jax.jit(functools.partial(train_lib.init_state, config, tx))
     params = init(jax.random.key(config.seed))["params"]
-    graphdef, _ = nnx.split(dit_lib.abstract_model(components.dit_config(config)), nnx.Param)
+    graphdef, _ = nnx.split(dit_lib.abstract_model(build.dit_config(config)), nnx.Param)
     return nnx.merge(graphdef, params)
 
 
@@ -222,7 +218,7 @@ def loss_curve_image(
 
 
 def _tile(map_frame: np.ndarray, scale: int) -> np.ndarray:
-    tile = sampler.to_uint8(map_frame)
+    tile = video_io.to_uint8(map_frame)
     return cv2.resize(tile, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
 
 
@@ -284,6 +280,73 @@ def _step(index: int, total: int, text: str) -> float:
     return time.perf_counter()
 
 
+def evaluate_outpainting(
+    out: Path, config: ml_collections.ConfigDict, run_dir: Path, seeds: tuple[int, ...]
+) -> tuple[dict, sample_lib.Models, evaluation.EvalClips]:
+    """Outpaints the held-out clips with the untrained and the trained model (same noise);
+    writes outpainting.png; returns the summary, the trained models and the clips."""
+    settings = sampler.SampleSettings.from_config(config.sample)
+    autoencoder = build.build_autoencoder(config)
+    text_encoder = build.build_text_encoder(config)
+    clips = evaluation.load_eval_clips(config.data)
+    trained_model = build.restore_model(config, run_dir)
+    results = {
+        name: evaluation.outpainting_error(model, autoencoder, text_encoder, clips, settings, seeds)
+        for name, model in (("untrained", untrained_model(config)), ("trained", trained_model))
+    }
+    grey = evaluation.constant_fill_mse(clips)
+    summary = {
+        "metric": "MSE of pixels in [-1, 1] outside the condition mask (the outpainted region), "
+        "generated ViewPoint map vs ground truth; PSNR = 10 log10(4 / MSE)",
+        "clips": [{"source": s, "caption": c} for s, c in zip(clips.sources, clips.captions)],
+        "sample_settings": settings.to_dict(),
+        "untrained": results["untrained"].summary(),
+        "trained": results["trained"].summary(),
+        "grey_fill": {"mse": float(np.mean(grey)), "psnr_db": float(evaluation.psnr(grey.mean()))},
+        "trained_is_better": bool(
+            np.mean(results["trained"].mse) < np.mean(results["untrained"].mse)
+        ),
+    }
+    video_io.write_png(
+        out / "outpainting.png",
+        comparison_image(clips, results["untrained"], results["trained"], float(np.mean(grey))),
+    )
+    models = sample_lib.Models(
+        model=trained_model, autoencoder=autoencoder, text_encoder=text_encoder, config=config
+    )
+    return summary, models, clips
+
+
+def generate_sample(
+    out: Path, models: sample_lib.Models, clips: evaluation.EvalClips, spec: str, run_dir: Path
+) -> Path:
+    """A 360 video from the first held-out clip's condition view and caption -> out/sample."""
+    fov, yaw, pitch, roll = (float(v) for v in clips.view[0])
+    generation = sample_lib.generate(
+        models,
+        clips.captions[0],
+        sampler.SampleSettings.from_config(models.config.sample),
+        video=video_io.to_uint8(clips.perspective[0]),
+        fov_deg=fov,
+        yaw_deg=yaw,
+        pitch_deg=pitch,
+        roll_deg=roll,
+    )
+    condition = sample_lib.condition_record(
+        clips.sources[0], int(clips.perspective.shape[1]), fov, yaw, pitch, roll
+    )
+    record = sample_lib.settings_record(
+        generation,
+        clips.captions[0],
+        "",
+        condition,
+        DATASET_FPS,
+        config=spec,
+        checkpoint=str(run_dir),
+    )
+    return sample_lib.write_outputs(out / "sample", generation, DATASET_FPS, record, overwrite=True)
+
+
 def run_demo(
     out: str | Path,
     *,
@@ -293,9 +356,6 @@ def run_demo(
 ) -> dict:
     """Runs the five steps into `out` with the config file `config` (`path.py[:arg]`, default
     configs/tiny.py); returns the summary also written to `out/evaluation.json`."""
-    from viewpoint_jax import sample as sample_lib
-    from viewpoint_jax import train as train_lib
-
     out = Path(out).absolute()
     preset = QUICK if quick else FULL
     spec = config or config_spec(quick)
@@ -319,83 +379,16 @@ def run_demo(
 
     t = _step(3, 5, "loss curve")
     steps, losses = read_losses(run_dir / "metrics.jsonl")
-    write_png(out / "loss_curve.png", loss_curve_image(steps, losses))
+    video_io.write_png(out / "loss_curve.png", loss_curve_image(steps, losses))
     seconds["loss_curve"] = time.perf_counter() - t
 
     t = _step(4, 5, "outpainting held-out clips: untrained vs trained model, same noise")
-    settings = sampler.SampleSettings(
-        num_steps=int(config.sample.steps),
-        shift=float(config.sample.shift),
-        guidance_scale=float(config.sample.guidance_scale),
-        scheduler=str(config.sample.scheduler),
-    )
-    autoencoder = components.build_autoencoder(config)
-    text_encoder = components.build_text_encoder(config)
-    clips = evaluation.load_eval_clips(config.data)
-    seeds = preset["eval_seeds"]
-    trained_model = components.restore_model(config, run_dir)
-    results = {
-        name: evaluation.outpainting_error(model, autoencoder, text_encoder, clips, settings, seeds)
-        for name, model in (("untrained", untrained_model(config)), ("trained", trained_model))
-    }
-    grey = evaluation.constant_fill_mse(clips)
-    summary = {
-        "metric": "MSE of pixels in [-1, 1] outside the condition mask (the outpainted region), "
-        "generated ViewPoint map vs ground truth; PSNR = 10 log10(4 / MSE)",
-        "clips": [{"source": s, "caption": c} for s, c in zip(clips.sources, clips.captions)],
-        "trained_steps": trained_steps,
-        "sample_settings": settings.to_dict(),
-        "untrained": results["untrained"].summary(),
-        "trained": results["trained"].summary(),
-        "grey_fill": {"mse": float(np.mean(grey)), "psnr_db": float(evaluation.psnr(grey.mean()))},
-        "trained_is_better": bool(
-            np.mean(results["trained"].mse) < np.mean(results["untrained"].mse)
-        ),
-    }
-    write_png(
-        out / "outpainting.png",
-        comparison_image(clips, results["untrained"], results["trained"], float(np.mean(grey))),
-    )
+    summary, models, clips = evaluate_outpainting(out, config, run_dir, preset["eval_seeds"])
+    summary["trained_steps"] = trained_steps
     seconds["evaluation"] = time.perf_counter() - t
 
     t = _step(5, 5, "a 360 video from a held-out perspective clip and its caption")
-    pipeline = sample_lib.Pipeline(
-        model=trained_model, autoencoder=autoencoder, text_encoder=text_encoder, config=config
-    )
-    fov, yaw, pitch, roll = (float(v) for v in clips.view[0])
-    generation = sample_lib.generate(
-        pipeline,
-        clips.captions[0],
-        settings,
-        video=sampler.to_uint8(clips.perspective[0]),
-        fov_deg=fov,
-        yaw_deg=yaw,
-        pitch_deg=pitch,
-        roll_deg=roll,
-    )
-    record = {
-        "prompt": clips.captions[0],
-        "negative_prompt": "",
-        "seed": settings.seed,
-        "settings": settings.to_dict(),
-        "condition": {
-            "video": clips.sources[0],
-            "frames": int(clips.perspective.shape[1]),
-            "fov": fov,
-            "yaw": yaw,
-            "pitch": pitch,
-            "roll": roll,
-        },
-        "frames": len(generation.panorama),
-        "fps": DATASET_FPS,
-        "panorama_size": list(generation.panorama.shape[1:3]),
-        "map_size": int(generation.map_video.shape[1]),
-        "config": spec,
-        "checkpoint": str(run_dir),
-    }
-    sample_dir = sample_lib.write_outputs(
-        out / "sample", generation, DATASET_FPS, record, overwrite=True
-    )
+    sample_dir = generate_sample(out, models, clips, spec, run_dir)
     seconds["generation"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - started
     summary["seconds"] = {k: round(v, 1) for k, v in seconds.items()}

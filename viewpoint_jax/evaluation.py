@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from viewpoint_jax.data import pipeline
+from viewpoint_jax.data.builder import as_text
 from viewpoint_jax.diffusion import sampler
 
 PEAK_TO_PEAK = 2.0  # pixel range [-1, 1]
@@ -71,10 +73,6 @@ class OutpaintingResult:
         }
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
 def load_eval_clips(
     data_config: ml_collections.ConfigDict,
     *,
@@ -86,8 +84,6 @@ def load_eval_clips(
     """The video clips among the first `num_clips` records (all if None) of the held-out split
     (`data_config.eval_split`), each with its clip start and condition view fixed by `seed`
     (`pipeline.make_eval_iterator`; image records are skipped)."""
-    from viewpoint_jax.data import pipeline
-
     batches = list(
         pipeline.make_eval_iterator(
             data_config,
@@ -113,8 +109,8 @@ def load_eval_clips(
         condition_mask=stack("condition_mask"),
         perspective=stack("perspective"),
         view=stack("view"),
-        captions=tuple(_text(c) for b in batches for c in b["caption"]),
-        sources=tuple(_text(s) for b in batches for s in b["source"]),
+        captions=tuple(as_text(c) for b in batches for c in b["caption"]),
+        sources=tuple(as_text(s) for b in batches for s in b["source"]),
     )
 
 

@@ -1,13 +1,18 @@
-"""Atomic output: a file or directory appears complete under its final name, or not at all."""
+"""Atomic output (a file or directory appears complete under its final name, or not at all) and
+the JSON records the package writes beside its outputs (config.json, settings.json)."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, TypeVar
+
+_Record = TypeVar("_Record")
 
 
 def _umask() -> int:
@@ -74,3 +79,13 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def dataclass_from_dict(cls: type[_Record], record: dict[str, Any]) -> _Record:
+    """A dataclass from its JSON record; unknown keys are refused by name (a typo or a record
+    of another kind), never dropped silently."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(record) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(names)}")
+    return cls(**record)

@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from viewpoint_jax import components, config_validation, geometry, video_io, viewer
+from viewpoint_jax import build, geometry, video_io, viewer
+from viewpoint_jax import config as config_lib
 from viewpoint_jax.cli import UserError, run_main
 from viewpoint_jax.diffusion import sampler
 from viewpoint_jax.io_utils import atomic_directory, atomic_path, atomic_write_text
@@ -37,7 +38,7 @@ DEFAULT_FPS = 16.0  # Wan2.1's frame rate
 
 
 @dataclasses.dataclass
-class Pipeline:
+class Models:
     """Everything generation needs: the DiT, the autoencoder, the text encoder and the config."""
 
     model: Any
@@ -61,18 +62,18 @@ class Generation:
 
 def load_config(spec: str):
     """`path/to/config.py[:arg]` -> `get_config(arg)` of that file (ml_collections style)."""
-    return config_validation.load_config_file(spec)
+    return config_lib.load_config_file(spec)
 
 
-def load_pipeline(config, checkpoint: str | os.PathLike) -> Pipeline:
+def load_models(config, checkpoint: str | os.PathLike) -> Models:
     """Builds the text encoder and autoencoder from `config` and restores the DiT from a training
     run directory or a converted checkpoint."""
     if not Path(checkpoint).is_dir():
         raise UserError(f"--checkpoint: no such directory {checkpoint}")
-    return Pipeline(
-        model=components.restore_model_for_inference(checkpoint, config),
-        autoencoder=components.build_autoencoder(config),
-        text_encoder=components.build_text_encoder(config),
+    return Models(
+        model=build.restore_model_for_inference(checkpoint, config),
+        autoencoder=build.build_autoencoder(config),
+        text_encoder=build.build_text_encoder(config),
         config=config,
     )
 
@@ -81,7 +82,7 @@ def load_pipeline(config, checkpoint: str | os.PathLike) -> Pipeline:
 
 
 def generate(
-    pipeline: Pipeline,
+    models: Models,
     prompt: str,
     settings: sampler.SampleSettings,
     *,
@@ -95,11 +96,11 @@ def generate(
     progress=None,
 ) -> Generation:
     """Prompt (+ optional perspective video `(F, h, w, 3)` uint8, F = 1 + 4k) -> 360 video."""
-    data = pipeline.config.data
-    context, _ = pipeline.text_encoder.encode_text([prompt])
-    negative_context, _ = pipeline.text_encoder.encode_text([negative_prompt])
+    data = models.config.data
+    context, _ = models.text_encoder.encode_text([prompt])
+    negative_context, _ = models.text_encoder.encode_text([negative_prompt])
     conditions = sampler.make_conditions(
-        pipeline.autoencoder,
+        models.autoencoder,
         context,
         negative_context,
         map_size=data.map_size,
@@ -111,14 +112,14 @@ def generate(
         roll_deg=roll_deg,
     )
     latents = sampler.sample(
-        pipeline.model, conditions, jax.random.key(settings.seed), settings, progress=progress
+        models.model, conditions, jax.random.key(settings.seed), settings, progress=progress
     )
     map_video, panorama = sampler.decode_to_panorama(
-        pipeline.autoencoder, latents, data.erp_height, data.erp_width
+        models.autoencoder, latents, data.erp_height, data.erp_width
     )
     return Generation(
-        map_video=sampler.to_uint8(map_video[0]),
-        panorama=sampler.to_uint8(panorama[0]),
+        map_video=video_io.to_uint8(map_video[0]),
+        panorama=video_io.to_uint8(panorama[0]),
         latents=np.asarray(latents),
         settings=settings,
     )
@@ -150,6 +151,37 @@ def faces_contact_sheet(panorama: np.ndarray, max_rows: int = 6, face_size: int 
             x = label_width + k * (a + gap)
             sheet[y : y + a, x : x + a] = faces[r, k]
     return sheet
+
+
+def condition_record(
+    video: str, frames: int, fov: float, yaw: float, pitch: float, roll: float
+) -> dict[str, Any]:
+    """How the condition view was placed, as settings.json records it."""
+    return {"video": video, "frames": frames, "fov": fov, "yaw": yaw, "pitch": pitch, "roll": roll}
+
+
+def settings_record(
+    generation: Generation,
+    prompt: str,
+    negative_prompt: str,
+    condition: dict[str, Any] | None,
+    fps: float,
+    **extra: Any,
+) -> dict[str, Any]:
+    """settings.json of an output: what reproduces it (prompt, seed, sampler settings, condition)
+    and what it is (frames, fps, sizes), plus `extra` (config, checkpoint, timings)."""
+    return {
+        "prompt": prompt,
+        "negative_prompt": negative_prompt,
+        "seed": generation.settings.seed,
+        "settings": generation.settings.to_dict(),
+        "condition": condition,
+        "frames": len(generation.panorama),
+        "fps": fps,
+        "panorama_size": list(generation.panorama.shape[1:3]),
+        "map_size": int(generation.map_video.shape[1]),
+        **extra,
+    }
 
 
 def write_outputs(
@@ -240,40 +272,32 @@ def read_condition(path: str, max_frames: int | None) -> tuple[np.ndarray, float
     return video[:frames], fps
 
 
-def settings_from(config, args: argparse.Namespace) -> sampler.SampleSettings:
-    defaults = config.get("sample", {}) if hasattr(config, "get") else {}
-
-    def pick(flag, key, default):
-        return flag if flag is not None else defaults.get(key, default)
-
-    return sampler.SampleSettings(
-        num_steps=int(pick(args.steps, "steps", 50)),
-        shift=float(pick(args.shift, "shift", 5.0)),
-        guidance_scale=float(pick(args.guidance_scale, "guidance_scale", 5.0)),
-        scheduler=str(pick(args.scheduler, "scheduler", "unipc")),
-        seed=args.seed,
-        fuse_every_step=bool(args.fuse_every_step or defaults.get("fuse_every_step", False)),
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     args = parse_args(argv)
     check_args(args)
     config = load_config(args.config)
-    settings = settings_from(config, args)
+    settings = sampler.SampleSettings.from_config(
+        config.sample,
+        num_steps=args.steps,
+        shift=args.shift,
+        guidance_scale=args.guidance_scale,
+        scheduler=args.scheduler,
+        seed=args.seed,
+        fuse_every_step=args.fuse_every_step or None,
+    )
     video, fps = None, DEFAULT_FPS
     if args.video:
         video, video_fps = read_condition(args.video, args.num_frames or config.data.num_frames)
         fps = video_fps or fps
     fps = args.fps or fps
-    pipeline = load_pipeline(config, args.checkpoint)
+    models = load_models(config, args.checkpoint)
 
     started = time.time()
     with tqdm(total=settings.num_steps, desc="sampling", unit="step", file=sys.stderr) as bar:
         generation = generate(
-            pipeline,
+            models,
             args.prompt,
             settings,
             negative_prompt=args.negative_prompt,
@@ -285,29 +309,21 @@ def main(argv: list[str] | None = None) -> int:
             num_frames=args.num_frames,
             progress=lambda step: bar.update(1),
         )
-    record = {
-        "prompt": args.prompt,
-        "negative_prompt": args.negative_prompt,
-        "seed": settings.seed,
-        "settings": settings.to_dict(),
-        "condition": None
-        if video is None
-        else {
-            "video": str(args.video),
-            "frames": len(video),
-            "fov": args.fov,
-            "yaw": args.yaw,
-            "pitch": args.pitch,
-            "roll": args.roll,
-        },
-        "frames": len(generation.panorama),
-        "fps": fps,
-        "panorama_size": list(generation.panorama.shape[1:3]),
-        "map_size": generation.map_video.shape[1],
-        "config": args.config,
-        "checkpoint": str(args.checkpoint),
-        "seconds": round(time.time() - started, 2),
-    }
+    condition = None
+    if video is not None:
+        condition = condition_record(
+            str(args.video), len(video), args.fov, args.yaw, args.pitch, args.roll
+        )
+    record = settings_record(
+        generation,
+        args.prompt,
+        args.negative_prompt,
+        condition,
+        fps,
+        config=args.config,
+        checkpoint=str(args.checkpoint),
+        seconds=round(time.time() - started, 2),
+    )
     out = write_outputs(args.out, generation, fps, record, overwrite=args.overwrite)
     print(f"wrote {out}/pano.mp4, viewpoint.mp4, faces.png, viewer.html, settings.json")
     return 0

@@ -178,11 +178,6 @@ def current_context() -> tuple[Mesh, LogicalRules] | None:
     return _CONTEXT.get()
 
 
-def current_mesh() -> Mesh | None:
-    context = _CONTEXT.get()
-    return None if context is None else context[0]
-
-
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     """`with_sharding_constraint` by logical names inside `use_mesh`; the identity outside it."""
     context = _CONTEXT.get()
@@ -190,3 +185,17 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
         return x
     mesh, rules = context
     return jax.lax.with_sharding_constraint(x, named_sharding(mesh, logical_axes, x.shape, rules))
+
+
+def with_shardings(abstract: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs of `abstract` carrying the matching leaves of `shardings`."""
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+
+
+def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+    """Every host's rows -> global arrays sharded over the batch axes of the mesh."""
+    return {
+        key: jax.make_array_from_process_local_data(sharding, value) for key, value in local.items()
+    }

@@ -58,25 +58,20 @@ def read_video(
     return np.stack(frames), fps
 
 
-def count_frames(path: str | os.PathLike) -> int:
-    """Number of frames in a video (1 for an image); ValueError naming the file if unreadable."""
-    path = Path(path)
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        read_image(path)
-        return 1
-    capture = cv2.VideoCapture(str(path))
-    try:
-        if not capture.isOpened():
-            raise ValueError(f"cannot read video {path}: OpenCV could not open it")
-        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    finally:
-        capture.release()
-    return count
+def to_uint8(video: np.ndarray) -> np.ndarray:
+    """Pixels in [-1, 1] (any shape; numpy or jax) -> uint8, rounded, out-of-range clipped."""
+    return np.round((np.clip(np.asarray(video, np.float32), -1.0, 1.0) + 1.0) * 127.5).astype(
+        np.uint8
+    )
 
 
-# --- Writing ------------------------------------------------------------------------------------
-# OpenCV can write neither H.264 nor spherical metadata, so videos go through the ffmpeg binary of
-# imageio-ffmpeg, and `add_spherical_metadata` adds the spherical boxes to the finished MP4.
+def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Writes an RGB uint8 `(H, W, 3)` image as a PNG, atomically."""
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))
+    if not ok:
+        raise ValueError(f"could not encode {path} as PNG (image shape {image.shape})")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.tobytes())
 
 
 def write_video(

@@ -31,7 +31,7 @@ Usage (a converter):
               for i in range(30)]
     core.convert_checkpoint(source, rules, targets, "out_dir",
                             extra_files={"config.json": json.dumps(cfg)})
-    params = core.restore_params("out_dir/params", abstract_tree)  # nested dict of arrays
+    params = checkpointing.restore_params("out_dir/params", abstract_tree)  # nested dict
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from viewpoint_jax import io_utils
+from viewpoint_jax import checkpointing, io_utils
 
 SUPPORTED_FORMATS = (
     "a single .safetensors file",
@@ -490,11 +490,11 @@ def convert_checkpoint(
             chunk_byte_size=slot_bytes if slot_bytes >= _MIN_CHUNK_BYTES else None,
             shard_axes=(0,) if stacked else (),
         )
-        _set_path(tree, name, leaf)
-        _set_path(save_args, name, arg)
+        tree[name], save_args[name] = leaf, arg
     registry = type_handler_registry.create_type_handler_registry(
         (_StreamedLeaf, _streaming_handler()), (jax.Array, jax_array_handlers.ArrayHandler())
     )
+    tree, save_args = checkpointing.unflatten_paths(tree), checkpointing.unflatten_paths(save_args)
     dst = Path(dst)
     with io_utils.atomic_directory(dst, overwrite=overwrite) as tmp:
         handler = ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
@@ -519,64 +519,3 @@ def _return_freed_tensors_to_the_os() -> None:
         ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass
-
-
-def _set_path(tree: dict, path: str, value: Any) -> None:
-    *parents, last = path.split("/")
-    for part in parents:
-        tree = tree.setdefault(part, {})
-    tree[last] = value
-
-
-def flatten_paths(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> {'a/b/c': leaf}; the inverse of splitting `convert_checkpoint` targets."""
-    flat = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_paths(value, path + "/"))
-        else:
-            flat[path] = value
-    return flat
-
-
-def read_checkpoint_config(path: str | os.PathLike, what: str) -> dict[str, Any]:
-    """The `config.json` of a converted checkpoint directory (`what`: "Wan VAE", ...)."""
-    config_file = Path(path) / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{path} is not a converted {what}: no config.json")
-    try:
-        return json.loads(config_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{config_file}: invalid JSON ({e})") from None
-
-
-def restore_params(path: str | os.PathLike, abstract_tree: Any) -> Any:
-    """Restores an Orbax PyTree checkpoint written by `convert_checkpoint`.
-
-    Args:
-      path: the `params/` directory.
-      abstract_tree: nested dict of `jax.ShapeDtypeStruct` (with `.sharding` to restore straight
-        into those shardings; otherwise onto the default device), same structure as saved.
-    Returns:
-      the nested dict of jax.Arrays.
-    """
-    import orbax.checkpoint as ocp
-
-    path = Path(path).absolute()
-    if not path.is_dir():
-        raise FileNotFoundError(f"no Orbax checkpoint at {path}")
-
-    def restore_arg(x: jax.ShapeDtypeStruct) -> Any:
-        sharding = getattr(x, "sharding", None) or jax.sharding.SingleDeviceSharding(
-            jax.devices()[0]
-        )
-        return ocp.ArrayRestoreArgs(sharding=sharding, global_shape=x.shape, dtype=x.dtype)
-
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        return checkpointer.restore(
-            path,
-            args=ocp.args.PyTreeRestore(
-                item=abstract_tree, restore_args=jax.tree.map(restore_arg, abstract_tree)
-            ),
-        )

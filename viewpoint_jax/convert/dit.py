@@ -15,9 +15,9 @@ import json
 import os
 from typing import Any
 
-import jax
 import numpy as np
 
+from viewpoint_jax import checkpointing
 from viewpoint_jax.convert import core
 from viewpoint_jax.models import dit as dit_lib
 
@@ -198,17 +198,6 @@ def dit_rules(config: dit_lib.DiTConfig, layout: int, source_in_dim: int) -> lis
     return rules
 
 
-def dit_targets(config: dit_lib.DiTConfig) -> dict[str, jax.ShapeDtypeStruct]:
-    """Flat '/'-joined param paths of the model -> shape and stored dtype."""
-    from flax import nnx
-
-    params = nnx.to_pure_dict(nnx.state(dit_lib.abstract_model(config), nnx.Param))
-    return {
-        path: jax.ShapeDtypeStruct(leaf.shape, np.dtype(config.param_dtype))
-        for path, leaf in core.flatten_paths(params).items()
-    }
-
-
 def convert_dit(
     src: str | os.PathLike,
     dst: str | os.PathLike,
@@ -243,7 +232,7 @@ def convert_dit(
     core.convert_checkpoint(
         source,
         rules,
-        dit_targets(config),
+        checkpointing.param_targets(dit_lib.abstract_model(config), config.param_dtype),
         dst,
         extra_files={"config.json": json.dumps(config.to_dict(), indent=2)},
         overwrite=overwrite,

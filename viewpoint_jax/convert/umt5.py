@@ -20,9 +20,7 @@ import os
 import re
 from typing import Any
 
-import jax
-import numpy as np
-
+from viewpoint_jax import checkpointing
 from viewpoint_jax.convert import core
 from viewpoint_jax.models import umt5 as umt5_lib
 
@@ -137,17 +135,6 @@ def umt5_rules(
     return rules
 
 
-def umt5_targets(config: umt5_lib.UMT5Config) -> dict[str, jax.ShapeDtypeStruct]:
-    """Flat '/'-joined param paths of the encoder -> shape and stored dtype."""
-    from flax import nnx
-
-    params = nnx.to_pure_dict(nnx.state(umt5_lib.abstract_model(config), nnx.Param))
-    return {
-        path: jax.ShapeDtypeStruct(leaf.shape, np.dtype(config.param_dtype))
-        for path, leaf in core.flatten_paths(params).items()
-    }
-
-
 def _ignored(layout: int, embedding_key: str):
     """Source keys that may be present without a rule."""
 
@@ -217,7 +204,7 @@ def convert_umt5(
         core.convert_checkpoint(
             source,
             umt5_rules(config, layout, embedding_key),
-            umt5_targets(config),
+            checkpointing.param_targets(umt5_lib.abstract_model(config), config.param_dtype),
             dst,
             ignore=_ignored(layout, embedding_key),
             extra_files={"config.json": json.dumps(config.to_dict(), indent=2)},
@@ -228,4 +215,4 @@ def convert_umt5(
     return config
 
 
-__all__ = ["LAYOUTS", "convert_umt5", "detect_layout", "umt5_rules", "umt5_targets"]
+__all__ = ["LAYOUTS", "convert_umt5", "detect_layout", "umt5_rules"]

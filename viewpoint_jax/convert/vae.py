@@ -25,9 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from viewpoint_jax import checkpointing
 from viewpoint_jax.convert import core
 from viewpoint_jax.models import vae as vae_lib
-from viewpoint_jax.models.vae import WanVAEConfig, param_targets
+from viewpoint_jax.models.vae import WanVAEConfig
 
 ORIGINAL, DIFFUSERS = "original", "diffusers"
 
@@ -239,7 +240,7 @@ def convert_vae(
     config = infer_config(source, layout)
     if dtype is not None:
         config = dataclasses.replace(config, param_dtype=str(jnp.dtype(dtype)))
-    targets = param_targets(config)
+    targets = checkpointing.param_targets(vae_lib.abstract_model(config))
     rules = vae_rules(config, layout, targets)
     return core.convert_checkpoint(
         source,
@@ -267,15 +268,14 @@ def vae_from_state_dict(
     if config is None:
         source = _DictSource(state)
         config = infer_config(source, layout)
-    targets = param_targets(config)
+    targets = checkpointing.param_targets(vae_lib.abstract_model(config))
     rules = vae_rules(config, layout, targets)
     missing = sorted(r.source for r in rules if r.source not in state)
     unexpected = sorted(set(state) - {r.source for r in rules})
     if missing or unexpected:
         raise core.ConversionError(missing=missing, unexpected=unexpected, source="state dict")
     values = {r.target: r.transform(state[r.source]) for r in rules}
-    model = nnx.eval_shape(lambda: vae_lib.WanVAE(config, rngs=nnx.Rngs(0)))
-    graphdef, params = nnx.split(model)
+    graphdef, params = nnx.split(vae_lib.abstract_model(config))
     flat = []
     for path, var in nnx.to_flat_state(params):
         key = "/".join(str(p) for p in path)

@@ -34,7 +34,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -413,11 +413,16 @@ def open_data_source(
     return builder.as_data_source(split=split)
 
 
+def as_text(value: Any) -> str:
+    """A record's text field (bytes as ArrayRecord stores it, or str) as str."""
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
 def split_captions(data_dir: str | os.PathLike, name: str, split: str) -> list[str]:
     """The distinct captions of a split, in record order."""
     source = open_data_source(data_dir, name, split)
     captions = (source[i]["caption"] for i in range(len(source)))
-    return list(dict.fromkeys(c.decode("utf-8") if isinstance(c, bytes) else c for c in captions))
+    return list(dict.fromkeys(as_text(c) for c in captions))
 
 
 def split_counts(

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from viewpoint_jax.cli import run_main
 from viewpoint_jax.data import builder, scenes
 from viewpoint_jax.geometry import sphere
 from viewpoint_jax.io_utils import atomic_write_text
@@ -311,6 +312,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from viewpoint_jax.cli import run_main
-
     run_main(main)

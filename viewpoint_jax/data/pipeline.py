@@ -44,7 +44,7 @@ import functools
 import logging
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import grain
@@ -53,7 +53,9 @@ import ml_collections
 import numpy as np
 from absl import flags
 
+from viewpoint_jax.config import validate_data_config
 from viewpoint_jax.data import builder, conditions, latents
+from viewpoint_jax.data.builder import as_text
 
 log = logging.getLogger(__name__)
 
@@ -63,59 +65,6 @@ MAX_CONSECUTIVE_FAILURES = 1000
 BAD = "bad"  # unreadable: skipped with a warning and counted
 SKIP = "skip"  # not for this stream (an image record in the video stream)
 MAP_KEYS = ("target_map", "condition_map", "condition_mask")
-
-
-def default_data_config() -> ml_collections.ConfigDict:
-    """`config.data`: the demo dataset at CPU size; configs override what they need."""
-    c = ml_collections.ConfigDict()
-    c.data_dir = "demo_output/data"  # the TFDS data dir (holds panoramic_videos/<name>/<version>)
-    c.name = "demo"  # dataset name given to tools/prepare_dataset.py --name
-    c.train_split = "train"
-    c.eval_split = "test"
-    c.erp_height = 64
-    c.erp_width = 128
-    c.map_size = 64
-    c.num_frames = 9  # frames per video clip (1 + 4k for the Wan VAE)
-    c.frame_stride = 1  # take every stride-th frame
-    c.image_ratio = 0.0  # fraction of batches that are images (1-frame videos)
-    c.caption_dropout = 0.1  # caption -> "" at this rate (classifier-free guidance)
-    c.condition_fov_range = (60.0, 120.0)  # horizontal field of view, degrees
-    c.condition_yaw_range = (-180.0, 180.0)
-    c.condition_pitch_range = (-30.0, 30.0)
-    c.condition_roll_range = (0.0, 0.0)
-    c.condition_size = (0, 0)  # perspective (h, w); (0, 0): conditions.condition_size(erp_height)
-    c.yaw_augment = True  # random horizontal roll of the ERP
-    c.batch_size = 8  # global, over all hosts
-    c.worker_count = 0  # grain worker processes per host (0: in the main process)
-    c.worker_buffer_size = 1  # batches buffered per worker
-    c.read_threads = 2  # threads per process reading and processing records
-    c.shuffle_seed = 0
-    # "" encodes the maps in the train step; a name reads panoramic_latents/<name> from data_dir,
-    # written by tools/precompute_latents.py (data/latents.py: fixed draws per record).
-    c.precomputed_latents = ""
-    return c
-
-
-def _validate(config: ml_collections.ConfigDict) -> None:
-    def positive(key):
-        value = config[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"config.data.{key} must be a positive integer, got {value!r}")
-
-    for key in ("erp_height", "erp_width", "map_size", "num_frames", "frame_stride", "batch_size"):
-        positive(key)
-    if config.erp_width != 2 * config.erp_height:
-        raise ValueError(
-            "config.data.erp_width must be 2 * erp_height, got "
-            f"{config.erp_height}x{config.erp_width}"
-        )
-    if config.map_size % 2:
-        raise ValueError(f"config.data.map_size must be even, got {config.map_size}")
-    for key in ("image_ratio", "caption_dropout"):
-        if not 0.0 <= config[key] <= 1.0:
-            raise ValueError(f"config.data.{key} must be in [0, 1], got {config[key]}")
-    if config.worker_count < 0:
-        raise ValueError(f"config.data.worker_count must be >= 0, got {config.worker_count}")
 
 
 def _condition_hw(config: ml_collections.ConfigDict) -> tuple[int, int]:
@@ -174,11 +123,6 @@ def _cpu_device() -> jax.Device | None:
         return jax.local_devices(backend="cpu")[0]
     except RuntimeError:  # JAX_PLATFORMS excludes the CPU: use the default device
         return None
-
-
-def as_text(value: Any) -> str:
-    """A record's text field (bytes when read back from TFDS) as str."""
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 class ExampleMaker:
@@ -412,7 +356,7 @@ def make_train_iterator(
     """An endless, checkpointable iterator of this host's training batches (keys: module doc).
 
     Args:
-      config: `config.data` (see `default_data_config`).
+      config: `config.data` (see `viewpoint_jax.config.data_config`).
       seed: shuffle and augmentation seed (default config.shuffle_seed).
       process_index, process_count: this host's shard of the records (jax.process_index(),
         jax.process_count()); each host gets batch_size // process_count examples a batch.
@@ -422,7 +366,7 @@ def make_train_iterator(
     `grain.checkpoint.CheckpointSave(it)` / `grain.checkpoint.CheckpointRestore(it)`.
     Call `it.close()` when done if worker_count > 0.
     """
-    _validate(config)
+    validate_data_config(config)
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     if config.batch_size % process_count:
@@ -486,7 +430,7 @@ def make_eval_iterator(
     record are fixed by `seed`. Batches carry the training keys plus perspective, view, source.
     The last batch may be smaller.
     """
-    _validate(config)
+    validate_data_config(config)
     if data_source is None:
         data_source = builder.open_data_source(
             config.data_dir, config.name, split or config.eval_split
@@ -498,3 +442,15 @@ def make_eval_iterator(
     options = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=2)
     ds = _BatchDataset(ds.to_iter_dataset(options), batch_size, drop_remainder=False)
     return iter(_CountDataset(ds))
+
+
+def step_arrays(
+    batch: dict, text_inputs: Callable[[list[str]], dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """A host's training batch -> the arrays the train step takes (this host's rows): the maps
+    (or precomputed latents) as float32 and `text_inputs(captions)` (token ids or embeddings,
+    `text_encoder.TextFeeder`)."""
+    keys = latents.LATENT_KEYS if "latents" in batch else MAP_KEYS
+    arrays = {key: np.asarray(batch[key], np.float32) for key in keys}
+    arrays.update(text_inputs([as_text(caption) for caption in batch["caption"]]))
+    return arrays

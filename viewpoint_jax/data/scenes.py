@@ -24,8 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from viewpoint_jax.geometry import sphere
-from viewpoint_jax.geometry import viewpoint_map as vm_layout
+from viewpoint_jax.geometry import sphere, viewpoint_map
 
 KINDS = ("room", "smooth", "graticule")
 
@@ -209,7 +208,7 @@ def render_erp(height: int, time=0.0, scene: Scene | str = "room", samples: int 
 def render_viewpoint(map_size: int, time=0.0, scene: Scene | str = "room", samples: int = 1):
     """ViewPoint map `(M, M, 3)` of the scene, rendered from the map's pixel directions."""
     return _render_supersampled(
-        lambda o: vm_layout.map_directions(map_size, o), time, scene, samples
+        lambda o: viewpoint_map.map_directions(map_size, o), time, scene, samples
     )
 
 

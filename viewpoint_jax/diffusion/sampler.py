@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from viewpoint_jax import geometry
+from viewpoint_jax import geometry, io_utils
 from viewpoint_jax.diffusion import schedulers
 from viewpoint_jax.models import autoencoder as autoencoder_lib
 
@@ -65,10 +65,21 @@ class SampleSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SampleSettings:
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown sample settings: {sorted(unknown)}")
-        return cls(**d)
+        return io_utils.dataclass_from_dict(cls, d)
+
+    @classmethod
+    def from_config(cls, sample_config: Any, **overrides: Any) -> SampleSettings:
+        """A run config's `config.sample` defaults (steps, shift, guidance_scale, scheduler,
+        fuse_every_step), with `overrides` (SampleSettings fields; None keeps the config's)."""
+        fields = {
+            "num_steps": int(sample_config.steps),
+            "shift": float(sample_config.shift),
+            "guidance_scale": float(sample_config.guidance_scale),
+            "scheduler": str(sample_config.scheduler),
+            "fuse_every_step": bool(sample_config.get("fuse_every_step", False)),
+        }
+        fields.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**fields)
 
 
 class Conditions(NamedTuple):
@@ -231,25 +242,6 @@ def perspective_condition(
     return projected * mask, mask
 
 
-def latent_mask(mask: jax.Array, spatial_factor: int, temporal_factor: int) -> jax.Array:
-    """Coverage `(F, M, M, 1)` -> latent-resolution coverage `(1 + (F-1)/t, M/s, M/s, 1)`.
-
-    Averages over each latent cell's pixels and frames, grouped as the causal VAE groups them:
-    latent frame 0 is frame 0, latent frame k >= 1 covers frames 4k-3 .. 4k.
-    """
-    frames, height, width, _ = mask.shape
-    if (frames - 1) % temporal_factor or height % spatial_factor or width % spatial_factor:
-        raise ValueError(
-            f"mask shape {mask.shape} does not fit factors (temporal {temporal_factor}, "
-            f"spatial {spatial_factor})"
-        )
-    s = spatial_factor
-    pooled = mask.reshape(frames, height // s, s, width // s, s, 1).mean(axis=(2, 4))
-    first = pooled[:1]
-    rest = pooled[1:].reshape(-1, temporal_factor, height // s, width // s, 1).mean(axis=1)
-    return jnp.concatenate([first, rest], axis=0)
-
-
 def _encode(autoencoder: Any, video: jax.Array) -> jax.Array:
     return _jitted(autoencoder, "encode")(video)
 
@@ -280,7 +272,7 @@ def encode_condition(
     `(B, f, M/s, M/s, C)` and latent mask `(B, f, M/s, M/s, 1)` (s = spatial factor)."""
     latent = _encode(autoencoder, condition)
     pool = functools.partial(
-        latent_mask,
+        autoencoder_lib.latent_mask,
         spatial_factor=autoencoder.spatial_factor,
         temporal_factor=autoencoder.temporal_factor,
     )
@@ -351,8 +343,3 @@ def decode_to_panorama(
     `(B, F, height, width, 3)`), both in [-1, 1]; the ERP blends the overlapping copies."""
     map_video = decode_latents(autoencoder, latents)
     return map_video, map_to_panorama(map_video, height, width)
-
-
-def to_uint8(video: jax.Array | np.ndarray) -> np.ndarray:
-    """[-1, 1] floats -> uint8 (rounded)."""
-    return np.asarray(jnp.round((jnp.clip(video, -1.0, 1.0) + 1.0) * 127.5)).astype(np.uint8)

@@ -1,6 +1,6 @@
 """Panoramic geometry in pure jax.numpy: ERP, cube faces, perspective views, the ViewPoint map.
 
-Conventions and layout follow the project spec (shared/design/viewpoint-map.md).
+Conventions and layout: docs/viewpoint-map.md.
 """
 
 from viewpoint_jax.geometry.projections import (
@@ -23,9 +23,6 @@ from viewpoint_jax.geometry.sphere import (
 )
 from viewpoint_jax.geometry.viewpoint_map import SUBREGIONS, subregion_index, subregion_slices
 
-# The 2 x 2 layout: (row slice, col slice) of each subregion keyed by its centre face.
-viewpoint_quadrant_slices = subregion_slices
-
 __all__ = [
     "FACE_NAMES",
     "SUBREGIONS",
@@ -43,6 +40,5 @@ __all__ = [
     "subregion_index",
     "subregion_slices",
     "viewpoint_directions",
-    "viewpoint_quadrant_slices",
     "viewpoint_to_erp",
 ]

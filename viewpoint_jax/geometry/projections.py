@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from viewpoint_jax.geometry import sampling, sphere
-from viewpoint_jax.geometry import viewpoint_map as vmap_layout
+from viewpoint_jax.geometry import sampling, sphere, viewpoint_map
 
 MODES = ("bilinear", "nearest")
 
@@ -115,7 +114,7 @@ def _angles(fov_deg, yaw_deg, pitch_deg, roll_deg):
 
 @functools.lru_cache(maxsize=16)
 def viewpoint_directions_np(map_size: int) -> np.ndarray:
-    return vmap_layout.map_directions(map_size)
+    return viewpoint_map.map_directions(map_size)
 
 
 @functools.lru_cache(maxsize=16)
@@ -125,7 +124,7 @@ def _erp_to_map_plan(height: int, width: int, map_size: int, mode: str):
     return sampling.make_plan(idx, w, (height, width), (map_size, map_size))
 
 
-def _map_copy_taps(copies: vmap_layout.Copies, map_size: int, mode: str, snap: bool):
+def _map_copy_taps(copies: viewpoint_map.Copies, map_size: int, mode: str, snap: bool):
     """Taps `(..., 4 * K)` blending every copy of each point with its fusion weight.
 
     D copies sample across subregion borders (the four D quarters are one continuous, linear
@@ -133,7 +132,7 @@ def _map_copy_taps(copies: vmap_layout.Copies, map_size: int, mode: str, snap: b
     """
     r = map_size // 2
     all_idx, all_w = [], []
-    for k, sub in enumerate(vmap_layout.SUBREGIONS):
+    for k, sub in enumerate(viewpoint_map.SUBREGIONS):
         row, col = copies.row[..., k], copies.col[..., k]
         if snap:
             row, col = sampling.snap_to_pixels(row), sampling.snap_to_pixels(col)
@@ -156,14 +155,14 @@ def _map_copy_taps(copies: vmap_layout.Copies, map_size: int, mode: str, snap: b
 
 @functools.lru_cache(maxsize=16)
 def _map_to_erp_plan(map_size: int, height: int, width: int, mode: str):
-    copies = vmap_layout.direction_to_copies(sphere.erp_directions(height, width), map_size)
+    copies = viewpoint_map.direction_to_copies(sphere.erp_directions(height, width), map_size)
     idx, w = _map_copy_taps(copies, map_size, mode, snap=False)
     return sampling.make_plan(idx, w, (map_size, map_size), (height, width))
 
 
 @functools.lru_cache(maxsize=16)
 def _fuse_plan(map_size: int):
-    copies = vmap_layout.direction_to_copies(viewpoint_directions_np(map_size), map_size)
+    copies = viewpoint_map.direction_to_copies(viewpoint_directions_np(map_size), map_size)
     idx, w = _map_copy_taps(copies, map_size, "bilinear", snap=True)
     return sampling.make_plan(idx, w, (map_size, map_size), (map_size, map_size))
 
@@ -245,13 +244,13 @@ def _perspective_to_grid_plan(in_hw, angles, target: str, out_hw, mode):
 
 def viewpoint_directions(map_size: int = 640) -> jax.Array:
     """Unit directions `(M, M, 3)` (float32) of the ViewPoint map's pixel centres."""
-    return jnp.asarray(viewpoint_directions_np(vmap_layout.check_map_size(map_size)), jnp.float32)
+    return jnp.asarray(viewpoint_directions_np(viewpoint_map.check_map_size(map_size)), jnp.float32)
 
 
 def erp_to_viewpoint(erp: jax.Array, map_size: int = 640, *, mode: str = "bilinear") -> jax.Array:
     """ERP `(..., H, 2H, C)` -> ViewPoint map `(..., M, M, C)`."""
     erp = _check_erp(erp)
-    map_size = vmap_layout.check_map_size(map_size)
+    map_size = viewpoint_map.check_map_size(map_size)
     height, width = erp.shape[-3:-1]
     return sampling.resample(erp, _erp_to_map_plan(height, width, map_size, _check_mode(mode)))
 
@@ -391,7 +390,7 @@ def perspective_to_viewpoint(
     One resampling straight onto the map (spec section 5). The mask is 1 on map pixels the view
     covers (same dtype as the map); the map is 0 elsewhere.
     """
-    map_size = vmap_layout.check_map_size(map_size)
+    map_size = viewpoint_map.check_map_size(map_size)
     return _perspective_to_grid(
         img, fov_deg, yaw_deg, pitch_deg, roll_deg, "map", (map_size, map_size), mode
     )

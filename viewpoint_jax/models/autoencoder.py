@@ -8,7 +8,8 @@ follows `Autoencoder`: `encode(video (B, F, H, W, 3) in [-1, 1]) -> latents (B, 
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import functools
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +41,46 @@ def latent_shape(
     b, f, h, w, _ = video_shape
     tf, sf = autoencoder.temporal_factor, autoencoder.spatial_factor
     return (b, 1 + (f - 1) // tf, h // sf, w // sf, autoencoder.latent_channels)
+
+
+def latent_mask(mask: jax.Array, spatial_factor: int, temporal_factor: int) -> jax.Array:
+    """Coverage `(F, M, M, 1)` -> latent-resolution coverage `(1 + (F-1)/t, M/s, M/s, 1)`.
+
+    Averages over each latent cell's pixels and frames, grouped as the causal VAE groups them:
+    latent frame 0 is frame 0, latent frame k >= 1 covers frames 4k-3 .. 4k.
+    """
+    frames, height, width, _ = mask.shape
+    if (frames - 1) % temporal_factor or height % spatial_factor or width % spatial_factor:
+        raise ValueError(
+            f"mask shape {mask.shape} does not fit factors (temporal {temporal_factor}, "
+            f"spatial {spatial_factor})"
+        )
+    s = spatial_factor
+    pooled = mask.reshape(frames, height // s, s, width // s, s, 1).mean(axis=(2, 4))
+    first = pooled[:1]
+    rest = pooled[1:].reshape(-1, temporal_factor, height // s, width // s, 1).mean(axis=1)
+    return jnp.concatenate([first, rest], axis=0)
+
+
+def encode_maps(autoencoder: Autoencoder, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """A training batch's maps -> latents (the train step and the latent precompute share it):
+    target and condition maps `(B, F, M, M, 3)` through the autoencoder, the condition mask
+    `(B, F, M, M, 1)` pooled to the latent grid (`latent_mask`).
+
+    Returns latents and condition_latents `(B, f, M/s, M/s, C)` and latent_mask
+    `(B, f, M/s, M/s, 1)`, all float32, with f = 1 + (F - 1) / temporal factor.
+    """
+    pool = functools.partial(
+        latent_mask,
+        spatial_factor=autoencoder.spatial_factor,
+        temporal_factor=autoencoder.temporal_factor,
+    )
+    encoded: dict[str, Any] = {
+        "latents": autoencoder.encode(batch["target_map"]),
+        "condition_latents": autoencoder.encode(batch["condition_map"]),
+        "latent_mask": jax.vmap(pool)(batch["condition_mask"]),
+    }
+    return {key: value.astype(jnp.float32) for key, value in encoded.items()}
 
 
 class SpaceToDepthAutoencoder:

@@ -1,14 +1,15 @@
-"""Wan2.1 video DiT in Flax NNX, extended with ViewPoint's Pano/Perspective attention.
+"""Wan2.1 video DiT in Flax NNX, extended with ViewPoint's Pano and subregion attention.
 
 The architecture follows Wan2.1 exactly (patch embedding, text/time embeddings, 6-way modulated
 blocks with RMSNorm'd q/k, 3D RoPE, affine LayerNorm before cross-attention, tanh-GELU FFN, a head
 with 2-way modulation). Norms, the time embedding and the modulation run in fp32; the matmuls run
 in `config.dtype`.
 
-ViewPoint (Fang et al., 2025) alternates two kinds of blocks: "pano" blocks attend over all tokens
-of the map and all frames; "perspective" blocks split the token grid into the four quadrants of the
-2x2 ViewPoint map (top-left F, top-right R, bottom-left L, bottom-right B) and attend within each,
-with subregion-local RoPE positions. Every other part of a block (modulation, cross-attention, FFN)
+ViewPoint (Fang et al., 2025) alternates two kinds of blocks (`BlockKind`): PANO blocks attend over
+all tokens of the map and all frames; SUBREGION blocks (the paper's "Perspective attention") split
+the token grid into the four subregions of the 2x2 ViewPoint map (top-left F, top-right R,
+bottom-left L, bottom-right B; docs/viewpoint-map.md) and attend within each, with
+subregion-local RoPE positions. Every other part of a block (modulation, cross-attention, FFN)
 acts token by token, so running the whole block on (4B, F*(H/2)*(W/2), D) with modulation and text
 repeated per subregion is the same as regrouping only the self-attention's tokens; we do the latter
 (einops rearranges, no gathers) and skip repeating the text K/V four times.
@@ -20,10 +21,10 @@ period, i.e. pairs for "alternate"), so compile time is flat in depth.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 import einops
@@ -32,13 +33,21 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from viewpoint_jax import checkpointing, io_utils
 from viewpoint_jax.models import attention as attention_lib
 from viewpoint_jax.models import layers
 from viewpoint_jax.sharding import DEFAULT_RULES, LogicalRules, constrain
 
-PANO = "pano"
-PERSPECTIVE = "perspective"
-PATTERNS = ("alternate", PANO, PERSPECTIVE)
+
+class BlockKind(enum.StrEnum):
+    """What a block's self-attention sees: the whole map (PANO) or one subregion (SUBREGION)."""
+
+    PANO = "pano"
+    SUBREGION = "subregion"
+
+
+# "alternate": PANO, SUBREGION, PANO, ... (the paper's design); or one kind for every block.
+PATTERNS = ("alternate", *BlockKind)
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -62,8 +71,8 @@ class DiTConfig:
     patch_size: tuple[int, int, int] = (1, 2, 2)
     eps: float = 1e-6
     rope_theta: float = 10000.0
-    # "alternate" (pano, perspective, pano, ...), "pano" (plain Wan), "perspective", or a tuple of
-    # "pano"/"perspective" per block.
+    # "alternate" (pano, subregion, pano, ...), "pano" (plain Wan), "subregion", or a tuple of
+    # BlockKind values per block.
     attention_pattern: str | tuple[str, ...] = "alternate"
     attention_backend: str = "xla"
     remat_policy: str = "none"
@@ -91,23 +100,24 @@ class DiTConfig:
         return self.dim // self.num_heads
 
     @property
-    def block_kinds(self) -> tuple[str, ...]:
+    def block_kinds(self) -> tuple[BlockKind, ...]:
         pattern = self.attention_pattern
+        kinds = tuple(BlockKind)
         if pattern == "alternate":
-            return tuple(PANO if i % 2 == 0 else PERSPECTIVE for i in range(self.num_layers))
-        if pattern in (PANO, PERSPECTIVE):
-            return (pattern,) * self.num_layers
+            return tuple(kinds[i % 2] for i in range(self.num_layers))
+        if pattern in kinds:
+            return (BlockKind(pattern),) * self.num_layers
         if isinstance(pattern, str):
             raise ValueError(f"attention_pattern {pattern!r}: use one of {PATTERNS} or a tuple")
-        if len(pattern) != self.num_layers or not set(pattern) <= {PANO, PERSPECTIVE}:
+        if len(pattern) != self.num_layers or not set(pattern) <= set(kinds):
             raise ValueError(
                 f"attention_pattern tuple must have {self.num_layers} entries from "
-                f"{(PANO, PERSPECTIVE)}, got {pattern}"
+                f"{[k.value for k in kinds]}, got {pattern}"
             )
-        return tuple(pattern)
+        return tuple(BlockKind(kind) for kind in pattern)
 
     @property
-    def scan_group(self) -> tuple[str, ...]:
+    def scan_group(self) -> tuple[BlockKind, ...]:
         """The shortest repeating unit of `block_kinds`; its blocks are stacked and scanned."""
         kinds = self.block_kinds
         for period in range(1, len(kinds) + 1):
@@ -124,11 +134,14 @@ class DiTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DiTConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown DiTConfig fields {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**d)
+        return io_utils.dataclass_from_dict(cls, d)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> DiTConfig:
+        """A named size ("tiny" | "wan_1_3b" | "wan_14b") with fields overridden."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown DiT preset {name!r}; the presets are {PRESETS}")
+        return getattr(cls, name)(**overrides)
 
     @classmethod
     def wan_1_3b(cls, **overrides: Any) -> DiTConfig:
@@ -144,6 +157,9 @@ class DiTConfig:
     def tiny(cls, **overrides: Any) -> DiTConfig:
         base = dict(dim=48, ffn_dim=96, num_heads=2, num_layers=2, text_dim=32, freq_dim=32)
         return cls(**{**base, **overrides})
+
+
+PRESETS = ("tiny", "wan_1_3b", "wan_14b")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,7 +187,7 @@ def rope_tables(
     """cos, sin of Wan's 3D RoPE for a (frames, height, width) token grid.
 
     Returns two (F*H*W, head_dim // 2) float32 arrays, one angle per rotated pair; positions start
-    at 0 on every axis (so a quadrant's table is that of a grid of the quadrant's size).
+    at 0 on every axis (so a subregion's table is that of a grid of the subregion's size).
     """
     angles = []
     for axis, (size, part) in enumerate(zip(grid, rope_split(head_dim))):
@@ -241,30 +257,31 @@ class Attention(nnx.Module):
         x: jax.Array,
         context: jax.Array | None = None,
         rope: tuple[jax.Array, jax.Array] | None = None,
-        grid: tuple[int, int, int] | None = None,
+        subregion_grid: tuple[int, int, int] | None = None,
     ) -> jax.Array:
         """x (B, L, D); context (B, Lc, kv_dim) for cross-attention, else self-attention.
 
-        `grid` (F, H, W) makes it subregion attention: tokens are regrouped into the four
-        quadrants of the token grid before attending (`rope` then holds quadrant-local tables).
+        `subregion_grid` (F, H, W), the token grid of the whole map, makes it subregion
+        attention: tokens are regrouped into the four subregions of the grid before attending
+        (`rope` then holds subregion-local tables).
         """
         kv_input = x if context is None else context
         q = self._heads(self.norm_q(self.q(x)))
         k = self._heads(self.norm_k(self.k(kv_input)))
         v = self._heads(self.v(kv_input))
-        if grid is not None:
-            q, k, v = (to_subregions(a, grid) for a in (q, k, v))
+        if subregion_grid is not None:
+            q, k, v = (to_subregions(a, subregion_grid) for a in (q, k, v))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         out = attention_lib.dot_product_attention(q, k, v, backend=self.backend)
-        if grid is not None:
-            out = from_subregions(out, grid)
+        if subregion_grid is not None:
+            out = from_subregions(out, subregion_grid)
         out = constrain(out, ("batch", "length", "act_heads", None))
         return self.o(out.reshape(*out.shape[:2], -1))
 
 
 class Block(nnx.Module):
-    """One Wan block; the static `kind` ("pano" | "perspective") of each call picks its attention.
+    """One Wan block; the static `kind` (a BlockKind) of each call picks its self-attention.
 
     Keeping the kind out of the parameters makes a checkpoint independent of the attention pattern.
     """
@@ -287,9 +304,9 @@ class Block(nnx.Module):
         x: jax.Array,
         e: jax.Array,
         context: jax.Array,
-        ropes: dict[str, tuple[jax.Array, jax.Array]],
+        ropes: dict[BlockKind, tuple[jax.Array, jax.Array]],
         grid: tuple[int, int, int],
-        kind: str = PANO,
+        kind: BlockKind = BlockKind.PANO,
     ) -> jax.Array:
         """x (B, L, D) fp32 residual stream; e (B, 6, D) fp32 time projection; context
         (B, Lc, D) embedded text. As in Wan, the residual stream stays fp32; matmuls run in dtype.
@@ -299,8 +316,9 @@ class Block(nnx.Module):
         shift, scale, gate, c_shift, c_scale, c_gate = (mod[:, i : i + 1] for i in range(6))
 
         h = (layers.layer_norm(x, self.eps) * (1 + scale) + shift).astype(dtype)
-        local = kind == PERSPECTIVE
-        h = self.self_attn(h, rope=ropes[kind], grid=grid if local else None)
+        with jax.named_scope(f"{kind.value}_attention"):
+            subregion_grid = grid if kind == BlockKind.SUBREGION else None
+            h = self.self_attn(h, rope=ropes[kind], subregion_grid=subregion_grid)
         x = x + h.astype(jnp.float32) * gate
 
         h = self.cross_attn(self.cross_norm(x).astype(dtype), context=context)
@@ -360,9 +378,9 @@ class WanDiT(nnx.Module):
         grid = (frames // pt, height // ph, width // pw)
         if frames % pt or height % ph or width % pw:
             raise ValueError(f"latent {x.shape[1:4]} is not divisible by patch {config.patch_size}")
-        if PERSPECTIVE in config.block_kinds and (grid[1] % 2 or grid[2] % 2):
+        if BlockKind.SUBREGION in config.block_kinds and (grid[1] % 2 or grid[2] % 2):
             raise ValueError(
-                f"perspective blocks need an even token grid, got {grid[1:]} from latent "
+                f"subregion blocks need an even token grid, got {grid[1:]} from latent "
                 f"{x.shape[2:4]} (height and width must be multiples of {2 * ph}, {2 * pw})"
             )
 
@@ -383,9 +401,9 @@ class WanDiT(nnx.Module):
         ctx = constrain(ctx, ("batch", None, "act_embed"))
 
         sub_grid = (grid[0], grid[1] // 2, grid[2] // 2)
-        ropes = {PANO: rope_tables(grid, config.head_dim, config.rope_theta)}
-        if PERSPECTIVE in config.block_kinds:
-            ropes[PERSPECTIVE] = rope_tables(sub_grid, config.head_dim, config.rope_theta)
+        ropes = {BlockKind.PANO: rope_tables(grid, config.head_dim, config.rope_theta)}
+        if BlockKind.SUBREGION in config.block_kinds:
+            ropes[BlockKind.SUBREGION] = rope_tables(sub_grid, config.head_dim, config.rope_theta)
         ropes = {k: (jnp.asarray(c), jnp.asarray(s)) for k, (c, s) in ropes.items()}
 
         tokens = self._run_blocks(tokens, e, ctx, ropes, grid)
@@ -443,39 +461,7 @@ def abstract_model(config: DiTConfig) -> WanDiT:
 
 
 def read_config(path: str | os.PathLike) -> DiTConfig:
-    from viewpoint_jax.convert import core
-
-    return DiTConfig.from_dict(core.read_checkpoint_config(path, "Wan DiT"))
-
-
-def load_dit_state(
-    path: str | os.PathLike, abstract_state: nnx.State, shardings: Any | None = None
-) -> nnx.State:
-    """Restores the params of a converted checkpoint into the structure of `abstract_state`.
-
-    Args:
-      path: the checkpoint directory (holding `params/`).
-      abstract_state: `nnx.state(abstract_model(config), nnx.Param)` (or a concrete one); its
-        shapes must match the checkpoint's (the config may differ in execution options).
-      shardings: a matching tree of NamedShardings (e.g. `sharding.state_shardings`) to restore
-        straight into; default: the first device.
-    Returns:
-      the nnx.State of jax.Arrays.
-    """
-    from viewpoint_jax.convert import core
-
-    pure = nnx.to_pure_dict(abstract_state)
-    if shardings is not None:
-        sharding_pure = nnx.to_pure_dict(shardings)
-        pure = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), pure, sharding_pure
-        )
-    else:
-        pure = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), pure)
-    restored = core.restore_params(Path(path) / "params", _string_keys(pure))
-    state = jax.tree.map(lambda x: x, abstract_state)
-    nnx.replace_by_pure_dict(state, _restore_keys(restored, pure))
-    return state
+    return DiTConfig.from_dict(checkpointing.read_checkpoint_config(path, "Wan DiT"))
 
 
 def load_dit(
@@ -489,24 +475,51 @@ def load_dit(
 
     `config_overrides` change execution options (attention_backend, remat_policy, dtype, ...).
     """
-    from viewpoint_jax import sharding as sharding_lib
-
     config = dataclasses.replace(read_config(path), **config_overrides)
-    abstract = abstract_model(config)
-    graphdef, abstract_params = nnx.split(abstract, nnx.Param)  # the model has only Params
-    shardings = None
-    if mesh is not None:
-        shardings = sharding_lib.state_shardings(abstract_params, mesh, rules)
-    return nnx.merge(graphdef, load_dit_state(path, abstract_params, shardings))
+    return checkpointing.restore_module(path, abstract_model(config), mesh, rules)
 
 
-def _string_keys(tree: Any) -> Any:
-    if isinstance(tree, dict):
-        return {str(k): _string_keys(v) for k, v in tree.items()}
-    return tree
+# ---------------------------------------------------------------------------------------------
+# Weight surgery: a text-to-video Wan checkpoint -> the ViewPoint model's 2 C + 1 input channels.
 
 
-def _restore_keys(tree: Any, like: Any) -> Any:
-    if isinstance(like, dict):
-        return {k: _restore_keys(tree[str(k)], v) for k, v in like.items()}
-    return tree
+def inflate_patch_kernel(kernel: jax.Array, in_dim: int) -> jax.Array:
+    """(pt, ph, pw, C_old, D) -> (pt, ph, pw, in_dim, D): old input channels kept, new ones zero.
+
+    A text-to-video Wan checkpoint takes the 16 noisy-latent channels; ViewPoint appends the
+    condition latent and mask. Zero weights on them make the inflated model compute exactly what
+    the pretrained one did until training teaches it to use the condition.
+    """
+    old = kernel.shape[3]
+    if in_dim < old:
+        raise ValueError(f"cannot inflate a patch embedding of {old} channels to {in_dim}")
+    pad = [(0, 0)] * kernel.ndim
+    pad[3] = (0, in_dim - old)
+    return jnp.pad(kernel, pad)
+
+
+def load_pretrained_params(
+    path: str | os.PathLike, model_config: DiTConfig, shardings: Any | None = None
+) -> nnx.State:
+    """Params of a converted Wan DiT, inflated to `model_config.in_dim` input channels.
+
+    The checkpoint's sizes must match the model's except for in_dim (fewer channels are inflated
+    with zeros, see `inflate_patch_kernel`); a mismatch names the field.
+    """
+    source = read_config(path)
+    for field in ("dim", "ffn_dim", "num_heads", "num_layers", "out_dim", "text_dim", "patch_size"):
+        if getattr(source, field) != getattr(model_config, field):
+            raise ValueError(
+                f"config.model.init_checkpoint {path}: {field} is {getattr(source, field)} in the "
+                f"checkpoint but {getattr(model_config, field)} in the config"
+            )
+    source_config = dataclasses.replace(model_config, in_dim=source.in_dim)
+    _, abstract = nnx.split(abstract_model(source_config), nnx.Param)
+    # Shardings do not depend on the channel count of the patch embedding: reuse the model's.
+    params = checkpointing.restore_state(path, abstract, shardings)
+    kernel = params["patch_kernel"]
+    inflated = inflate_patch_kernel(kernel[...], model_config.in_dim)
+    if shardings is not None:
+        inflated = jax.device_put(inflated, shardings["patch_kernel"].get_value())
+    kernel.set_value(inflated)
+    return params

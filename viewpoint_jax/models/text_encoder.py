@@ -244,3 +244,65 @@ def _check_compatible(
             f"{path}: cached embeddings are {cache.max_length} x {cache.dim}, the text encoder "
             f"gives {max_length} x {width}; delete the file to rebuild it"
         )
+
+
+# --- Training's text inputs ------------------------------------------------------------------
+
+# The file tools/precompute_text.py writes into a text cache dir, read by every host.
+SHARED_TEXT_CACHE = "embeddings.npz"
+
+
+class TextFeeder:
+    """Captions -> the step's text inputs: token ids (encoded in the step) or, with `precompute`,
+    embeddings computed once per distinct caption (`text_encoder.encode_captions`).
+
+    With `cache_path` (`text_cache_path(cache_dir, process)`), the feeder starts from the
+    captions `tools/precompute_text.py` embedded into `cache_dir/embeddings.npz` (shared by all
+    hosts, read only) and from this host's own file; captions met later (as batches arrive; a
+    dropped caption is "") are embedded then, and `flush()` writes those to this host's file
+    atomically (hosts see different captions and never write the same file), so a restarted run
+    reloads them.
+    """
+
+    def __init__(
+        self, text_encoder: Any, precompute: bool, cache_path: Path | None, batch_size: int
+    ):
+        self.text_encoder = text_encoder
+        self.precompute = precompute
+        self.cache_path = cache_path if precompute else None
+        self.batch_size = batch_size
+        self.cache: TextEmbeddingCache | None = None  # everything known
+        self.own: TextEmbeddingCache | None = None  # what this host writes
+        if self.cache_path is not None:
+            shared = self.cache_path.parent / SHARED_TEXT_CACHE
+            if shared.is_file():
+                self.cache = TextEmbeddingCache.load(shared)
+            if self.cache_path.is_file():
+                self.own = TextEmbeddingCache.load(self.cache_path)
+                self.cache = self.own if self.cache is None else self.cache.merged(self.own)
+        self._dirty = False
+
+    def __call__(self, captions: list[str]) -> dict[str, np.ndarray]:
+        if not self.precompute:
+            ids, mask = self.text_encoder.tokenizer(list(captions))
+            return {"ids": np.asarray(ids, np.int32), "ids_mask": np.asarray(mask, np.int32)}
+        missing = list(dict.fromkeys(c for c in captions if not self.cache or c not in self.cache))
+        if missing:
+            new = encode_captions(self.text_encoder, missing, batch_size=self.batch_size)
+            self.cache = new if self.cache is None else self.cache.merged(new)
+            self.own = new if self.own is None else self.own.merged(new)
+            self._dirty = True
+        embeddings, _ = self.cache.lookup(captions)
+        return {"context": embeddings}
+
+    def flush(self) -> None:
+        """Writes this host's captions (all it embedded, atomically) if any are new."""
+        if self._dirty and self.cache_path is not None:
+            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            self.own.save(self.cache_path)
+            self._dirty = False
+
+
+def text_cache_path(cache_dir: Path, process_index: int) -> Path:
+    """This host's own text cache file in `cache_dir`."""
+    return Path(cache_dir) / f"embeddings.process{process_index}.npz"

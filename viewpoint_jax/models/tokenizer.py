@@ -159,3 +159,24 @@ def train_sentencepiece(
         for ext in (".vocab", ".model"):  # the .model last: its presence means "complete"
             os.replace(f"{tmp_prefix}{ext}", f"{out}{ext}")
     return Path(f"{out}.model")
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as token ids (byte + 2; 0 = pad, 1 = end), for the tiny random text encoder.
+
+    Needs no files, so a CPU run and its sampler agree without sharing a tokenizer model.
+    `__call__(prompts) -> (ids (B, max_length) int32, mask (B, max_length) int32)`.
+    """
+
+    vocab_size = 258
+
+    def __init__(self, max_length: int = 512):
+        self.max_length = int(max_length)
+
+    def __call__(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.zeros((len(prompts), self.max_length), np.int32)
+        for row, prompt in enumerate(prompts):
+            tokens = [b + 2 for b in " ".join(prompt.split()).encode("utf-8")]
+            tokens = [*tokens[: self.max_length - 1], 1]
+            ids[row, : len(tokens)] = tokens
+        return ids, (ids > 0).astype(np.int32)

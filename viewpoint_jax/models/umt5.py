@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -23,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from viewpoint_jax import checkpointing, io_utils
 from viewpoint_jax.models import layers
 from viewpoint_jax.sharding import DEFAULT_RULES, LogicalRules, constrain
 
@@ -60,11 +60,7 @@ class UMT5Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> UMT5Config:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown UMT5Config fields {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**d)
+        return io_utils.dataclass_from_dict(cls, d)
 
     @classmethod
     def umt5_xxl(cls, **overrides: Any) -> UMT5Config:
@@ -236,9 +232,7 @@ def abstract_model(config: UMT5Config) -> UMT5Encoder:
 
 
 def read_config(path: str | os.PathLike) -> UMT5Config:
-    from viewpoint_jax.convert import core
-
-    return UMT5Config.from_dict(core.read_checkpoint_config(path, "umT5 encoder"))
+    return UMT5Config.from_dict(checkpointing.read_checkpoint_config(path, "umT5 encoder"))
 
 
 def load_umt5(
@@ -252,19 +246,5 @@ def load_umt5(
 
     `config_overrides` change execution options (e.g. dtype="bfloat16" for bf16 matmuls).
     """
-    from viewpoint_jax import sharding as sharding_lib
-    from viewpoint_jax.convert import core
-
     config = dataclasses.replace(read_config(path), **config_overrides)
-    graphdef, abstract = nnx.split(abstract_model(config), nnx.Param)
-    pure = nnx.to_pure_dict(abstract)
-    if mesh is not None:
-        shardings = nnx.to_pure_dict(sharding_lib.state_shardings(abstract, mesh, rules))
-        pure = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), pure, shardings
-        )
-    else:
-        pure = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), pure)
-    restored = core.restore_params(Path(path) / "params", pure)
-    nnx.replace_by_pure_dict(abstract, restored)
-    return nnx.merge(graphdef, abstract)
+    return checkpointing.restore_module(path, abstract_model(config), mesh, rules)

@@ -30,13 +30,14 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from viewpoint_jax import checkpointing, io_utils
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +106,7 @@ class WanVAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WanVAEConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown WanVAEConfig fields: {unknown}")
-        return cls(**d)
+        return io_utils.dataclass_from_dict(cls, d)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -681,14 +678,13 @@ class WanVAE(nnx.Module):
 # Loading a converted checkpoint.
 
 
-def param_targets(config: WanVAEConfig) -> dict[str, jax.ShapeDtypeStruct]:
-    """'/'-joined parameter path -> shape/dtype, for the converter and the loader."""
-    abstract = nnx.eval_shape(lambda: WanVAE(config, rngs=nnx.Rngs(0)))
-    state = nnx.state(abstract, nnx.Param)
-    return {
-        "/".join(str(p) for p in path): jax.ShapeDtypeStruct(v.shape, v.dtype)
-        for path, v in nnx.to_flat_state(state)
-    }
+def abstract_model(config: WanVAEConfig) -> WanVAE:
+    """The VAE with `jax.ShapeDtypeStruct` leaves (no memory), for shardings and restore."""
+    return nnx.eval_shape(lambda: WanVAE(config, rngs=nnx.Rngs(0)))
+
+
+def read_config(path: str | os.PathLike) -> WanVAEConfig:
+    return WanVAEConfig.from_dict(checkpointing.read_checkpoint_config(path, "Wan VAE"))
 
 
 def load_vae(path: str | os.PathLike, *, dtype: str | None = None) -> WanVAE:
@@ -698,29 +694,10 @@ def load_vae(path: str | os.PathLike, *, dtype: str | None = None) -> WanVAE:
       path: holds config.json (WanVAEConfig.to_dict()) and params/ (Orbax).
       dtype: overrides the compute dtype ("float32" | "bfloat16").
     """
-    from viewpoint_jax.convert import core
-
-    path = Path(path)
-    config = WanVAEConfig.from_dict(core.read_checkpoint_config(path, "Wan VAE"))
+    config = read_config(path)
     if dtype is not None:
         config = dataclasses.replace(config, dtype=dtype)
-    targets = param_targets(config)
-    abstract: dict[str, Any] = {}
-    for name, struct in targets.items():
-        *parents, leaf = name.split("/")
-        node = abstract
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = struct
-    restored = core.flatten_paths(core.restore_params(path / "params", abstract))
-    model = nnx.eval_shape(lambda: WanVAE(config, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(model)
-    flat = []
-    for p, v in nnx.to_flat_state(state):
-        key = "/".join(str(x) for x in p)
-        flat.append((p, v.replace(jnp.asarray(restored[key])) if key in restored else v))
-    state = nnx.from_flat_state(flat)
-    return nnx.merge(graphdef, state)
+    return checkpointing.restore_module(path, abstract_model(config))
 
 
 def numpy_params(model: WanVAE) -> dict[str, np.ndarray]:

@@ -1,5 +1,6 @@
-"""The training config: its schema (`base_config`, which `configs/*.py` start from) and its
-validation (`validate_config`: a bad value fails at start with a message naming its key).
+"""The training config: its schema (`base_config`, which `configs/*.py` start from), its
+validation (`validate_config`: a bad value fails at start with a message naming its key) and the
+config-file loader (`load_config_file("configs/wan.py:14b")`). Recipes live in `configs/`.
 
 Schema:
 
@@ -9,7 +10,7 @@ Schema:
     config.autoencoder  kind ("space_to_depth" | "wan_vae"), factor, checkpoint
     config.text_encoder kind ("tiny_random" | "umt5"), checkpoint, tokenizer, max_length, seed,
                         precompute (embed each distinct caption once, when first seen; cached per host in cache_dir)
-    config.data         viewpoint_jax.data.pipeline.default_data_config() + overrides
+    config.data         `data_config()`: dataset, ERP/map/clip sizes, conditions, batching
     config.diffusion    timestep_sampler ("logit_normal" | "shifted_uniform"), shift, logit_mean/std
     config.optim        AdamW: lr, warmup_steps, schedule, b1, b2, eps, weight_decay, grad_clip,
                         mu_dtype, ema_decay (0 = no EMA)
@@ -21,10 +22,18 @@ Schema:
     config.sample       sampler defaults: scheduler, steps, shift, guidance_scale, fuse_every_step
 """
 
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import jax
 import ml_collections
 
-from viewpoint_jax.data.pipeline import default_data_config
-from viewpoint_jax.sharding import DEFAULT_RULES
+from viewpoint_jax import sharding
+from viewpoint_jax.cli import UserError
+from viewpoint_jax.models.dit import PRESETS, DiTConfig
+from viewpoint_jax.models.vae import WanVAEConfig
+from viewpoint_jax.sharding import DEFAULT_RULES, MESH_AXES
 
 # The DiTConfig fields a config may set (None keeps the preset's value).
 DIT_FIELDS = (
@@ -39,6 +48,45 @@ DIT_FIELDS = (
     "dtype",
     "param_dtype",
 )
+
+
+def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The DiTConfig fields `config.model` sets (None keeps the preset's value)."""
+    overrides = {k: config.model[k] for k in DIT_FIELDS if config.model.get(k) is not None}
+    if isinstance(overrides.get("attention_pattern"), list):
+        overrides["attention_pattern"] = tuple(overrides["attention_pattern"])
+    return overrides
+
+
+def data_config() -> ml_collections.ConfigDict:
+    """`config.data`: the demo dataset at CPU size; configs override what they need."""
+    c = ml_collections.ConfigDict()
+    c.data_dir = "demo_output/data"  # the TFDS data dir (holds panoramic_videos/<name>/<version>)
+    c.name = "demo"  # dataset name given to tools/prepare_dataset.py --name
+    c.train_split = "train"
+    c.eval_split = "test"
+    c.erp_height = 64
+    c.erp_width = 128
+    c.map_size = 64
+    c.num_frames = 9  # frames per video clip (1 + 4k for the Wan VAE)
+    c.frame_stride = 1  # take every stride-th frame
+    c.image_ratio = 0.0  # fraction of batches that are images (1-frame videos)
+    c.caption_dropout = 0.1  # caption -> "" at this rate (classifier-free guidance)
+    c.condition_fov_range = (60.0, 120.0)  # horizontal field of view, degrees
+    c.condition_yaw_range = (-180.0, 180.0)
+    c.condition_pitch_range = (-30.0, 30.0)
+    c.condition_roll_range = (0.0, 0.0)
+    c.condition_size = (0, 0)  # perspective (h, w); (0, 0): conditions.condition_size(erp_height)
+    c.yaw_augment = True  # random horizontal roll of the ERP
+    c.batch_size = 8  # global, over all hosts
+    c.worker_count = 0  # grain worker processes per host (0: in the main process)
+    c.worker_buffer_size = 1  # batches buffered per worker
+    c.read_threads = 2  # threads per process reading and processing records
+    c.shuffle_seed = 0
+    # "" encodes the maps in the train step; a name reads panoramic_latents/<name> from data_dir,
+    # written by tools/precompute_latents.py (data/latents.py: fixed draws per record).
+    c.precomputed_latents = ""
+    return c
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -68,7 +116,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.text_encoder.precompute = False
     config.text_encoder.cache_dir = ""  # "" = <workdir>/text_cache
 
-    config.data = default_data_config()
+    config.data = data_config()
 
     config.diffusion = ml_collections.ConfigDict()
     config.diffusion.timestep_sampler = "logit_normal"
@@ -116,78 +164,10 @@ AUTOENCODERS = ("space_to_depth", "wan_vae")
 TEXT_ENCODERS = ("tiny_random", "umt5")
 TIMESTEP_SAMPLERS = ("logit_normal", "shifted_uniform")
 SCHEDULES = ("constant", "cosine")
-PRESETS = ("tiny", "wan_1_3b", "wan_14b")
-MESH_AXES = ("data", "fsdp", "sequence", "tensor")
-
-
-def wan_config(preset: str, *, shift: float, remat_policy: str) -> ml_collections.ConfigDict:
-    """The paper's recipe on a Wan2.1 DiT (`configs/wan14b.py`, `configs/wan1_3b.py`).
-
-    512 x 1024 ERP clips of 49 frames -> 640 x 640 ViewPoint maps, lr 1e-4, AdamW, batch 1 per
-    device, bf16 compute with fp32 master weights and optimizer state, FSDP over every device,
-    umT5-XXL embeddings precomputed once. `shift` is Wan's flow shift for the model size.
-    """
-    config = base_config()
-    config.num_steps = 10_000
-
-    config.model.preset = preset
-    config.model.attention_pattern = "alternate"
-    config.model.attention_backend = "cudnn"
-    config.model.remat_policy = remat_policy
-    config.model.dtype = "bfloat16"
-    config.model.param_dtype = "float32"
-
-    config.autoencoder.kind = "wan_vae"
-    config.text_encoder.kind = "umt5"
-    config.text_encoder.max_length = 512
-    config.text_encoder.precompute = True
-
-    config.data.erp_height = 512
-    config.data.erp_width = 1024
-    config.data.map_size = 640
-    config.data.num_frames = 49
-    config.data.frame_stride = 1
-    config.data.image_ratio = 0.0
-    config.data.caption_dropout = 0.1
-    config.data.batch_size = 8  # 1 per device on 8 devices
-    config.data.worker_count = 8
-    config.data.data_dir = ""
-    config.data.name = "default"
-
-    config.diffusion.timestep_sampler = "shifted_uniform"
-    config.diffusion.shift = shift
-
-    config.optim.lr = 1e-4
-    config.optim.warmup_steps = 100
-    config.optim.weight_decay = 0.0
-    config.optim.grad_clip = 1.0
-    config.optim.ema_decay = 0.0
-
-    config.mesh.data = 1
-    config.mesh.fsdp = -1  # FSDP over every device
-    config.mesh.sequence = 1
-    config.mesh.tensor = 1
-
-    config.checkpoint.every_steps = 250
-    config.checkpoint.keep = 3
-    config.checkpoint.async_save = True
-    config.log.every_steps = 10
-    config.log.image_every_steps = 250
-
-    config.sample.scheduler = "unipc"
-    config.sample.steps = 50
-    config.sample.shift = shift
-    config.sample.guidance_scale = 5.0
-    return config
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
     """`path/to/config.py[:arg]` -> that file's `get_config(arg)`; UserError naming a bad file."""
-    import importlib.util
-    from pathlib import Path
-
-    from viewpoint_jax.cli import UserError
-
     path, _, arg = spec.partition(":")
     if not Path(path).is_file():
         raise UserError(f"--config: no such file {path}")
@@ -203,12 +183,27 @@ def _fail(key: str, message: str):
     raise ValueError(f"config.{key}: {message}")
 
 
-def _positive_int(config: ml_collections.ConfigDict, key: str) -> int:
+def validate_data_config(data: ml_collections.ConfigDict) -> None:
+    """Checks `config.data` alone (what the input pipeline needs); ValueError names the key."""
+    for key in ("erp_height", "erp_width", "map_size", "num_frames", "frame_stride", "batch_size"):
+        _positive_int(data, key, prefix="data.")
+    if data.erp_width != 2 * data.erp_height:
+        _fail("data.erp_width", f"must be 2 * erp_height, got {data.erp_height}x{data.erp_width}")
+    if data.map_size % 2:
+        _fail("data.map_size", f"must be even, got {data.map_size}")
+    for key in ("image_ratio", "caption_dropout"):
+        if not 0.0 <= data[key] <= 1.0:
+            _fail(f"data.{key}", f"must be in [0, 1], got {data[key]}")
+    if data.worker_count < 0:
+        _fail("data.worker_count", f"must be >= 0, got {data.worker_count}")
+
+
+def _positive_int(config: ml_collections.ConfigDict, key: str, prefix: str = "") -> int:
     value = config
     for part in key.split("."):
         value = value[part]
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        _fail(key, f"must be a positive integer, got {value!r}")
+        _fail(prefix + key, f"must be a positive integer, got {value!r}")
     return value
 
 
@@ -236,6 +231,18 @@ def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> dict[str,
     return sizes
 
 
+def mesh_and_rules(
+    config: ml_collections.ConfigDict, devices: list[jax.Device]
+) -> tuple[jax.sharding.Mesh, sharding.LogicalRules]:
+    """The config's mesh over `devices` and its logical-axis rules (lists from JSON as tuples)."""
+    sizes = mesh_shape(config, len(devices))
+    rules = tuple(
+        (name, tuple(axes) if isinstance(axes, list) else axes)
+        for name, axes in config.sharding_rules
+    )
+    return sharding.make_mesh(sizes, devices), rules
+
+
 def validate_config(
     config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1
 ) -> None:
@@ -244,7 +251,16 @@ def validate_config(
     _positive_int(config, "max_consecutive_nonfinite")
     if config.model.preset not in PRESETS:
         _fail("model.preset", f"must be one of {PRESETS}, got {config.model.preset!r}")
+    try:  # the model fields are checked by DiTConfig itself
+        DiTConfig.preset(config.model.preset, **model_overrides(config))
+    except (TypeError, ValueError) as error:
+        _fail("model", str(error))
+    _validate_encoders_and_sizes(config)
+    _validate_training(config)
+    _validate_mesh(config, num_devices, process_count)
 
+
+def _validate_encoders_and_sizes(config: ml_collections.ConfigDict) -> None:
     ae = config.autoencoder
     if ae.kind not in AUTOENCODERS:
         _fail("autoencoder.kind", f"must be one of {AUTOENCODERS}, got {ae.kind!r}")
@@ -253,7 +269,8 @@ def validate_config(
     else:
         if not ae.checkpoint:
             _fail("autoencoder.checkpoint", "kind 'wan_vae' needs a converted VAE directory")
-        spatial, temporal = 8, 4
+        wan = WanVAEConfig()  # the released Wan2.1 VAE's compression
+        spatial, temporal = wan.spatial_factor, wan.temporal_factor
     te = config.text_encoder
     if te.kind not in TEXT_ENCODERS:
         _fail("text_encoder.kind", f"must be one of {TEXT_ENCODERS}, got {te.kind!r}")
@@ -264,10 +281,7 @@ def validate_config(
     _positive_int(config, "text_encoder.max_length")
 
     data = config.data
-    for key in ("erp_height", "erp_width", "map_size", "num_frames", "frame_stride", "batch_size"):
-        _positive_int(config, f"data.{key}")
-    if data.erp_width != 2 * data.erp_height:
-        _fail("data.erp_width", f"must be 2 * erp_height, got {data.erp_height}x{data.erp_width}")
+    validate_data_config(data)
     # The latent (map / spatial factor) splits into 2 x 2 patches, whose token grid splits into
     # the 4 subregions of the map: the map side is a multiple of 4 * patch * spatial factor.
     multiple = 2 * 2 * spatial
@@ -278,10 +292,9 @@ def validate_config(
             "data.num_frames",
             f"must be 1 + {temporal}k for this autoencoder, got {data.num_frames}",
         )
-    for key in ("image_ratio", "caption_dropout"):
-        if not 0.0 <= data[key] <= 1.0:
-            _fail(f"data.{key}", f"must be in [0, 1], got {data[key]}")
 
+
+def _validate_training(config: ml_collections.ConfigDict) -> None:
     diffusion = config.diffusion
     if diffusion.timestep_sampler not in TIMESTEP_SAMPLERS:
         _fail(
@@ -313,6 +326,9 @@ def validate_config(
     if config.log.image_every_steps < 0:
         _fail("log.image_every_steps", "must be >= 0 (0 = never)")
 
+
+def _validate_mesh(config: ml_collections.ConfigDict, num_devices: int, process_count: int):
+    data = config.data
     sizes = mesh_shape(config, num_devices)
     batch_shards = sizes["data"] * sizes["fsdp"]
     if data.batch_size % batch_shards:
@@ -324,7 +340,6 @@ def validate_config(
         _fail(
             "data.batch_size", f"{data.batch_size} must be divisible by the {process_count} hosts"
         )
-    rule_names = set()
     for entry in config.sharding_rules:
         if len(entry) != 2:
             _fail("sharding_rules", f"entries are (logical name, mesh axes), got {entry!r}")
@@ -332,11 +347,3 @@ def validate_config(
         targets = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
         if not set(targets) <= set(MESH_AXES):
             _fail("sharding_rules", f"{name!r} maps to {axes!r}, not axes of {MESH_AXES}")
-        rule_names.add(name)
-
-    from viewpoint_jax import components  # the model fields are checked by DiTConfig itself
-
-    try:
-        components.dit_config(config)
-    except (TypeError, ValueError) as error:
-        _fail("model", str(error))

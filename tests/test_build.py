@@ -10,8 +10,9 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from test_train import micro_config
 
-from viewpoint_jax import components
+from viewpoint_jax import build
 from viewpoint_jax.models import dit as dit_lib
+from viewpoint_jax.models import tokenizer as tokenizer_lib
 
 
 def _save_converted(path, model):
@@ -29,13 +30,13 @@ def _save_converted(path, model):
 
 def test_inflated_wan_checkpoint_ignores_the_condition_until_trained(tmp_path):
     config = micro_config()
-    target_config = components.dit_config(config)
+    target_config = build.dit_config(config)
     channels = target_config.out_dim
     t2v_config = dataclasses.replace(target_config, in_dim=channels)  # text-to-video: C inputs
     t2v = dit_lib.WanDiT(t2v_config, rngs=nnx.Rngs(3))
     _save_converted(tmp_path / "wan", t2v)
 
-    params = components.load_pretrained_params(tmp_path / "wan", target_config)
+    params = dit_lib.load_pretrained_params(tmp_path / "wan", target_config)
     graphdef, _ = nnx.split(dit_lib.abstract_model(target_config), nnx.Param)
     model = nnx.merge(graphdef, params)
     kernel = np.asarray(params["patch_kernel"][...])
@@ -53,17 +54,17 @@ def test_inflated_wan_checkpoint_ignores_the_condition_until_trained(tmp_path):
     np.testing.assert_allclose(inflated, t2v(x, t, context), rtol=1e-5, atol=1e-5)
 
     # The sampler CLI takes a converted directory as well as a run directory.
-    loaded = components.restore_model_for_inference(tmp_path / "wan", config)
+    loaded = build.restore_model_for_inference(tmp_path / "wan", config)
     assert loaded.config.in_dim == channels
 
 
 def test_mismatched_checkpoint_is_named(tmp_path):
     config = micro_config()
-    target_config = components.dit_config(config)
+    target_config = build.dit_config(config)
     other = dit_lib.WanDiT(dataclasses.replace(target_config, dim=64, ffn_dim=64), rngs=nnx.Rngs(0))
     _save_converted(tmp_path / "wan", other)
     try:
-        components.load_pretrained_params(tmp_path / "wan", target_config)
+        dit_lib.load_pretrained_params(tmp_path / "wan", target_config)
     except ValueError as error:
         assert "dim is 64 in the checkpoint but 32 in the config" in str(error)
     else:
@@ -72,26 +73,28 @@ def test_mismatched_checkpoint_is_named(tmp_path):
 
 def test_tiny_text_encoder_is_the_same_at_training_and_sampling():
     config = micro_config()
-    first, second = components.build_text_encoder(config), components.build_text_encoder(config)
+    first, second = build.build_text_encoder(config), build.build_text_encoder(config)
     prompts = ["a red ball", ""]
     a, mask = first.encode_text(prompts)
     b, _ = second.encode_text(prompts)
     np.testing.assert_array_equal(a, b)
-    assert a.shape == (2, config.text_encoder.max_length, components.text_width(config))
+    assert a.shape == (2, config.text_encoder.max_length, build.text_width(config))
     assert int(mask[0].sum()) == len("a red ball") + 1 and int(mask[1].sum()) == 1
     np.testing.assert_array_equal(a[0, int(mask[0].sum()) :], 0.0)  # zero past the prompt
 
 
 def test_byte_tokenizer():
-    ids, mask = components.ByteTokenizer(8)(["héllo  world", "ab"])
+    ids, mask = tokenizer_lib.ByteTokenizer(8)(["héllo  world", "ab"])
     assert ids.shape == (2, 8) and ids.dtype == np.int32
     assert list(ids[1]) == [ord("a") + 2, ord("b") + 2, 1, 0, 0, 0, 0, 0]
     assert list(mask[1]) == [1, 1, 1, 0, 0, 0, 0, 0]
-    assert ids[0, -1] == 1 and ids.max() < components.ByteTokenizer.vocab_size  # truncated, ended
+    assert (
+        ids[0, -1] == 1 and ids.max() < tokenizer_lib.ByteTokenizer.vocab_size
+    )  # truncated, ended
 
 
 def test_space_to_depth_autoencoder_from_config():
     config = micro_config()
-    autoencoder = components.build_autoencoder(config)
+    autoencoder = build.build_autoencoder(config)
     assert autoencoder.spatial_factor == config.autoencoder.factor
-    assert autoencoder.latent_channels == components.latent_channels(config)
+    assert autoencoder.latent_channels == build.latent_channels(config)

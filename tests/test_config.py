@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from viewpoint_jax import components
-from viewpoint_jax.config_validation import mesh_shape, validate_config
+from viewpoint_jax import build
+from viewpoint_jax.config import mesh_shape, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def test_wan14b_is_the_papers_setup():
     assert (config.data.erp_height, config.data.erp_width) == (512, 1024)
     assert config.data.map_size == 640 and config.data.num_frames == 49
     assert config.optim.lr == 1e-4 and config.data.batch_size == 8
-    model = components.dit_config(config)
+    model = build.dit_config(config)
     assert (model.in_dim, model.out_dim, model.text_dim) == (33, 16, 4096)
     assert (model.dim, model.num_layers, model.num_heads) == (5120, 40, 40)
     assert model.dtype == "bfloat16" and model.param_dtype == "float32"
@@ -40,12 +40,12 @@ def test_wan14b_is_the_papers_setup():
 
 def test_wan1_3b_and_tiny_validate():
     config = load("wan1_3b")
-    assert components.dit_config(config).dim == 1536
+    assert build.dit_config(config).dim == 1536
     validate_config(config, num_devices=8)
     for arg in (None, "micro"):
         tiny = load("tiny", arg)
         validate_config(tiny, num_devices=1)
-        model = components.dit_config(tiny)
+        model = build.dit_config(tiny)
         channels = 3 * tiny.autoencoder.factor**2  # space-to-depth latents
         assert (model.in_dim, model.out_dim) == (2 * channels + 1, channels)
 

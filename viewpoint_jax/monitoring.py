@@ -1,4 +1,4 @@
-"""Training observability: analytic FLOPs and MFU, TensorBoard, a progress bar, preview images.
+"""Training telemetry: analytic FLOPs and MFU, TensorBoard, progress, preview images.
 
 FLOPs of one forward pass of the DiT on one sample (a multiply-add = 2 FLOPs), with
 N tokens = (F / pt) (H / ph) (W / pw) of the latent, D = dim, Df = ffn_dim, L text tokens,
@@ -22,15 +22,19 @@ VAE and text encoder are not counted either.
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import jax
+import ml_collections
 import numpy as np
 
-from viewpoint_jax.io_utils import atomic_path
-from viewpoint_jax.models.dit import PANO, DiTConfig
+from viewpoint_jax.models.dit import BlockKind, DiTConfig
+from viewpoint_jax.video_io import to_uint8, write_png
 
 # Dense bf16 peak per device, FLOP/s (vendor figures, no sparsity).
 PEAK_FLOPS = {
@@ -58,7 +62,7 @@ def dit_forward_flops(
     flops += 2 * (config.freq_dim * d + d * d + d * 6 * d)
     for kind in config.block_kinds:
         flops += 2 * n * d * 4 * d
-        flops += 4 * n * n * d if kind == PANO else 4 * 4 * (n // 4) ** 2 * d
+        flops += 4 * n * n * d if kind == BlockKind.PANO else 4 * 4 * (n // 4) ** 2 * d
         flops += 2 * n * d * 2 * d + 2 * lt * d * 2 * d + 4 * n * lt * d
         flops += 2 * n * d * 2 * dff
     flops += 2 * n * d * patch * config.out_dim
@@ -135,10 +139,6 @@ class Writer:
             self._writer.close()
 
 
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    return np.round((np.clip(x, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
-
-
 def preview_grid(
     condition: np.ndarray, target: np.ndarray, prediction: np.ndarray, max_examples: int = 4
 ) -> np.ndarray:
@@ -156,21 +156,81 @@ def preview_grid(
             tiles.append(np.ones_like(tiles[-1][:, : 3 * gap]))
         rows.append(np.concatenate(tiles[:-1], axis=1))
         rows.append(np.ones_like(rows[-1][: 3 * gap]))
-    return _to_uint8(np.concatenate(rows[:-1], axis=0))
+    return to_uint8(np.concatenate(rows[:-1], axis=0))
 
 
-def write_png(path: str | Path, image: np.ndarray) -> None:
-    import cv2
+class TrainLogger:
+    """One run's telemetry: every host appends its view of each step to its own metrics file
+    (`metrics.jsonl` on the first host, `metrics.<i>.jsonl` on the others; they agree, the
+    metrics are replicated); the first host also writes TensorBoard scalars every
+    `config.log.every_steps` steps, preview images, and progress: a bar on a terminal, a plain
+    line every `log.every_steps` steps in a log file.
+    """
 
-    with atomic_path(path) as tmp:
-        ok, data = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))
-        if not ok:
-            raise ValueError(f"could not encode {path}")
-        tmp.write_bytes(data.tobytes())
+    def __init__(
+        self,
+        workdir: Path,
+        config: ml_collections.ConfigDict,
+        model_config: DiTConfig,
+        *,
+        num_devices: int,
+        start_step: int,
+        progress: bool = True,
+    ):
+        self.workdir, self.config, self.model_config = workdir, config, model_config
+        self.num_devices = num_devices
+        self.is_main = jax.process_index() == 0
+        name = "metrics.jsonl" if self.is_main else f"metrics.{jax.process_index()}.jsonl"
+        self.metrics_file = workdir / name
+        self.writer = Writer(workdir / "tensorboard", enabled=self.is_main)
+        self.peak = peak_flops_per_device(jax.devices()[0].device_kind, config.log.peak_tflops)
+        self.timer = StepTimer()
+        self.losses: dict[int, float] = {}
+        self.progress = progress and self.is_main
+        self.bar = None
+        if self.progress and sys.stderr.isatty():
+            from tqdm import tqdm  # only for a terminal
 
+            self.bar = tqdm(total=config.num_steps, initial=start_step, desc="train", unit="step")
 
-def format_scalars(values: dict[str, Any]) -> str:
-    parts = []
-    for name, value in values.items():
-        parts.append(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}")
-    return " ".join(parts)
+    def log(
+        self, step: int, step_metrics: dict[str, Any], latent_grid: tuple[int, int, int], skipped
+    ) -> dict[str, float]:
+        """Records one step's metrics (host values) with its throughput; returns them."""
+        values = {k: float(v) for k, v in step_metrics.items()}
+        seconds = self.timer.tick()
+        batch = self.config.data.batch_size
+        if seconds:
+            values["step_time_s"] = seconds
+            text_tokens = int(self.config.text_encoder.max_length)
+            flops = train_step_flops(self.model_config, latent_grid, text_tokens, batch)
+            tokens = batch * tokens_per_sample(self.model_config, latent_grid)
+            values.update(throughput(seconds, flops, tokens, self.num_devices, self.peak))
+        values["data/skipped_records"] = skipped
+        self.losses[step] = values["loss"]
+        with open(self.metrics_file, "a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        every = self.config.log.every_steps
+        if self.is_main and (step % every == 0 or step == self.config.num_steps):
+            self.writer.scalars(step, values)
+            if self.progress and self.bar is None:
+                print(
+                    f"step {step}/{self.config.num_steps} loss {values['loss']:.4f}"
+                    + (f" {seconds:.2f} s/step" if seconds else ""),
+                    file=sys.stderr,
+                )
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(f"loss={values['loss']:.4f}")
+        return values
+
+    def preview(self, step: int, preview: dict[str, np.ndarray]) -> None:
+        """Condition, target and prediction maps (`preview_step`) as a PNG and in TensorBoard."""
+        grid = preview_grid(preview["condition"], preview["target"], preview["prediction"])
+        write_png(self.workdir / "images" / f"step_{step:07d}.png", grid)
+        self.writer.image(step, "maps/condition_target_prediction", grid)
+
+    def close(self) -> None:
+        self.writer.close()
+        if self.bar is not None:
+            self.bar.close()
