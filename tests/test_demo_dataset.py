@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from viewpoint_jax import config as config_lib
 from viewpoint_jax.data import builder, pipeline
 from viewpoint_jax.data import demo_dataset as demo
 
@@ -126,7 +127,7 @@ def test_demo_dataset_builds_deterministically_and_feeds_the_pipeline(tmp_path):
     assert counts["test"]["videos"] == 1
     assert a[1]["num_frames"] == FRAMES and (a[1]["height"], a[1]["width"]) == (HEIGHT, 2 * HEIGHT)
 
-    config = pipeline.default_data_config()
+    config = config_lib.data_config()
     config.update(
         dict(data_dir=str(tmp_path / "a/data"), name="demo", erp_height=16, erp_width=32,
              map_size=16, num_frames=5, batch_size=2, image_ratio=0.5)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from viewpoint_jax import config as config_lib
 from viewpoint_jax import evaluation
 from viewpoint_jax.data import builder
 from viewpoint_jax.diffusion import sampler
@@ -145,7 +146,6 @@ def test_same_seeds_same_error_other_seeds_other_error():
 
 
 def test_load_eval_clips_stacks_the_held_out_videos():
-    from viewpoint_jax.data import pipeline
 
     rng = np.random.default_rng(0)
 
@@ -160,7 +160,7 @@ def test_load_eval_clips_stacks_the_held_out_videos():
         }
 
     source = [record(0, 8), record(1, 1, is_image=True), record(2, 8), record(3, 8)]
-    config = pipeline.default_data_config()
+    config = config_lib.data_config()
     config.update(dict(erp_height=16, erp_width=32, map_size=16, num_frames=5))
     clips = evaluation.load_eval_clips(config, num_clips=3, data_source=source)
     assert len(clips) == 2  # the image among the first three records is skipped

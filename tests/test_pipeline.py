@@ -6,6 +6,7 @@ import logging
 import numpy as np
 import pytest
 
+from viewpoint_jax import config as config_lib
 from viewpoint_jax import geometry
 from viewpoint_jax.data import builder, pipeline
 
@@ -34,7 +35,7 @@ def _source(num_videos=6, num_images=0, corrupt=()):
 
 
 def _config(**overrides):
-    config = pipeline.default_data_config()
+    config = config_lib.data_config()
     config.update(
         dict(erp_height=H, erp_width=W, map_size=M, num_frames=F, batch_size=2, caption_dropout=0.0)
     )

@@ -335,8 +335,9 @@ def test_step_loss_is_the_flow_matching_formula():
     rng = fold_in(key(seed), step) split into (noise, sigma) keys, e ~ N(0, I), s from the
     config's timestep sampler, the model sees concat[(1 - s) x + s e, condition, mask] at
     t = 1000 s and the loss is mean((prediction - (e - x))^2). Two steps: the rng follows the
-    step. Latents and text embeddings come precomputed, so x, the condition and the mask are
-    chosen here (the mask a random 0/1 pattern, the condition zero outside it)."""
+    step. Latents and text embeddings come precomputed (as from tools/precompute_*.py), so x,
+    the condition, the mask (a random 0/1 pattern, the condition zero outside it) and the
+    context are chosen here."""
     import jax.numpy as jnp
     from flax import nnx
 
@@ -344,23 +345,28 @@ def test_step_loss_is_the_flow_matching_formula():
     from viewpoint_jax.models import dit as dit_lib
 
     config = micro_config()
-    config.text_encoder.precompute = True  # the batch carries the context: no text encoder here
+    config.text_encoder.precompute = True  # the batch carries the context
     mesh = sharding_lib.make_mesh(dict(data=1, fsdp=1, sequence=1, tensor=1), ONE_DEVICE)
     trainer = train.make_trainer(config, mesh, tuple(config.sharding_rules))
-    channels = trainer.model_config.out_dim
+    model_config = trainer.model_config
     rng = np.random.default_rng(0)
 
-    def batch(index):
+    def device_batch():
         shape = (config.data.batch_size, 2, 8, 8)  # (B, f, h, w): an even token grid
         mask = (rng.random((*shape, 1)) < 0.4).astype(np.float32)
-        return {
-            "latents": rng.standard_normal((*shape, channels)).astype(np.float32),
-            "condition_latents": mask * rng.standard_normal((*shape, channels)).astype(np.float32),
+        text = (shape[0], config.text_encoder.max_length, model_config.text_dim)
+        arrays = {
+            "latents": rng.standard_normal((*shape, model_config.out_dim)),
+            "condition_latents": mask * rng.standard_normal((*shape, model_config.out_dim)),
             "latent_mask": mask,
-            "caption": np.array([f"clip {index} {i}" for i in range(shape[0])]),
+            "context": rng.standard_normal(text),
+        }
+        return {
+            key: jax.device_put(np.asarray(value, np.float32), trainer.batch_sharding)
+            for key, value in arrays.items()
         }
 
-    graphdef, _ = nnx.split(dit_lib.abstract_model(trainer.model_config), nnx.Param)
+    graphdef, _ = nnx.split(dit_lib.abstract_model(model_config), nnx.Param)
     diffusion = config.diffusion
 
     @jax.jit
@@ -384,16 +390,16 @@ def test_step_loss_is_the_flow_matching_formula():
 
     state = trainer.init_state()
     for step in range(2):
-        device_batch = trainer.device_batch(batch(step))
+        batch = device_batch()
         params = jax.device_get(state["params"])  # before the step donates the state
         want = expected_loss(
             params,
-            device_batch["latents"],
-            device_batch["condition_latents"],
-            device_batch["latent_mask"],
-            device_batch["context"],
+            batch["latents"],
+            batch["condition_latents"],
+            batch["latent_mask"],
+            batch["context"],
             step,
         )
-        state, metrics = trainer.step(state, device_batch)
+        state, metrics = trainer.step(state, batch)
         assert int(state["step"]) == step + 1
         np.testing.assert_allclose(float(metrics["loss"]), float(want), rtol=1e-5)
