@@ -173,3 +173,121 @@ def test_load_eval_clips_stacks_the_held_out_videos():
     np.testing.assert_array_equal(clips.condition_map * outside, 0.0)
     with pytest.raises(ValueError, match="no video clips"):
         evaluation.load_eval_clips(config, num_clips=1, data_source=source[1:2])
+
+
+# === Panorama metrics (evaluation.PANORAMA_METRICS) ===============================================
+
+
+def _smooth_erp(height: int = 32, frames: int = 2) -> np.ndarray:
+    """A panorama that is a smooth function of direction `(F, H, 2H, 3)`: no seam anywhere."""
+    from viewpoint_jax.geometry import sphere
+
+    directions = sphere.erp_directions(height, 2 * height)
+    erp = 128 + 90 * directions[..., [0, 2, 1]] * np.array([1.0, 0.8, 0.6])
+    return np.repeat(erp[None], frames, axis=0)
+
+
+def test_an_injected_seam_scores_worse_than_the_clean_panorama():
+    clean = _smooth_erp()
+    width = clean.shape[2]
+    # A brightness ramp around the longitudes: gentle inside, a 40-level jump at the wrap.
+    seamed = clean + np.linspace(0, 40, width)[None, None, :, None]
+    clean_score, seamed_score = evaluation.seam_ratio(clean), evaluation.seam_ratio(seamed)
+    assert clean_score < 1.5
+    assert seamed_score > 3 * clean_score and seamed_score > 4
+    assert evaluation.seam_ratio(np.full((1, 8, 16, 3), 7, np.uint8)) == 1.0
+    # The same numbers from uint8 frames, as read from an mp4.
+    as_uint8 = np.round(seamed).astype(np.uint8)
+    np.testing.assert_allclose(evaluation.seam_ratio(as_uint8), seamed_score, rtol=0.05)
+    with pytest.raises(ValueError, match="W = 2 H"):
+        evaluation.seam_ratio(np.zeros((1, 8, 8, 3)))
+
+
+def test_pole_spread_is_zero_for_uniform_caps_and_grows_with_noise_in_them():
+    rng = np.random.default_rng(0)
+    height = 60  # 3 degrees per row: the default 3-degree cap is the first and last row
+    erp = rng.uniform(0, 255, (2, height, 2 * height, 3))
+    erp[:, 0], erp[:, -1] = 40.0, 200.0  # each pole one colour; noise everywhere else
+    assert evaluation.pole_spread(erp) == pytest.approx(0.0, abs=1e-9)
+    noisy = erp.copy()
+    noisy[:, 0] += rng.normal(0, 20, noisy[:, 0].shape)
+    assert evaluation.pole_spread(noisy) > 5  # about 20 / 2: only the north cap is noisy
+    # A wider cap takes in the noisy rows below it.
+    assert evaluation.pole_spread(erp, cap_deg=6.0) > 30
+
+
+def test_flicker_is_zero_for_a_static_video_and_sees_brightness_changes():
+    rng = np.random.default_rng(1)
+    frame = rng.uniform(0, 255, (16, 32, 3)).astype(np.uint8)
+    static = np.repeat(frame[None], 4, axis=0)
+    assert evaluation.temporal_flicker(static) == 0.0
+    assert evaluation.temporal_flicker(static, block=8) == 0.0
+    pulsing = np.stack([np.full((16, 32, 3), v, np.uint8) for v in (100, 110, 100, 110)])
+    assert evaluation.temporal_flicker(pulsing) == pytest.approx(10.0)
+    assert evaluation.temporal_flicker(pulsing, block=8) == pytest.approx(10.0)
+    # A fine pattern moving one pixel: large per-pixel change, none after the 8 x 8 low-pass.
+    stripes = (np.arange(34) % 2 * 200).astype(np.uint8)
+    moving = np.stack(
+        [np.broadcast_to(stripes[s : s + 32, None, None], (32, 16, 3)) for s in (0, 1)]
+    )
+    assert evaluation.temporal_flicker(moving) == pytest.approx(200.0)
+    assert evaluation.temporal_flicker(moving, block=8) == pytest.approx(0.0)
+    assert np.isnan(evaluation.temporal_flicker(static[:1]))
+
+
+def test_overlap_disagreement_is_zero_when_copies_agree_and_sees_a_perturbed_copy():
+    from viewpoint_jax import geometry
+    from viewpoint_jax.geometry import viewpoint_map as layout
+
+    m = 16
+    constant = np.full((2, m, m, 3), 90, np.uint8)
+    assert evaluation.overlap_disagreement(constant) == pytest.approx(0.0, abs=1e-4)
+    # A map sampled from one panorama: every copy shows the same scene. Only the bilinear reading
+    # of copies that fall between pixel centres differs.
+    consistent = np.asarray(geometry.erp_to_viewpoint(jnp.asarray(_smooth_erp(), jnp.float32), m))
+    agree = evaluation.overlap_disagreement(consistent)
+    assert agree < 0.05
+    # Brighten subregion F where its pixels are also shown elsewhere: its copies now disagree.
+    _, others = zip(*evaluation._other_copy_plans(m))
+    shared = np.any(others, axis=0) & (layout.subregion_index(m) == 0)
+    perturbed = consistent + 40.0 * shared[None, :, :, None]
+    assert evaluation.overlap_disagreement(perturbed) > 10
+    noise = np.random.default_rng(2).uniform(0, 255, (1, m, m, 3))
+    assert evaluation.overlap_disagreement(noise) > 50
+    with pytest.raises(ValueError, match="square maps"):
+        evaluation.overlap_disagreement(np.zeros((1, 16, 32, 3)))
+
+
+def test_psnr_and_ssim_of_views_on_the_8_bit_scale():
+    rng = np.random.default_rng(3)
+    reference = rng.uniform(20, 230, (2, 16, 20, 3))
+    assert evaluation.view_psnr(reference, reference) == float("inf")
+    assert evaluation.view_ssim(reference, reference) == pytest.approx(1.0)
+    # An error of 1 level everywhere: MSE 1, PSNR 20 log10(255).
+    assert evaluation.view_psnr(reference + 1, reference) == pytest.approx(20 * np.log10(255))
+    noise = rng.normal(0, 1, reference.shape)
+    slightly, very = (evaluation.view_ssim(reference + k * noise, reference) for k in (5, 40))
+    assert very < 0.9 < slightly < 1.0
+    # Two flat images: SSIM reduces to its luminance term (2 a b + C1) / (a^2 + b^2 + C1).
+    a, b, c1 = 100.0, 150.0, (0.01 * 255) ** 2
+    flat = evaluation.view_ssim(np.full((1, 16, 16, 3), a), np.full((1, 16, 16, 3), b))
+    assert flat == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1))
+    with pytest.raises(ValueError, match="differ in shape"):
+        evaluation.view_psnr(reference, reference[:1])
+
+
+def test_every_panorama_metric_states_its_direction_and_unit():
+    functions = {
+        "seam_ratio": evaluation.seam_ratio,
+        "pole_spread": evaluation.pole_spread,
+        "overlap_disagreement": evaluation.overlap_disagreement,
+        "flicker": evaluation.temporal_flicker,
+        "condition_psnr": evaluation.view_psnr,
+        "condition_ssim": evaluation.view_ssim,
+    }
+    for name, info in evaluation.PANORAMA_METRICS.items():
+        assert info.better in ("lower", "higher") and info.unit and info.meaning, name
+    for name, function in functions.items():
+        better = evaluation.PANORAMA_METRICS[name].better
+        assert f"{better.capitalize()} is better" in function.__doc__, name
+        assert "(F, " in function.__doc__, name
