@@ -86,23 +86,23 @@ def test_d_diamond_is_continuous_and_linear_across_the_centre():
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
-def test_overlapping_quadrants_agree_after_quarter_turn(dtype):
-    """Each subregion's quadrant toward its right neighbour equals the neighbour's quadrant
+def test_overlapping_quarters_agree_after_quarter_turn(dtype):
+    """Each subregion's quarter toward its right neighbour equals the neighbour's quarter
     toward it, turned clockwise by a quarter, pixel for pixel (ERP input is random noise)."""
     rng = np.random.default_rng(0)
     erp = rng.uniform(0, 255, (32, 64, 3)).astype(dtype)
     m, h = 64, 16
     vp = np.asarray(g.erp_to_viewpoint(erp, m))
-    quadrant = {  # (quadrant toward right neighbour, quadrant toward left neighbour)
+    quarter = {  # (quarter toward right neighbour, quarter toward left neighbour)
         "F": (vp[:h, h : 2 * h], vp[h : 2 * h, :h]),
         "R": (vp[h : 2 * h, 3 * h :], vp[:h, 2 * h : 3 * h]),
         "B": (vp[3 * h :, 2 * h : 3 * h], vp[2 * h : 3 * h, 3 * h :]),
         "L": (vp[2 * h : 3 * h, :h], vp[3 * h :, h : 2 * h]),
     }
     for face, right in zip("FRBL", "RBLF"):
-        np.testing.assert_array_equal(quadrant[right][1], np.rot90(quadrant[face][0], -1))
-    # The other quadrants do not repeat: the test would notice a wrong pairing.
-    assert not np.array_equal(quadrant["F"][1], np.rot90(quadrant["R"][1], -1))
+        np.testing.assert_array_equal(quarter[right][1], np.rot90(quarter[face][0], -1))
+    # The other quarters do not repeat: the test would notice a wrong pairing.
+    assert not np.array_equal(quarter["F"][1], np.rot90(quarter["R"][1], -1))
 
 
 def test_coverage_and_weights():

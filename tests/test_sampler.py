@@ -149,7 +149,7 @@ def test_settings_validate_and_round_trip():
         sampler.SampleSettings(scheduler="ddim")
     with pytest.raises(ValueError, match="num_steps"):
         sampler.SampleSettings(num_steps=0)
-    with pytest.raises(ValueError, match="unknown sample settings"):
+    with pytest.raises(ValueError, match="unknown SampleSettings fields"):
         sampler.SampleSettings.from_dict({"steps": 3})
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from viewpoint_jax.data import pipeline
 from viewpoint_jax.data.builder import as_text
 from viewpoint_jax.diffusion import sampler
+from viewpoint_jax.geometry import projections, sampling, viewpoint_map
 
 PEAK_TO_PEAK = 2.0  # pixel range [-1, 1]
 
@@ -438,16 +439,14 @@ def _other_copy_plans(map_size: int) -> tuple[tuple[Any, np.ndarray], ...]:
     that have such a copy other than themselves."""
     if map_size in _OTHER_COPY_PLANS:
         return _OTHER_COPY_PLANS[map_size]
-    from viewpoint_jax.geometry import projections, sampling
-    from viewpoint_jax.geometry import viewpoint_map as layout
 
     directions = projections.viewpoint_directions_np(map_size)
-    copies = layout.direction_to_copies(directions, map_size)
+    copies = viewpoint_map.direction_to_copies(directions, map_size)
     rows, cols = np.meshgrid(np.arange(map_size), np.arange(map_size), indexing="ij")
     distance = np.hypot(copies.row - rows[..., None], copies.col - cols[..., None])
     own = np.argmin(np.where(copies.covered, distance, np.inf), axis=-1)  # the pixel itself
     plans = []
-    for k in range(len(layout.SUBREGIONS)):
+    for k in range(len(viewpoint_map.SUBREGIONS)):
         other = copies.covered[..., k] & (own != k)
         only_k = dataclasses.replace(
             copies, weight=np.where(other[..., None], np.arange(4) == k, 0.0)
@@ -471,11 +470,9 @@ def overlap_disagreement(map_video: Any, frames_per_chunk: int = 8) -> float:
     copies agree), unit: 8-bit levels. Bilinear reading of copies that fall between pixel centres
     leaves a small floor on smooth content (about 0.01 levels at M = 16).
     """
-    from viewpoint_jax.geometry import sampling
-    from viewpoint_jax.geometry import viewpoint_map as layout
 
     map_video = _check_video(map_video, "map_video")
-    map_size = layout.check_map_size(map_video.shape[1], "map side")
+    map_size = viewpoint_map.check_map_size(map_video.shape[1], "map side")
     if map_video.shape[2] != map_size:
         raise ValueError(f"map_video must hold square maps, got {map_video.shape[1:3]}")
     plans = _other_copy_plans(map_size)
