@@ -50,7 +50,8 @@ def get_config(arg: str | None = None):
     config.data.map_size = 640
     config.data.num_frames = 49
     config.data.frame_stride = 1
-    config.data.image_ratio = 0.0
+    # The paper trains on images and videos jointly (images as 1-frame videos); the share is ours.
+    config.data.image_ratio = 0.2
     config.data.caption_dropout = 0.1
     config.data.batch_size = 8  # 1 per device on 8 devices
     config.data.worker_count = 8

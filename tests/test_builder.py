@@ -142,3 +142,28 @@ def test_prepare_dataset_cli(tmp_path):
     )  # fmt: skip
     assert bad.returncode == 2
     assert bad.stderr.startswith("error: ") and "captions.jsonl:1: invalid JSON" in bad.stderr
+
+
+def test_parallel_build_equals_serial_and_a_failed_build_resumes(tmp_path, monkeypatch, capsys):
+    src = _write_folder(tmp_path / "src", LINES)
+    builder.prepare(src, tmp_path / "serial", frame_format="png", max_frames=4, progress=False)
+
+    def crash(*args):
+        raise RuntimeError("crash before assembly")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(builder, "_assemble", crash)
+        with pytest.raises(RuntimeError, match="crash"):
+            builder.prepare(src, tmp_path / "parallel", frame_format="png", max_frames=4, workers=3)
+    staging = tmp_path / "parallel" / "panoramic_videos" / "default" / builder.STAGING_DIR
+    assert len(list(staging.glob("*.json"))) == 3
+    capsys.readouterr()
+    builder.prepare(src, tmp_path / "parallel", frame_format="png", max_frames=4, workers=3)
+    assert "resuming: 3 of 3 files already encoded" in capsys.readouterr().out
+    assert not staging.exists()
+    for split in ("train", "test"):
+        serial = builder.open_data_source(tmp_path / "serial", split=split)
+        parallel = builder.open_data_source(tmp_path / "parallel", split=split)
+        assert [serial[i] for i in range(len(serial))] == [
+            parallel[i] for i in range(len(parallel))
+        ]

@@ -118,3 +118,53 @@ def test_bad_frames_and_files_are_named(tmp_path):
     with pytest.raises(ValueError, match="not an MP4"):
         video_io.add_spherical_metadata(b"\x00\x00\x00\x10ftypisom\x00\x00\x00\x00")
     assert not list(tmp_path.iterdir())
+
+
+def _lavfi(path, *args):
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi"]
+    subprocess.run(
+        [*command, *args, "-c:v", "libx264", "-preset", "ultrafast", str(path)], check=True
+    )
+    return path
+
+
+def test_decode_frames_resamples_by_timestamp_and_keeps_the_top_eye(tmp_path):
+    # 2 s at 30 fps: red top eye over a blue bottom eye, each 64 x 32.
+    path = _lavfi(
+        tmp_path / "tb.mkv",
+        "-i", "color=red:size=64x32:rate=30:duration=2",
+        "-f", "lavfi", "-i", "color=blue:size=64x32:rate=30:duration=2",
+        "-filter_complex", "vstack", "-metadata:s:v", "stereo_mode=top_bottom",
+    )  # fmt: skip
+    frames = np.stack(list(video_io.decode_frames(path, (16, 32), fps=16, stereo="top-bottom")))
+    assert frames.shape == (32, 16, 32, 3)  # 2 s x 16 fps, scaled to 16 x 32
+    assert frames[..., 0].min() > 200 and frames[..., 2].max() < 60
+    every_frame = list(video_io.decode_frames(path, (64, 64)))
+    assert len(every_frame) == 60
+    both_eyes = every_frame[0]
+    assert both_eyes[:32, :, 0].mean() > 200 and both_eyes[32:, :, 2].mean() > 200
+
+
+def test_probe_media_with_and_without_ffprobe(tmp_path, monkeypatch):
+    stereo = _lavfi(
+        tmp_path / "tb.mkv", "-i", "testsrc2=size=64x64:rate=25:duration=1",
+        "-metadata:s:v", "stereo_mode=top_bottom",
+    )  # fmt: skip
+    spherical = tmp_path / "pano.mp4"
+    video_io.write_video(spherical, gradient_video(frames=6), fps=12, spherical=True)
+    cut_off = tmp_path / "cut.mp4"
+    cut_off.write_bytes(spherical.read_bytes()[:200])
+    expected = {
+        stereo: video_io.MediaInfo(64, 64, 25.0, 1.0, "h264", "top-bottom", None),
+        spherical: video_io.MediaInfo(64, 32, 12.0, 0.5, "h264", "mono", "equirectangular"),
+    }
+    for use_ffprobe in ([True] if FFPROBE else []) + [False]:
+        if not use_ffprobe:
+            monkeypatch.setattr(video_io, "ffprobe_exe", lambda: None)
+        for path, info in expected.items():
+            assert video_io.probe_media(path) == info, (use_ffprobe, path)
+        with pytest.raises(video_io.UnreadableMediaError, match=r"cut\.mp4: .*Invalid data"):
+            video_io.probe_media(cut_off)
+        with pytest.raises(video_io.UnreadableMediaError) as error:
+            list(video_io.decode_frames(cut_off, (8, 16)))
+        assert str(cut_off) in str(error.value) and "ffmpeg failed" in error.value.reason

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import fractions
+import json
+import logging
+import math
 import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -12,6 +22,8 @@ from viewpoint_jax.io_utils import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
+
+log = logging.getLogger(__name__)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -83,10 +95,6 @@ def write_video(
     `spherical`, the video is tagged as a monoscopic equirectangular 360 video (Spherical Video
     V1 and V2 metadata).
     """
-    import subprocess
-
-    import imageio_ffmpeg
-
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 (F, H, W, 3), got {frames.dtype} {frames.shape}")
@@ -98,7 +106,7 @@ def write_video(
         height, width = height + height % 2, width + width % 2
     with atomic_path(path) as tmp:
         command = [
-            imageio_ffmpeg.get_ffmpeg_exe(),
+            ffmpeg_exe(),
             "-y",
             "-loglevel", "error",
             "-f", "rawvideo",
@@ -265,3 +273,228 @@ def add_spherical_metadata(mp4: bytes) -> bytes:
     if any(kind == b"mdat" and start > moov_start for kind, start, _, _ in top):
         new_moov = _shift_chunk_offsets(new_moov, len(new_moov) - (moov_end - moov_start))
     return mp4[:moov_start] + new_moov + mp4[moov_end:]
+
+
+# --- Probing and decoding with ffmpeg -----------------------------------------------------------
+# Panoramic footage is 4K-8K: the ffmpeg binary (imageio-ffmpeg's, or $IMAGEIO_FFMPEG_EXE) picks
+# frames by timestamp, crops the stereo eye and shrinks each frame inside the decoder, so only
+# small RGB frames cross the pipe. Metadata comes from ffprobe when installed, else from the
+# stream summary ffmpeg prints.
+
+STEREO_LAYOUTS = ("mono", "top-bottom", "left-right")
+# Stereo 3D side data types (ffprobe / ffmpeg) and Matroska `stereo_mode` tags -> layout.
+_STEREO_NAMES = {
+    "2d": "mono",
+    "mono": "mono",
+    "top and bottom": "top-bottom",
+    "top_bottom": "top-bottom",
+    "bottom_top": "top-bottom",
+    "side by side": "left-right",
+    "left_right": "left-right",
+    "right_left": "left-right",
+}
+# The filter that keeps the first eye (top / left) of a stereo layout.
+_EYE_CROPS = {"top-bottom": "crop=iw:ih/2:0:0", "left-right": "crop=iw/2:ih:0:0"}
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaInfo:
+    """What the container says about the first video stream of a file.
+
+    width, height: pixels of the whole frame (both eyes for stereo). fps: average frame rate
+    (0 if unknown). duration: seconds (0 if unknown, as for images). stereo: the layout named
+    by the file's metadata ("mono", "top-bottom", "left-right", or an unsupported layout's own
+    name), None without stereo metadata. projection: the spherical projection named by the
+    metadata ("equirectangular", "cubemap", ...), None without spherical metadata.
+    """
+
+    width: int
+    height: int
+    fps: float
+    duration: float
+    codec: str
+    stereo: str | None = None
+    projection: str | None = None
+
+
+class UnreadableMediaError(ValueError):
+    """A file ffprobe or ffmpeg cannot read; `reason` is ffmpeg's explanation."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        super().__init__(f"cannot read {path}: {reason}")
+        self.reason = reason
+
+
+def ffmpeg_exe() -> str:
+    """The ffmpeg binary: $IMAGEIO_FFMPEG_EXE, else the one imageio-ffmpeg ships."""
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def ffprobe_exe() -> str | None:
+    """ffprobe on the PATH (or $FFPROBE), None when not installed."""
+    return os.environ.get("FFPROBE") or shutil.which("ffprobe")
+
+
+def _stderr_reason(text: str, path: str | os.PathLike = "") -> str:
+    """ffmpeg's error lines in one line, without `[demuxer @ 0x...]`, the file name or the
+    repeats ffmpeg adds when it gives up."""
+    lines = []
+    for line in text.splitlines():
+        line = re.sub(r"^\[[^\]]*\]\s*", "", line.replace(f"{path}: ", "") if path else line)
+        line = re.sub(r"^Error opening input(?: files)?: ", "", line.strip())
+        if line and not line.startswith(("At least one output", "Error opening input file")):
+            lines.append(line)
+    return "; ".join(dict.fromkeys(lines)) or "no details"
+
+
+def _rate(text: str | None) -> float:
+    try:
+        value = float(fractions.Fraction(text or "0"))
+    except (ValueError, ZeroDivisionError):
+        return 0.0
+    return value if math.isfinite(value) else 0.0
+
+
+def _stereo_name(text: str) -> str:
+    text = text.strip().lower()
+    return _STEREO_NAMES.get(text, text)
+
+
+def probe_media(path: str | os.PathLike) -> MediaInfo:
+    """Reads a video's or image's metadata; UnreadableMediaError if it cannot."""
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableMediaError(path, "no such file")
+    ffprobe = ffprobe_exe()
+    if ffprobe is None:
+        return _probe_with_ffmpeg(path)
+    command = [ffprobe, "-v", "error", "-select_streams", "v:0", "-show_streams", "-show_format"]
+    result = subprocess.run(
+        [*command, "-of", "json", str(path)], capture_output=True, text=True, check=False
+    )
+    streams = json.loads(result.stdout or "{}").get("streams") if result.returncode == 0 else None
+    if not streams:
+        reason = _stderr_reason(result.stderr, path) if result.returncode else "no video stream"
+        raise UnreadableMediaError(path, reason)
+    stream, container = streams[0], json.loads(result.stdout).get("format", {})
+    stereo = projection = None
+    for side_data in stream.get("side_data_list", []):
+        if side_data.get("side_data_type") == "Stereo 3D":
+            stereo = _stereo_name(side_data.get("type", ""))
+        elif side_data.get("side_data_type") == "Spherical Mapping":
+            projection = side_data.get("projection")
+    tags = {key.lower(): value for key, value in stream.get("tags", {}).items()}
+    if stereo is None and "stereo_mode" in tags:
+        stereo = _stereo_name(tags["stereo_mode"])
+    return MediaInfo(
+        width=int(stream["width"]),
+        height=int(stream["height"]),
+        fps=_rate(stream.get("avg_frame_rate")) or _rate(stream.get("r_frame_rate")),
+        duration=_rate(stream.get("duration")) or _rate(container.get("duration")),
+        codec=str(stream.get("codec_name", "?")),
+        stereo=stereo,
+        projection=projection,
+    )
+
+
+def _probe_with_ffmpeg(path: Path) -> MediaInfo:
+    """`probe_media` without ffprobe: parses the stream summary of `ffmpeg -i` (stderr)."""
+    result = subprocess.run(
+        [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    text = result.stderr
+    video = re.search(r"Stream #\d+:\d+.*?: Video: (\w+)(.*)", text)
+    size = re.search(r", (\d+)x(\d+)", video.group(2)) if video else None
+    if video is None or size is None:
+        lines = [line for line in text.splitlines() if "Error" in line or "@ 0x" in line]
+        raise UnreadableMediaError(path, _stderr_reason("\n".join(lines), path))
+    duration = re.search(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", text)
+    rate = re.search(r", (\d+(?:\.\d+)?k?) (?:fps|tbr)", video.group(2))
+    # Side data and stream tags follow the stream line; older ffmpeg writes `stereo3d:`.
+    after = text[video.end() :]
+    stereo = re.search(r"^\s*(?:Stereo 3D|stereo3d): ([^,\n]+)", after, re.M | re.I)
+    tag = re.search(r"^\s*stereo_mode\s*: (\S+)", after, re.M | re.I)
+    projection = re.search(r"^\s*(?:Spherical Mapping|spherical): ([a-z ]+)", after, re.M | re.I)
+    fps = 0.0
+    if rate:
+        fps = float(rate.group(1).rstrip("k")) * (1000 if rate.group(1).endswith("k") else 1)
+    return MediaInfo(
+        width=int(size.group(1)),
+        height=int(size.group(2)),
+        fps=fps,
+        duration=(
+            int(duration.group(1)) * 3600 + int(duration.group(2)) * 60 + float(duration.group(3))
+            if duration
+            else 0.0
+        ),
+        codec=video.group(1),
+        stereo=_stereo_name((stereo or tag).group(1)) if stereo or tag else None,
+        projection=projection.group(1).strip() if projection else None,
+    )
+
+
+def decode_frames(
+    path: str | os.PathLike,
+    out_hw: tuple[int, int],
+    *,
+    fps: float | None = None,
+    stereo: str = "mono",
+    threads: int = 0,
+) -> Iterator[np.ndarray]:
+    """Streams the frames of a video (or an image) as RGB uint8 `(H, W, 3)` = out_hw.
+
+    ffmpeg does the work: `fps` resamples by timestamp (None keeps every decoded frame), a stereo
+    layout keeps its top / left eye, and the frame is scaled (area averaging) to out_hw. One
+    frame at a time crosses the pipe, so memory does not grow with the file. `threads`: decoder
+    and filter threads (0: ffmpeg's choice). Raises UnreadableMediaError if ffmpeg fails.
+    """
+    if stereo not in STEREO_LAYOUTS:
+        raise ValueError(f"stereo must be one of {STEREO_LAYOUTS}, got {stereo!r}")
+    height, width = out_hw
+    filters = [f"fps={fps:.6g}"] if fps else []
+    if stereo in _EYE_CROPS:
+        filters.append(_EYE_CROPS[stereo])
+    filters.append(f"scale={width}:{height}:flags=area")
+    # threads > 0 caps decoder and filter threads (parallel builds share the cores).
+    thread_options = ["-threads", str(threads), "-filter_threads", str(threads)] if threads else []
+    command = [
+        ffmpeg_exe(), "-nostdin", "-loglevel", "error", *thread_options,
+        "-i", str(path),
+        "-map", "0:v:0", "-an", "-sn", "-dn",
+        "-vf", ",".join(filters), "-fps_mode", "passthrough",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-",
+    ]  # fmt: skip
+    frame_bytes = height * width * 3
+    # stderr goes to a file: a full stderr pipe would block ffmpeg while we read stdout.
+    with tempfile.TemporaryFile() as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr)
+        finished = False
+        try:
+            while True:
+                frame = np.empty((height, width, 3), np.uint8)
+                view, filled = memoryview(frame).cast("B"), 0
+                while filled < frame_bytes:
+                    count = process.stdout.readinto(view[filled:])
+                    if not count:
+                        break
+                    filled += count
+                if filled < frame_bytes:  # end of stream (a partial frame is a cut-off file)
+                    break
+                yield frame
+            finished = True
+        finally:
+            if not finished:  # the consumer stopped early (or failed): stop ffmpeg too
+                process.kill()
+            process.stdout.close()
+            process.wait()
+        stderr.seek(0)
+        message = _stderr_reason(stderr.read().decode(errors="replace"), path)
+        if process.returncode != 0:
+            raise UnreadableMediaError(path, f"ffmpeg failed: {message}")
+        if message != "no details":
+            log.warning("%s: ffmpeg reported: %s", path, message)

@@ -1,4 +1,4 @@
-"""TFDS builder for panoramic (ERP) videos and images from a folder the user prepares.
+"""Panoramic (ERP) videos and images from a folder the user prepares -> a TFDS dataset.
 
 Source folder:
 
@@ -6,18 +6,34 @@ Source folder:
                          "split": "train"}  ("split" is optional, default "train"; "file" is
                          relative to DIR)
     DIR/clip1.mp4 ...    ERP videos (.mp4 .mov .mkv .avi .webm) and images (.png .jpg .jpeg
-                         .webp .bmp), width = 2 x height
+                         .webp .bmp), width = 2 x height (of one eye, for stereo footage)
 
-The dataset is written as ArrayRecord and read back without TensorFlow:
-`open_data_source(data_dir, name, split)` (or `tfds.data_source("panoramic_videos/<name>",
-data_dir=...)` once this module is imported). One record per image or per video segment (long
-videos are cut into segments of at most `max_frames` frames so a record stays small):
+`prepare` builds it in three steps:
+
+1. Preflight (`preflight`): every file is probed (ffprobe): size, frame rate, duration, codec,
+   stereo layout, projection. Unreadable files and files that are not equirectangular (an
+   EAC / cube-map projection in the metadata, or not 2:1 once one eye of a stereo layout is
+   kept) are rejected with the reason, before anything is built.
+2. Encoding: ffmpeg decodes each file, resampled by timestamp to `fps`, cropped to the top /
+   left eye of a stereo layout and scaled to `height` x 2 `height` inside the decoder
+   (video_io.decode_frames); frames arrive one at a time and are encoded (JPEG/PNG) into
+   records at once, so memory holds one record, never a file. Each file becomes one ArrayRecord
+   shard in `data_dir/panoramic_videos/<name>/.staging/`, named by the file and the settings and
+   written atomically; `workers` files at a time. A rerun after a crash skips finished shards.
+3. Assembly: the shards, in captions order, are linked into a fresh TFDS version directory with
+   its dataset_info.json, which replaces any previous build in one rename.
+
+The dataset is read back without TensorFlow: `open_data_source(data_dir, name, split)` (or
+`tfds.data_source("panoramic_videos/<name>", data_dir=...)` once this module is imported). One
+record per image or per video segment (long videos are cut into segments of at most
+`max_frames` frames so a record stays small):
 
     frames      list of encoded RGB frames (PNG or JPEG bytes), decoded with OpenCV by the
                 pipeline, so a random clip decodes only the frames it uses
     caption     str (bytes when read back)
     source      the file name from the JSONL; segment: int32 index of the segment in the file
-    fps         float32 (0 for images); num_frames, height, width: int32; is_image: bool
+    fps         float32: the stored frame rate (the resampling rate, else the source's; 0 for
+                images); num_frames, height, width: int32; is_image: bool
 
 `info.metadata["counts"][split]` holds the number of video segments and images per split.
 """
@@ -25,13 +41,19 @@ videos are cut into segments of at most `max_frames` frames so a record stays sm
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import contextlib
 import dataclasses
+import hashlib
+import io
 import json
 import logging
 import os
 import re
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,9 +61,18 @@ from typing import Any, ClassVar
 import cv2
 import numpy as np
 import tensorflow_datasets as tfds
+from array_record.python.array_record_module import ArrayRecordWriter
 
-from viewpoint_jax.io_utils import atomic_directory
-from viewpoint_jax.video_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from viewpoint_jax.io_utils import atomic_directory, atomic_path, atomic_write_text
+from viewpoint_jax.video_io import (
+    IMAGE_SUFFIXES,
+    STEREO_LAYOUTS,
+    VIDEO_SUFFIXES,
+    MediaInfo,
+    UnreadableMediaError,
+    decode_frames,
+    probe_media,
+)
 
 DATASET_NAME = "panoramic_videos"
 # The datasets of this package and the tools that write them (for error messages).
@@ -53,6 +84,10 @@ CAPTIONS_FILE = "captions.jsonl"
 FRAME_FORMATS = ("png", "jpeg")
 # ERP frames must be 2:1; a few pixels off (odd encoder sizes) is resized to exactly 2:1.
 ASPECT_TOLERANCE = 0.02
+# Finished per-file shards of an unfinished build, inside data_dir/panoramic_videos/<name>/.
+STAGING_DIR = ".staging"
+# As TFDS writes ArrayRecord: one record per chunk, so any record reads on its own.
+ARRAY_RECORD_OPTIONS = "group_size:1"
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +161,6 @@ def read_captions(src: str | os.PathLike, captions_file: str = CAPTIONS_FILE) ->
     return entries
 
 
-def _erp_size(height: int, width: int, target_height: int | None, where: str) -> tuple[int, int]:
-    if abs(width / height - 2) > 2 * ASPECT_TOLERANCE:
-        raise ValueError(f"{where}: not an ERP panorama, {width}x{height} is not 2:1")
-    height = target_height or height
-    return height, 2 * height
-
-
 def resize_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """RGB frame -> (height, width) = size; area averaging when shrinking."""
     if frame.shape[:2] == size:
@@ -163,75 +191,22 @@ def decode_frame(data: bytes) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def _read_frames(entry: Entry) -> tuple[Iterator[np.ndarray], float]:
-    """Streams the RGB frames of an image or video (a video is never held whole in memory)."""
-    if entry.is_image:
-        image = cv2.imread(str(entry.path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise ValueError(f"{entry.where}: cannot decode the image")
-        return iter([cv2.cvtColor(image, cv2.COLOR_BGR2RGB)]), 0.0
-    capture = cv2.VideoCapture(str(entry.path))
-    if not capture.isOpened():
-        raise ValueError(f"{entry.where}: OpenCV cannot open the video")
-    fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
-
-    def frames():
-        try:
-            while True:
-                ok, frame = capture.read()
-                if not ok:
-                    return
-                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-        finally:
-            capture.release()
-
-    return frames(), fps
-
-
-def _segments(entry: Entry, config: PanoramaConfig) -> Iterator[dict]:
-    """Examples of one file: one for an image, one per `max_frames` segment of a video."""
-    frames, fps = _read_frames(entry)
-    size = None
-    segment, encoded = 0, []
-
-    def example():
-        return {
-            "frames": encoded,
-            "caption": entry.caption,
-            "source": entry.file,
-            "segment": segment,
-            "fps": fps,
-            "num_frames": len(encoded),
-            "height": size[0],
-            "width": size[1],
-            "is_image": entry.is_image,
-        }
-
-    for frame in frames:
-        if size is None:
-            size = _erp_size(frame.shape[0], frame.shape[1], config.height, entry.where)
-        frame = resize_frame(frame, size)
-        encoded.append(encode_frame(frame, config.frame_format, config.jpeg_quality))
-        if len(encoded) == config.max_frames:
-            yield example()
-            segment, encoded = segment + 1, []
-    if encoded:
-        yield example()
-    elif segment == 0:
-        raise ValueError(f"{entry.where}: no decodable frames")
-
-
 @dataclasses.dataclass(eq=False)
 class PanoramaConfig(tfds.core.BuilderConfig):
     """How a source folder becomes records.
 
-    height: resize frames to height x 2 height at build time (None keeps the source size; the
-      pipeline resizes anyway, a smaller store reads faster). frame_format: "png" (lossless) or
-      "jpeg". max_frames: longest video segment in one record. skip_unreadable: warn and skip
-      files that cannot be decoded instead of failing the build.
+    height: store frames at height x 2 height (None keeps the source size; the pipeline resizes
+      anyway, a smaller store reads faster). fps: resample videos to this frame rate by timestamp
+      (None keeps every source frame). stereo: "top-bottom" / "left-right" keeps the top / left
+      eye of every file, "mono" none; None follows each file's stereo metadata (mono without).
+      frame_format: "png" (lossless) or "jpeg". max_frames: longest video segment in one record.
+      skip_unreadable: warn and skip files that preflight rejects or that fail to decode instead
+      of failing the build.
     """
 
     height: int | None = None
+    fps: float | None = None
+    stereo: str | None = None
     frame_format: str = "jpeg"
     jpeg_quality: int = 95
     max_frames: int = 256
@@ -245,6 +220,10 @@ class PanoramaConfig(tfds.core.BuilderConfig):
             )
         if self.height is not None and (self.height < 2 or self.height % 2):
             raise ValueError(f"height must be an even number of pixels, got {self.height}")
+        if self.fps is not None and not self.fps > 0:
+            raise ValueError(f"fps must be > 0, got {self.fps}")
+        if self.stereo is not None and self.stereo not in STEREO_LAYOUTS:
+            raise ValueError(f"stereo must be one of {STEREO_LAYOUTS}, got {self.stereo!r}")
         if self.max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
         if not self.name.replace("_", "").isalnum():
@@ -252,7 +231,11 @@ class PanoramaConfig(tfds.core.BuilderConfig):
 
 
 class PanoramicVideos(tfds.core.GeneratorBasedBuilder):
-    """ERP panoramic videos and images with captions, from a user folder (the manual dir)."""
+    """ERP panoramic videos and images with captions, from a user folder.
+
+    It describes the records (features, metadata) and reads built datasets; `prepare` builds
+    them (sharded, parallel, resumable), not TFDS's `download_and_prepare`.
+    """
 
     name = DATASET_NAME
     # TFDS looks for a checksums file next to the builder's code through `importlib_resources`
@@ -262,10 +245,6 @@ class PanoramicVideos(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "Initial release."}
     BUILDER_CONFIG_CLASS = PanoramaConfig
     BUILDER_CONFIGS: ClassVar[list] = []  # every dataset is a custom config named by the user
-    MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        f"Put ERP videos/images and a {CAPTIONS_FILE} ({{'file': ..., 'caption': ...}} a line) in "
-        "a folder and pass it as the manual dir (tools/prepare_dataset.py --src DIR)."
-    )
 
     def _info(self) -> tfds.core.DatasetInfo:
         features = tfds.features.FeaturesDict(
@@ -289,41 +268,293 @@ class PanoramicVideos(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        entries = read_captions(dl_manager.manual_dir, self.builder_config.captions_file)
-        by_split = collections.defaultdict(list)
-        for entry in entries:
-            by_split[entry.split].append(entry)
-        self.info.metadata["counts"] = {}
-        return {split: self._generate_examples(split, items) for split, items in by_split.items()}
+        raise ValueError(f"build {DATASET_NAME} datasets with {BUILD_TOOLS[DATASET_NAME]}")
 
-    def _generate_examples(self, split: str, entries: list[Entry]):
-        counts = {"videos": 0, "video_segments": 0, "images": 0, "skipped_files": []}
-        for entry in entries:
-            try:
-                examples = list(_segments(entry, self.builder_config))
-            except ValueError as error:
-                if not self.builder_config.skip_unreadable:
-                    raise
-                log.warning("skipping unreadable %s: %s", entry.where, error)
-                counts["skipped_files"].append(entry.file)
-                continue
-            if entry.is_image:
-                counts["images"] += 1
-            else:
-                counts["videos"] += 1
-                counts["video_segments"] += len(examples)
-            for example in examples:
-                yield f"{entry.line}:{entry.file}#{example['segment']}", example
-        self.info.metadata["counts"][split] = counts
+    def _generate_examples(self):
+        raise NotImplementedError  # never called: `_split_generators` refuses
 
 
-def make_builder(data_dir: str | os.PathLike, name: str = "default", **config) -> PanoramicVideos:
-    """A builder writing `data_dir/panoramic_videos/<name>/1.0.0` as ArrayRecord."""
-    return PanoramicVideos(
-        data_dir=str(data_dir),
-        config=PanoramaConfig(name=name, **config),
-        file_format="array_record",
+@contextlib.contextmanager
+def quiet_tfds() -> Iterator[None]:
+    """Silences TFDS's chatter: absl warnings such as "Using custom data configuration" and the
+    "Downloading and preparing dataset" banners it prints to stdout."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        absl_logger.setLevel(level)
+
+
+def make_builder(data_dir: str | os.PathLike, config: PanoramaConfig) -> PanoramicVideos:
+    """The builder of `data_dir/panoramic_videos/<config.name>/1.0.0` (ArrayRecord)."""
+    with quiet_tfds():
+        return PanoramicVideos(data_dir=str(data_dir), config=config, file_format="array_record")
+
+
+# Preflight --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedFile:
+    """A file preflight accepted, and how it is decoded.
+
+    stereo: the layout whose top / left eye is kept. out_hw: stored (height, width), 2:1.
+    fps: stored frame rate (0 for images).
+    """
+
+    entry: Entry
+    media: MediaInfo
+    stereo: str
+    out_hw: tuple[int, int]
+    fps: float
+
+    @property
+    def eye_hw(self) -> tuple[int, int]:
+        """(height, width) of the kept eye in the source."""
+        height, width = self.media.height, self.media.width
+        if self.stereo == "top-bottom":
+            return height // 2, width
+        if self.stereo == "left-right":
+            return height, width // 2
+        return height, width
+
+    @property
+    def expected_frames(self) -> int:
+        """Frames the build should store: duration x fps (1 for an image)."""
+        if self.entry.is_image:
+            return 1
+        return max(1, round(self.media.duration * self.fps))
+
+
+def plan_file(entry: Entry, media: MediaInfo, config: PanoramaConfig) -> PlannedFile:
+    """Checks a probed file against the config; ValueError with the reason if it is refused."""
+    if media.projection not in (None, "equirectangular"):
+        hint = "; convert it with ffmpeg -vf v360=eac:e" if media.projection == "cubemap" else ""
+        raise ValueError(
+            f"not equirectangular: its metadata says {media.projection} projection{hint}"
+        )
+    stereo = config.stereo or media.stereo or "mono"
+    if stereo not in STEREO_LAYOUTS:
+        raise ValueError(f"unsupported stereo layout {stereo!r} in its metadata (pass --stereo)")
+    plan = PlannedFile(entry, media, stereo, (0, 0), 0.0)
+    height, width = plan.eye_hw
+    if min(height, width) < 2 or abs(width / height - 2) > 2 * ASPECT_TOLERANCE:
+        found = f"{media.width}x{media.height}"
+        if stereo != "mono":
+            found += f" ({stereo} stereo, one eye {width}x{height})"
+        hint = ""
+        if stereo == "mono" and height and abs(width / height - 1) <= 2 * ASPECT_TOLERANCE:
+            hint = "; top-bottom stereo? pass --stereo top-bottom"
+        elif stereo == "mono" and height and abs(width / height - 4) <= 2 * ASPECT_TOLERANCE:
+            hint = "; left-right stereo? pass --stereo left-right"
+        raise ValueError(f"not equirectangular: {found} is not 2:1{hint}")
+    fps = 0.0 if entry.is_image else float(config.fps or media.fps)
+    if not entry.is_image and not fps > 0:
+        raise ValueError("no frame rate in its metadata (pass --fps)")
+    out_height = config.height or height
+    return dataclasses.replace(plan, out_hw=(out_height, 2 * out_height), fps=fps)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preflight:
+    """The files of a source folder: accepted (`planned`) and rejected with reasons."""
+
+    planned: list[PlannedFile]
+    rejected: list[tuple[Entry, str]]
+
+    def summary(self) -> str:
+        """Counts, durations, resolutions, frame rates, stereo layouts and rejected files."""
+
+        def tally(values) -> str:
+            counts = collections.Counter(values)
+            return ", ".join(f"{value} ({count})" for value, count in counts.most_common())
+
+        videos = [p for p in self.planned if not p.entry.is_image]
+        images = [p for p in self.planned if p.entry.is_image]
+        lines = [
+            f"preflight: {len(self.planned) + len(self.rejected)} files, {len(videos)} videos "
+            f"and {len(images)} images accepted, {len(self.rejected)} rejected"
+        ]
+        splits = dict.fromkeys(p.entry.split for p in self.planned)
+        for split in splits:
+            in_split = [p for p in self.planned if p.entry.split == split]
+            split_videos = [p for p in in_split if not p.entry.is_image]
+            seconds = sum(p.media.duration for p in split_videos)
+            frames = sum(p.expected_frames for p in split_videos)
+            lines.append(
+                f"  {split}: {len(split_videos)} videos ({seconds:.1f} s, ~{frames} frames "
+                f"stored), {len(in_split) - len(split_videos)} images"
+            )
+        if self.planned:
+            lines += [
+                f"  resolutions: {tally(f'{p.media.width}x{p.media.height}' for p in self.planned)}",
+                f"  codecs: {tally(p.media.codec for p in self.planned)}",
+                f"  stereo: {tally(p.stereo for p in self.planned)}",
+                f"  stored as: {tally(f'{p.out_hw[1]}x{p.out_hw[0]}' for p in self.planned)}",
+            ]
+        if videos:
+            lines.append(
+                f"  frame rates: {tally(f'{p.media.fps:g}' for p in videos)} -> stored at "
+                f"{tally(f'{p.fps:g}' for p in videos)} fps"
+            )
+        upscaled = [p for p in self.planned if p.out_hw[0] > p.eye_hw[0]]
+        if upscaled:
+            lines.append(f"  upscaled: {len(upscaled)} files smaller than their stored size")
+        if self.rejected:
+            lines.append("  rejected:")
+            lines += [f"    {entry.where}: {reason}" for entry, reason in self.rejected]
+        return "\n".join(lines)
+
+    def error(self) -> str:
+        """One line per rejected file, for refusing the build."""
+        if len(self.rejected) == 1:
+            ((entry, reason),) = self.rejected
+            return f"{entry.where}: {reason}"
+        listed = "\n".join(f"  {entry.where}: {reason}" for entry, reason in self.rejected)
+        return (
+            f"{len(self.rejected)} files rejected (fix or drop them, or skip them with "
+            f"--skip-unreadable):\n{listed}"
+        )
+
+
+def preflight(
+    src: str | os.PathLike, config: PanoramaConfig | None = None, workers: int = 1
+) -> Preflight:
+    """Reads the captions of a source folder and probes every file (`workers` at a time)."""
+    config = config or PanoramaConfig(name="default")
+    entries = read_captions(src, config.captions_file)
+
+    def check(entry: Entry) -> PlannedFile | str:
+        try:
+            return plan_file(entry, probe_media(entry.path), config)
+        except UnreadableMediaError as error:
+            return f"unreadable: {error.reason}"
+        except ValueError as error:
+            return str(error)
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+        results = list(pool.map(check, entries))
+    return Preflight(
+        planned=[r for r in results if isinstance(r, PlannedFile)],
+        rejected=[(e, r) for e, r in zip(entries, results) if isinstance(r, str)],
     )
+
+
+# Encoding one file into one shard ---------------------------------------------------------------
+
+
+class _Cancelled(Exception):
+    """Raised in a worker when the build stops (another file failed, or an interrupt)."""
+
+
+def _examples(plan: PlannedFile, config: PanoramaConfig, threads: int, stop) -> Iterator[dict]:
+    """Records of one file: one for an image, one per `max_frames` segment of a video.
+
+    Frames come one at a time from ffmpeg and are encoded at once, so a segment holds
+    `max_frames` encoded frames and no decoded one.
+    """
+    entry = plan.entry
+    frames = decode_frames(
+        entry.path,
+        plan.out_hw,
+        fps=None if entry.is_image or config.fps is None else plan.fps,
+        stereo=plan.stereo,
+        threads=threads,
+    )
+    segment, encoded = 0, []
+
+    def example():
+        return {
+            "frames": encoded,
+            "caption": entry.caption,
+            "source": entry.file,
+            "segment": segment,
+            "fps": plan.fps,
+            "num_frames": len(encoded),
+            "height": plan.out_hw[0],
+            "width": plan.out_hw[1],
+            "is_image": entry.is_image,
+        }
+
+    with contextlib.closing(frames):
+        for frame in frames:
+            if stop.is_set():
+                raise _Cancelled
+            encoded.append(encode_frame(frame, config.frame_format, config.jpeg_quality))
+            if entry.is_image:
+                break
+            if len(encoded) == config.max_frames:
+                yield example()
+                segment, encoded = segment + 1, []
+    if encoded:
+        yield example()
+    elif segment == 0:
+        raise ValueError(f"{entry.where}: no decodable frames")
+
+
+def _encode_file(
+    plan: PlannedFile,
+    shard: Path,
+    config: PanoramaConfig,
+    features: tfds.features.FeaturesDict,
+    threads: int,
+    stop,
+) -> dict:
+    """Writes the records of one file to `shard` (ArrayRecord), then its summary `shard.json`.
+
+    Both files appear complete or not at all, the summary last: it marks the shard finished.
+    """
+    records = frames = 0
+    with atomic_path(shard) as tmp:
+        writer = ArrayRecordWriter(str(tmp), ARRAY_RECORD_OPTIONS)
+        try:
+            for example in _examples(plan, config, threads, stop):
+                writer.write(features.serialize_example(example))
+                records, frames = records + 1, frames + example["num_frames"]
+        finally:
+            writer.close()
+    if not plan.entry.is_image and frames < plan.expected_frames // 2:
+        log.warning(
+            "%s: decoded %d frames, expected about %d: is the file cut off?",
+            plan.entry.where, frames, plan.expected_frames,
+        )  # fmt: skip
+    summary = {
+        "file": plan.entry.file,
+        "records": records,
+        "frames": frames,
+        "bytes": shard.stat().st_size,
+    }
+    atomic_write_text(shard.with_suffix(".json"), json.dumps(summary))
+    return summary
+
+
+def _shard_key(plan: PlannedFile, config: PanoramaConfig) -> str:
+    """Names a file's shard by everything its records depend on: a changed source, caption or
+    setting gets a new shard, an unchanged one is reused by a resumed build."""
+    stat = plan.entry.path.stat()
+    identity = {
+        "file": plan.entry.file,
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "caption": plan.entry.caption,
+        "split": plan.entry.split,
+        "stereo": plan.stereo,
+        "out_hw": plan.out_hw,
+        "fps": plan.fps,
+        "resample": config.fps is not None,
+        "frame_format": config.frame_format,
+        "jpeg_quality": config.jpeg_quality,
+        "max_frames": config.max_frames,
+        "version": str(PanoramicVideos.VERSION),
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return digest[:24]
+
+
+# Building ---------------------------------------------------------------------------------------
 
 
 def prepare(
@@ -331,24 +562,156 @@ def prepare(
     data_dir: str | os.PathLike,
     name: str = "default",
     *,
+    workers: int = 1,
     progress: bool = True,
     **config,
 ) -> Path:
     """Builds the dataset of a source folder; returns its directory (with dataset_info.json).
 
-    The build runs in a temporary data dir and its result replaces any dataset of the same name
-    and version in one rename, so a failed build leaves the previous dataset untouched.
+    Preflight first: any rejected file stops the build before it starts (unless
+    skip_unreadable). Then each file is encoded into its own shard in a staging folder
+    (`data_dir/panoramic_videos/<name>/.staging`), `workers` files at a time; a rerun after a
+    crash reuses the finished shards. Last the shards are assembled into a dataset that
+    replaces any previous one of the same name and version in one rename. `config`: the fields
+    of `PanoramaConfig`. `progress` prints the preflight summary and a line per file.
     """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     src = Path(src)
     if not src.is_dir():
         raise ValueError(f"source folder not found: {src}")
-    read_captions(src, config.get("captions_file", CAPTIONS_FILE))  # fail before TFDS starts
-    return build_atomically(
-        lambda staging: make_builder(staging, name, **config),
-        data_dir,
-        download_config=tfds.download.DownloadConfig(manual_dir=str(src)),
-        progress=progress,
-    )
+    config = PanoramaConfig(name=name, **config)
+    report = print if progress else lambda *args: None
+    check = preflight(src, config, workers)
+    report(check.summary())
+    if check.rejected and not config.skip_unreadable:
+        raise ValueError(check.error())
+    if not check.planned:
+        raise ValueError(f"no readable files in {src}: nothing to build")
+
+    version_dir = Path(data_dir) / DATASET_NAME / name / str(PanoramicVideos.VERSION)
+    staging = version_dir.parent / STAGING_DIR
+    staging.mkdir(parents=True, exist_ok=True)
+    features = make_builder(data_dir, config).info.features
+    jobs = [(plan, staging / f"{_shard_key(plan, config)}.array_record") for plan in check.planned]
+    summaries = {
+        shard: json.loads(shard.with_suffix(".json").read_text())
+        for _, shard in jobs
+        if shard.with_suffix(".json").is_file()
+    }
+    if summaries:
+        report(f"resuming: {len(summaries)} of {len(jobs)} files already encoded")
+    _encode_files(jobs, summaries, config, features, workers, report)
+    out = _assemble(version_dir, config, check, jobs, summaries)
+    shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _encode_files(
+    jobs: list, summaries: dict, config: PanoramaConfig, features: Any, workers: int, report
+) -> None:
+    """Encodes every job whose shard is not finished yet, `workers` files at a time; adds each
+    file's summary to `summaries` (a skipped file's too, when config.skip_unreadable)."""
+    # Files are decoded `workers` at a time; ffmpeg's own threads share the cores among them.
+    threads = 0 if workers == 1 else max(1, (os.cpu_count() or 1) // workers)
+    stop = threading.Event()
+    start = time.time()
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        futures = {
+            pool.submit(_encode_file, plan, shard, config, features, threads, stop): (plan, shard)
+            for plan, shard in jobs
+            if shard not in summaries
+        }
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                plan, shard = futures[future]
+                try:
+                    summary = future.result()
+                except UnreadableMediaError as error:
+                    if not config.skip_unreadable:
+                        raise ValueError(f"{plan.entry.where}: {error.reason}") from None
+                    summary = {"file": plan.entry.file, "skipped": error.reason}
+                except ValueError as error:
+                    if not config.skip_unreadable:
+                        raise
+                    summary = {"file": plan.entry.file, "skipped": str(error)}
+                if "skipped" in summary:
+                    log.warning("skipping %s: %s", plan.entry.where, summary["skipped"])
+                    atomic_write_text(shard.with_suffix(".json"), json.dumps(summary))
+                summaries[shard] = summary
+                report(
+                    f"[{len(summaries)}/{len(jobs)}] {plan.entry.file}: "
+                    + (
+                        f"skipped ({summary['skipped']})"
+                        if "skipped" in summary
+                        else f"{summary['records']} records, {summary['frames']} frames"
+                    )
+                    + f" ({time.time() - start:.1f} s)"
+                )
+        except BaseException:
+            stop.set()  # running workers stop at their next frame; queued ones never start
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link (no copy, and the staged shard survives until the build is done)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _assemble(
+    version_dir: Path,
+    config: PanoramaConfig,
+    check: Preflight,
+    jobs: list[tuple[PlannedFile, Path]],
+    summaries: dict[Path, dict],
+) -> Path:
+    """Puts the finished shards, in captions order, into a TFDS dataset directory (atomically)."""
+    splits = dict.fromkeys(entry.split for entry in [p.entry for p in check.planned])
+    counts = {
+        split: {"videos": 0, "video_segments": 0, "images": 0, "skipped_files": []}
+        for split in dict.fromkeys([*splits, *(entry.split for entry, _ in check.rejected)])
+    }
+    for entry, _ in check.rejected:
+        counts[entry.split]["skipped_files"].append(entry.file)
+    shards_by_split = collections.defaultdict(list)
+    for plan, shard in jobs:
+        summary, count = summaries[shard], counts[plan.entry.split]
+        if "skipped" in summary:
+            count["skipped_files"].append(plan.entry.file)
+            continue
+        count["images" if plan.entry.is_image else "videos"] += 1
+        if not plan.entry.is_image:
+            count["video_segments"] += summary["records"]
+        shards_by_split[plan.entry.split].append((shard, summary))
+    if not shards_by_split:
+        raise ValueError("every file was skipped: nothing to build")
+    with atomic_directory(version_dir, overwrite=True) as tmp:
+        split_infos = []
+        for split, shards in shards_by_split.items():
+            template = tfds.core.ShardedFileTemplate(
+                data_dir=tmp, dataset_name=DATASET_NAME, split=split, filetype_suffix="array_record"
+            )
+            for index, (shard, _) in enumerate(shards):
+                target = template.sharded_filepath(shard_index=index, num_shards=len(shards))
+                _link_or_copy(shard, Path(target))
+            split_infos.append(
+                tfds.core.SplitInfo(
+                    name=split,
+                    shard_lengths=[summary["records"] for _, summary in shards],
+                    num_bytes=sum(summary["bytes"] for _, summary in shards),
+                    filename_template=template,
+                )
+            )
+        builder = make_builder(version_dir.parents[2], config)
+        builder.info.set_splits(tfds.core.SplitDict(split_infos))
+        builder.info.metadata["counts"] = counts
+        with quiet_tfds():
+            builder.info.write_to_directory(tmp)
+    return version_dir
 
 
 def build_atomically(
@@ -365,8 +728,9 @@ def build_atomically(
         tfds.disable_progress_bar()
     staging = Path(tempfile.mkdtemp(prefix=".build-", dir=data_dir))
     try:
-        builder = make(staging)
-        builder.download_and_prepare(download_config=download_config)
+        with quiet_tfds():
+            builder = make(staging)
+            builder.download_and_prepare(download_config=download_config)
         built = Path(builder.data_dir)
         out = Path(data_dir) / built.relative_to(staging)
         with atomic_directory(out, overwrite=True) as tmp:

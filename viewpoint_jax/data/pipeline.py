@@ -131,7 +131,9 @@ class ExampleMaker:
     `mode`: "video" (clips of num_frames; image records are skipped), "image" (one random frame
     of any record) or "eval" (videos, no caption dropout nor yaw turn, extra keys).
     `caption_dropout` overrides the config's rate; `with_view` adds the condition camera
-    (`view`, as in eval) to every example.
+    (`view`, as in eval) to every example; `with_images` adds the ERP clip the maps come from
+    (`erp`, (F, H, W, 3) float32 in [-1, 1], after the yaw turn) and the condition view
+    (`perspective`), for looking at examples (data/inspection.py).
     """
 
     def __init__(
@@ -141,6 +143,7 @@ class ExampleMaker:
         *,
         caption_dropout: float | None = None,
         with_view: bool = False,
+        with_images: bool = False,
     ):
         if mode not in ("video", "image", "eval"):
             raise ValueError(f"mode must be video, image or eval, got {mode!r}")
@@ -162,6 +165,7 @@ class ExampleMaker:
         self.caption_dropout = float(caption_dropout)
         self.yaw_augment = bool(config.yaw_augment) and mode != "eval"
         self.with_view = with_view or mode == "eval"
+        self.with_images = with_images
 
     def __call__(self, record: dict, rng: np.random.Generator) -> dict:
         if self.mode != "image" and bool(record.get("is_image", False)):
@@ -198,8 +202,11 @@ class ExampleMaker:
         }
         if self.with_view:
             example["view"] = view.as_array()
-        if self.mode == "eval":
+        if self.mode == "eval" or self.with_images:
             example["perspective"] = maps["perspective"]
+        if self.with_images:
+            example["erp"] = erp
+        if self.mode == "eval":
             example["source"] = as_text(record.get("source", ""))
         return example
 
@@ -342,7 +349,28 @@ def _train_source(config: ml_collections.ConfigDict) -> Any:
                     f"split {split!r} of {dataset}/{name} has no {kind} samples but "
                     f"config.data.image_ratio = {config.image_ratio} needs them: {fix}"
                 )
+        if not config.precomputed_latents:
+            _warn_unused_or_missing_images(config, counts.get("images", 0), f"{dataset}/{name}")
     return source
+
+
+def _warn_unused_or_missing_images(
+    config: ml_collections.ConfigDict, num_images: int, dataset: str
+) -> None:
+    """Says at start what joint image-video training will really read (never silently)."""
+    split = config.train_split
+    if config.image_ratio == 0 and num_images:
+        log.warning(
+            "split %r of %s has %d images that config.data.image_ratio = 0 leaves unused (the "
+            "video stream skips them); set image_ratio > 0 to train on them",
+            split, dataset, num_images,
+        )  # fmt: skip
+    elif config.image_ratio > 0 and not num_images:
+        log.warning(
+            "split %r of %s has no images: its image batches (config.data.image_ratio = %g) "
+            "are single frames of its videos",
+            split, dataset, config.image_ratio,
+        )  # fmt: skip
 
 
 def make_train_iterator(
