@@ -193,3 +193,22 @@ def test_failed_write_keeps_existing_destination(tmp_path):
         )
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "out"]
+
+
+def test_relative_destination_is_made_absolute(tmp_path, monkeypatch):
+    """Orbax refuses relative paths; a user's `--dst out` must still convert (and restore)."""
+    save_torch(_state(), tmp_path / "m.safetensors")
+    rules, targets = _rules_and_targets()
+    monkeypatch.chdir(tmp_path)
+    written = core.convert_checkpoint(
+        core.open_checkpoint("m.safetensors"), rules, targets, "out", ignore=("d.int", "e.scalar")
+    )
+    assert written == tmp_path / "out"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["params"]
+    abstract = {
+        "a": {"kernel": jax.ShapeDtypeStruct((3, 4), jnp.float32)},
+        "b": {"w": jax.ShapeDtypeStruct((2, 2, 5), jnp.float32)},
+        "c": jax.ShapeDtypeStruct((3,), jnp.bfloat16),
+    }
+    params = checkpointing.restore_params("out/params", abstract)
+    np.testing.assert_array_equal(params["a"]["kernel"], _state()["a.weight"].numpy().T)

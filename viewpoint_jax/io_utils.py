@@ -59,9 +59,10 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     """Yields an empty temporary directory; on success it replaces `path` in one rename.
 
     Raises FileExistsError naming `path` if it exists and `overwrite` is False. A failure inside
-    the block leaves no directory under the final name (and an existing one untouched).
+    the block leaves no directory under the final name (and an existing one untouched). The
+    yielded path is absolute (writers such as Orbax refuse relative ones).
     """
-    path = Path(path)
+    path = Path(path).absolute()
     if path.exists() and not overwrite:
         raise FileExistsError(f"destination already exists: {path} (pass overwrite to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)

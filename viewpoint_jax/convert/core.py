@@ -468,7 +468,7 @@ def convert_checkpoint(
       extra_files: file name -> text, written beside `params/` (e.g. config.json).
       overwrite: replace an existing `dst`.
     Returns:
-      `dst` as a Path.
+      `dst` as an absolute Path.
     """
     import orbax.checkpoint as ocp
     from orbax.checkpoint._src.serialization import jax_array_handlers, type_handler_registry
@@ -495,7 +495,7 @@ def convert_checkpoint(
         (_StreamedLeaf, _streaming_handler()), (jax.Array, jax_array_handlers.ArrayHandler())
     )
     tree, save_args = checkpointing.unflatten_paths(tree), checkpointing.unflatten_paths(save_args)
-    dst = Path(dst)
+    dst = Path(dst).absolute()  # Orbax refuses relative paths ("should be absolute")
     with io_utils.atomic_directory(dst, overwrite=overwrite) as tmp:
         handler = ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
         with ocp.Checkpointer(handler) as checkpointer:
