@@ -42,13 +42,27 @@ def _has_state(iterator: Any) -> bool:
     )
 
 
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written (full disk, lost permissions, ...); the message names
+    the checkpoint directory and the last complete checkpoint, which is kept."""
+
+
 class Checkpointer:
-    """Saves every `every_steps` steps, keeps the last `keep`; `save(..., force=True)` always saves."""
+    """Saves every `every_steps` steps, keeps the last `keep`; `save(..., force=True)` always saves.
+
+    A failed save is an error at once, never a silent gap: the failure of an asynchronous save
+    is raised (as CheckpointSaveError) by the next `raise_if_save_failed` after it finished (the
+    train loop calls it every step), by the next `save` at the latest, or by `close`. The
+    failed step's partial directory is never published, so the last complete checkpoint stays
+    the latest one and a rerun resumes from it (the run stops rather than training on without
+    a way back).
+    """
 
     def __init__(
         self, directory: str | os.PathLike, *, every_steps: int, keep: int, async_save: bool = True
     ):
         self.directory = Path(directory).absolute()
+        self.failed = False  # a save failed and CheckpointSaveError was raised
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=every_steps,
             max_to_keep=keep,
@@ -71,11 +85,38 @@ class Checkpointer:
     def save(
         self, step: int, state: Any, data_iterator: Any = None, *, force: bool = False
     ) -> bool:
-        """Starts saving (returns once the arrays are copied off the devices); True if it saves."""
+        """Starts saving (returns once the arrays are copied off the devices); True if it saves.
+
+        Waits for the previous save first, raising CheckpointSaveError if that one failed.
+        """
         items = {"state": ocp.args.StandardSave(state)}
         if _has_state(data_iterator):
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        self._wait_for_previous_save()
+        try:  # a synchronous save fails here
+            return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        except Exception as error:
+            raise self._save_error(error) from error
+
+    def raise_if_save_failed(self) -> None:
+        """Raises CheckpointSaveError if the last save has finished and failed; never blocks on
+        a save still being written."""
+        if not self.manager.is_saving_in_progress():
+            self._wait_for_previous_save()
+
+    def _wait_for_previous_save(self) -> None:
+        # Orbax keeps a failed async save's error in its finalize thread and re-raises it here.
+        try:
+            self.manager.wait_until_finished()
+        except Exception as error:
+            raise self._save_error(error) from error
+
+    def _save_error(self, error: Exception) -> CheckpointSaveError:
+        self.failed = True
+        return CheckpointSaveError(
+            f"saving a checkpoint under {self.directory} failed ({type(error).__name__}: "
+            f"{error}); the last complete checkpoint is step {self.manager.latest_step()}"
+        )
 
     def restore(self, step: int, abstract_state: Any, data_iterator: Any = None) -> Any:
         """The state of `step` (into the shardings of `abstract_state`'s ShapeDtypeStructs);
@@ -88,7 +129,14 @@ class Checkpointer:
         return restored["state"]
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        """Waits for the last save (raising CheckpointSaveError if it failed) and closes."""
+        if self.failed:  # already raised: closing must not raise it again over the first one
+            try:
+                self.manager.close()
+            except Exception:
+                pass
+            return
+        self._wait_for_previous_save()
         self.manager.close()
 
 

@@ -469,6 +469,7 @@ def _loop(
     pending = None
     step = start
     for step in range(start + 1, config.num_steps + 1):
+        checkpointer.raise_if_save_failed()  # a failed save stops the run at once, not at the end
         batch = next(data_iterator)
         device_batch = trainer.device_batch(batch)
         state, step_metrics = trainer.step(state, device_batch)
