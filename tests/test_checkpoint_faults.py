@@ -64,3 +64,51 @@ def test_failed_save_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, recor
     state = checkpointer.restore(2, trainer.abstract_state_with_shardings())
     assert int(state["step"]) == 2
     checkpointer.close()
+
+
+def _truncate_array_files(step_dir):
+    """Halves every array data file of a checkpoint's state (what a crash mid-copy or a bad
+    disk leaves); the metadata still reads."""
+    data_files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and "/d/" in str(p)]
+    assert data_files
+    for path in data_files:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, records, capsys):
+    config = micro_config()
+    config.num_steps = 4
+    config.checkpoint.every_steps = 2
+    _train(config, tmp_path, records)
+    directory = tmp_path / "checkpoints"
+    _truncate_array_files(directory / "4")
+    capsys.readouterr()
+    config.num_steps = 6
+    resumed = _train(config, tmp_path, records)
+    err = capsys.readouterr().err
+    assert "checkpoint step 4 does not read back, skipped" in err
+    assert f"resumed from {directory}/2" in err
+    assert sorted(resumed["losses"]) == [3, 4, 5, 6]
+    assert (tmp_path / "checkpoints.corrupt" / "4" / "state").is_dir()
+    checkpointer = checkpointing.Checkpointer(directory, every_steps=1, keep=9)
+    assert checkpointer.manager.all_steps() == [4, 6]  # step 4 saved again, readable
+    checkpointer.close()
+
+
+def test_resume_with_other_model_sizes_names_the_arrays(tmp_path, records):
+    config = micro_config()
+    config.num_steps = 2
+    config.checkpoint.every_steps = 2
+    _train(config, tmp_path, records)
+    config.num_steps = 4
+    config.model.dim = 48
+    with pytest.raises(checkpointing.ConfigMismatchError) as info:
+        _train(config, tmp_path, records)
+    message = str(info.value)
+    assert str(tmp_path / "checkpoints" / "2") in message
+    assert (
+        "params/blocks/cross_attn/k/kernel: checkpoint (2, 32, 32) vs config (2, 48, 48)" in message
+    )
+    assert "strict" not in message
+    # A mismatch is not corruption: the checkpoint stays where it is.
+    assert not (tmp_path / "checkpoints.corrupt").exists()

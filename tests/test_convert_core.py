@@ -212,3 +212,32 @@ def test_relative_destination_is_made_absolute(tmp_path, monkeypatch):
     }
     params = checkpointing.restore_params("out/params", abstract)
     np.testing.assert_array_equal(params["a"]["kernel"], _state()["a.weight"].numpy().T)
+
+
+def test_restore_with_other_sizes_names_the_arrays(tmp_path):
+    """A config whose sizes differ from the converted weights' is named key by key, before
+    Orbax answers with its `strict=False` advice."""
+    save_torch(_state(), tmp_path / "m.safetensors")
+    rules, targets = _rules_and_targets()
+    source = core.open_checkpoint(tmp_path / "m.safetensors")
+    core.convert_checkpoint(source, rules, targets, tmp_path / "out", ignore=("d.int", "e.scalar"))
+    abstract = {
+        "a": {"kernel": jax.ShapeDtypeStruct((3, 8), jnp.float32)},
+        "b": {"w": jax.ShapeDtypeStruct((2, 2, 5), jnp.float32)},
+        "extra": jax.ShapeDtypeStruct((1,), jnp.float32),
+    }
+    with pytest.raises(checkpointing.ConfigMismatchError) as info:
+        checkpointing.restore_params(tmp_path / "out" / "params", abstract)
+    message = str(info.value)
+    assert str(tmp_path / "out" / "params") in message
+    assert "a/kernel: checkpoint (3, 4) vs config (3, 8)" in message
+    assert "extra: not in the checkpoint" in message
+    assert "c: not in the config" in message
+    assert "strict" not in message
+    # A partial restore may leave out what the checkpoint has beyond it, not mismatch it.
+    with pytest.raises(checkpointing.ConfigMismatchError, match="a/kernel"):
+        checkpointing.restore_params(tmp_path / "out" / "params", abstract, partial=True)
+    partial = checkpointing.restore_params(
+        tmp_path / "out" / "params", {"b": abstract["b"]}, partial=True
+    )
+    assert partial["b"]["w"].shape == (2, 2, 5)

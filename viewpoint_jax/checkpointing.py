@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental.multihost_utils import sync_global_devices
 
 from viewpoint_jax import sharding
 
@@ -121,12 +124,64 @@ class Checkpointer:
     def restore(self, step: int, abstract_state: Any, data_iterator: Any = None) -> Any:
         """The state of `step` (into the shardings of `abstract_state`'s ShapeDtypeStructs);
         sets `data_iterator` to where it was at that step."""
+        check_matches(
+            saved_tree(self.directory / str(step) / "state"),
+            abstract_state,
+            f"checkpoint {self.directory / str(step)}",
+        )
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         has_data = (self.directory / str(step) / "data").is_dir()
         if _has_state(data_iterator) and has_data:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         return restored["state"]
+
+    def restore_latest(self, abstract_state: Any, data_iterator: Any = None) -> tuple[int, Any]:
+        """(step, state) of the newest checkpoint that reads back; (None, None) if none exists.
+
+        A checkpoint that fails to read (corrupt or truncated files) is reported on stderr with
+        its step and the error, and the one before it is tried; once one restores, the broken
+        newer ones are moved to `<directory>.corrupt/<step>` (kept for inspection; the run
+        saves those steps again). A config that does not match the checkpoint is a ValueError
+        (`check_matches`), never a reason to fall back. If no checkpoint reads back, raises
+        ValueError listing each failure and moves nothing.
+        """
+        failures: list[tuple[int, str]] = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                state = self.restore(step, abstract_state, data_iterator)
+            except ConfigMismatchError:
+                raise
+            except Exception as error:  # what a corrupt file raises varies (tensorstore, json, ...)
+                reason = (
+                    f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                )
+                print(
+                    f"checkpoint step {step} does not read back, skipped ({reason})",
+                    file=sys.stderr,
+                )
+                failures.append((step, reason))
+                continue
+            for bad_step, _ in failures:
+                self._set_aside(bad_step)
+            return step, state
+        if failures:
+            listing = "; ".join(f"step {step}: {reason}" for step, reason in failures)
+            raise ValueError(f"no checkpoint under {self.directory} reads back ({listing})")
+        return None, None
+
+    def _set_aside(self, step: int) -> None:
+        if jax.process_index() == 0:
+            corrupt = self.directory.with_name(self.directory.name + ".corrupt")
+            corrupt.mkdir(exist_ok=True)
+            target = corrupt / str(step)
+            if target.exists():  # an earlier corrupt copy of the same step
+                shutil.rmtree(target)
+            os.replace(self.directory / str(step), target)
+            print(f"moved the unreadable checkpoint to {target}", file=sys.stderr)
+        if jax.process_count() > 1:  # every host sees the move before reloading the steps
+            sync_global_devices(f"checkpoint_set_aside_{step}")
+        self.manager.reload()
 
     def close(self) -> None:
         """Waits for the last save (raising CheckpointSaveError if it failed) and closes."""
@@ -138,6 +193,67 @@ class Checkpointer:
             return
         self._wait_for_previous_save()
         self.manager.close()
+
+
+class ConfigMismatchError(ValueError):
+    """The checkpoint's arrays do not have the shapes (or keys) the config asks for."""
+
+
+def saved_tree(path: str | os.PathLike) -> Any:
+    """The metadata tree (leaves with `.shape`, `.dtype`) of an Orbax PyTree checkpoint."""
+    return ocp.StandardCheckpointer().metadata(Path(path).absolute()).item_metadata.tree
+
+
+def _key_name(key: Any) -> str:
+    for attribute in ("key", "idx", "name"):  # DictKey / FlattenedIndexKey, SequenceKey, GetAttrKey
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
+def leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """'/'-joined leaf path -> shape, for any pytree whose array leaves have `.shape` (abstract
+    states, nnx.Variables, Orbax metadata trees: all give the same paths for the same state)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    shapes = {}
+    for path, leaf in flat:
+        if getattr(leaf, "shape", None) is None:
+            continue
+        names = [_key_name(k) for k in path]
+        if names[-1] == "value":  # an nnx.Variable's payload: the variable's path names it
+            names.pop()
+        shapes["/".join(names)] = tuple(leaf.shape)
+    return shapes
+
+
+def check_matches(saved: Any, abstract: Any, what: str, *, partial: bool = False) -> None:
+    """Raises ConfigMismatchError listing (up to 10) keys whose shapes differ or that only one
+    side has, before Orbax is asked (its own error only advises `strict=False`).
+
+    Args:
+      saved: the checkpoint's metadata tree (`saved_tree`).
+      abstract: the target the config builds (ShapeDtypeStructs, any pytree).
+      what: names the checkpoint in the message.
+      partial: the target reads only a subtree; keys only the checkpoint has are fine.
+    """
+    saved_shapes, wanted_shapes = leaf_shapes(saved), leaf_shapes(abstract)
+    lines = [
+        f"{key}: checkpoint {saved_shapes[key]} vs config {shape}"
+        for key, shape in wanted_shapes.items()
+        if key in saved_shapes and saved_shapes[key] != shape
+    ]
+    lines += [f"{key}: not in the checkpoint" for key in wanted_shapes if key not in saved_shapes]
+    if not partial:
+        lines += [f"{key}: not in the config" for key in saved_shapes if key not in wanted_shapes]
+    # The weights first: the optimizer moments repeat their shapes.
+    lines.sort(key=lambda line: line.startswith("opt_state"))
+    if lines:
+        shown = "\n  ".join(lines[:10])
+        more = f"\n  ... and {len(lines) - 10} more" if len(lines) > 10 else ""
+        raise ConfigMismatchError(
+            f"{what} does not match the config ({len(lines)} arrays differ; was it written "
+            f"with other model sizes?):\n  {shown}{more}"
+        )
 
 
 def _restore_arg(x: Any) -> ocp.ArrayRestoreArgs:
@@ -159,6 +275,7 @@ def restore_params(path: str | os.PathLike, abstract_tree: Any, *, partial: bool
     path = Path(path).absolute()
     if not path.is_dir():
         raise FileNotFoundError(f"no Orbax checkpoint at {path}")
+    check_matches(saved_tree(path), abstract_tree, f"checkpoint {path}", partial=partial)
     with ocp.PyTreeCheckpointer() as checkpointer:
         return checkpointer.restore(
             path,
@@ -183,7 +300,7 @@ def restore_run_params(
     if step is None:
         raise FileNotFoundError(f"no complete checkpoint under {directory}")
     path = directory / str(step) / "state"
-    saved = ocp.StandardCheckpointer().metadata(path).item_metadata.tree
+    saved = saved_tree(path)
     key = "ema_params" if use_ema and "ema_params" in saved else "params"
     restored = restore_params(path, {key: _abstract_pure(abstract_params)}, partial=True)
     return _replace(abstract_params, restored[key])
