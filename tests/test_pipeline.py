@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from viewpoint_jax import geometry
+from viewpoint_jax.config import data_config
 from viewpoint_jax.data import builder, pipeline
 
 H, W, M, F = 16, 32, 16, 5
@@ -34,7 +35,7 @@ def _source(num_videos=6, num_images=0, corrupt=()):
 
 
 def _config(**overrides):
-    config = pipeline.default_data_config()
+    config = data_config()
     config.update(
         dict(erp_height=H, erp_width=W, map_size=M, num_frames=F, batch_size=2, caption_dropout=0.0)
     )
@@ -138,7 +139,9 @@ def test_image_and_video_batches_mix_and_stay_homogeneous():
 
 def test_corrupt_record_is_skipped_with_a_warning_and_counted(caplog):
     with caplog.at_level(logging.WARNING, logger="viewpoint_jax.data.pipeline"):
-        it = pipeline.make_train_iterator(_config(), data_source=_source(num_videos=4, corrupt={2}))
+        it = pipeline.make_train_iterator(
+            _config(max_bad_fraction=0.5), data_source=_source(num_videos=4, corrupt={2})
+        )
         batches = _take(it, 8)  # 16 examples = 4 epochs of 3 good records + 4 skips
     counts = [int(b["skipped_records"]) for b in batches]
     assert counts == sorted(counts) and counts[-1] >= 3
