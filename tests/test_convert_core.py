@@ -1,6 +1,7 @@
 """Converter core: lazy readers for every format, validation, streamed atomic Orbax writes."""
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +13,8 @@ from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import save_file as save_torch
 
 import viewpoint_jax  # noqa: F401
-from viewpoint_jax import checkpointing, sharding
+from viewpoint_jax import checkpointing, io_utils, sharding
+from viewpoint_jax.cli import UserError
 from viewpoint_jax.convert import core
 
 
@@ -241,3 +243,20 @@ def test_restore_with_other_sizes_names_the_arrays(tmp_path):
         tmp_path / "out" / "params", {"b": abstract["b"]}, partial=True
     )
     assert partial["b"]["w"].shape == (2, 2, 5)
+
+
+def test_destination_without_space_is_refused_before_writing(tmp_path, monkeypatch):
+    save_torch(_state(), tmp_path / "m.safetensors")
+    rules, targets = _rules_and_targets()
+    usage = shutil.disk_usage(tmp_path)
+    # The filesystem as it is, but with less free space than the 134 bytes the arrays take.
+    monkeypatch.setattr(io_utils.shutil, "disk_usage", lambda path: usage._replace(free=100))
+    with pytest.raises(UserError, match=f"cannot write {tmp_path / 'out'}: it needs about"):
+        core.convert_checkpoint(
+            core.open_checkpoint(tmp_path / "m.safetensors"),
+            rules,
+            targets,
+            tmp_path / "out",
+            ignore=("d.int", "e.scalar"),
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
