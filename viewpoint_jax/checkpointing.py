@@ -12,7 +12,10 @@ Training runs: a checkpoint `<workdir>/checkpoints/<step>/` holds two items:
          reads the same batches it would have read.
 Saves are asynchronous (training continues while the arrays are written) and atomic: Orbax
 writes into a temporary directory and renames it when complete, so a `kill -9` at any moment
-leaves the last complete checkpoint as the latest one.
+leaves the last complete checkpoint as the latest one. A save that fails stops the run at the
+next step (`Checkpointer`); a resume skips a checkpoint that does not read back, naming it
+(`Checkpointer.restore_latest`); a config whose sizes differ from a checkpoint's is named array
+by array before Orbax reads anything (`check_matches`).
 """
 
 from __future__ import annotations
@@ -136,7 +139,9 @@ class Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         return restored["state"]
 
-    def restore_latest(self, abstract_state: Any, data_iterator: Any = None) -> tuple[int, Any]:
+    def restore_latest(
+        self, abstract_state: Any, data_iterator: Any = None
+    ) -> tuple[int | None, Any]:
         """(step, state) of the newest checkpoint that reads back; (None, None) if none exists.
 
         A checkpoint that fails to read (corrupt or truncated files) is reported on stderr with
