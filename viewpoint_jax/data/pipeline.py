@@ -34,8 +34,11 @@ the three maps, with f latent frames and m = M / spatial factor:
 Eval batches (`make_eval_iterator`) add perspective (B, F, h, w, 3) float32 (the condition
 clip), view (B, 4) float32 (fov, yaw, pitch, roll in degrees) and source (B,) str.
 
-A record that cannot be decoded is skipped with a warning and counted in `skipped_records`;
-the run never dies on one bad file (only if every record fails).
+A record that cannot be read (a corrupt ArrayRecord chunk: `ReadGuardedSource`, warned with
+its index) or decoded is skipped with a warning and counted in `skipped_records`; the run never
+dies on one bad file, only when more than `config.max_bad_fraction` of the records read (from
+20 on) or 1000 in a row are bad. Missing or truncated shards are named when the dataset opens
+(`builder.check_shards`).
 """
 
 from __future__ import annotations
