@@ -1,6 +1,7 @@
 """Converter core: lazy readers for every format, validation, streamed atomic Orbax writes."""
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +13,8 @@ from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import save_file as save_torch
 
 import viewpoint_jax  # noqa: F401
-from viewpoint_jax import checkpointing, sharding
+from viewpoint_jax import checkpointing, io_utils, sharding
+from viewpoint_jax.cli import UserError
 from viewpoint_jax.convert import core
 
 
@@ -193,3 +195,68 @@ def test_failed_write_keeps_existing_destination(tmp_path):
         )
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "out"]
+
+
+def test_relative_destination_is_made_absolute(tmp_path, monkeypatch):
+    """Orbax refuses relative paths; a user's `--dst out` must still convert (and restore)."""
+    save_torch(_state(), tmp_path / "m.safetensors")
+    rules, targets = _rules_and_targets()
+    monkeypatch.chdir(tmp_path)
+    written = core.convert_checkpoint(
+        core.open_checkpoint("m.safetensors"), rules, targets, "out", ignore=("d.int", "e.scalar")
+    )
+    assert written == tmp_path / "out"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["params"]
+    abstract = {
+        "a": {"kernel": jax.ShapeDtypeStruct((3, 4), jnp.float32)},
+        "b": {"w": jax.ShapeDtypeStruct((2, 2, 5), jnp.float32)},
+        "c": jax.ShapeDtypeStruct((3,), jnp.bfloat16),
+    }
+    params = checkpointing.restore_params("out/params", abstract)
+    np.testing.assert_array_equal(params["a"]["kernel"], _state()["a.weight"].numpy().T)
+
+
+def test_restore_with_other_sizes_names_the_arrays(tmp_path):
+    """A config whose sizes differ from the converted weights' is named key by key, before
+    Orbax answers with its `strict=False` advice."""
+    save_torch(_state(), tmp_path / "m.safetensors")
+    rules, targets = _rules_and_targets()
+    source = core.open_checkpoint(tmp_path / "m.safetensors")
+    core.convert_checkpoint(source, rules, targets, tmp_path / "out", ignore=("d.int", "e.scalar"))
+    abstract = {
+        "a": {"kernel": jax.ShapeDtypeStruct((3, 8), jnp.float32)},
+        "b": {"w": jax.ShapeDtypeStruct((2, 2, 5), jnp.float32)},
+        "extra": jax.ShapeDtypeStruct((1,), jnp.float32),
+    }
+    with pytest.raises(checkpointing.ConfigMismatchError) as info:
+        checkpointing.restore_params(tmp_path / "out" / "params", abstract)
+    message = str(info.value)
+    assert str(tmp_path / "out" / "params") in message
+    assert "a/kernel: checkpoint (3, 4) vs config (3, 8)" in message
+    assert "extra: not in the checkpoint" in message
+    assert "c: not in the config" in message
+    assert "strict" not in message
+    # A partial restore may leave out what the checkpoint has beyond it, not mismatch it.
+    with pytest.raises(checkpointing.ConfigMismatchError, match="a/kernel"):
+        checkpointing.restore_params(tmp_path / "out" / "params", abstract, partial=True)
+    partial = checkpointing.restore_params(
+        tmp_path / "out" / "params", {"b": abstract["b"]}, partial=True
+    )
+    assert partial["b"]["w"].shape == (2, 2, 5)
+
+
+def test_destination_without_space_is_refused_before_writing(tmp_path, monkeypatch):
+    save_torch(_state(), tmp_path / "m.safetensors")
+    rules, targets = _rules_and_targets()
+    usage = shutil.disk_usage(tmp_path)
+    # The filesystem as it is, but with less free space than the 134 bytes the arrays take.
+    monkeypatch.setattr(io_utils.shutil, "disk_usage", lambda path: usage._replace(free=100))
+    with pytest.raises(UserError, match=f"cannot write {tmp_path / 'out'}: it needs about"):
+        core.convert_checkpoint(
+            core.open_checkpoint(tmp_path / "m.safetensors"),
+            rules,
+            targets,
+            tmp_path / "out",
+            ignore=("d.int", "e.scalar"),
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]

@@ -139,7 +139,9 @@ def test_image_and_video_batches_mix_and_stay_homogeneous():
 
 def test_corrupt_record_is_skipped_with_a_warning_and_counted(caplog):
     with caplog.at_level(logging.WARNING, logger="viewpoint_jax.data.pipeline"):
-        it = pipeline.make_train_iterator(_config(), data_source=_source(num_videos=4, corrupt={2}))
+        it = pipeline.make_train_iterator(
+            _config(max_bad_fraction=0.5), data_source=_source(num_videos=4, corrupt={2})
+        )
         batches = _take(it, 8)  # 16 examples = 4 epochs of 3 good records + 4 skips
     counts = [int(b["skipped_records"]) for b in batches]
     assert counts == sorted(counts) and counts[-1] >= 3

@@ -12,13 +12,18 @@ Training runs: a checkpoint `<workdir>/checkpoints/<step>/` holds two items:
          reads the same batches it would have read.
 Saves are asynchronous (training continues while the arrays are written) and atomic: Orbax
 writes into a temporary directory and renames it when complete, so a `kill -9` at any moment
-leaves the last complete checkpoint as the latest one.
+leaves the last complete checkpoint as the latest one. A save that fails stops the run at the
+next step (`Checkpointer`); a resume skips a checkpoint that does not read back, naming it
+(`Checkpointer.restore_latest`); a config whose sizes differ from a checkpoint's is named array
+by array before Orbax reads anything (`check_matches`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental.multihost_utils import sync_global_devices
 
 from viewpoint_jax import sharding
 
@@ -42,13 +48,27 @@ def _has_state(iterator: Any) -> bool:
     )
 
 
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written (full disk, lost permissions, ...); the message names
+    the checkpoint directory and the last complete checkpoint, which is kept."""
+
+
 class Checkpointer:
-    """Saves every `every_steps` steps, keeps the last `keep`; `save(..., force=True)` always saves."""
+    """Saves every `every_steps` steps, keeps the last `keep`; `save(..., force=True)` always saves.
+
+    A failed save is an error at once, never a silent gap: the failure of an asynchronous save
+    is raised (as CheckpointSaveError) by the next `raise_if_save_failed` after it finished (the
+    train loop calls it every step), by the next `save` at the latest, or by `close`. The
+    failed step's partial directory is never published, so the last complete checkpoint stays
+    the latest one and a rerun resumes from it (the run stops rather than training on without
+    a way back).
+    """
 
     def __init__(
         self, directory: str | os.PathLike, *, every_steps: int, keep: int, async_save: bool = True
     ):
         self.directory = Path(directory).absolute()
+        self.failed = False  # a save failed and CheckpointSaveError was raised
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=every_steps,
             max_to_keep=keep,
@@ -71,15 +91,47 @@ class Checkpointer:
     def save(
         self, step: int, state: Any, data_iterator: Any = None, *, force: bool = False
     ) -> bool:
-        """Starts saving (returns once the arrays are copied off the devices); True if it saves."""
+        """Starts saving (returns once the arrays are copied off the devices); True if it saves.
+
+        Waits for the previous save first, raising CheckpointSaveError if that one failed.
+        """
         items = {"state": ocp.args.StandardSave(state)}
         if _has_state(data_iterator):
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        self._wait_for_previous_save()
+        try:  # a synchronous save fails here
+            return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        except Exception as error:
+            raise self._save_error(error) from error
+
+    def raise_if_save_failed(self) -> None:
+        """Raises CheckpointSaveError if the last save has finished and failed; never blocks on
+        a save still being written."""
+        if not self.manager.is_saving_in_progress():
+            self._wait_for_previous_save()
+
+    def _wait_for_previous_save(self) -> None:
+        # Orbax keeps a failed async save's error in its finalize thread and re-raises it here.
+        try:
+            self.manager.wait_until_finished()
+        except Exception as error:
+            raise self._save_error(error) from error
+
+    def _save_error(self, error: Exception) -> CheckpointSaveError:
+        self.failed = True
+        return CheckpointSaveError(
+            f"saving a checkpoint under {self.directory} failed ({type(error).__name__}: "
+            f"{error}); the last complete checkpoint is step {self.manager.latest_step()}"
+        )
 
     def restore(self, step: int, abstract_state: Any, data_iterator: Any = None) -> Any:
         """The state of `step` (into the shardings of `abstract_state`'s ShapeDtypeStructs);
         sets `data_iterator` to where it was at that step."""
+        check_matches(
+            saved_tree(self.directory / str(step) / "state"),
+            abstract_state,
+            f"checkpoint {self.directory / str(step)}",
+        )
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         has_data = (self.directory / str(step) / "data").is_dir()
         if _has_state(data_iterator) and has_data:
@@ -87,9 +139,126 @@ class Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         return restored["state"]
 
+    def restore_latest(
+        self, abstract_state: Any, data_iterator: Any = None
+    ) -> tuple[int | None, Any]:
+        """(step, state) of the newest checkpoint that reads back; (None, None) if none exists.
+
+        A checkpoint that fails to read (corrupt or truncated files) is reported on stderr with
+        its step and the error, and the one before it is tried; once one restores, the broken
+        newer ones are moved to `<directory>.corrupt/<step>` (kept for inspection; the run
+        saves those steps again). A config that does not match the checkpoint is a ValueError
+        (`check_matches`), never a reason to fall back. If no checkpoint reads back, raises
+        ValueError listing each failure and moves nothing.
+        """
+        failures: list[tuple[int, str]] = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                state = self.restore(step, abstract_state, data_iterator)
+            except ConfigMismatchError:
+                raise
+            except Exception as error:  # what a corrupt file raises varies (tensorstore, json, ...)
+                reason = (
+                    f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                )
+                print(
+                    f"checkpoint step {step} does not read back, skipped ({reason})",
+                    file=sys.stderr,
+                )
+                failures.append((step, reason))
+                continue
+            for bad_step, _ in failures:
+                self._set_aside(bad_step)
+            return step, state
+        if failures:
+            listing = "; ".join(f"step {step}: {reason}" for step, reason in failures)
+            raise ValueError(f"no checkpoint under {self.directory} reads back ({listing})")
+        return None, None
+
+    def _set_aside(self, step: int) -> None:
+        if jax.process_index() == 0:
+            corrupt = self.directory.with_name(self.directory.name + ".corrupt")
+            corrupt.mkdir(exist_ok=True)
+            target = corrupt / str(step)
+            if target.exists():  # an earlier corrupt copy of the same step
+                shutil.rmtree(target)
+            os.replace(self.directory / str(step), target)
+            print(f"moved the unreadable checkpoint to {target}", file=sys.stderr)
+        if jax.process_count() > 1:  # every host sees the move before reloading the steps
+            sync_global_devices(f"checkpoint_set_aside_{step}")
+        self.manager.reload()
+
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        """Waits for the last save (raising CheckpointSaveError if it failed) and closes."""
+        if self.failed:  # already raised: closing must not raise it again over the first one
+            try:
+                self.manager.close()
+            except Exception:
+                pass
+            return
+        self._wait_for_previous_save()
         self.manager.close()
+
+
+class ConfigMismatchError(ValueError):
+    """The checkpoint's arrays do not have the shapes (or keys) the config asks for."""
+
+
+def saved_tree(path: str | os.PathLike) -> Any:
+    """The metadata tree (leaves with `.shape`, `.dtype`) of an Orbax PyTree checkpoint."""
+    return ocp.StandardCheckpointer().metadata(Path(path).absolute()).item_metadata.tree
+
+
+def _key_name(key: Any) -> str:
+    for attribute in ("key", "idx", "name"):  # DictKey / FlattenedIndexKey, SequenceKey, GetAttrKey
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
+def leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """'/'-joined leaf path -> shape, for any pytree whose array leaves have `.shape` (abstract
+    states, nnx.Variables, Orbax metadata trees: all give the same paths for the same state)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    shapes = {}
+    for path, leaf in flat:
+        if getattr(leaf, "shape", None) is None:
+            continue
+        names = [_key_name(k) for k in path]
+        if names[-1] == "value":  # an nnx.Variable's payload: the variable's path names it
+            names.pop()
+        shapes["/".join(names)] = tuple(leaf.shape)
+    return shapes
+
+
+def check_matches(saved: Any, abstract: Any, what: str, *, partial: bool = False) -> None:
+    """Raises ConfigMismatchError listing (up to 10) keys whose shapes differ or that only one
+    side has, before Orbax is asked (its own error only advises `strict=False`).
+
+    Args:
+      saved: the checkpoint's metadata tree (`saved_tree`).
+      abstract: the target the config builds (ShapeDtypeStructs, any pytree).
+      what: names the checkpoint in the message.
+      partial: the target reads only a subtree; keys only the checkpoint has are fine.
+    """
+    saved_shapes, wanted_shapes = leaf_shapes(saved), leaf_shapes(abstract)
+    lines = [
+        f"{key}: checkpoint {saved_shapes[key]} vs config {shape}"
+        for key, shape in wanted_shapes.items()
+        if key in saved_shapes and saved_shapes[key] != shape
+    ]
+    lines += [f"{key}: not in the checkpoint" for key in wanted_shapes if key not in saved_shapes]
+    if not partial:
+        lines += [f"{key}: not in the config" for key in saved_shapes if key not in wanted_shapes]
+    # The weights first: the optimizer moments repeat their shapes.
+    lines.sort(key=lambda line: line.startswith("opt_state"))
+    if lines:
+        shown = "\n  ".join(lines[:10])
+        more = f"\n  ... and {len(lines) - 10} more" if len(lines) > 10 else ""
+        raise ConfigMismatchError(
+            f"{what} does not match the config ({len(lines)} arrays differ; was it written "
+            f"with other model sizes?):\n  {shown}{more}"
+        )
 
 
 def _restore_arg(x: Any) -> ocp.ArrayRestoreArgs:
@@ -111,6 +280,7 @@ def restore_params(path: str | os.PathLike, abstract_tree: Any, *, partial: bool
     path = Path(path).absolute()
     if not path.is_dir():
         raise FileNotFoundError(f"no Orbax checkpoint at {path}")
+    check_matches(saved_tree(path), abstract_tree, f"checkpoint {path}", partial=partial)
     with ocp.PyTreeCheckpointer() as checkpointer:
         return checkpointer.restore(
             path,
@@ -135,10 +305,15 @@ def restore_run_params(
     if step is None:
         raise FileNotFoundError(f"no complete checkpoint under {directory}")
     path = directory / str(step) / "state"
-    saved = ocp.StandardCheckpointer().metadata(path).item_metadata.tree
+    saved = saved_tree(path)
     key = "ema_params" if use_ema and "ema_params" in saved else "params"
-    restored = restore_params(path, {key: _abstract_pure(abstract_params)}, partial=True)
-    return _replace(abstract_params, restored[key])
+    # A run saves its params as the nnx.State pytree (each Variable one level deeper than the
+    # pure dict of converted weights): ask for that same structure.
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        abstract_params,
+    )
+    return restore_params(path, {key: abstract}, partial=True)[key]
 
 
 # --- Converted weights -----------------------------------------------------------------------

@@ -83,6 +83,10 @@ def data_config() -> ml_collections.ConfigDict:
     c.worker_buffer_size = 1  # batches buffered per worker
     c.read_threads = 2  # threads per process reading and processing records
     c.shuffle_seed = 0
+    # Unreadable records (corrupt bytes, undecodable frames) are skipped and counted; past this
+    # fraction of the records read (checked from 20 on) the dataset is broken, not unlucky:
+    # training stops with a message instead of learning from what is left.
+    c.max_bad_fraction = 0.05
     # "" encodes the maps in the train step; a name reads panoramic_latents/<name> from data_dir,
     # written by tools/precompute_latents.py (data/latents.py: fixed draws per record).
     c.precomputed_latents = ""
@@ -191,7 +195,7 @@ def validate_data_config(data: ml_collections.ConfigDict) -> None:
         _fail("data.erp_width", f"must be 2 * erp_height, got {data.erp_height}x{data.erp_width}")
     if data.map_size % 2:
         _fail("data.map_size", f"must be even, got {data.map_size}")
-    for key in ("image_ratio", "caption_dropout"):
+    for key in ("image_ratio", "caption_dropout", "max_bad_fraction"):
         if not 0.0 <= data[key] <= 1.0:
             _fail(f"data.{key}", f"must be in [0, 1], got {data[key]}")
     if data.worker_count < 0:

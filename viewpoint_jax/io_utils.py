@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from viewpoint_jax.cli import UserError
+
 _Record = TypeVar("_Record")
 
 
@@ -59,9 +61,10 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     """Yields an empty temporary directory; on success it replaces `path` in one rename.
 
     Raises FileExistsError naming `path` if it exists and `overwrite` is False. A failure inside
-    the block leaves no directory under the final name (and an existing one untouched).
+    the block leaves no directory under the final name (and an existing one untouched). The
+    yielded path is absolute (writers such as Orbax refuse relative ones).
     """
-    path = Path(path)
+    path = Path(path).absolute()
     if path.exists() and not overwrite:
         raise FileExistsError(f"destination already exists: {path} (pass overwrite to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +82,37 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_writable(path: str | os.PathLike, expected_bytes: int = 0) -> Path:
+    """Checks, before any work, that `path` (a file or directory still to be written) can be
+    created and that its filesystem has `expected_bytes` free; returns it absolute.
+
+    Probes by creating and deleting a file in the nearest existing ancestor (permission bits
+    do not tell: read-only mounts, ACLs, root), so an hour-long job fails in a second, not at
+    its final write. Raises UserError naming `path` and the directory that refuses it.
+    """
+    path = Path(path).absolute()
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"cannot write {path}: {ancestor} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=ancestor)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise UserError(
+            f"cannot write {path}: {ancestor} is not writable ({error.strerror or error})"
+        ) from None
+    free = shutil.disk_usage(ancestor).free
+    if free < expected_bytes:
+        raise UserError(
+            f"cannot write {path}: it needs about {expected_bytes / 2**30:.2f} GiB but the "
+            f"filesystem of {ancestor} has {free / 2**30:.2f} GiB free"
+        )
+    return path
 
 
 def dataclass_from_dict(cls: type[_Record], record: dict[str, Any]) -> _Record:

@@ -442,12 +442,13 @@ def _train_iterator(config: ml_collections.ConfigDict, data_source: Any) -> Iter
 def _resume_or_init(
     trainer: Trainer, checkpointer: checkpointing.Checkpointer, data_iterator: Iterator[dict]
 ) -> dict[str, Any]:
-    """The last complete checkpoint's state (and data position), else a fresh state."""
-    latest = checkpointer.latest_step()
-    if latest is None:
+    """The newest checkpoint that reads back (state and data position), else a fresh state."""
+    step, state = checkpointer.restore_latest(
+        trainer.abstract_state_with_shardings(), data_iterator
+    )
+    if step is None:
         return trainer.init_state()
-    state = checkpointer.restore(latest, trainer.abstract_state_with_shardings(), data_iterator)
-    print(f"resumed from {checkpointer.directory}/{latest}", file=sys.stderr)
+    print(f"resumed from {checkpointer.directory}/{step}", file=sys.stderr)
     return state
 
 
@@ -469,6 +470,7 @@ def _loop(
     pending = None
     step = start
     for step in range(start + 1, config.num_steps + 1):
+        checkpointer.raise_if_save_failed()  # a failed save stops the run at once, not at the end
         batch = next(data_iterator)
         device_batch = trainer.device_batch(batch)
         state, step_metrics = trainer.step(state, device_batch)

@@ -468,12 +468,17 @@ def convert_checkpoint(
       extra_files: file name -> text, written beside `params/` (e.g. config.json).
       overwrite: replace an existing `dst`.
     Returns:
-      `dst` as a Path.
+      `dst` as an absolute Path.
+    Raises:
+      UserError naming `dst` if it cannot be written or its filesystem lacks the space.
     """
     import orbax.checkpoint as ocp
     from orbax.checkpoint._src.serialization import jax_array_handlers, type_handler_registry
 
     validate_rules(source, rules, targets, ignore)
+    dst = Path(dst).absolute()  # Orbax refuses relative paths ("should be absolute")
+    # Before streaming gigabytes: an unwritable or too-full destination fails now, named.
+    io_utils.check_writable(dst, expected_bytes=sum(_nbytes(t) for t in targets.values()))
     _return_freed_tensors_to_the_os()
     by_target: dict[str, list[TensorRule]] = {name: [] for name in targets}
     for rule in rules:
@@ -495,7 +500,6 @@ def convert_checkpoint(
         (_StreamedLeaf, _streaming_handler()), (jax.Array, jax_array_handlers.ArrayHandler())
     )
     tree, save_args = checkpointing.unflatten_paths(tree), checkpointing.unflatten_paths(save_args)
-    dst = Path(dst)
     with io_utils.atomic_directory(dst, overwrite=overwrite) as tmp:
         handler = ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
         with ocp.Checkpointer(handler) as checkpointer:
@@ -503,6 +507,10 @@ def convert_checkpoint(
         for file_name, text in (extra_files or {}).items():
             (tmp / file_name).write_text(text)
     return dst
+
+
+def _nbytes(target: jax.ShapeDtypeStruct) -> int:
+    return int(np.prod(target.shape)) * np.dtype(target.dtype).itemsize
 
 
 def _return_freed_tensors_to_the_os() -> None:

@@ -768,13 +768,49 @@ def open_data_source(
     split: str = "train",
     dataset: str = DATASET_NAME,
 ):
-    """Random-access records of a split (`tfds` ArrayRecord data source; no TensorFlow)."""
+    """Random-access records of a split (`tfds` ArrayRecord data source; no TensorFlow).
+
+    Every shard of the split is checked first (`check_shards`): a missing or truncated file is
+    named here, not discovered as a reader crash in the middle of training.
+    """
     builder = tfds.builder_from_directory(str(dataset_dir(data_dir, name, dataset)))
     if split not in builder.info.splits:
         raise ValueError(
             f"dataset {name!r} has no split {split!r}; it has {sorted(builder.info.splits)}"
         )
+    check_shards(builder.info.splits[split])
     return builder.as_data_source(split=split)
+
+
+def check_shards(split_info: Any) -> None:
+    """Raises naming the file if a shard of the split (a tfds SplitInfo) is missing
+    (FileNotFoundError) or does not hold the records the dataset info lists (ValueError: a
+    truncated or overwritten file). Opening a shard reads only its footer and index."""
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    paths = [Path(str(p)) for p in split_info.filepaths]
+    for path, expected in zip(paths, split_info.shard_lengths, strict=True):
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"dataset shard {path} is missing ({len(paths)} shards listed for split "
+                f"{split_info.name!r}): restore it or rebuild the dataset"
+            )
+        try:
+            reader = ArrayRecordReader(str(path))
+            try:
+                count = reader.num_records()
+            finally:
+                reader.close()
+        except Exception as error:  # the reader's errors are RuntimeError/ValueError by version
+            raise ValueError(
+                f"dataset shard {path} cannot be opened (truncated or corrupt: "
+                f"{type(error).__name__}: {error}); restore it or rebuild the dataset"
+            ) from None
+        if count != expected:
+            raise ValueError(
+                f"dataset shard {path} holds {count} records, the dataset lists {expected}: "
+                "truncated or replaced; restore it or rebuild the dataset"
+            )
 
 
 def as_text(value: Any) -> str:

@@ -34,8 +34,11 @@ the three maps, with f latent frames and m = M / spatial factor:
 Eval batches (`make_eval_iterator`) add perspective (B, F, h, w, 3) float32 (the condition
 clip), view (B, 4) float32 (fov, yaw, pitch, roll in degrees) and source (B,) str.
 
-A record that cannot be decoded is skipped with a warning and counted in `skipped_records`;
-the run never dies on one bad file (only if every record fails).
+A record that cannot be read (a corrupt ArrayRecord chunk: `ReadGuardedSource`, warned with
+its index) or decoded is skipped with a warning and counted in `skipped_records`; the run never
+dies on one bad file, only when more than `config.max_bad_fraction` of the records read (from
+20 on) or 1000 in a row are bad. Missing or truncated shards are named when the dataset opens
+(`builder.check_shards`).
 """
 
 from __future__ import annotations
@@ -61,6 +64,9 @@ log = logging.getLogger(__name__)
 
 # A run whose records fail this many times in a row has no readable data: stop with a message.
 MAX_CONSECUTIVE_FAILURES = 1000
+# Records read before `max_bad_fraction` is enforced (one bad record among the first few is not
+# yet a fraction).
+MIN_RECORDS_FOR_BAD_FRACTION = 20
 # `_status` of what a maker returns for a record it does not turn into an example.
 BAD = "bad"  # unreadable: skipped with a warning and counted
 SKIP = "skip"  # not for this stream (an image record in the video stream)
@@ -168,6 +174,8 @@ class ExampleMaker:
         self.with_images = with_images
 
     def __call__(self, record: dict, rng: np.random.Generator) -> dict:
+        if record.get("_status") == BAD:  # the reader already failed on it (ReadGuardedSource)
+            return record
         if self.mode != "image" and bool(record.get("is_image", False)):
             return {"_status": SKIP}
         try:
@@ -225,6 +233,8 @@ class LatentExampleMaker:
         self.caption_dropout = float(config.caption_dropout)
 
     def __call__(self, record: dict, rng: np.random.Generator) -> dict:
+        if record.get("_status") == BAD:
+            return record
         if bool(record["is_image"]) != self.is_image:
             return {"_status": SKIP}
         caption = as_text(record["caption"])
@@ -236,6 +246,30 @@ class LatentExampleMaker:
 
 
 # Batching that drops bad records, and the skip counter ------------------------------------------
+
+
+class ReadGuardedSource:
+    """Random-access records whose read errors (a corrupt ArrayRecord chunk, an I/O error)
+    become `{"_status": BAD}` records, skipped and counted like undecodable ones, with a
+    warning naming the record index."""
+
+    def __init__(self, source: Any):
+        self._source = source
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict:
+        try:
+            return self._source[index]
+        except Exception as error:  # what a corrupt record raises depends on where it is hit
+            log.warning(
+                "skipping record %d, it cannot be read: %s: %s", index, type(error).__name__, error
+            )
+            return {"_status": BAD}
+
+    def __repr__(self) -> str:
+        return f"ReadGuardedSource({self._source!r})"
 
 
 def _stack(examples: list[dict]) -> dict:
@@ -270,6 +304,7 @@ class _BatchIterator(grain.DatasetIterator):
                     )
         batch = _stack(examples)
         batch["skipped_records"] = np.int64(skipped)
+        batch["read_records"] = np.int64(len(examples) + skipped)
         return batch
 
     def get_state(self) -> dict:
@@ -292,29 +327,50 @@ class _BatchDataset(grain.IterDataset):
 
 
 class _CountIterator(grain.DatasetIterator):
-    def __init__(self, parent: grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, max_bad_fraction: float):
         super().__init__(parent)
         self._total = 0
+        self._read = 0
+        self._max_bad_fraction = max_bad_fraction
 
     def __next__(self) -> dict:
         batch = next(self._parent)
         self._total += int(batch["skipped_records"])
+        self._read += int(batch.pop("read_records"))
+        if self._read >= MIN_RECORDS_FOR_BAD_FRACTION and (
+            self._total > self._max_bad_fraction * self._read
+        ):
+            raise RuntimeError(
+                f"{self._total} of the {self._read} records read could not be read or decoded "
+                f"(more than config.data.max_bad_fraction = {self._max_bad_fraction}): the "
+                "dataset is damaged; the warnings above name the records"
+            )
         batch["skipped_records"] = np.int64(self._total)
         return batch
 
     def get_state(self) -> dict:
-        return {"parent": self._parent.get_state(), "skipped_records": self._total}
+        return {
+            "parent": self._parent.get_state(),
+            "skipped_records": self._total,
+            "read_records": self._read,
+        }
 
     def set_state(self, state: dict) -> None:
         self._parent.set_state(state["parent"])
         self._total = int(state["skipped_records"])
+        self._read = int(state.get("read_records", 0))  # absent in states of older runs
 
 
 class _CountDataset(grain.IterDataset):
-    """Turns per-batch skip counts into the running total of this host (kept in the state)."""
+    """Turns per-batch skip counts into the running total of this host (kept in the state);
+    stops when more than `max_bad_fraction` of the records read were bad."""
+
+    def __init__(self, parent: grain.IterDataset, max_bad_fraction: float):
+        super().__init__(parent)
+        self._max_bad_fraction = max_bad_fraction
 
     def __iter__(self) -> grain.DatasetIterator:
-        return _CountIterator(self._parent.__iter__())
+        return _CountIterator(self._parent.__iter__(), self._max_bad_fraction)
 
 
 # Iterators --------------------------------------------------------------------------------------
@@ -409,7 +465,8 @@ def make_train_iterator(
         data_source = _train_source(config)
     if len(data_source) < process_count:
         raise ValueError(f"{len(data_source)} records cannot be sharded over {process_count} hosts")
-    records = grain.MapDataset.source(data_source)[process_index::process_count]
+    records = grain.MapDataset.source(ReadGuardedSource(data_source))
+    records = records[process_index::process_count]
     read_options = grain.ReadOptions(
         num_threads=config.read_threads, prefetch_buffer_size=max(2, 2 * batch_size)
     )
@@ -440,7 +497,7 @@ def make_train_iterator(
             ),
             worker_init_fn=_cpu_worker_init,
         )
-    return iter(_CountDataset(ds))
+    return iter(_CountDataset(ds, float(config.max_bad_fraction)))
 
 
 def make_eval_iterator(
@@ -463,13 +520,13 @@ def make_eval_iterator(
         data_source = builder.open_data_source(
             config.data_dir, config.name, split or config.eval_split
         )
-    ds = grain.MapDataset.source(data_source)
+    ds = grain.MapDataset.source(ReadGuardedSource(data_source))
     if num_examples is not None:
         ds = ds[: int(num_examples)]
     ds = ds.random_map(ExampleMaker(config, "eval"), seed=seed)
     options = grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=2)
     ds = _BatchDataset(ds.to_iter_dataset(options), batch_size, drop_remainder=False)
-    return iter(_CountDataset(ds))
+    return iter(_CountDataset(ds, float(config.max_bad_fraction)))
 
 
 def step_arrays(
