@@ -11,10 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import flags
 from flax import nnx
+from test_train import subprocess_env
 
-from viewpoint_jax import sample, video_io
-from viewpoint_jax.cli import UserError, run_main
+from viewpoint_jax import cli, sample, video_io
 from viewpoint_jax.models.dit import WanDiT
 
 FFPROBE = shutil.which("ffprobe")
@@ -78,6 +79,7 @@ def run_cli(*args, cwd=None):
         capture_output=True,
         text=True,
         cwd=cwd or REPO,
+        env=subprocess_env(),
         timeout=120,
     )
 
@@ -94,7 +96,7 @@ BAD_INPUT = [
     (["--video", "CONFIG"], "cannot read video"),
     (["--fov", "190"], "--fov must be in (0, 180) degrees, got 190"),
     (["--fov", "0"], "--fov must be in (0, 180) degrees"),
-    (["--num-frames", "6"], "--num-frames must be 1 + 4k"),
+    (["--num_frames", "6"], "--num_frames must be 1 + 4k"),
     (["--pitch", "100"], "--pitch must be in [-90, 90]"),
     (["--checkpoint", "nowhere"], "--checkpoint: no such directory nowhere"),
 ]
@@ -116,25 +118,35 @@ def test_bad_input_gives_one_clear_message(config_file, tmp_path, extra, message
     assert not (tmp_path / "out").exists()
 
 
+def run_in_process(argv, capsys) -> tuple[int, str]:
+    """The same path as the subprocess tests (`cli.run`), without a Python start each: the
+    sample flags on absl's global FLAGS, reset to their defaults before each parse."""
+    if "prompt" not in flags.FLAGS:
+        sample.define_flags()
+    flags.FLAGS.unparse_flags()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(sample.main, argv=["sample", *argv])
+    return exit_info.value.code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize("extra,message", [BAD_INPUT[i] for i in (1, 3, 5, 6)])
 def test_more_bad_input_in_process(config_file, tmp_path, monkeypatch, capsys, extra, message):
-    """The same path as the subprocess tests (`run_main(main)`), without a Python start each."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["sample", *bad_input_args(config_file, tmp_path, extra)])
-    with pytest.raises(SystemExit) as exit_info:
-        run_main(sample.main)
-    assert exit_info.value.code == 2
-    stderr = capsys.readouterr().err
+    code, stderr = run_in_process(bad_input_args(config_file, tmp_path, extra), capsys)
+    assert code == 2
     assert stderr.startswith("error: ") and message in stderr and len(stderr.splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
 
 def test_existing_output_and_missing_config_are_reported(config_file, tmp_path, capsys):
     (tmp_path / "out").mkdir()
-    with pytest.raises(UserError, match="exists \\(pass --overwrite"):
-        sample.main(bad_input_args(config_file, tmp_path, []))
-    with pytest.raises(UserError, match="--config: no such file"):
-        sample.main(bad_input_args(tmp_path / "nope.py", tmp_path, ["--out", tmp_path / "new"]))
+    code, stderr = run_in_process(bad_input_args(config_file, tmp_path, []), capsys)
+    assert code == 2 and "exists (pass --overwrite" in stderr
+    code, stderr = run_in_process(
+        bad_input_args(tmp_path / "nope.py", tmp_path, ["--out", tmp_path / "new"]), capsys
+    )
+    assert code == 2 and "--config: cannot load the config file" in stderr and "nope.py" in stderr
 
 
 def test_frame_counts_are_trimmed_to_one_plus_4k(tmp_path, capsys):
@@ -182,7 +194,7 @@ def test_cli_end_to_end(tiny_checkpoint, tmp_path):
     result = run_cli(
         "--config", REPO / "configs" / "tiny.py:micro", "--checkpoint", tiny_checkpoint,
         "--prompt", "a bright square moves right", "--video", clip, "--fov", "75",
-        "--yaw", "-30", "--pitch", "10", "--num-frames", "9", "--steps", "3", "--seed", "5",
+        "--yaw", "-30", "--pitch", "10", "--num_frames", "9", "--steps", "3", "--seed", "5",
         "--out", out,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

@@ -37,12 +37,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from absl import flags
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
+from ml_collections import config_flags
 
 from viewpoint_jax import build, checkpointing, monitoring
 from viewpoint_jax import sharding as sharding_lib
-from viewpoint_jax.cli import run_main
+from viewpoint_jax.cli import refuse_positional, run
 from viewpoint_jax.config import mesh_and_rules, validate_config
 from viewpoint_jax.data import latents as latents_lib
 from viewpoint_jax.data import pipeline
@@ -514,27 +516,26 @@ def _report(
 # --- CLI ------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    from absl import flags
-    from ml_collections import config_flags
-
-    config_flag = config_flags.DEFINE_config_file(
+def define_flags() -> None:
+    """The CLI's flags; defined only when this module is the program (demo imports it)."""
+    config_flags.DEFINE_config_file(
         "config", None, "a configs/*.py file (`path[:arg]`)", lock_config=True
     )
-    workdir = flags.DEFINE_string("workdir", None, "the run directory (checkpoints, logs)")
-    coordinator = flags.DEFINE_string(
-        "coordinator_address", None, "host:port of process 0 (multi-host runs)"
+    flags.DEFINE_string("workdir", None, "the run directory (checkpoints, logs)")
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host runs)")
+    flags.DEFINE_integer("num_processes", None, "number of processes")
+    flags.DEFINE_integer("process_id", None, "this process's index")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> int:
+    refuse_positional(argv)
+    values = flags.FLAGS
+    maybe_initialize_distributed(
+        values.coordinator_address, values.num_processes, values.process_id
     )
-    num_processes = flags.DEFINE_integer("num_processes", None, "number of processes")
-    process_id = flags.DEFINE_integer("process_id", None, "this process's index")
-    flags.FLAGS(sys.argv if argv is None else argv)
-    if config_flag.value is None:
-        raise ValueError("--config is required (e.g. --config configs/tiny.py)")
-    if not workdir.value:
-        raise ValueError("--workdir is required (the run directory)")
-    maybe_initialize_distributed(coordinator.value, num_processes.value, process_id.value)
     try:
-        result = train(config_flag.value, workdir.value)
+        result = train(values.config, values.workdir)
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -543,4 +544,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run(main, define_flags)
