@@ -60,7 +60,11 @@ def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
         arguments = arguments[: arguments.index("--")]
     if any(argument in HELP_ARGUMENTS for argument in arguments):
         usage = getattr(sys.modules.get("__main__"), "__doc__", None)
-        print((usage or "").strip() + "\n\nflags:" + flag_values.main_module_help())
+        # The flags of the program's own modules (a console script or a wrapper defines them in
+        # another module than __main__), not absl's.
+        modules = [m for m in flag_values.flags_by_module_dict() if not m.startswith("absl.")]
+        listing = "\n".join(flag_values.module_help(m) for m in modules)
+        print((usage or "").strip() + "\n\nflags:\n" + listing)
         sys.exit(0)
     try:
         positional = flag_values(list(argv))
