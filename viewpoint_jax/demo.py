@@ -440,5 +440,10 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def console_main() -> None:
+    """The console script (pyproject's [project.scripts])."""
     run(main, define_flags)
+
+
+if __name__ == "__main__":
+    console_main()

@@ -530,12 +530,10 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> int:
     refuse_positional(argv)
-    values = flags.FLAGS
-    maybe_initialize_distributed(
-        values.coordinator_address, values.num_processes, values.process_id
-    )
+    given = flags.FLAGS
+    maybe_initialize_distributed(given.coordinator_address, given.num_processes, given.process_id)
     try:
-        result = train(values.config, values.workdir)
+        result = train(given.config, given.workdir)
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -543,5 +541,9 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def console_main() -> None:  # the viewpoint-train console script
     run(main, define_flags)
+
+
+if __name__ == "__main__":
+    console_main()
