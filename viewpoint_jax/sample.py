@@ -279,7 +279,7 @@ def sampling_config(
             raise UserError(
                 f"--checkpoint {checkpoint} has no config.json of a training run: pass --config"
             )
-        config = ml_collections.ConfigDict(json.loads(saved.read_text()))
+        config = config_lib.config_from_json(saved.read_text())
         if "data" not in config:  # a converted DiT's config.json: the model's shape only
             raise UserError(f"--checkpoint {checkpoint} is a converted DiT: pass --config")
     config = ml_collections.ConfigDict(config.to_dict())  # unlocked; the caller's stays as it is
