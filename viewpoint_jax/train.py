@@ -424,6 +424,7 @@ def _set_up_run(
     validate_config(config, len(devices), jax.process_count())
     mesh, rules = mesh_and_rules(config, devices)
     if jax.process_index() == 0:
+        print(monitoring.startup_summary(config, mesh, build.dit_config(config)), file=sys.stderr)
         workdir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
     cache_dir = Path(config.text_encoder.cache_dir or workdir / "text_cache")
@@ -541,8 +542,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def console_main() -> None:  # the viewpoint-train console script
-    run(main, define_flags)
+console_main = functools.partial(run, main, define_flags)  # the viewpoint-train script
 
 
 if __name__ == "__main__":
