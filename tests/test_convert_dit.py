@@ -224,7 +224,7 @@ def test_cli_converts(reference, tmp_path):
         str(tmp_path / "src"),
         "--dst",
         str(tmp_path / "dst"),
-        "--in-dim",
+        "--in_dim",
         "33",
         "--dtype",
         "bfloat16",

@@ -88,7 +88,7 @@ def test_an_output_folder_of_other_settings_is_refused(quick_demo):
 
 
 def test_bad_train_steps_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match="--train-steps"):
+    with pytest.raises(UserError, match="--train_steps"):
         demo.run_demo(tmp_path / "out", train_steps=0, quick=True)
 
 

@@ -11,10 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import flags
 from flax import nnx
+from test_train import subprocess_env
 
-from viewpoint_jax import sample, video_io
-from viewpoint_jax.cli import UserError, run_main
+from viewpoint_jax import cli, sample, video_io
+from viewpoint_jax.cli import UserError
 from viewpoint_jax.models.dit import WanDiT
 
 FFPROBE = shutil.which("ffprobe")
@@ -78,6 +80,7 @@ def run_cli(*args, cwd=None):
         capture_output=True,
         text=True,
         cwd=cwd or REPO,
+        env=subprocess_env(),
         timeout=120,
     )
 
@@ -94,7 +97,7 @@ BAD_INPUT = [
     (["--video", "CONFIG"], "cannot read video"),
     (["--fov", "190"], "--fov must be in (0, 180) degrees, got 190"),
     (["--fov", "0"], "--fov must be in (0, 180) degrees"),
-    (["--num-frames", "6"], "--num-frames must be 1 + 4k"),
+    (["--num_frames", "6"], "--num_frames must be 1 + 4k"),
     (["--pitch", "100"], "--pitch must be in [-90, 90]"),
     (["--checkpoint", "nowhere"], "--checkpoint: no such directory nowhere"),
 ]
@@ -116,25 +119,35 @@ def test_bad_input_gives_one_clear_message(config_file, tmp_path, extra, message
     assert not (tmp_path / "out").exists()
 
 
+def run_in_process(argv, capsys) -> tuple[int, str]:
+    """The same path as the subprocess tests (`cli.run`), without a Python start each: the
+    sample flags on absl's global FLAGS, reset to their defaults before each parse."""
+    if "prompt" not in flags.FLAGS:
+        sample.define_flags()
+    flags.FLAGS.unparse_flags()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(sample.main, argv=["sample", *argv])
+    return exit_info.value.code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize("extra,message", [BAD_INPUT[i] for i in (1, 3, 5, 6)])
 def test_more_bad_input_in_process(config_file, tmp_path, monkeypatch, capsys, extra, message):
-    """The same path as the subprocess tests (`run_main(main)`), without a Python start each."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["sample", *bad_input_args(config_file, tmp_path, extra)])
-    with pytest.raises(SystemExit) as exit_info:
-        run_main(sample.main)
-    assert exit_info.value.code == 2
-    stderr = capsys.readouterr().err
+    code, stderr = run_in_process(bad_input_args(config_file, tmp_path, extra), capsys)
+    assert code == 2
     assert stderr.startswith("error: ") and message in stderr and len(stderr.splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
 
 def test_existing_output_and_missing_config_are_reported(config_file, tmp_path, capsys):
     (tmp_path / "out").mkdir()
-    with pytest.raises(UserError, match="exists \\(pass --overwrite"):
-        sample.main(bad_input_args(config_file, tmp_path, []))
-    with pytest.raises(UserError, match="--config: no such file"):
-        sample.main(bad_input_args(tmp_path / "nope.py", tmp_path, ["--out", tmp_path / "new"]))
+    code, stderr = run_in_process(bad_input_args(config_file, tmp_path, []), capsys)
+    assert code == 2 and "exists (pass --overwrite" in stderr
+    code, stderr = run_in_process(
+        bad_input_args(tmp_path / "nope.py", tmp_path, ["--out", tmp_path / "new"]), capsys
+    )
+    assert code == 2 and "--config: cannot load the config file" in stderr and "nope.py" in stderr
 
 
 def test_frame_counts_are_trimmed_to_one_plus_4k(tmp_path, capsys):
@@ -182,7 +195,7 @@ def test_cli_end_to_end(tiny_checkpoint, tmp_path):
     result = run_cli(
         "--config", REPO / "configs" / "tiny.py:micro", "--checkpoint", tiny_checkpoint,
         "--prompt", "a bright square moves right", "--video", clip, "--fov", "75",
-        "--yaw", "-30", "--pitch", "10", "--num-frames", "9", "--steps", "3", "--seed", "5",
+        "--yaw", "-30", "--pitch", "10", "--num_frames", "9", "--steps", "3", "--seed", "5",
         "--out", out,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -201,3 +214,57 @@ def test_cli_end_to_end(tiny_checkpoint, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
     if FFPROBE:
         assert spherical_projection(out / "pano.mp4") == "equirectangular"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A training run of configs/tiny.py:micro, two steps: RUN_DIR/config.json + checkpoints/."""
+    from test_train import ONE_DEVICE, micro_config, procedural_records
+
+    from viewpoint_jax import train
+
+    config = micro_config()
+    config.num_steps = 2
+    config.checkpoint.every_steps = 2
+    workdir = tmp_path_factory.mktemp("run")
+    train.train(
+        config, workdir, data_source=procedural_records(), devices=ONE_DEVICE, progress=False
+    )
+    return workdir
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="restoring a training run's DiT fails in checkpointing.restore_run_params (orbax: "
+    "'template has type ShapeDtypeStruct, but structure has type dict' at "
+    "params/blocks/cross_attn/k/bias), with the config file too: not the CLI's doing",
+)
+def test_a_run_directory_samples_with_the_config_that_trained_it(tiny_run, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli("--checkpoint", tiny_run, "--prompt", "x", "--out", out, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((out / "settings.json").read_text())
+    trained = json.loads((tiny_run / "config.json").read_text())
+    assert record["config"]["model"] == trained["model"]
+    assert record["settings"]["num_steps"] == trained["sample"]["steps"]
+    assert video_io.read_video(out / "pano.mp4")[0].shape[1:3] == (
+        trained["data"]["erp_height"],
+        trained["data"]["erp_width"],
+    )
+
+
+def test_component_paths_come_from_flags_or_are_refused_by_name(tiny_run, tmp_path):
+    config = sample.sampling_config(tiny_run)
+    config.autoencoder.kind = "wan_vae"
+    config.autoencoder.checkpoint = ""
+    with pytest.raises(UserError, match=r"config.autoencoder.checkpoint is empty.*--vae=PATH"):
+        sample.sampling_config(tiny_run, config)
+    missing = str(tmp_path / "nowhere")
+    with pytest.raises(UserError, match=r"config.autoencoder.checkpoint .*nowhere.*--vae=PATH"):
+        sample.sampling_config(tiny_run, config, {"vae": missing})
+    vae_dir = tmp_path / "vae"
+    vae_dir.mkdir()
+    chosen = sample.sampling_config(tiny_run, config, {"vae": str(vae_dir), "tokenizer": None})
+    assert chosen.autoencoder.checkpoint == str(vae_dir)
+    with pytest.raises(UserError, match=r"no config.json of a training run: pass --config$"):
+        sample.sampling_config(tmp_path)

@@ -60,7 +60,7 @@ def majority_face(labels: np.ndarray) -> str:
 
 def test_cli_writes_the_diagram_png(tool, diagram, tmp_path):
     png = tmp_path / "viewpoint-map.png"
-    assert tool.main(["--diagram", str(png), "--map-size", str(MAP_SIZE)]) == 0
+    assert tool.run_tool(diagram=str(png), map_size=MAP_SIZE) == 0
     written = cv2.cvtColor(cv2.imread(str(png)), cv2.COLOR_BGR2RGB)
     np.testing.assert_array_equal(written, diagram["viewpoint_map"])
     assert diagram["faces"].shape == (6, MAP_SIZE, MAP_SIZE, 3)
@@ -69,11 +69,11 @@ def test_cli_writes_the_diagram_png(tool, diagram, tmp_path):
 
 def test_cli_rejects_mixed_modes(tool, tmp_path):
     with pytest.raises(tool.UserError, match="--diagram takes the PNG path"):
-        tool.main(["--diagram", str(tmp_path / "a.png"), "--out", str(tmp_path)])
+        tool.run_tool(diagram=str(tmp_path / "a.png"), out=str(tmp_path))
     with pytest.raises(tool.UserError, match="exactly one of"):
-        tool.main(["--diagram", str(tmp_path / "a.png"), "--scene", "room"])
+        tool.run_tool(diagram=str(tmp_path / "a.png"), scene="room")
     with pytest.raises(tool.UserError, match="--out is required"):
-        tool.main(["--scene", "room"])
+        tool.run_tool(scene="room")
 
 
 def test_each_subregion_centre_shows_its_face_and_letter(tool, diagram):

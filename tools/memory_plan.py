@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
@@ -334,19 +333,28 @@ def format_plan(
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="configs/*.py[:arg]")
-    parser.add_argument("--devices", type=int, default=8, help="devices of the mesh (default 8)")
-    parser.add_argument("--hbm_gb", type=float, default=80.0, help="memory per device, GB")
-    parser.add_argument("--method", choices=("analytic", "compiled"), default="analytic")
-    args = parser.parse_args(argv)
+def define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("config", None, "configs/*.py[:arg]", required=True)
+    flags.DEFINE_integer("devices", 8, "devices of the mesh")
+    flags.DEFINE_float("hbm_gb", 80.0, "memory per device, GB")
+    flags.DEFINE_enum("method", "analytic", ["analytic", "compiled"], "how the plan is made")
+
+
+def main(argv: list[str]) -> int:
+    from absl import flags
+
+    from viewpoint_jax.cli import refuse_positional
+
+    refuse_positional(argv)
+    args = flags.FLAGS
     if args.method == "compiled":  # simulated devices must exist before jax starts
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
-        flags = os.environ.get("XLA_FLAGS", "")
-        if "xla_force_host_platform_device_count" not in flags:
+        xla_flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_force_host_platform_device_count" not in xla_flags:
             os.environ["XLA_FLAGS"] = (
-                f"{flags} --xla_force_host_platform_device_count={args.devices}"
+                f"{xla_flags} --xla_force_host_platform_device_count={args.devices}"
             )
     config = load_config(args.config)
     if args.method == "analytic":
@@ -359,6 +367,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from viewpoint_jax.cli import run_main
+    from viewpoint_jax.cli import run
 
-    run_main(main)
+    run(main, define_flags)

@@ -19,54 +19,59 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from absl import flags
+from ml_collections import config_flags
 
-def main(argv: list[str] | None = None) -> int:
-    from absl import flags
-    from ml_collections import config_flags
+from viewpoint_jax.cli import refuse_positional, run
 
-    from viewpoint_jax.data import builder, latents, precompute
 
-    config_flag = config_flags.DEFINE_config_file(
+def define_flags() -> None:
+    from viewpoint_jax.data import latents
+
+    config_flags.DEFINE_config_file(
         "config", None, "a configs/*.py file (`path[:arg]`)", lock_config=True
     )
-    name = flags.DEFINE_string("name", None, "name of the latents dataset to write")
-    samples = flags.DEFINE_integer("samples", 4, "video draws per video record")
-    image_samples = flags.DEFINE_integer("image_samples", 0, "1-frame draws per record")
-    dtype = flags.DEFINE_enum("dtype", "float16", latents.STORAGE_DTYPES, "storage dtype")
-    splits = flags.DEFINE_list("splits", None, "source splits (default: config.data.train_split)")
-    seed = flags.DEFINE_integer("seed", 0, "seed of the draws")
-    batch_size = flags.DEFINE_integer(
+    flags.DEFINE_string("name", None, "name of the latents dataset to write")
+    flags.DEFINE_integer("samples", 4, "video draws per video record")
+    flags.DEFINE_integer("image_samples", 0, "1-frame draws per record")
+    flags.DEFINE_enum("dtype", "float16", latents.STORAGE_DTYPES, "storage dtype")
+    flags.DEFINE_list("splits", None, "source splits (default: config.data.train_split)")
+    flags.DEFINE_integer("seed", 0, "seed of the draws")
+    flags.DEFINE_integer(
         "batch_size", None, "samples encoded at once, over the local devices (default: 1 each)"
     )
-    flags.FLAGS(sys.argv if argv is None else argv)
-    if config_flag.value is None:
-        raise ValueError("--config is required (e.g. --config configs/wan14b.py)")
-    if not name.value:
+    flags.mark_flag_as_required("config")
+
+
+def main(argv: list[str]) -> int:
+    from viewpoint_jax.data import builder, latents, precompute
+
+    refuse_positional(argv)
+    values = flags.FLAGS
+    if not values.name:
         raise ValueError("--name is required (what config.data.precomputed_latents will name)")
-    config = config_flag.value
+    config = values.config
     start = time.time()
     out = precompute.precompute(
         config,
-        name.value,
-        splits=tuple(splits.value) if splits.value else None,
-        samples=samples.value,
-        image_samples=image_samples.value,
-        dtype=dtype.value,
-        seed=seed.value,
-        batch_size=batch_size.value,
+        values.name,
+        splits=tuple(values.splits) if values.splits else None,
+        samples=values.samples,
+        image_samples=values.image_samples,
+        dtype=values.dtype,
+        seed=values.seed,
+        batch_size=values.batch_size,
     )
-    counts = builder.split_counts(config.data.data_dir, name.value, latents.LATENTS_DATASET)
+    counts = builder.split_counts(config.data.data_dir, values.name, latents.LATENTS_DATASET)
     for split, count in sorted(counts.items()):
         print(
             f"{split}: {count['video_samples']} video and {count['image_samples']} image "
             f"samples, {count['skipped_records']} unreadable records skipped"
         )
     print(f"wrote {out} in {time.time() - start:.1f} s")
-    print(f"train on it with --config.data.precomputed_latents={name.value}")
+    print(f"train on it with --config.data.precomputed_latents={values.name}")
     return 0
 
 
 if __name__ == "__main__":
-    from viewpoint_jax.cli import run_main
-
-    run_main(main)
+    run(main, define_flags)

@@ -18,38 +18,43 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from absl import flags
+from ml_collections import config_flags
 
-def main(argv: list[str] | None = None) -> int:
-    from absl import flags
-    from ml_collections import config_flags
+from viewpoint_jax.cli import refuse_positional, run
 
+
+def define_flags() -> None:
+    config_flags.DEFINE_config_file(
+        "config", None, "a configs/*.py file (`path[:arg]`)", lock_config=True
+    )
+    flags.DEFINE_string(
+        "cache_dir", None, "where to write embeddings.npz (default: config.text_encoder.cache_dir)"
+    )
+    flags.DEFINE_list("splits", None, "splits to read (default: config.data.train_split)")
+    flags.DEFINE_integer("batch_size", 8, "captions encoded per call")
+    flags.mark_flag_as_required("config")
+
+
+def main(argv: list[str]) -> int:
     from viewpoint_jax import build
     from viewpoint_jax.data import builder
     from viewpoint_jax.models import text_encoder as text_lib
 
-    config_flag = config_flags.DEFINE_config_file(
-        "config", None, "a configs/*.py file (`path[:arg]`)", lock_config=True
-    )
-    cache_dir = flags.DEFINE_string(
-        "cache_dir", None, "where to write embeddings.npz (default: config.text_encoder.cache_dir)"
-    )
-    splits = flags.DEFINE_list("splits", None, "splits to read (default: config.data.train_split)")
-    batch_size = flags.DEFINE_integer("batch_size", 8, "captions encoded per call")
-    flags.FLAGS(sys.argv if argv is None else argv)
-    if config_flag.value is None:
-        raise ValueError("--config is required (e.g. --config configs/wan14b.py)")
-    config = config_flag.value
-    directory = cache_dir.value or config.text_encoder.cache_dir
+    refuse_positional(argv)
+    values = flags.FLAGS
+    config = values.config
+    directory = values.cache_dir or config.text_encoder.cache_dir
     if not directory:
         raise ValueError("--cache_dir is required (config.text_encoder.cache_dir is empty)")
     data = config.data
     captions = [""]  # the caption of every dropped-caption (classifier-free guidance) example
-    for split in splits.value or [data.train_split]:
+    for split in values.splits or [data.train_split]:
         captions += builder.split_captions(data.data_dir, data.name, split)
     start = time.time()
     path = Path(directory) / text_lib.SHARED_TEXT_CACHE
     cache = text_lib.cache_text_embeddings(
-        build.build_text_encoder(config), captions, path, batch_size=batch_size.value
+        build.build_text_encoder(config), captions, path, batch_size=values.batch_size
     )
     print(f"{len(cache)} captions in {path} ({time.time() - start:.1f} s)")
     print(
@@ -60,6 +65,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from viewpoint_jax.cli import run_main
-
-    run_main(main)
+    run(main, define_flags)

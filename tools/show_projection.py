@@ -1,8 +1,8 @@
 """Writes the ViewPoint map, the six cube faces and the round-trip ERP of a panorama as PNGs.
 
-  python tools/show_projection.py INPUT --out DIR [--map-size 640] [--frame 0]
+  python tools/show_projection.py INPUT --out DIR [--map_size=640] [--frame 0]
   python tools/show_projection.py --scene room --out DIR      # a rendered procedural scene
-  python tools/show_projection.py --diagram docs/viewpoint-map.png --map-size 512
+  python tools/show_projection.py --diagram docs/viewpoint-map.png --map_size=512
 
 INPUT is an ERP image or video (2:1). Files: input_erp.png, viewpoint_map.png,
 face_{F,R,B,L,U,D}.png, roundtrip_erp.png, all written atomically.
@@ -15,13 +15,12 @@ lines mark the four subregions.
 
 from __future__ import annotations
 
-import argparse
-
 import cv2
 import numpy as np
+from absl import flags
 
 from viewpoint_jax import geometry, video_io
-from viewpoint_jax.cli import UserError, run_main
+from viewpoint_jax.cli import UserError, run
 from viewpoint_jax.data import scenes
 
 
@@ -135,45 +134,60 @@ def viewpoint_diagram(map_size: int = 512, grid_deg: float = 30.0) -> dict[str, 
     return {"faces": faces, "erp": erp, "viewpoint_map": draw_subregion_borders(vp)}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def define_flags() -> None:
+    flags.DEFINE_enum("scene", None, list(scenes.KINDS), "render a procedural scene instead")
+    flags.DEFINE_string(
+        "diagram", None, "write the labelled diagram of the map to this PNG instead"
     )
-    parser.add_argument("input", nargs="?", help="ERP image or video")
-    parser.add_argument("--scene", choices=scenes.KINDS, help="render a procedural scene instead")
-    parser.add_argument(
-        "--diagram", metavar="PNG", help="write the labelled diagram of the map to PNG instead"
-    )
-    parser.add_argument("--out", help="output directory (not with --diagram)")
-    parser.add_argument("--map-size", type=int, default=640)
-    parser.add_argument("--frame", type=int, default=0, help="frame of a video input")
-    parser.add_argument("--height", type=int, default=512, help="ERP height of a rendered scene")
-    args = parser.parse_args(argv)
-    if sum(x is not None for x in (args.input, args.scene, args.diagram)) != 1:
+    flags.DEFINE_string("out", None, "output directory (not with --diagram)")
+    flags.DEFINE_integer("map_size", 640, "side of the ViewPoint map, pixels")
+    flags.DEFINE_integer("frame", 0, "frame of a video input")
+    flags.DEFINE_integer("height", 512, "ERP height of a rendered scene")
+
+
+def run_tool(
+    input: str | None = None,
+    *,
+    scene: str | None = None,
+    diagram: str | None = None,
+    out: str | None = None,
+    map_size: int = 640,
+    frame: int = 0,
+    height: int = 512,
+) -> int:
+    """The tool's work, given its arguments (INPUT or --scene or --diagram)."""
+    if sum(x is not None for x in (input, scene, diagram)) != 1:
         raise UserError("give exactly one of INPUT, --scene or --diagram")
-    if args.map_size < 2 or args.map_size % 2:
-        raise UserError(f"--map-size must be a positive even number, got {args.map_size}")
-    if args.diagram:
-        if args.out is not None:
+    if map_size < 2 or map_size % 2:
+        raise UserError(f"--map_size must be a positive even number, got {map_size}")
+    if diagram:
+        if out is not None:
             raise UserError("--diagram takes the PNG path itself; drop --out")
-        video_io.write_png(args.diagram, viewpoint_diagram(args.map_size)["viewpoint_map"])
-        print(f"wrote {args.diagram}")
+        video_io.write_png(diagram, viewpoint_diagram(map_size)["viewpoint_map"])
+        print(f"wrote {diagram}")
         return 0
-    if args.out is None:
+    if out is None:
         raise UserError("--out is required")
-    if args.scene:
-        erp = scenes.to_uint8(scenes.render_erp(args.height, 0.0, args.scene, samples=2))
+    if scene:
+        erp = scenes.to_uint8(scenes.render_erp(height, 0.0, scene, samples=2))
     else:
-        frames, _ = video_io.read_video(args.input, start=args.frame, num_frames=1)
+        frames, _ = video_io.read_video(input, start=frame, num_frames=1)
         erp = frames[0]
         if erp.shape[1] != 2 * erp.shape[0]:
             raise UserError(
-                f"{args.input} is not an ERP panorama (2:1), got {erp.shape[0]}x{erp.shape[1]}"
+                f"{input} is not an ERP panorama (2:1), got {erp.shape[0]}x{erp.shape[1]}"
             )
-    show_projection(erp, args.out, args.map_size)
-    print(f"wrote {args.out}/viewpoint_map.png, face_*.png, roundtrip_erp.png")
+    show_projection(erp, out, map_size)
+    print(f"wrote {out}/viewpoint_map.png, face_*.png, roundtrip_erp.png")
     return 0
 
 
+def main(argv: list[str]) -> int:
+    if len(argv) > 2:
+        raise UserError(f"one INPUT at most, got {argv[1:]}")
+    names = ("scene", "diagram", "out", "map_size", "frame", "height")
+    return run_tool(argv[1] if len(argv) == 2 else None, **{n: flags.FLAGS[n].value for n in names})
+
+
 if __name__ == "__main__":
-    run_main(main)
+    run(main, define_flags)

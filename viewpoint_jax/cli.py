@@ -1,9 +1,15 @@
-"""Shared command-line plumbing: user errors become one clear line, never a deep traceback."""
+"""Shared command-line plumbing: every entry point runs on `absl.app.run` through `run`, and a
+mistake (an unknown flag or config key, a bad value, a missing file) is one clear line and exit
+status 2, never a deep traceback."""
 
 from __future__ import annotations
 
+import difflib
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+from absl import app, flags
 
 
 class UserError(ValueError):
@@ -20,6 +26,8 @@ USER_FACING = (
     KeyError,
 )
 
+HELP_ARGUMENTS = ("-h", "--help", "-help", "--helpshort", "--helpfull", "-?")
+
 
 def run_main(main: Callable[[], int | None]) -> None:
     """Runs a CLI `main`, printing `error: <message>` and exiting 2 on user-facing errors."""
@@ -33,3 +41,100 @@ def run_main(main: Callable[[], int | None]) -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def _close_match(name: str, flag_values: flags.FlagValues) -> str:
+    """` (did you mean --x?)` for the defined flag nearest to `name`, or ``."""
+    # A config key (config.data.nmae) is compared with the keys, which are flags once the config
+    # file is parsed; plain names with the plain flags.
+    names = [known for known in flag_values if ("." in known) == ("." in name)]
+    matches = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    return f" (did you mean --{matches[0]}?)" if matches else ""
+
+
+def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+    """absl's flags parser with plain exits: `--help` prints the flags and exits 0; an unknown or
+    malformed flag is one `error:` line and exit 2. Returns the positional arguments."""
+    arguments = list(argv[1:])
+    if "--" in arguments:
+        arguments = arguments[: arguments.index("--")]
+    if any(argument in HELP_ARGUMENTS for argument in arguments):
+        usage = getattr(sys.modules.get("__main__"), "__doc__", None)
+        # The flags of the program's own modules (a console script or a wrapper defines them in
+        # another module than __main__), not absl's.
+        modules = [m for m in flag_values.flags_by_module_dict() if not m.startswith("absl.")]
+        listing = "\n".join(flag_values.module_help(m) for m in modules)
+        print((usage or "").strip() + "\n\nflags:\n" + listing)
+        sys.exit(0)
+    try:
+        positional = flag_values(list(argv))
+        _check_config_files_loaded(flag_values)
+        return positional
+    except flags.UnrecognizedFlagError as error:
+        name = error.flagname
+        print(f"error: unknown flag --{name}{_close_match(name, flag_values)}", file=sys.stderr)
+    except (AttributeError, KeyError) as error:
+        # ml_collections: `--config.data.nmae=x` names a key the config does not have.
+        print(f"error: {_unknown_config_key(error, arguments)}", file=sys.stderr)
+    except (flags.Error, *USER_FACING) as error:
+        # A bad value, or a config file that does not load: its first line names it.
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        print(f"error: {lines[0]}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _unknown_config_key(error: Exception, arguments: Sequence[str]) -> str:
+    """One line for ml_collections' `'nmae' Did you mean "name" instead of "nmae"?`."""
+    text = str(error)
+    named = re.findall(r'"([^"]+)"', text)  # [suggestion, key] when ml_collections has one
+    key = named[1] if len(named) == 2 else (re.findall(r"\w+", text) or ["?"])[0]
+    culprit = next(
+        (a.split("=")[0] for a in arguments if a.startswith("--") and f".{key}" in a), key
+    )
+    hint = f" (did you mean {named[0]!r}?)" if len(named) == 2 else ""
+    return f"unknown config key {culprit}{hint}"
+
+
+def _check_config_files_loaded(flag_values: flags.FlagValues) -> None:
+    """ml_collections defers a config file's load error to its first use: fail here instead."""
+    for name in flag_values:
+        flag = flag_values[name]
+        if flag.present and type(flag).__module__.startswith("ml_collections"):
+            try:
+                getattr(flag.value, "lock", None)  # a failed load raises on first use
+            except OSError as error:
+                last = str(error).strip().splitlines()[-1].strip()
+                raise UserError(f"--{name}: cannot load the config file: {last}") from None
+
+
+def refuse_positional(argv: Sequence[str]) -> None:
+    """Entry points without positional arguments: a stray word is a mistake, not ignored."""
+    if len(argv) > 1:
+        raise UserError(f"unexpected argument {argv[1]!r} (flags are --name=value)")
+
+
+def run(
+    main: Callable[[list[str]], int | None],
+    define_flags: Callable[[], None] | None = None,
+    argv: Sequence[str] | None = None,
+) -> None:
+    """The entry point of every CLI: defines its flags (only here, so importing a CLI module as a
+    library defines none), runs `main(positional argv)` under `absl.app.run` and exits with its
+    status; user-facing errors print `error: <message>` and exit 2. `argv`: default sys.argv."""
+    if define_flags is not None:
+        define_flags()
+
+    def main_with_user_errors(argv: list[str]) -> int:
+        try:
+            return main(argv) or 0
+        except USER_FACING as error:
+            message = error.args[0] if isinstance(error, KeyError) and error.args else error
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+
+    app.run(
+        main_with_user_errors, argv=None if argv is None else list(argv), flags_parser=parse_flags
+    )

@@ -23,6 +23,7 @@ Schema:
 """
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +182,21 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     if not hasattr(module, "get_config"):
         raise UserError(f"--config: {path} defines no get_config()")
     return module.get_config(arg or None)
+
+
+def config_from_json(text: str) -> ml_collections.ConfigDict:
+    """A config written by `to_json_best_effort` (a run's config.json), back as a ConfigDict.
+    JSON has no tuples: the lists become tuples again, as the config files write them (the
+    sharding rules and ranges are tuples, and a list would be read as a pytree of leaves)."""
+
+    def tuples(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: tuples(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return tuple(tuples(item) for item in value)
+        return value
+
+    return ml_collections.ConfigDict(tuples(json.loads(text)))
 
 
 def _fail(key: str, message: str):

@@ -1,6 +1,6 @@
 """The whole pipeline on a laptop CPU in minutes: data, training, evaluation, a 360 video.
 
-    python -m viewpoint_jax.demo --out demo_output [--train-steps N] [--quick]
+    python -m viewpoint_jax.demo --out demo_output [--train_steps=N] [--quick]
 
 1. renders the embedded demo dataset (moving procedural panoramas with captions) into
    `out/source` and builds it into `out/data` (the data_dir of configs/tiny.py);
@@ -20,7 +20,6 @@ skips) the training. `--quick` is the test size: a handful of clips and steps, s
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import sys
@@ -32,12 +31,13 @@ import cv2
 import jax
 import ml_collections
 import numpy as np
+from absl import flags
 from flax import nnx
 
 from viewpoint_jax import build, evaluation, video_io
 from viewpoint_jax import sample as sample_lib
 from viewpoint_jax import train as train_lib
-from viewpoint_jax.cli import UserError, run_main
+from viewpoint_jax.cli import UserError, refuse_positional, run
 from viewpoint_jax.data import builder, demo_dataset
 from viewpoint_jax.diffusion import sampler
 from viewpoint_jax.io_utils import atomic_write_text
@@ -82,7 +82,7 @@ def demo_config(
     config.data.name = DATASET_NAME
     if train_steps is not None:
         if train_steps < 1:
-            raise UserError(f"--train-steps must be >= 1, got {train_steps}")
+            raise UserError(f"--train_steps must be >= 1, got {train_steps}")
         config.num_steps = int(train_steps)
     if preset["sample_steps"]:
         config.sample.steps = preset["sample_steps"]
@@ -423,29 +423,27 @@ def _print_summary(out: Path, summary: dict, sample_dir: Path) -> None:
         print(f"  {path}  {what}")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m viewpoint_jax.demo",
-        description="Generate the demo dataset, train configs/tiny.py on it, compare the trained "
-        "and untrained models on held-out clips and generate a 360 video.",
+def define_flags() -> None:
+    """The CLI's flags; defined only when this module is the program."""
+    flags.DEFINE_string("out", "demo_output", "output folder")
+    flags.DEFINE_string(
+        "config", None, "config file, path.py[:arg] (default: configs/tiny.py, :micro with --quick)"
     )
-    parser.add_argument("--out", default="demo_output", help="output folder")
-    parser.add_argument(
-        "--config",
-        help="config file, path.py[:arg] (default: configs/tiny.py, :micro with --quick)",
-    )
-    parser.add_argument("--train-steps", type=int, help="training steps (default: the config's)")
-    parser.add_argument(
-        "--quick", action="store_true", help="test size: a tiny dataset and model, a few steps"
-    )
-    return parser.parse_args(argv)
+    flags.DEFINE_integer("train_steps", None, "training steps (default: the config's)")
+    flags.DEFINE_bool("quick", False, "test size: a tiny dataset and model, a few steps")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str]) -> int:
+    refuse_positional(argv)
+    args = flags.FLAGS
     run_demo(args.out, train_steps=args.train_steps, quick=args.quick, config=args.config)
     return 0
 
 
+def console_main() -> None:
+    """The console script (pyproject's [project.scripts])."""
+    run(main, define_flags)
+
+
 if __name__ == "__main__":
-    run_main(main)
+    console_main()

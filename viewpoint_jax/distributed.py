@@ -9,29 +9,61 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Mapping
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
 
+def cluster_environment(env: Mapping[str, str] | None = None) -> str | None:
+    """The multi-process launcher this process runs under, if `jax.distributed.initialize()`
+    can read everything it needs from it (None: a single process)."""
+    env = os.environ if env is None else env
+
+    def count(key: str) -> int:
+        try:
+            return int(env.get(key, "1") or 1)
+        except ValueError:
+            return 1
+
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        return "JAX_COORDINATOR_ADDRESS"
+    if env.get("SLURM_JOB_ID") and count("SLURM_NTASKS") > 1:
+        return "SLURM"
+    if count("OMPI_COMM_WORLD_SIZE") > 1:
+        return "Open MPI"
+    # A multi-host TPU slice lists its workers (a single host lists one, or none).
+    if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
+        return "TPU pod"
+    return None
+
+
 def maybe_initialize_distributed(
     coordinator_address: str | None, num_processes: int | None, process_id: int | None
-) -> None:
-    """`jax.distributed.initialize` when several processes are asked for (flags or environment:
-    JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)."""
+) -> str | None:
+    """`jax.distributed.initialize` when several processes are asked for: by flags or the
+    JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID variables (explicit), or by a
+    cluster launcher (SLURM, Open MPI, a TPU pod: JAX reads the rest itself). Returns how the
+    processes were found, or None for a single process."""
     env = os.environ
     coordinator_address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
     num_processes = num_processes or int(env.get("JAX_NUM_PROCESSES", "0") or 0) or None
     if process_id is None and env.get("JAX_PROCESS_ID"):
         process_id = int(env["JAX_PROCESS_ID"])
-    if not coordinator_address or not num_processes or num_processes < 2:
-        return
-    if process_id is None:
+    explicit = bool(coordinator_address and num_processes and num_processes >= 2)
+    launcher = None if explicit else cluster_environment(env)
+    if not explicit and launcher is None:
+        return None
+    if explicit and process_id is None:
         raise ValueError("--process_id (or JAX_PROCESS_ID) is needed with several processes")
     # CPU processes exchange their collectives over gloo (GPU/TPU use their own transports).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    if explicit:
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+        return "flags"
+    jax.distributed.initialize()
+    return launcher
 
 
 class StopFlag:

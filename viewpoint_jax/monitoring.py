@@ -234,3 +234,27 @@ class TrainLogger:
         self.writer.close()
         if self.bar is not None:
             self.bar.close()
+
+
+def startup_summary(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, model_config: DiTConfig
+) -> str:
+    """What a long job is about to do, printed once at its start: the devices, the mesh, the
+    per-device batch and the model's size (from shapes only: nothing is allocated)."""
+    from flax import nnx
+
+    from viewpoint_jax.models.dit import abstract_model
+
+    params = nnx.state(abstract_model(model_config), nnx.Param)
+    count = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
+    devices = mesh.devices.flatten()
+    batch_shards = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+    batch = int(config.data.batch_size)
+    lines = [
+        f"devices: {len(devices)} x {devices[0].device_kind} over {jax.process_count()} process(es)",
+        "mesh: " + ", ".join(f"{axis}={size}" for axis, size in mesh.shape.items()),
+        f"batch: {batch} global, {batch // batch_shards} per data shard ({batch_shards} shards)",
+        f"parameters: {count:,} ({count * 4 / 1e9:.2f} GB as fp32 master weights)",
+        f"steps: {config.num_steps}, checkpoint every {config.checkpoint.every_steps}",
+    ]
+    return "\n".join(lines)

@@ -14,7 +14,6 @@ writes, atomically (the directory appears complete or not at all):
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -26,11 +25,14 @@ from typing import Any
 import cv2
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from absl import flags
+from ml_collections import config_flags
 
 from viewpoint_jax import build, geometry, video_io, viewer
 from viewpoint_jax import config as config_lib
-from viewpoint_jax.cli import UserError, run_main
+from viewpoint_jax.cli import UserError, refuse_positional, run
 from viewpoint_jax.diffusion import sampler
 from viewpoint_jax.io_utils import atomic_directory, atomic_path, atomic_write_text
 
@@ -210,40 +212,44 @@ def write_outputs(
 # --- Command line --------------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m viewpoint_jax.sample",
-        description="Generate a 360 video (equirectangular) from a prompt and, optionally, a "
-        "perspective video or image placed at a viewing direction.",
+def define_flags() -> None:
+    """The CLI's flags; defined only when this module is the program (demo imports it)."""
+    config_flags.DEFINE_config_file(
+        "config", None, "config file, path.py[:arg] (default: the run's RUN_DIR/config.json)"
     )
-    parser.add_argument("--config", required=True, help="config file, path.py[:arg]")
-    parser.add_argument("--checkpoint", required=True, help="trained or converted model dir")
-    parser.add_argument("--prompt", required=True)
-    parser.add_argument("--negative-prompt", default="")
-    parser.add_argument("--video", help="perspective video or image to extend to 360 degrees")
-    parser.add_argument("--fov", type=float, default=90.0, help="its horizontal field of view")
-    parser.add_argument("--yaw", type=float, default=0.0, help="degrees, positive turns right")
-    parser.add_argument("--pitch", type=float, default=0.0, help="degrees, positive looks up")
-    parser.add_argument("--roll", type=float, default=0.0, help="degrees")
-    parser.add_argument(
-        "--num-frames", type=int, help="frames to generate, 1 + 4k (with --video: at most)"
-    )
-    parser.add_argument("--steps", type=int, help="sampling steps (config: sample.steps)")
-    parser.add_argument("--shift", type=float, help="timestep shift (config: sample.shift)")
-    parser.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale")
-    parser.add_argument("--scheduler", choices=("unipc", "euler"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--fuse-every-step", action="store_true", help="fuse map overlaps at every step"
-    )
-    parser.add_argument("--fps", type=float, help="output frame rate (default: input's or 16)")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    return parser.parse_args(argv)
+    flags.DEFINE_string("checkpoint", None, "training run directory or converted DiT directory")
+    flags.DEFINE_string("prompt", None, "what the 360 video shows")
+    flags.DEFINE_string("negative_prompt", "", "what it should not show")
+    flags.DEFINE_string("video", None, "perspective video or image to extend to 360 degrees")
+    flags.DEFINE_float("fov", 90.0, "its horizontal field of view, degrees")
+    flags.DEFINE_float("yaw", 0.0, "degrees, positive turns right")
+    flags.DEFINE_float("pitch", 0.0, "degrees, positive looks up")
+    flags.DEFINE_float("roll", 0.0, "degrees")
+    flags.DEFINE_integer("num_frames", None, "frames to generate, 1 + 4k (with --video: at most)")
+    flags.DEFINE_integer("steps", None, "sampling steps (config: sample.steps)")
+    flags.DEFINE_float("shift", None, "timestep shift (config: sample.shift)")
+    flags.DEFINE_float("guidance_scale", None, "classifier-free guidance scale")
+    flags.DEFINE_enum("scheduler", None, ["unipc", "euler"], "sampler (config: sample.scheduler)")
+    flags.DEFINE_integer("seed", 0, "noise seed")
+    flags.DEFINE_bool("fuse_every_step", False, "fuse map overlaps at every step")
+    flags.DEFINE_float("fps", None, "output frame rate (default: input's or 16)")
+    for flag, key in COMPONENT_FLAGS.items():
+        flags.DEFINE_string(flag, None, f"overrides config.{key}")
+    flags.DEFINE_string("out", None, "output directory")
+    flags.DEFINE_bool("overwrite", False, "replace an existing --out")
+    flags.mark_flags_as_required(["checkpoint", "prompt", "out"])
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Cheap checks before anything heavy is loaded."""
+# Flags that point the config's frozen components at files on this machine.
+COMPONENT_FLAGS = {
+    "vae": "autoencoder.checkpoint",
+    "text_encoder": "text_encoder.checkpoint",
+    "tokenizer": "text_encoder.tokenizer",
+}
+
+
+def check_args(args: Any) -> None:
+    """Cheap checks before anything heavy is loaded (`args`: the flags, by attribute)."""
     if not 0 < args.fov < 180:
         raise UserError(f"--fov must be in (0, 180) degrees, got {args.fov:g}")
     for name in ("yaw", "pitch", "roll"):
@@ -252,11 +258,48 @@ def check_args(args: argparse.Namespace) -> None:
     if not -90 <= args.pitch <= 90:
         raise UserError(f"--pitch must be in [-90, 90] degrees, got {args.pitch:g}")
     if args.num_frames is not None and (args.num_frames < 1 or (args.num_frames - 1) % 4):
-        raise UserError(f"--num-frames must be 1 + 4k (1, 5, 9, ..., 49), got {args.num_frames}")
+        raise UserError(f"--num_frames must be 1 + 4k (1, 5, 9, ..., 49), got {args.num_frames}")
     if args.fps is not None and not args.fps > 0:
         raise UserError(f"--fps must be > 0, got {args.fps:g}")
     if Path(args.out).exists() and not args.overwrite:
         raise UserError(f"--out {args.out} exists (pass --overwrite to replace it)")
+
+
+def sampling_config(
+    checkpoint: str | os.PathLike,
+    config: ml_collections.ConfigDict | None = None,
+    components: dict[str, str | None] | None = None,
+) -> ml_collections.ConfigDict:
+    """The config to sample with: `config` if given, else the one that trained the run
+    (RUN_DIR/config.json); `components` (flag -> path, None: keep) override its file paths.
+    A component the config needs but has no file for is refused, naming its key and flag."""
+    if config is None:
+        saved = Path(checkpoint) / "config.json"
+        if not saved.is_file():
+            raise UserError(
+                f"--checkpoint {checkpoint} has no config.json of a training run: pass --config"
+            )
+        config = config_lib.config_from_json(saved.read_text())
+        if "data" not in config:  # a converted DiT's config.json: the model's shape only
+            raise UserError(f"--checkpoint {checkpoint} is a converted DiT: pass --config")
+    config = ml_collections.ConfigDict(config.to_dict())  # unlocked; the caller's stays as it is
+    for flag, path in (components or {}).items():
+        if path is not None:
+            config.update_from_flattened_dict({COMPONENT_FLAGS[flag]: path})
+    needed = []
+    if config.get("autoencoder", {}).get("kind") == "wan_vae":
+        needed.append("vae")
+    if config.get("text_encoder", {}).get("kind") == "umt5":
+        needed += ["text_encoder", "tokenizer"]
+    for flag in needed:
+        key = COMPONENT_FLAGS[flag]
+        path = config
+        for part in key.split("."):
+            path = path[part]
+        if not path or not Path(path).exists():
+            where = f"{path!r} does not exist" if path else "is empty"
+            raise UserError(f"config.{key} {where} on this machine: pass --{flag}=PATH")
+    return config
 
 
 def read_condition(path: str, max_frames: int | None) -> tuple[np.ndarray, float]:
@@ -272,12 +315,14 @@ def read_condition(path: str, max_frames: int | None) -> tuple[np.ndarray, float
     return video[:frames], fps
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str]) -> int:
     from tqdm import tqdm
 
-    args = parse_args(argv)
+    refuse_positional(argv)
+    args = flags.FLAGS
     check_args(args)
-    config = load_config(args.config)
+    components = {flag: args[flag].value for flag in COMPONENT_FLAGS}
+    config = sampling_config(args.checkpoint, args.config, components)
     settings = sampler.SampleSettings.from_config(
         config.sample,
         num_steps=args.steps,
@@ -320,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         args.negative_prompt,
         condition,
         fps,
-        config=args.config,
+        config=json.loads(config.to_json_best_effort()),
         checkpoint=str(args.checkpoint),
         seconds=round(time.time() - started, 2),
     )
@@ -329,5 +374,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def console_main() -> None:
+    """The console script (pyproject's [project.scripts])."""
+    run(main, define_flags)
+
+
 if __name__ == "__main__":
-    run_main(main)
+    console_main()

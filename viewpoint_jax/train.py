@@ -37,12 +37,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+from absl import flags
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
+from ml_collections import config_flags
 
 from viewpoint_jax import build, checkpointing, monitoring
 from viewpoint_jax import sharding as sharding_lib
-from viewpoint_jax.cli import run_main
+from viewpoint_jax.cli import refuse_positional, run
 from viewpoint_jax.config import mesh_and_rules, validate_config
 from viewpoint_jax.data import latents as latents_lib
 from viewpoint_jax.data import pipeline
@@ -422,6 +424,7 @@ def _set_up_run(
     validate_config(config, len(devices), jax.process_count())
     mesh, rules = mesh_and_rules(config, devices)
     if jax.process_index() == 0:
+        print(monitoring.startup_summary(config, mesh, build.dit_config(config)), file=sys.stderr)
         workdir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
     cache_dir = Path(config.text_encoder.cache_dir or workdir / "text_cache")
@@ -516,27 +519,24 @@ def _report(
 # --- CLI ------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    from absl import flags
-    from ml_collections import config_flags
-
-    config_flag = config_flags.DEFINE_config_file(
+def define_flags() -> None:
+    """The CLI's flags; defined only when this module is the program (demo imports it)."""
+    config_flags.DEFINE_config_file(
         "config", None, "a configs/*.py file (`path[:arg]`)", lock_config=True
     )
-    workdir = flags.DEFINE_string("workdir", None, "the run directory (checkpoints, logs)")
-    coordinator = flags.DEFINE_string(
-        "coordinator_address", None, "host:port of process 0 (multi-host runs)"
-    )
-    num_processes = flags.DEFINE_integer("num_processes", None, "number of processes")
-    process_id = flags.DEFINE_integer("process_id", None, "this process's index")
-    flags.FLAGS(sys.argv if argv is None else argv)
-    if config_flag.value is None:
-        raise ValueError("--config is required (e.g. --config configs/tiny.py)")
-    if not workdir.value:
-        raise ValueError("--workdir is required (the run directory)")
-    maybe_initialize_distributed(coordinator.value, num_processes.value, process_id.value)
+    flags.DEFINE_string("workdir", None, "the run directory (checkpoints, logs)")
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host runs)")
+    flags.DEFINE_integer("num_processes", None, "number of processes")
+    flags.DEFINE_integer("process_id", None, "this process's index")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> int:
+    refuse_positional(argv)
+    given = flags.FLAGS
+    maybe_initialize_distributed(given.coordinator_address, given.num_processes, given.process_id)
     try:
-        result = train(config_flag.value, workdir.value)
+        result = train(given.config, given.workdir)
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -544,5 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+console_main = functools.partial(run, main, define_flags)  # the viewpoint-train script
+
+
 if __name__ == "__main__":
-    run_main(main)
+    console_main()

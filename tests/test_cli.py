@@ -1,0 +1,85 @@
+"""Every entry point's front door: `--help` lists the flags and exits 0; a misspelt flag or config
+key is one `error:` line naming it (with the close match) and exit 2, never a traceback. All of
+these fail during flag parsing, before any JAX work."""
+
+import subprocess
+import sys
+
+import pytest
+from test_train import REPO, subprocess_env
+
+# entry point -> (command, a flag its help lists, a misspelling of it, the flag it suggests)
+ENTRY_POINTS = {
+    "train": (["-m", "viewpoint_jax.train"], "workdir", "--workdri=x", "--workdir"),
+    "sample": (["-m", "viewpoint_jax.sample"], "negative_prompt", "--negative-prompt=x", None),
+    "demo": (["-m", "viewpoint_jax.demo"], "train_steps", "--train_stpes=3", "--train_steps"),
+    "convert": (["tools/convert_wan.py"], "in_dim", "--in_dmi=33", "--in_dim"),
+    "convert_module": (["-m", "viewpoint_jax.convert.cli"], "src", "--srcc=x", "--src"),
+    "precompute_text": (["tools/precompute_text.py"], "cache_dir", "--cache_dri=x", "--cache_dir"),
+    "precompute_latents": (
+        ["tools/precompute_latents.py"],
+        "image_samples",
+        "--smaples=2",
+        "--samples",
+    ),
+    "memory_plan": (["tools/memory_plan.py"], "hbm_gb", "--hbm_bg=40", "--hbm_gb"),
+    "show_projection": (["tools/show_projection.py"], "map_size", "--map-size=64", None),
+}
+CONFIG_TAKING = ("train", "sample", "precompute_text", "precompute_latents")
+
+
+def run_entry_point(command: list[str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *command, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=subprocess_env(),
+        timeout=120,
+    )
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, *expected: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for text in expected:
+        assert text in lines[0]
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_help_lists_the_flags(name):
+    command, flag, _, _ = ENTRY_POINTS[name]
+    result = run_entry_point(command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert f"--{flag}:" in result.stdout
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_a_misspelt_flag_is_one_line(name):
+    command, _, misspelt, suggestion = ENTRY_POINTS[name]
+    result = run_entry_point(command, misspelt)
+    name_given = misspelt.split("=")[0]
+    assert_one_error_line(
+        result, f"unknown flag {name_given}", *([suggestion] if suggestion else [])
+    )
+
+
+@pytest.mark.parametrize("name", CONFIG_TAKING)
+def test_a_misspelt_config_key_is_one_line(name):
+    command = ENTRY_POINTS[name][0]
+    result = run_entry_point(
+        command, "--config=configs/tiny.py:micro", "--config.data.nmae=x", "--checkpoint=x"
+    )
+    assert_one_error_line(result, "--config.data.nmae", "'name'")
+
+
+def test_a_config_file_that_does_not_load_is_one_line():
+    result = run_entry_point(["-m", "viewpoint_jax.train"], "--config=nope.py", "--workdir=x")
+    assert_one_error_line(result, "--config", "nope.py")
+
+
+def test_a_stray_positional_argument_is_refused():
+    result = run_entry_point(["-m", "viewpoint_jax.demo"], "quick")
+    assert_one_error_line(result, "unexpected argument 'quick'")

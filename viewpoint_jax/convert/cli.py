@@ -1,0 +1,87 @@
+"""Converts published PyTorch Wan2.1 weights into Orbax checkpoint directories.
+
+    viewpoint-convert dit  --src Wan2.1-T2V-1.3B/ --dst ckpt/dit [--in_dim=33] [--dtype=bfloat16]
+    viewpoint-convert vae  --src Wan2.1_VAE.pth --dst ckpt/vae
+    viewpoint-convert umt5 --src models_t5_umt5-xxl-enc-bf16.pth --dst ckpt/umt5
+
+(`python -m viewpoint_jax.convert.cli` or `python tools/convert_wan.py` are the same command.)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from absl import flags
+
+from viewpoint_jax.cli import UserError, run
+
+COMPONENTS = {
+    "dit": "the video DiT (original or diffusers layout)",
+    "vae": "the Wan VAE",
+    "umt5": "the umT5-XXL text encoder",
+}
+# DiT sizes a flag may override (None: the source's config.json).
+DIT_SIZES = ("dim", "ffn_dim", "num_heads", "num_layers", "out_dim", "text_dim", "freq_dim")
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("src", None, "checkpoint file or folder", required=True)
+    flags.DEFINE_string("dst", None, "output directory (written atomically)", required=True)
+    flags.DEFINE_enum(
+        "dtype", None, ["float32", "bfloat16"], "stored dtype (default: float32; umt5: bf16)"
+    )
+    flags.DEFINE_bool("overwrite", False, "replace an existing --dst")
+    flags.DEFINE_integer("in_dim", None, "dit: input channels (33 for ViewPoint)")
+    flags.DEFINE_string("attention_pattern", None, "dit: alternate | pano | perspective")
+    for size in DIT_SIZES:
+        flags.DEFINE_integer(size, None, "dit: overrides the source's config.json")
+
+
+def convert(component: str, values: flags.FlagValues) -> None:
+    """Runs one conversion with the parsed flags."""
+    # umT5 ships in bf16 and stays so by default (fp32 would double its 11 GB).
+    dtype = values.dtype or (None if component == "umt5" else "float32")
+    if component == "dit":
+        from viewpoint_jax.convert.dit import convert_dit
+
+        overrides = {n: values[n].value for n in DIT_SIZES if values[n].value is not None}
+        if values.attention_pattern:
+            overrides["attention_pattern"] = values.attention_pattern
+        config = convert_dit(
+            values.src,
+            values.dst,
+            in_dim=values.in_dim,
+            dtype=dtype,
+            overwrite=values.overwrite,
+            **overrides,
+        )
+        print(json.dumps(config.to_dict()))
+    elif component == "vae":
+        from viewpoint_jax.convert.vae import convert_vae
+
+        convert_vae(values.src, values.dst, dtype=dtype, overwrite=values.overwrite)
+    else:
+        from viewpoint_jax.convert.umt5 import convert_umt5
+
+        convert_umt5(values.src, values.dst, dtype=dtype, overwrite=values.overwrite)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[1] not in COMPONENTS:
+        given = f", got {' '.join(argv[1:])!r}" if len(argv) > 1 else ""
+        raise UserError(f"name one component to convert: {' | '.join(COMPONENTS)}{given}")
+    start = time.perf_counter()
+    convert(argv[1], flags.FLAGS)
+    print(f"wrote {flags.FLAGS.dst} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return 0
+
+
+def console_main() -> None:
+    """The `viewpoint-convert` console script."""
+    run(main, define_flags)
+
+
+if __name__ == "__main__":
+    console_main()
