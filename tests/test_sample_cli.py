@@ -233,12 +233,6 @@ def tiny_run(tmp_path_factory):
     return workdir
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="restoring a training run's DiT fails in checkpointing.restore_run_params (orbax: "
-    "'template has type ShapeDtypeStruct, but structure has type dict' at "
-    "params/blocks/cross_attn/k/bias), with the config file too: not the CLI's doing",
-)
 def test_a_run_directory_samples_with_the_config_that_trained_it(tiny_run, tmp_path):
     out = tmp_path / "out"
     result = run_cli("--checkpoint", tiny_run, "--prompt", "x", "--out", out, cwd=tmp_path)

@@ -34,7 +34,12 @@ from viewpoint_jax import build, geometry, video_io, viewer
 from viewpoint_jax import config as config_lib
 from viewpoint_jax.cli import UserError, refuse_positional, run
 from viewpoint_jax.diffusion import sampler
-from viewpoint_jax.io_utils import atomic_directory, atomic_path, atomic_write_text
+from viewpoint_jax.io_utils import (
+    atomic_directory,
+    atomic_path,
+    atomic_write_text,
+    check_writable,
+)
 
 DEFAULT_FPS = 16.0  # Wan2.1's frame rate
 
@@ -263,6 +268,7 @@ def check_args(args: Any) -> None:
         raise UserError(f"--fps must be > 0, got {args.fps:g}")
     if Path(args.out).exists() and not args.overwrite:
         raise UserError(f"--out {args.out} exists (pass --overwrite to replace it)")
+    check_writable(args.out)  # before minutes of sampling, not after
 
 
 def sampling_config(

@@ -478,7 +478,7 @@ def _loop(
         device_batch = trainer.device_batch(batch)
         state, step_metrics = trainer.step(state, device_batch)
         if pending is not None:
-            _report(logger, *pending)
+            _report(logger, pending)
         skipped = int(batch.get("skipped_records", 0))
         pending = (step, step_metrics, trainer.latent_grid(device_batch), skipped)
         image_every = config.log.image_every_steps
@@ -486,7 +486,7 @@ def _loop(
             logger.preview(step, jax.device_get(trainer.preview(state["params"], device_batch)))
         stopping = stop.should_stop()
         if step % config.checkpoint.every_steps == 0 or stopping or step == config.num_steps:
-            _report(logger, *pending)
+            _report(logger, pending)
             pending = None
             if int(jax.device_get(state["nonfinite"]["run"])) == 0:
                 checkpointer.save(step, state, data_iterator, force=True)
@@ -495,17 +495,13 @@ def _loop(
             print(f"SIGTERM: saved step {step}, exiting", file=sys.stderr)
             return step, True
     if pending is not None:
-        _report(logger, *pending)
+        _report(logger, pending)
     return step, False
 
 
-def _report(
-    logger: monitoring.TrainLogger,
-    step: int,
-    step_metrics: dict,
-    latent_grid: tuple[int, int, int],
-    skipped: int,
-) -> None:
+def _report(logger: monitoring.TrainLogger, pending: tuple) -> None:
+    """Logs a step's (step, metrics, latent grid, skipped records); stops on a run of NaNs."""
+    step, step_metrics, latent_grid, skipped = pending
     values = logger.log(step, jax.device_get(step_metrics), latent_grid, skipped)
     limit = logger.config.max_consecutive_nonfinite
     if values["nonfinite_run"] >= limit:
