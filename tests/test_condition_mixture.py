@@ -177,3 +177,12 @@ def test_training_logs_the_count_of_each_kind(tmp_path):
         assert set(counts) == {f"conditions/{kind.key}" for kind in ConditionKind}
         assert counts["conditions/none"] + counts["conditions/prefix"] == config.data.batch_size
         assert sum(counts.values()) == config.data.batch_size
+
+
+def test_precomputed_latents_record_the_mixture_they_were_drawn_with():
+    from viewpoint_jax.data import latents
+
+    mixture = config_lib.data_config().condition_mixture
+    stored = json.loads(json.dumps(latents.jsonable(mixture)))
+    assert "condition_mixture" in latents.DRAW_DATA_KEYS
+    assert stored == conditions.DEFAULT_CONDITION_MIXTURE == latents.jsonable(mixture)

@@ -54,6 +54,7 @@ DRAW_DATA_KEYS = (
     "condition_pitch_range",
     "condition_roll_range",
     "condition_size",
+    "condition_mixture",
 )
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,10 @@ def describe_autoencoder(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def jsonable(value: Any) -> Any:
-    """A config value as JSON stores it (tuples as lists), to compare with stored metadata."""
+    """A config value as JSON stores it (tuples as lists, ConfigDicts as dicts), to compare with
+    stored metadata."""
+    if hasattr(value, "to_dict"):  # a ConfigDict (condition_mixture)
+        return {key: jsonable(item) for key, item in value.to_dict().items()}
     return list(value) if isinstance(value, tuple | list) else value
 
 
