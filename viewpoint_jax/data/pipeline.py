@@ -260,7 +260,7 @@ class ExampleMaker:
 def condition_counts(batch: dict) -> dict[str, int]:
     """`conditions/<kind>`: how many examples of each condition kind a batch holds (every kind,
     0 included, so the metric columns are stable); empty for batches without `condition_kind`
-    (precomputed latents)."""
+    (precomputed latents written before the mixture)."""
     if "condition_kind" not in batch:
         return {}
     kinds = np.asarray(batch["condition_kind"])
@@ -289,6 +289,8 @@ class LatentExampleMaker:
         if rng.random() < self.caption_dropout:
             caption = ""
         example = {key: np.asarray(record[key], np.float32) for key in latents.LATENT_KEYS}
+        if "condition_kind" in record:  # datasets written before the mixture do not have it
+            example["condition_kind"] = np.int32(record["condition_kind"])
         example.update(caption=caption, is_image=np.bool_(self.is_image))
         return example
 
