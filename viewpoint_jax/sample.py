@@ -241,6 +241,10 @@ def generate_long(
     appended. The last window is cut at `num_frames`. So no frame is duplicated or dropped, and
     each window adds W - P = t (L - k) new frames. With num_frames <= W one window is cut.
     Window i is sampled with the key `fold_in(key(settings.seed), i)`.
+
+    The overlap is passed as pixels and re-encoded, not as the previous window's last k latents:
+    those were computed by the causal VAE after earlier frames, while the prefix condition the
+    model was trained on is encoded from the clip's own start (latent frame 0 = one frame).
     """
     data = models.config.data
     temporal = models.autoencoder.temporal_factor
