@@ -1,6 +1,8 @@
 """Latents precomputed into a dataset: the pipeline's draws, encoded; training on them equals
 encoding in the step; mismatched configs are refused by name."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -53,7 +55,7 @@ def _recomputed(config, record, index, mode, sample):
     """What the record's draw must hold: the pipeline's example for the draw's rng, encoded."""
     kind = ("video", "image").index(mode)
     maker = pipeline.ExampleMaker(config.data, mode, caption_dropout=0.0, with_view=True)
-    example = maker(record, latents._sample_rng(0, "train", index, kind, sample))
+    example = maker(record, precompute._sample_rng(0, "train", index, kind, sample))
     encode = precompute.jitted_encoder(build.build_autoencoder(config))
     encoded = encode({key: example[key][None] for key in pipeline.MAP_KEYS})
     return example, {key: np.asarray(value[0]) for key, value in encoded.items()}
@@ -82,6 +84,7 @@ def test_records_are_the_pipelines_draws_encoded(dataset):
         for key in latents.LATENT_KEYS:
             np.testing.assert_array_equal(got[key], encoded[key], err_msg=key)
         np.testing.assert_array_equal(got["view"], example["view"])
+        assert got["condition_kind"] == example["condition_kind"]
         assert got["caption"].decode() == record["caption"].decode()  # never dropped when stored
     # Different draws of one record differ (clip, yaw turn and view are all random).
     a, b = by_key[("clip0.mp4", False, 0)], by_key[("clip0.mp4", False, 1)]
@@ -178,6 +181,11 @@ def test_train_on_precomputed_latents(dataset, tmp_path):
     config.log.image_every_steps = 2
     result = train.train(config, tmp_path / "run", devices=ONE_DEVICE, progress=False)
     assert result["step"] == 4 and all(np.isfinite(list(result["losses"].values())))
+    # The stored condition kinds are counted as in-step batches are.
+    for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        counts = [v for k, v in record.items() if k.startswith("conditions/")]
+        assert len(counts) == 5 and sum(counts) == config.data.batch_size, record
     assert sorted(p.name for p in (tmp_path / "run" / "images").iterdir()) == [
         "step_0000002.png",
         "step_0000004.png",

@@ -39,6 +39,8 @@ def _config(**overrides):
     config.update(
         dict(erp_height=H, erp_width=W, map_size=M, num_frames=F, batch_size=2, caption_dropout=0.0)
     )
+    # The paper's condition only; tests/test_condition_mixture.py covers the other kinds.
+    config.condition_mixture = {"perspective_video": 1.0}
     config.update(overrides)
     return config
 
@@ -51,8 +53,8 @@ def test_batches_have_the_documented_shapes_and_ranges():
     it = pipeline.make_train_iterator(_config(), data_source=_source())
     for batch in _take(it, 2):
         assert set(batch) == {
-            "target_map", "condition_map", "condition_mask", "caption", "is_image",
-            "skipped_records",
+            "target_map", "condition_map", "condition_mask", "condition_kind", "caption",
+            "is_image", "skipped_records",
         }  # fmt: skip
         assert batch["target_map"].shape == (2, F, M, M, 3)
         assert batch["condition_map"].shape == (2, F, M, M, 3)

@@ -10,7 +10,8 @@ Schema:
     config.autoencoder  kind ("space_to_depth" | "wan_vae"), factor, checkpoint
     config.text_encoder kind ("tiny_random" | "umt5"), checkpoint, tokenizer, max_length, seed,
                         precompute (embed each distinct caption once, when first seen; cached per host in cache_dir)
-    config.data         `data_config()`: dataset, ERP/map/clip sizes, conditions, batching
+    config.data         `data_config()`: dataset, ERP/map/clip sizes, conditions (the mixture
+                        of condition kinds, condition_mixture), batching
     config.diffusion    timestep_sampler ("logit_normal" | "shifted_uniform"), shift, logit_mean/std
     config.optim        AdamW: lr, warmup_steps, schedule, b1, b2, eps, weight_decay, grad_clip,
                         mu_dtype, ema_decay (0 = no EMA)
@@ -32,6 +33,7 @@ import ml_collections
 
 from viewpoint_jax import sharding
 from viewpoint_jax.cli import UserError
+from viewpoint_jax.data.conditions import DEFAULT_CONDITION_MIXTURE, parse_mixture
 from viewpoint_jax.models.dit import PRESETS, DiTConfig
 from viewpoint_jax.models.vae import WanVAEConfig
 from viewpoint_jax.sharding import DEFAULT_RULES, MESH_AXES
@@ -79,6 +81,9 @@ def data_config() -> ml_collections.ConfigDict:
     c.condition_roll_range = (0.0, 0.0)
     c.condition_size = (0, 0)  # perspective (h, w); (0, 0): conditions.condition_size(erp_height)
     c.yaw_augment = True  # random horizontal roll of the ERP
+    # Condition kind -> weight (data/conditions.py ConditionKind); kinds left out weigh 0. Assign
+    # a whole dict to replace it (config.update merges). The paper's condition is the majority.
+    c.condition_mixture = ml_collections.ConfigDict(dict(DEFAULT_CONDITION_MIXTURE))
     c.batch_size = 8  # global, over all hosts
     c.worker_count = 0  # grain worker processes per host (0: in the main process)
     c.worker_buffer_size = 1  # batches buffered per worker
@@ -216,6 +221,7 @@ def validate_data_config(data: ml_collections.ConfigDict) -> None:
             _fail(f"data.{key}", f"must be in [0, 1], got {data[key]}")
     if data.worker_count < 0:
         _fail("data.worker_count", f"must be >= 0, got {data.worker_count}")
+    parse_mixture(data.condition_mixture)  # its ValueError names config.data.condition_mixture.<k>
 
 
 def _positive_int(config: ml_collections.ConfigDict, key: str, prefix: str = "") -> int:
@@ -280,17 +286,23 @@ def validate_config(
     _validate_mesh(config, num_devices, process_count)
 
 
+def autoencoder_factors(config: ml_collections.ConfigDict) -> tuple[int, int]:
+    """(spatial, temporal) compression of `config.autoencoder`, without building it."""
+    if config.autoencoder.kind == "space_to_depth":
+        return int(config.autoencoder.factor), 1
+    wan = WanVAEConfig()  # the released Wan2.1 VAE's compression
+    return wan.spatial_factor, wan.temporal_factor
+
+
 def _validate_encoders_and_sizes(config: ml_collections.ConfigDict) -> None:
     ae = config.autoencoder
     if ae.kind not in AUTOENCODERS:
         _fail("autoencoder.kind", f"must be one of {AUTOENCODERS}, got {ae.kind!r}")
     if ae.kind == "space_to_depth":
-        spatial, temporal = _positive_int(config, "autoencoder.factor"), 1
-    else:
-        if not ae.checkpoint:
-            _fail("autoencoder.checkpoint", "kind 'wan_vae' needs a converted VAE directory")
-        wan = WanVAEConfig()  # the released Wan2.1 VAE's compression
-        spatial, temporal = wan.spatial_factor, wan.temporal_factor
+        _positive_int(config, "autoencoder.factor")
+    elif not ae.checkpoint:
+        _fail("autoencoder.checkpoint", "kind 'wan_vae' needs a converted VAE directory")
+    spatial, temporal = autoencoder_factors(config)
     te = config.text_encoder
     if te.kind not in TEXT_ENCODERS:
         _fail("text_encoder.kind", f"must be one of {TEXT_ENCODERS}, got {te.kind!r}")

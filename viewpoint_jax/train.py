@@ -18,7 +18,8 @@ tensor) and the train state donated. Each host feeds its shard of the global bat
 
 The loop (`train`): set up the run -> resume from the last checkpoint or initialise -> steps ->
 save. The run directory holds config.json, checkpoints/ (Orbax: state + data iterator, see
-checkpointing.py), metrics.jsonl (one line per step), tensorboard/ and images/.
+checkpointing.py), metrics.jsonl (one line per step; `conditions/<kind>` counts this host's
+examples of each condition kind, see data/conditions.py), tensorboard/ and images/.
 SIGTERM: the run saves a checkpoint of the current step and exits 0; a killed run resumes from
 its last complete checkpoint on the same data order.
 """
@@ -45,7 +46,7 @@ from ml_collections import config_flags
 from viewpoint_jax import build, checkpointing, monitoring
 from viewpoint_jax import sharding as sharding_lib
 from viewpoint_jax.cli import refuse_positional, run
-from viewpoint_jax.config import mesh_and_rules, validate_config
+from viewpoint_jax.config import autoencoder_factors, mesh_and_rules, validate_config
 from viewpoint_jax.data import latents as latents_lib
 from viewpoint_jax.data import pipeline
 from viewpoint_jax.data.latents import LATENT_KEYS
@@ -439,6 +440,7 @@ def _train_iterator(config: ml_collections.ConfigDict, data_source: Any) -> Iter
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         data_source=data_source,
+        temporal_factor=autoencoder_factors(config)[1],
     )
 
 
@@ -477,6 +479,8 @@ def _loop(
         batch = next(data_iterator)
         device_batch = trainer.device_batch(batch)
         state, step_metrics = trainer.step(state, device_batch)
+        # This host's examples of each condition kind, counted from the batch (host values).
+        step_metrics = {**step_metrics, **pipeline.condition_counts(batch)}
         if pending is not None:
             _report(logger, pending)
         skipped = int(batch.get("skipped_records", 0))

@@ -8,13 +8,18 @@ projected back onto the ViewPoint map with the mask of the pixels it covers
 
 The sampling of a view is a pure function of a `np.random.Generator`; the rendering is a pure
 jax function of the clip and the (traced) angles, so one compiled program serves every view.
+
+One model serves every condition: training draws a `ConditionKind` per example from
+`config.data.condition_mixture` (perspective video, none, perspective image at frame 0, a known
+prefix of latent frames, several views), all expressed by the same condition map and mask.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -124,3 +129,152 @@ def mask_on_map(view: ConditionView, out_hw: tuple[int, int], map_size: int) -> 
     """`(M, M, 1)` float32 mask of the map pixels a view of size `out_hw` covers."""
     _, mask = condition_from_perspective(jnp.zeros((*out_hw, 1), jnp.float32), view, map_size)
     return mask
+
+
+# Condition kinds and their mixture ----------------------------------------------------------------
+
+
+class ConditionKind(enum.IntEnum):
+    """What part of the target is known to the model (the mask channel says where).
+
+    PERSPECTIVE_VIDEO: one perspective view over every frame (the paper's condition).
+    NONE: nothing known; mask 0 and condition 0 (text-to-360).
+    PERSPECTIVE_IMAGE: one perspective view at frame 0 only (image-to-360 video).
+    PREFIX: the first k latent frames of the panorama fully known (continuation, long videos).
+    MULTI_VIEW: 2 to `MAX_VIEWS` perspective views over every frame (union of their masks).
+
+    The int value is what batches carry (`condition_kind`, int32); the lower-case name is the key
+    of `config.data.condition_mixture`.
+    """
+
+    PERSPECTIVE_VIDEO = 0
+    NONE = 1
+    PERSPECTIVE_IMAGE = 2
+    PREFIX = 3
+    MULTI_VIEW = 4
+
+    @property
+    def key(self) -> str:
+        return self.name.lower()
+
+
+# The paper's condition stays the majority; the rest teach the other uses of the mask channel.
+DEFAULT_CONDITION_MIXTURE = {
+    "perspective_video": 0.7,
+    "none": 0.1,
+    "perspective_image": 0.1,
+    "prefix": 0.05,
+    "multi_view": 0.05,
+}
+MAX_VIEWS = 3  # views rendered per example: multi_view uses 2..MAX_VIEWS, the others 0 or 1
+
+
+def parse_mixture(mixture: Mapping[str, float]) -> dict[ConditionKind, float]:
+    """`config.data.condition_mixture` (kind name -> weight) -> {kind: probability}.
+
+    Kinds left out weigh 0. ValueError naming the key for an unknown kind, a negative or
+    non-finite weight, or weights that sum to 0.
+    """
+    names = {kind.key: kind for kind in ConditionKind}
+    weights = {}
+    for name, weight in dict(mixture).items():
+        if name not in names:
+            raise ValueError(
+                f"config.data.condition_mixture.{name}: unknown condition kind; the kinds are "
+                f"{sorted(names)}"
+            )
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise ValueError(f"config.data.condition_mixture.{name}: a number, got {weight!r}")
+        if not (np.isfinite(weight) and weight >= 0):
+            raise ValueError(f"config.data.condition_mixture.{name}: must be >= 0, got {weight}")
+        weights[names[name]] = float(weight)
+    total = sum(weights.values())
+    if not total > 0:
+        raise ValueError(f"config.data.condition_mixture: weights must sum to > 0, got {mixture}")
+    return {kind: weight / total for kind, weight in weights.items() if weight > 0}
+
+
+def allowed_mixture(
+    mixture: dict[ConditionKind, float], num_latent_frames: int
+) -> dict[ConditionKind, float]:
+    """The mixture restricted to the kinds a clip of `num_latent_frames` can have, renormalised.
+
+    A prefix needs at least 2 latent frames (one known, one to generate); for a single frame a
+    perspective image is a perspective video. ValueError when no kind with weight is left.
+    """
+    allowed = dict(mixture)
+    if num_latent_frames < 2:
+        allowed.pop(ConditionKind.PREFIX, None)
+    total = sum(allowed.values())
+    if not total > 0:
+        raise ValueError(
+            f"config.data.condition_mixture: {[k.key for k in mixture]} leaves no kind for "
+            f"clips of {num_latent_frames} latent frame(s) (a prefix needs 2 or more)"
+        )
+    return {kind: weight / total for kind, weight in allowed.items()}
+
+
+def sample_condition_kind(
+    rng: np.random.Generator, mixture: dict[ConditionKind, float]
+) -> ConditionKind:
+    """One kind drawn with the mixture's probabilities (`parse_mixture` / `allowed_mixture`)."""
+    kinds = list(mixture)
+    if len(kinds) == 1:  # no draw: a single-kind stream (eval) keeps the generator's sequence
+        return kinds[0]
+    return kinds[int(rng.choice(len(kinds), p=np.asarray([mixture[k] for k in kinds])))]
+
+
+def latent_frame_count(num_frames: int, temporal_factor: int) -> int:
+    """Latent frames of `num_frames` pixel frames: 1 + (F - 1) / t (F must be 1 + t j)."""
+    if num_frames < 1 or (num_frames - 1) % temporal_factor:
+        raise ValueError(f"num_frames must be 1 + {temporal_factor}k, got {num_frames}")
+    return 1 + (num_frames - 1) // temporal_factor
+
+
+def prefix_pixel_frames(known_latent_frames: int, temporal_factor: int) -> int:
+    """Pixel frames behind the first k latent frames, as the causal VAE groups them.
+
+    Latent frame 0 is pixel frame 0 and latent frame j >= 1 is pixel frames t j - t + 1 .. t j, so
+    the first k latent frames are exactly the pixel frames 0 .. t (k - 1): 1 + t (k - 1) frames.
+    """
+    if known_latent_frames < 1:
+        raise ValueError(f"a prefix needs at least 1 latent frame, got {known_latent_frames}")
+    return 1 + temporal_factor * (known_latent_frames - 1)
+
+
+def prefix_mask(num_frames: int, known_pixel_frames: int, map_size: int) -> np.ndarray:
+    """`(F, M, M, 1)` float32: 1 on the first `known_pixel_frames` frames, 0 after."""
+    mask = np.zeros((num_frames, map_size, map_size, 1), np.float32)
+    mask[:known_pixel_frames] = 1.0
+    return mask
+
+
+@functools.partial(jax.jit, static_argnames=("map_size", "out_hw"))
+def target_and_views(
+    erp: jax.Array, views: jax.Array, active: jax.Array, map_size: int, out_hw: tuple[int, int]
+) -> dict[str, jax.Array]:
+    """ERP clip `(F, H, 2H, 3)` -> target map and the union of up to V perspective views.
+
+    Args:
+      erp: `(F, H, 2H, 3)` float in [-1, 1].
+      views: `(V, 4)` fov, yaw, pitch, roll (degrees) of each view.
+      active: `(V,)` float, 1 for the views that count, 0 for padding (V is fixed, so one
+        compiled program serves every kind).
+      map_size: M; out_hw: (h, w) of the perspective clips.
+
+    Returns a dict: target_map `(F, M, M, 3)`, perspective `(F, h, w, 3)` (view 0's clip),
+    condition_map `(F, M, M, 3)` (where views overlap, the mean of their projections; 0 outside
+    the union), condition_mask `(F, M, M, 1)` (the union of the active views' masks).
+    """
+    target = geometry.erp_to_viewpoint(erp, map_size)
+    rendered = [render_condition(erp, views[i], map_size, out_hw) for i in range(views.shape[0])]
+    masks = jnp.stack([mask * active[i] for i, (_, _, mask) in enumerate(rendered)])
+    projections = jnp.stack([condition for _, condition, _ in rendered])
+    coverage = masks.sum(axis=0)
+    condition = (projections * masks).sum(axis=0) / jnp.maximum(coverage, 1.0)
+    return {
+        "target_map": target,
+        "perspective": rendered[0][0],
+        "condition_map": condition,
+        "condition_mask": jnp.minimum(coverage, 1.0),
+    }

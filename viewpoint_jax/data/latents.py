@@ -16,7 +16,10 @@ function the step uses); `data/precompute.py` writes them:
     latent_mask        (f, h, w, 1) float32: the condition mask pooled to latent cells
     caption            str, never dropped here (the pipeline drops it at read time)
     is_image           bool: a 1-frame sample (joint image training), f = 1
-    view               (4,) float32: fov, yaw, pitch, roll of the condition camera (degrees)
+    view               (4,) float32: fov, yaw, pitch, roll of the condition camera (degrees;
+                       the first view, zeros for kinds without one)
+    condition_kind     int32: its `conditions.ConditionKind` (drawn from condition_mixture;
+                       absent in datasets written before the mixture)
     source, segment    the panoramic_videos record it came from; sample: its draw number
 
 The trade-off: the in-step path draws a fresh clip, yaw turn and view each time it visits a
@@ -54,6 +57,7 @@ DRAW_DATA_KEYS = (
     "condition_pitch_range",
     "condition_roll_range",
     "condition_size",
+    "condition_mixture",
 )
 
 log = logging.getLogger(__name__)
@@ -68,7 +72,10 @@ def describe_autoencoder(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def jsonable(value: Any) -> Any:
-    """A config value as JSON stores it (tuples as lists), to compare with stored metadata."""
+    """A config value as JSON stores it (tuples as lists, ConfigDicts as dicts), to compare with
+    stored metadata."""
+    if hasattr(value, "to_dict"):  # a ConfigDict (condition_mixture)
+        return {key: jsonable(item) for key, item in value.to_dict().items()}
     return list(value) if isinstance(value, tuple | list) else value
 
 

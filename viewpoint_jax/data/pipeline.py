@@ -3,8 +3,9 @@
 Per record (in grain workers): a random clip of `num_frames` frames every `frame_stride` frames
 is decoded (OpenCV) and resized to the ERP size; a random yaw turn (a horizontal roll of the
 ERP, exact) augments it; the jitted geometry maps it onto the ViewPoint map and renders the
-condition (a random perspective view of the clip projected back onto the map with its mask,
-see conditions.py); the caption is dropped (set to "") at rate `caption_dropout` for
+condition of a kind drawn from `condition_mixture` (by default mostly the paper's: a random
+perspective view of the clip projected back onto the map with its mask; see conditions.py);
+the caption is dropped (set to "") at rate `caption_dropout` for
 classifier-free guidance.
 
 Joint image and video training: images are 1-frame videos. Two streams, each batched on its
@@ -18,7 +19,10 @@ F = num_frames for video batches and 1 for image batches, M = map_size:
 
     target_map       (B, F, M, M, 3) float32 in [-1, 1]
     condition_map    (B, F, M, M, 3) float32 in [-1, 1], 0 outside the mask
-    condition_mask   (B, F, M, M, 1) float32 in {0, 1} (the same for every frame)
+    condition_mask   (B, F, M, M, 1) float32 in {0, 1}
+    condition_kind   (B,) int32: the `conditions.ConditionKind` of each example, drawn from
+                     config.condition_mixture (which decides what the mask covers: a view over
+                     every frame, nothing, a view at frame 0, a prefix of frames, several views)
     caption          (B,) str ("" when dropped)
     is_image         (B,) bool (all equal within a batch)
     skipped_records  () int64: corrupt records skipped so far on this host (for metrics)
@@ -140,6 +144,11 @@ class ExampleMaker:
     (`view`, as in eval) to every example; `with_images` adds the ERP clip the maps come from
     (`erp`, (F, H, W, 3) float32 in [-1, 1], after the yaw turn) and the condition view
     (`perspective`), for looking at examples (data/inspection.py).
+
+    The condition kind of each example is drawn from `config.condition_mixture` (eval always
+    uses the paper's perspective video); `temporal_factor` is the autoencoder's frame grouping,
+    which decides the pixel frames of a known prefix of latent frames (the Wan VAE's 4 by default;
+    a prefix under grouping 4 is also whole latent frames under 1 or 2).
     """
 
     def __init__(
@@ -150,6 +159,7 @@ class ExampleMaker:
         caption_dropout: float | None = None,
         with_view: bool = False,
         with_images: bool = False,
+        temporal_factor: int = 4,
     ):
         if mode not in ("video", "image", "eval"):
             raise ValueError(f"mode must be video, image or eval, got {mode!r}")
@@ -172,6 +182,14 @@ class ExampleMaker:
         self.yaw_augment = bool(config.yaw_augment) and mode != "eval"
         self.with_view = with_view or mode == "eval"
         self.with_images = with_images
+        self.temporal_factor = int(temporal_factor)
+        if mode == "eval":
+            mixture = {conditions.ConditionKind.PERSPECTIVE_VIDEO: 1.0}
+        else:
+            mixture = conditions.parse_mixture(config.condition_mixture)
+        # Whole groups only: with a clip longer than 1 + t k, a prefix still ends on a group.
+        self.latent_frames = 1 + (self.num_frames - 1) // self.temporal_factor
+        self.mixture = conditions.allowed_mixture(mixture, self.latent_frames)
 
     def __call__(self, record: dict, rng: np.random.Generator) -> dict:
         if record.get("_status") == BAD:  # the reader already failed on it (ReadGuardedSource)
@@ -191,25 +209,29 @@ class ExampleMaker:
         clip = decode_clip(frames, indices, self.erp_hw)
         if self.yaw_augment:
             clip, _ = yaw_roll(clip, rng)
-        view = conditions.sample_view(rng, **self.view_ranges)
+        kind = conditions.sample_condition_kind(rng, self.mixture)
+        views, active = self._views(kind, rng)
         caption = as_text(record["caption"])
         if rng.random() < self.caption_dropout:
             caption = ""
         erp = clip.astype(np.float32) / 127.5 - 1.0
         with jax.default_device(_cpu_device()):
-            maps = conditions.target_and_condition(
-                erp, view.as_array(), map_size=self.map_size, out_hw=self.condition_hw
+            maps = conditions.target_and_views(
+                erp, views, active, map_size=self.map_size, out_hw=self.condition_hw
             )
             maps = {key: np.asarray(value, np.float32) for key, value in maps.items()}
+        condition_map, condition_mask = self._known_region(kind, maps, rng)
         example = {
             "target_map": maps["target_map"],
-            "condition_map": maps["condition_map"],
-            "condition_mask": maps["condition_mask"],
+            "condition_map": condition_map,
+            "condition_mask": condition_mask,
+            "condition_kind": np.int32(kind),
             "caption": caption,
             "is_image": np.bool_(self.num_frames == 1),
         }
         if self.with_view:
-            example["view"] = view.as_array()
+            # The first view's camera; all zeros (fov 0) for the kinds without a view.
+            example["view"] = views[0] * active[0]
         if self.mode == "eval" or self.with_images:
             example["perspective"] = maps["perspective"]
         if self.with_images:
@@ -217,6 +239,49 @@ class ExampleMaker:
         if self.mode == "eval":
             example["source"] = as_text(record.get("source", ""))
         return example
+
+    def _views(self, kind: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """`(MAX_VIEWS, 4)` cameras and `(MAX_VIEWS,)` 0/1 weights of the views this kind uses."""
+        count = {
+            conditions.ConditionKind.NONE: 0,
+            conditions.ConditionKind.PREFIX: 0,
+            conditions.ConditionKind.MULTI_VIEW: int(rng.integers(2, conditions.MAX_VIEWS + 1)),
+        }.get(kind, 1)
+        views = np.zeros((conditions.MAX_VIEWS, 4), np.float32)
+        # Padding views are valid cameras (weight 0): the renderer never sees a 0 degree view.
+        views[:, 0] = 90.0
+        for i in range(count):
+            views[i] = conditions.sample_view(rng, **self.view_ranges).as_array()
+        active = (np.arange(conditions.MAX_VIEWS) < count).astype(np.float32)
+        return views, active
+
+    def _known_region(
+        self, kind: int, maps: dict[str, np.ndarray], rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The condition map `(F, M, M, 3)` and mask `(F, M, M, 1)` of this kind."""
+        condition, mask = maps["condition_map"], maps["condition_mask"]
+        if kind == conditions.ConditionKind.PERSPECTIVE_IMAGE:
+            # The view is known at frame 0 only: an image that seeds the video.
+            condition, mask = condition.copy(), mask.copy()
+            condition[1:], mask[1:] = 0.0, 0.0
+        elif kind == conditions.ConditionKind.PREFIX:
+            known = int(rng.integers(1, self.latent_frames))  # k in [1, latent frames - 1]
+            frames = conditions.prefix_pixel_frames(known, self.temporal_factor)
+            mask = conditions.prefix_mask(self.num_frames, frames, self.map_size)
+            condition = maps["target_map"] * mask
+        return condition, mask
+
+
+def condition_counts(batch: dict) -> dict[str, int]:
+    """`conditions/<kind>`: how many examples of each condition kind a batch holds (every kind,
+    0 included, so the metric columns are stable); empty for batches without `condition_kind`
+    (precomputed latents written before the mixture)."""
+    if "condition_kind" not in batch:
+        return {}
+    kinds = np.asarray(batch["condition_kind"])
+    return {
+        f"conditions/{kind.key}": int(np.sum(kinds == kind)) for kind in conditions.ConditionKind
+    }
 
 
 class LatentExampleMaker:
@@ -241,6 +306,8 @@ class LatentExampleMaker:
         if rng.random() < self.caption_dropout:
             caption = ""
         example = {key: np.asarray(record[key], np.float32) for key in latents.LATENT_KEYS}
+        if "condition_kind" in record:  # datasets written before the mixture do not have it
+            example["condition_kind"] = np.int32(record["condition_kind"])
         example.update(caption=caption, is_image=np.bool_(self.is_image))
         return example
 
@@ -436,6 +503,7 @@ def make_train_iterator(
     process_index: int = 0,
     process_count: int = 1,
     data_source: Any = None,
+    temporal_factor: int = 4,
 ) -> grain.DatasetIterator:
     """An endless, checkpointable iterator of this host's training batches (keys: module doc).
 
@@ -445,6 +513,8 @@ def make_train_iterator(
       process_index, process_count: this host's shard of the records (jax.process_index(),
         jax.process_count()); each host gets batch_size // process_count examples a batch.
       data_source: random-access records to read instead of config's TFDS split (tests).
+      temporal_factor: the autoencoder's frame grouping (prefix conditions cover whole latent
+        frames of it; `ExampleMaker`).
 
     Save/restore with `it.get_state()` / `it.set_state(state)` (JSON-able dict), or with Orbax:
     `grain.checkpoint.CheckpointSave(it)` / `grain.checkpoint.CheckpointRestore(it)`.
@@ -472,7 +542,10 @@ def make_train_iterator(
     )
 
     def stream(mode: str, stream_seed: int) -> grain.IterDataset:
-        maker = (LatentExampleMaker if precomputed else ExampleMaker)(config, mode)
+        if precomputed:
+            maker = LatentExampleMaker(config, mode)
+        else:
+            maker = ExampleMaker(config, mode, temporal_factor=temporal_factor)
         ds = records.shuffle(seed=stream_seed).repeat()
         ds = ds.random_map(maker, seed=stream_seed + 1)
         return _BatchDataset(ds.to_iter_dataset(read_options), batch_size)

@@ -119,6 +119,7 @@ class PanoramicLatents(tfds.core.GeneratorBasedBuilder):
                 "caption": tfds.features.Text(),
                 "is_image": np.bool_,
                 "view": tfds.features.Tensor(shape=(4,), dtype=np.float32),
+                "condition_kind": np.int32,
                 "source": tfds.features.Text(),
                 "segment": np.int32,
                 "sample": np.int32,
@@ -207,7 +208,17 @@ def _encoded(
                     "latents": encoded["latents"][row],
                     "condition_latents": encoded["condition_latents"][row],
                     "latent_mask": encoded["latent_mask"][row],
-                    **{k: example[k] for k in ("caption", "view", "source", "segment", "sample")},
+                    **{
+                        k: example[k]
+                        for k in (
+                            "caption",
+                            "view",
+                            "condition_kind",
+                            "source",
+                            "segment",
+                            "sample",
+                        )
+                    },
                     "is_image": is_image,
                 },
             )

@@ -13,8 +13,10 @@ blend (spec §4), at latent resolution. The final map -> ERP conversion always f
 space (`map_to_panorama`).
 
 Building conditions (pure array code, I/O stays in the CLI): `perspective_condition` projects a
-perspective video/image onto the map with its coverage mask; `encode_condition` encodes it with
-the autoencoder and brings the mask to latent resolution.
+perspective video/image onto the map with its coverage mask; `image_condition` knows one image at
+frame 0 only; `prefix_condition` knows the first frames of a panorama in full (continuation);
+`encode_condition` encodes a condition with the autoencoder and brings the mask to latent
+resolution. `impose_known_frames` pastes wholly known latent frames back after sampling.
 """
 
 from __future__ import annotations
@@ -279,6 +281,92 @@ def encode_condition(
     return latent, jax.vmap(pool)(mask)
 
 
+def _as_unit_range(video: np.ndarray | jax.Array) -> jax.Array:
+    """uint8 `[0, 255]` -> float32 `[-1, 1]`; floats are taken as already in [-1, 1]."""
+    video = jnp.asarray(video)
+    if video.dtype == jnp.uint8:
+        return video.astype(jnp.float32) / 127.5 - 1.0
+    return video.astype(jnp.float32)
+
+
+def image_condition(
+    image: np.ndarray | jax.Array,
+    map_size: int,
+    num_frames: int,
+    fov_deg: float = 90.0,
+    yaw_deg: float = 0.0,
+    pitch_deg: float = 0.0,
+    roll_deg: float = 0.0,
+) -> tuple[jax.Array, jax.Array]:
+    """A perspective image `(h, w, 3)` known at frame 0 only (image-to-360 video).
+
+    Returns the condition video `(F, M, M, 3)` (the projected image at frame 0, 0 elsewhere) and
+    its mask `(F, M, M, 1)` (the image's coverage at frame 0, 0 on frames 1 .. F-1).
+    """
+    image = jnp.asarray(image)
+    if image.ndim == 4 and image.shape[0] == 1:
+        image = image[0]
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must be (h, w, 3), got shape {tuple(image.shape)}")
+    projected, mask = perspective_condition(
+        image[None], map_size, fov_deg, yaw_deg, pitch_deg, roll_deg
+    )
+    later = num_frames - 1
+    condition = jnp.concatenate([projected, jnp.zeros((later, *projected.shape[1:]))], axis=0)
+    return condition, jnp.concatenate([mask, jnp.zeros((later, *mask.shape[1:]))], axis=0)
+
+
+def panorama_to_map(
+    pano_erp_video: np.ndarray | jax.Array, map_size: int, name: str = "pano_erp_video"
+) -> jax.Array:
+    """An equirectangular video `(F, H, 2H, 3)` (uint8, or float in [-1, 1]) -> its ViewPoint
+    map video `(F, M, M, 3)` float32 in [-1, 1]. ValueError naming `name` unless it is 2:1 ERP."""
+    shape = tuple(np.shape(pano_erp_video))
+    if len(shape) != 4 or shape[-1] != 3 or shape[2] != 2 * shape[1] or shape[0] < 1:
+        raise ValueError(
+            f"{name} must be a 2:1 equirectangular video (F, H, 2H, 3), got shape {shape}"
+        )
+    return geometry.erp_to_viewpoint(_as_unit_range(pano_erp_video), map_size)
+
+
+def prefix_condition(
+    prefix_map: np.ndarray | jax.Array, num_frames: int, temporal_factor: int
+) -> tuple[jax.Array, jax.Array]:
+    """The first P frames of the map known in full (continuation, long videos).
+
+    `prefix_map` `(P, M, M, 3)` (uint8, or float in [-1, 1]) holds the known frames, with
+    P = 1 + t (k - 1): exactly the pixel frames of the first k latent frames (latent frame 0 is
+    frame 0, latent frame j >= 1 frames t j - t + 1 .. t j), so the pooled latent mask is 1 on the
+    first k latent frames and 0 on the rest. Returns the condition video `(F, M, M, 3)` (the
+    prefix, then 0) and its mask `(F, M, M, 1)` (1 on the prefix, 0 after).
+    """
+    prefix = _as_unit_range(prefix_map)
+    known = prefix.shape[0]
+    if prefix.ndim != 4 or (known - 1) % temporal_factor or not 1 <= known < num_frames:
+        raise ValueError(
+            f"prefix_map must be (P, M, M, 3) with P = 1 + {temporal_factor}j frames, fewer than "
+            f"num_frames = {num_frames}, got shape {tuple(prefix.shape)}"
+        )
+    later = num_frames - known
+    condition = jnp.concatenate([prefix, jnp.zeros((later, *prefix.shape[1:]))], axis=0)
+    mask = jnp.zeros((num_frames, *prefix.shape[1:3], 1), jnp.float32).at[:known].set(1.0)
+    return condition, mask
+
+
+def impose_known_frames(latents: jax.Array, conditions: Conditions) -> jax.Array:
+    """Latents `(B, f, h, w, C)` with every wholly known latent frame (mask 1 on every cell) set
+    to the condition latent.
+
+    The sampler trusts the model everywhere, so a known prefix comes back only approximately;
+    re-imposing it makes continuation exact: the causal VAE encodes the first k latent frames
+    from the first 1 + t (k - 1) pixel frames alone, so the condition latent there is the latent
+    of the known frames. Partly known frames (perspective views) are left to the model: a view's
+    latent cells also see pixels outside it, so their condition latent is not the panorama's.
+    """
+    known = jnp.all(conditions.mask >= 1.0, axis=(2, 3, 4), keepdims=True)
+    return jnp.where(known, conditions.latent.astype(latents.dtype), latents)
+
+
 def make_conditions(
     autoencoder: Any,
     context: jax.Array,
@@ -290,20 +378,46 @@ def make_conditions(
     yaw_deg: float = 0.0,
     pitch_deg: float = 0.0,
     roll_deg: float = 0.0,
+    *,
+    image: np.ndarray | None = None,
+    prefix_map: np.ndarray | jax.Array | None = None,
 ) -> Conditions:
-    """Conditions for one sample: text `(1, L, D)` embeddings and, optionally, a perspective
-    video or image `(F, h, w, 3)` uint8 placed at (yaw, pitch, roll) with horizontal `fov_deg`.
+    """Conditions for one sample: text `(1, L, D)` embeddings and at most one of
+    - `video`: a perspective video or image `(F, h, w, 3)` uint8 over every frame, placed at
+      (yaw, pitch, roll) with horizontal `fov_deg`; its frame count is used (it must be 1 + 4k);
+    - `image`: a perspective image `(h, w, 3)` known at frame 0 only (`image_condition`), same
+      placement, `num_frames` frames;
+    - `prefix_map`: the first P = 1 + 4j frames of the map `(P, M, M, 3)` known in full
+      (`prefix_condition`), `num_frames` frames.
 
-    Without a video the map is all unknown: the condition is an all-zero video with mask 0, for
-    `num_frames` frames. With one, its frame count is used (it must be `1 + 4k`).
+    With none of them the map is all unknown (text-to-360): the condition is an all-zero video
+    with mask 0, for `num_frames` frames.
     """
     temporal = autoencoder.temporal_factor
+    given = [
+        n
+        for n, v in (("video", video), ("image", image), ("prefix_map", prefix_map))
+        if v is not None
+    ]
+    if len(given) > 1:
+        raise ValueError(f"give at most one of video, image, prefix_map; got {given}")
     if video is None:
         frames = valid_frame_count(num_frames, temporal)
         if frames != num_frames:
             raise ValueError(f"num_frames must be 1 + {temporal}k, got {num_frames}")
-        condition = jnp.zeros((frames, map_size, map_size, 3), jnp.float32)
-        mask = jnp.zeros((frames, map_size, map_size, 1), jnp.float32)
+    if image is not None:
+        condition, mask = image_condition(
+            image, map_size, num_frames, fov_deg, yaw_deg, pitch_deg, roll_deg
+        )
+    elif prefix_map is not None:
+        if tuple(np.shape(prefix_map))[1:] != (map_size, map_size, 3):
+            raise ValueError(
+                f"prefix_map must be (P, {map_size}, {map_size}, 3), got {np.shape(prefix_map)}"
+            )
+        condition, mask = prefix_condition(prefix_map, num_frames, temporal)
+    elif video is None:
+        condition = jnp.zeros((num_frames, map_size, map_size, 3), jnp.float32)
+        mask = jnp.zeros((num_frames, map_size, map_size, 1), jnp.float32)
     else:
         if (len(video) - 1) % temporal:
             raise ValueError(
