@@ -230,9 +230,9 @@ def test_eval_iterator_is_deterministic_and_complete():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(erp_width=40), "config.data.erp_width must be 2 \\* erp_height"),
-        (dict(num_frames=0), "config.data.num_frames must be a positive integer"),
-        (dict(image_ratio=1.5), "config.data.image_ratio must be in"),
+        (dict(erp_width=40), "config.data.erp_width: must be 2 \\* erp_height"),
+        (dict(num_frames=0), "config.data.num_frames: must be a positive integer"),
+        (dict(image_ratio=1.5), "config.data.image_ratio: must be in"),
         (dict(batch_size=3), "batch_size 3 is not divisible by the 2 hosts"),
         (dict(condition_fov_range=(100, 50)), "condition_fov_range"),
     ],
