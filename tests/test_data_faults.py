@@ -12,13 +12,15 @@ from viewpoint_jax.data import builder, pipeline
 
 @pytest.fixture()
 def dataset(tmp_path):
-    """(data_dir, name, train shard path) of a tiny dataset: 3 train records in one shard."""
+    """(data_dir, name, first train shard) of a tiny dataset: 3 train records, a shard per
+    source file (the builder's resumable unit)."""
     src = _write_folder(tmp_path / "src", LINES)
     out = builder.prepare(
         src, tmp_path / "data", "tiny", frame_format="png", max_frames=4, progress=False
     )
-    (shard,) = out.glob("*-train.array_record-*")
-    return tmp_path / "data", "tiny", shard
+    shards = sorted(out.glob("*-train.array_record-*"))
+    assert shards, f"no train shard in {out}"
+    return tmp_path / "data", "tiny", shards[0]
 
 
 def _flip_first_record(shard):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from test_train import run_tool
 
+from viewpoint_jax import config as config_lib
 from viewpoint_jax import video_io
 from viewpoint_jax.data import builder, pipeline
 
@@ -215,7 +216,7 @@ def test_records_are_512x1024_at_16fps_and_memory_stays_bounded(built):
 
 def test_pipeline_says_what_it_does_with_images(built, caplog):
     data_dir, _ = built
-    config = pipeline.default_data_config()
+    config = config_lib.data_config()
     config.data_dir, config.name = str(data_dir), "real"
     with caplog.at_level(logging.WARNING):
         pipeline._train_source(config)  # video-only training of a split with an image

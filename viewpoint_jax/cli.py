@@ -113,6 +113,19 @@ def refuse_positional(argv: Sequence[str]) -> None:
         raise UserError(f"unexpected argument {argv[1]!r} (flags are --name=value)")
 
 
+def _forget_entry_point_flags() -> None:
+    """Drops the flags an earlier CLI of this package defined in this process.
+
+    A process normally runs one CLI, but tests and notebooks run several one after another, and
+    their flag names overlap (--config, --out, --overwrite, ...): absl refuses a second definition.
+    """
+    for module, module_flags in list(flags.FLAGS.flags_by_module_dict().items()):
+        if module.startswith("viewpoint_jax"):
+            for flag in list(module_flags):
+                if flag.name in flags.FLAGS:
+                    delattr(flags.FLAGS, flag.name)
+
+
 def run(
     main: Callable[[list[str]], int | None],
     define_flags: Callable[[], None] | None = None,
@@ -122,6 +135,7 @@ def run(
     library defines none), runs `main(positional argv)` under `absl.app.run` and exits with its
     status; user-facing errors print `error: <message>` and exit 2. `argv`: default sys.argv."""
     if define_flags is not None:
+        _forget_entry_point_flags()
         define_flags()
 
     def main_with_user_errors(argv: list[str]) -> int:

@@ -33,7 +33,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from viewpoint_jax.models.dit import BlockKind, DiTConfig
+from viewpoint_jax.models.dit import BlockKind, DiTConfig, abstract_model, count_params
 from viewpoint_jax.video_io import to_uint8, write_png
 
 # Dense bf16 peak per device, FLOP/s (vendor figures, no sparsity).
@@ -241,12 +241,7 @@ def startup_summary(
 ) -> str:
     """What a long job is about to do, printed once at its start: the devices, the mesh, the
     per-device batch and the model's size (from shapes only: nothing is allocated)."""
-    from flax import nnx
-
-    from viewpoint_jax.models.dit import abstract_model
-
-    params = nnx.state(abstract_model(model_config), nnx.Param)
-    count = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
+    count = count_params(abstract_model(model_config))
     devices = mesh.devices.flatten()
     batch_shards = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
     batch = int(config.data.batch_size)

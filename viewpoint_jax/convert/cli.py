@@ -16,6 +16,9 @@ import time
 from absl import flags
 
 from viewpoint_jax.cli import UserError, run
+from viewpoint_jax.convert.dit import convert_dit
+from viewpoint_jax.convert.umt5 import convert_umt5
+from viewpoint_jax.convert.vae import convert_vae
 
 COMPONENTS = {
     "dit": "the video DiT (original or diffusers layout)",
@@ -34,7 +37,7 @@ def define_flags() -> None:
     )
     flags.DEFINE_bool("overwrite", False, "replace an existing --dst")
     flags.DEFINE_integer("in_dim", None, "dit: input channels (33 for ViewPoint)")
-    flags.DEFINE_string("attention_pattern", None, "dit: alternate | pano | perspective")
+    flags.DEFINE_string("attention_pattern", None, "dit: alternate | pano | subregion")
     for size in DIT_SIZES:
         flags.DEFINE_integer(size, None, "dit: overrides the source's config.json")
 
@@ -44,8 +47,6 @@ def convert(component: str, values: flags.FlagValues) -> None:
     # umT5 ships in bf16 and stays so by default (fp32 would double its 11 GB).
     dtype = values.dtype or (None if component == "umt5" else "float32")
     if component == "dit":
-        from viewpoint_jax.convert.dit import convert_dit
-
         overrides = {n: values[n].value for n in DIT_SIZES if values[n].value is not None}
         if values.attention_pattern:
             overrides["attention_pattern"] = values.attention_pattern
@@ -59,12 +60,8 @@ def convert(component: str, values: flags.FlagValues) -> None:
         )
         print(json.dumps(config.to_dict()))
     elif component == "vae":
-        from viewpoint_jax.convert.vae import convert_vae
-
         convert_vae(values.src, values.dst, dtype=dtype, overwrite=values.overwrite)
     else:
-        from viewpoint_jax.convert.umt5 import convert_umt5
-
         convert_umt5(values.src, values.dst, dtype=dtype, overwrite=values.overwrite)
 
 
