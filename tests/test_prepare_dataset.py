@@ -161,13 +161,16 @@ def built(footage, tmp_path_factory):
     in a subprocess that reports its peak RSS."""
     write_captions(footage, GOOD + BAD)
     data_dir = tmp_path_factory.mktemp("built")
+    # VmHWM, not getrusage's ru_maxrss: Linux keeps ru_maxrss across exec, so a child of a
+    # large test process would report its parent's peak.
     measure = (
-        "import resource, runpy, sys\n"
+        "import re, runpy, sys\n"
         "sys.argv = sys.argv[1:]\n"
         "try:\n"
         "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
         "finally:\n"
-        "    print('peak_rss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "    status = open('/proc/self/status').read()\n"
+        "    print('peak_rss_kb', re.search(r'VmHWM:\\s*(\\d+)', status).group(1))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", measure, *PREPARE[1:], "--src", str(footage),
