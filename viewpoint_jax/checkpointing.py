@@ -123,10 +123,18 @@ def restore_params(path: str | os.PathLike, abstract_tree: Any, *, partial: bool
 
 
 def restore_run_params(
-    workdir: str | os.PathLike, abstract_params: nnx.State, *, use_ema: bool = True
+    workdir: str | os.PathLike,
+    abstract_params: nnx.State,
+    *,
+    use_ema: bool = True,
+    shardings: nnx.State | None = None,
 ) -> nnx.State:
     """The model weights of a training run's latest checkpoint (EMA weights when saved and
-    asked for), never reading the optimizer state; shardings as in `restore_params`."""
+    asked for), never reading the optimizer state.
+
+    Each leaf is read in `abstract_params`' dtype (e.g. bf16 from fp32 training weights) straight
+    into the matching leaf of `shardings` (`sharding.state_shardings`); default: the first device.
+    """
     directory = checkpoint_dir(workdir)
     with ocp.CheckpointManager(
         directory, options=ocp.CheckpointManagerOptions(read_only=True)
@@ -137,7 +145,8 @@ def restore_run_params(
     path = directory / str(step) / "state"
     saved = ocp.StandardCheckpointer().metadata(path).item_metadata.tree
     key = "ema_params" if use_ema and "ema_params" in saved else "params"
-    restored = restore_params(path, {key: _abstract_pure(abstract_params)}, partial=True)
+    target = {key: _abstract_pure(abstract_params, shardings)}
+    restored = restore_params(path, target, partial=True)
     return _replace(abstract_params, restored[key])
 
 
