@@ -130,3 +130,27 @@ def test_meshes_that_do_not_divide_the_model_are_refused(config, checkpoint):
         sampler.check_mesh_fits(model_config, sharding.make_mesh({"sequence": 8}), odd_tokens)
     with pytest.raises(ValueError, match="dtype must be one of"):
         sample.load_models(config, checkpoint, dtype="float16")
+
+
+def test_training_run_weights_are_read_as_bf16_into_shardings(config, tmp_path):
+    """A training run's fp32 checkpoint, restored as `load_models` restores it."""
+    from viewpoint_jax import checkpointing
+
+    model = nnx.jit(lambda: WanDiT(build.dit_config(config), rngs=nnx.Rngs(2)))()
+    params = nnx.state(model, nnx.Param)
+    checkpointer = checkpointing.Checkpointer(
+        checkpointing.checkpoint_dir(tmp_path), every_steps=1, keep=1, async_save=False
+    )
+    checkpointer.save(0, {"step": np.int32(0), "params": nnx.to_pure_dict(params)}, force=True)
+    checkpointer.close()
+    mesh = sharding.make_mesh({"fsdp": 8})
+    restored = build.restore_model_for_inference(
+        tmp_path, config, mesh=mesh, dtype="bfloat16", param_dtype="bfloat16"
+    )
+    for saved, loaded in zip(
+        jax.tree.leaves(params), jax.tree.leaves(nnx.state(restored, nnx.Param))
+    ):
+        assert loaded.dtype == jax.numpy.bfloat16 and loaded.sharding.mesh == mesh
+        np.testing.assert_array_equal(
+            np.asarray(loaded), np.asarray(saved.astype(jax.numpy.bfloat16))
+        )

@@ -2,6 +2,10 @@
 
     python tools/memory_plan.py --config configs/wan14b.py [--devices 8] [--hbm_gb 80]
     python tools/memory_plan.py --config configs/wan1_3b.py --method compiled
+    python tools/memory_plan.py --config configs/wan14b.py --mode sample --devices 1,2,4,8
+
+--mode sample: the memory of generating one video (`viewpoint_jax.sample`) on the sampling
+  mesh (`sample.sampling_mesh`: FSDP over all devices) with `--dtype` weights; see `sample_plan`.
 
 --method analytic (default; needs no devices, any model size): parameter, optimizer-state and
   gradient bytes are exact, leaf by leaf, from the model's abstract shapes and the sharding rules
@@ -156,6 +160,168 @@ def analytic_plan(config, devices: int) -> dict[str, float]:
         plan["param_bytes"] + plan["optimizer_bytes"] + plan["gradient_bytes"] + plan["activations"]
     )
     return plan
+
+
+# --- Sampling -----------------------------------------------------------------------------------
+
+
+def sample_activation_bytes(model_config, tokens: int, mesh_sizes: dict[str, int]) -> dict:
+    """Estimated live bytes per device of one DiT forward at inference (no gradients, so one
+    block's tensors at a time, never the whole depth's) on the 2-sample guidance batch.
+
+    b = 2 / (the part of data x fsdp dividing 2; `sharding.named_sharding` drops the rest, so
+    fsdp 4 and 8 run the whole batch on every device), n = tokens / sequence, t = tensor,
+    c = compute bytes, D width, Dff FFN width:
+      residual stream in and out, fp32 norm temporaries   3 b n D 4
+      modulated input, q, k, v, attention output           5 b n D/t c
+      FFN hidden before and after the GELU                 2 b n Dff/t c
+      k, v all-gathered over the sequence axis (if > 1)    2 b N D/t c
+      attention scores, only for the 'xla' backend (flash backends keep O(N)):
+                                                           b heads/t n N 4 (fp32 softmax)
+    """
+    import numpy as np
+
+    batch_shards = 1
+    for axis in ("data", "fsdp"):  # as `sharding._fit_spec_to_shape` fits the batch axes
+        if 2 % (batch_shards * mesh_sizes[axis]) == 0:
+            batch_shards *= mesh_sizes[axis]
+    b = 2 / batch_shards
+    sequence, tensor = mesh_sizes["sequence"], mesh_sizes["tensor"]
+    n = tokens / sequence
+    c = np.dtype(model_config.dtype).itemsize
+    d, dff = model_config.dim, model_config.ffn_dim
+    live = b * n * (3 * d * 4 + 5 * d / tensor * c + 2 * dff / tensor * c)
+    if sequence > 1:
+        live += 2 * b * tokens * d / tensor * c
+    scores = 0.0
+    if model_config.attention_backend == "xla":
+        scores = b * model_config.num_heads / tensor * n * tokens * 4
+    return {"samples_per_device": b, "activations": live, "attention_scores": scores}
+
+
+def vae_decode_bytes(config, latent: tuple[int, ...]) -> dict[str, int]:
+    """XLA's memory analysis of the autoencoder's decode of one `latent` on one device (it is
+    compiled here on the CPU, from abstract weights: ~30 s for the Wan VAE at 640 / 49 frames).
+    Weightless autoencoders (space-to-depth) hold only their output."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from viewpoint_jax import build
+
+    autoencoder = build.abstract_autoencoder(config)
+    z = jax.ShapeDtypeStruct(latent, jnp.float32)
+    if not isinstance(autoencoder, nnx.Module):
+        out = jax.eval_shape(autoencoder.decode, z)
+        return {"weights": 0, "temp": 0, "output": math.prod(out.shape) * 4}
+    graphdef, state = nnx.split(autoencoder)
+
+    def decode(state, z):
+        return nnx.merge(graphdef, state).decode(z)
+
+    analysis = jax.jit(decode).lower(state, z).compile().memory_analysis()
+    weights = sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
+    return {
+        "weights": weights,
+        "temp": analysis.temp_size_in_bytes,
+        "output": analysis.output_size_in_bytes,
+    }
+
+
+def sample_plan(config, devices: int, dtype: str = "bfloat16", vae: dict | None = None) -> dict:
+    """Per-device bytes of generating one video of `config.data`'s size on `devices` devices
+    with the sampling mesh (FSDP over all of them) and `dtype` DiT weights.
+
+    Three phases, and the peak is the largest:
+      encode  DiT weights + text encoder weights (both sharded; activations of 512 tokens are
+              negligible); `Models.release_text_encoder()` then frees the text encoder;
+      denoise DiT weights + one scan group's weights all-gathered over fsdp, twice (the group
+              in use and the next one being gathered) + `sample_activation_bytes`;
+      decode  DiT weights + the autoencoder decode on the first device (`vae_decode_bytes`:
+              weights, temporaries, the map video) + the ERP video (fp32).
+    The sampler's own state (noise, scheduler history, conditions, text context) is a few
+    latent-sized arrays: tens of MB, left out.
+    """
+    import dataclasses
+
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from viewpoint_jax import build, sample
+    from viewpoint_jax.models import dit as dit_lib
+
+    model_config = dataclasses.replace(build.dit_config(config), dtype=dtype, param_dtype=dtype)
+    mesh_sizes = {"data": 1, "fsdp": devices, "sequence": 1, "tensor": 1}  # sampling_mesh
+    rules = sample.config_rules(config)
+    _, params = nnx.split(dit_lib.abstract_model(model_config), nnx.Param)
+    weights = _sharded_bytes(params, mesh_sizes, rules)
+    text_weights = _sharded_bytes(
+        nnx.state(build.abstract_text_model(config), nnx.Param), mesh_sizes, rules
+    )
+    gathered = 0.0
+    if devices > 1:
+        group = len(model_config.scan_group)
+        blocks = nnx.state(dit_lib.abstract_model(model_config).blocks, nnx.Param)
+        block_bytes = sum(
+            math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(blocks)
+        )
+        gathered = 2 * group * block_bytes / model_config.num_layers
+    latent = sample.latent_shape(config)
+    pt, ph, pw = model_config.patch_size
+    tokens = (latent[1] // pt) * (latent[2] // ph) * (latent[3] // pw)
+    activations = sample_activation_bytes(model_config, tokens, mesh_sizes)
+    vae = vae_decode_bytes(config, latent) if vae is None else vae
+    data = config.data
+    erp = data.num_frames * data.erp_height * data.erp_width * 3 * 4
+    phases = {
+        "encode_bytes": weights + text_weights,
+        "denoise_bytes": weights
+        + gathered
+        + activations["activations"]
+        + activations["attention_scores"],
+        "decode_bytes": weights + vae["weights"] + vae["temp"] + vae["output"] + erp,
+    }
+    return {
+        "tokens": tokens,
+        "dit_weight_bytes": weights,
+        "text_encoder_weight_bytes": text_weights,
+        "gathered_weight_bytes": gathered,
+        "activation_bytes": activations["activations"],
+        "attention_score_bytes": activations["attention_scores"],
+        "vae_decode_bytes": vae["weights"] + vae["temp"] + vae["output"] + erp,
+        **phases,
+        "peak_bytes": max(phases.values()),
+    }
+
+
+def format_sample_table(config_name: str, dtype: str, plans: dict[int, dict], hbm_gb: float):
+    """Markdown: one row per device count, GiB per device, and whether the peak fits."""
+    columns = [
+        ("DiT weights", "dit_weight_bytes"),
+        ("text enc. (released)", "text_encoder_weight_bytes"),
+        ("gathered group", "gathered_weight_bytes"),
+        ("activations", "activation_bytes"),
+        ("xla scores", "attention_score_bytes"),
+        ("VAE decode", "vae_decode_bytes"),
+        ("encode", "encode_bytes"),
+        ("denoise", "denoise_bytes"),
+        ("decode", "decode_bytes"),
+        ("peak", "peak_bytes"),
+    ]
+    lines = [
+        f"{config_name}, {dtype} weights, GiB per device "
+        f"({next(iter(plans.values()))['tokens']} tokens, CFG batch 2):",
+        "",
+        "| devices | " + " | ".join(name for name, _ in columns) + f" | fits {hbm_gb:g} GB |",
+        "|---:|" + "---:|" * len(columns) + "---|",
+    ]
+    for devices, plan in plans.items():
+        cells = [f"{plan[key] / GIB:.2f}" for _, key in columns]
+        fits = "yes" if plan["peak_bytes"] <= hbm_gb * 1e9 else "no"
+        lines.append(f"| {devices} | " + " | ".join(cells) + f" | {fits} |")
+    return "\n".join(lines)
 
 
 def compile_attention_backend(config) -> tuple[str, str | None]:
@@ -337,10 +503,35 @@ def format_plan(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="configs/*.py[:arg]")
-    parser.add_argument("--devices", type=int, default=8, help="devices of the mesh (default 8)")
+    parser.add_argument(
+        "--devices",
+        default="8",
+        help="devices of the mesh (default 8); sample mode: a list 1,2,4,8",
+    )
     parser.add_argument("--hbm_gb", type=float, default=80.0, help="memory per device, GB")
     parser.add_argument("--method", choices=("analytic", "compiled"), default="analytic")
+    parser.add_argument("--mode", choices=("train", "sample"), default="train")
+    parser.add_argument(
+        "--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="sample mode weights"
+    )
     args = parser.parse_args(argv)
+    device_counts = [int(n) for n in args.devices.split(",")]
+    if args.mode == "sample":
+        if args.method != "analytic":
+            parser.error("--mode sample is analytic (its VAE decode is compiled on one device)")
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        config = load_config(args.config)
+        from viewpoint_jax.sample import latent_shape
+
+        vae = vae_decode_bytes(config, latent_shape(config))  # the same for every device count
+        plans = {
+            devices: sample_plan(config, devices, args.dtype, vae) for devices in device_counts
+        }
+        print(format_sample_table(args.config, args.dtype, plans, args.hbm_gb))
+        return 0
+    if len(device_counts) != 1:
+        parser.error("--devices takes one count in train mode")
+    args.devices = device_counts[0]
     if args.method == "compiled":  # simulated devices must exist before jax starts
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
         flags = os.environ.get("XLA_FLAGS", "")
