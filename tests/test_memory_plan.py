@@ -165,3 +165,13 @@ def test_sample_weight_bytes_match_the_sampling_shardings():
         for x, s in zip(jax.tree.leaves(params), jax.tree.leaves(shardings))
     )
     assert plan["dit_weight_bytes"] == shard_bytes
+
+
+def test_compiled_sample_plan_holds_the_analytic_weights():
+    """The compiled sampling loop's arguments are the sharded weights (+ conditions, schedule)."""
+    config = micro_config()
+    for devices in (8,):
+        plan = memory_plan.compiled_sample_plan(config, devices, "float32")
+        extra = plan["argument_bytes"] - plan["analytic_weight_bytes"]
+        assert 0 <= extra < 2**20, (devices, extra)
+        assert plan["temp_bytes"] > 0

@@ -138,7 +138,7 @@ def test_training_run_weights_are_read_as_bf16_into_shardings(config, tmp_path):
     checkpointer = checkpointing.Checkpointer(
         checkpointing.checkpoint_dir(tmp_path), every_steps=1, keep=1, async_save=False
     )
-    checkpointer.save(0, {"step": np.int32(0), "params": nnx.to_pure_dict(params)}, force=True)
+    checkpointer.save(0, {"step": np.int32(0), "params": params}, force=True)  # as train.py
     checkpointer.close()
     mesh = sharding.make_mesh({"fsdp": 8})
     restored = build.restore_model_for_inference(

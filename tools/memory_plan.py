@@ -5,7 +5,9 @@
     python tools/memory_plan.py --config configs/wan14b.py --mode sample --devices 1,2,4,8
 
 --mode sample: the memory of generating one video (`viewpoint_jax.sample`) on the sampling
-  mesh (`sample.sampling_mesh`: FSDP over all devices) with `--dtype` weights; see `sample_plan`.
+  mesh (`sample.sampling_mesh`: FSDP over all devices) with `--dtype` weights, a row per device
+  count of `--devices`; analytic: `sample_plan`; compiled (`--map_size` to shrink the xla
+  backend's attention scores): `compiled_sample_plan`.
 
 --method analytic (default; needs no devices, any model size): parameter, optimizer-state and
   gradient bytes are exact, leaf by leaf, from the model's abstract shapes and the sharding rules
@@ -296,6 +298,79 @@ def sample_plan(config, devices: int, dtype: str = "bfloat16", vae: dict | None 
     }
 
 
+def compiled_sample_plan(config, devices: int, dtype: str = "bfloat16") -> dict[str, float]:
+    """XLA's memory analysis of the compiled sampling loop (`sampler.sample_latents`, the DiT
+    forward on the guidance batch of 2 at `config.data`'s size) on `devices` simulated devices of
+    the sampling mesh, weights abstract (`dtype`, sharded by the config's rules), per device;
+    beside the analytic terms it checks (weights; gathered group + activations + scores).
+
+    On CPU only the 'xla' attention backend compiles (`compile_attention_backend`), so the
+    temporaries include its fp32 attention scores; a reduced size (`--map_size`) keeps them small
+    enough to compare the rest with `sample_activation_bytes`.
+    """
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from viewpoint_jax import build, sample
+    from viewpoint_jax import sharding as sharding_lib
+    from viewpoint_jax.diffusion import sampler, schedulers
+    from viewpoint_jax.models import dit as dit_lib
+
+    if jax.device_count() < devices:
+        raise ValueError(f"{devices} devices asked for, {jax.device_count()} simulated")
+    backend, _ = compile_attention_backend(config)
+    model_config = dataclasses.replace(
+        build.dit_config(config), dtype=dtype, param_dtype=dtype, attention_backend=backend
+    )
+    mesh = sample.sampling_mesh(jax.devices()[:devices])
+    rules = sample.config_rules(config)
+    graphdef, params = nnx.split(dit_lib.abstract_model(model_config))
+    params = sharding_lib.with_shardings(params, sharding_lib.state_shardings(params, mesh, rules))
+    latent = sample.latent_shape(config)
+    text = (1, int(config.text_encoder.max_length), model_config.text_dim)
+
+    def placed(shape):
+        logical = ("batch",) + (None,) * (len(shape) - 1)
+        named = sharding_lib.named_sharding(mesh, logical, shape, rules)
+        return jax.ShapeDtypeStruct(shape, jnp.float32, sharding=named)
+
+    conditions = sampler.Conditions(
+        placed(text), placed(text), placed(latent), placed((*latent[:4], 1))
+    )
+    sample_config = config.sample
+    schedule = schedulers.make_schedule(
+        str(sample_config.scheduler), int(sample_config.steps), float(sample_config.shift)
+    )
+    compiled = sampler.sample_latents.lower(
+        graphdef,
+        params,
+        conditions,
+        jax.random.key(0),
+        schedule,
+        jnp.float32(sample_config.guidance_scale),
+        mesh_context=(mesh, rules),
+    ).compile()
+    analysis = compiled.memory_analysis()
+    analytic = sample_plan(config, devices, dtype, {"weights": 0, "temp": 0, "output": 0})
+    xla_model = dataclasses.replace(model_config, attention_backend="xla")
+    pt, ph, pw = model_config.patch_size
+    tokens = (latent[1] // pt) * (latent[2] // ph) * (latent[3] // pw)
+    mesh_sizes = {"data": 1, "fsdp": devices, "sequence": 1, "tensor": 1}
+    scores = sample_activation_bytes(xla_model, tokens, mesh_sizes)["attention_scores"]
+    return {
+        "tokens": tokens,
+        "argument_bytes": analysis.argument_size_in_bytes,
+        "temp_bytes": analysis.temp_size_in_bytes,
+        "analytic_weight_bytes": analytic["dit_weight_bytes"],
+        "analytic_temp_bytes": analytic["gathered_weight_bytes"]
+        + analytic["activation_bytes"]
+        + scores,
+    }
+
+
 def format_sample_table(config_name: str, dtype: str, plans: dict[int, dict], hbm_gb: float):
     """Markdown: one row per device count, GiB per device, and whether the peak fits."""
     columns = [
@@ -500,6 +575,14 @@ def format_plan(
     return "\n".join(lines)
 
 
+def _simulate_devices(count: int) -> None:
+    """Simulated CPU devices for a compiled plan (must be set before jax starts)."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="configs/*.py[:arg]")
@@ -514,13 +597,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="sample mode weights"
     )
+    parser.add_argument("--map_size", type=int, help="sample mode: override config.data.map_size")
     args = parser.parse_args(argv)
     device_counts = [int(n) for n in args.devices.split(",")]
     if args.mode == "sample":
-        if args.method != "analytic":
-            parser.error("--mode sample is analytic (its VAE decode is compiled on one device)")
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        if args.method == "compiled":
+            _simulate_devices(max(device_counts))
         config = load_config(args.config)
+        if args.map_size:
+            config.data.map_size = args.map_size
+        if args.method == "compiled":
+            print(
+                f"| devices | tokens | arguments | analytic weights | temporaries | "
+                f"analytic gathered + activations + xla scores |  (GiB per device, {args.dtype})"
+            )
+            print("|---:|---:|---:|---:|---:|---:|")
+            for devices in device_counts:
+                plan = compiled_sample_plan(config, devices, args.dtype)
+                print(
+                    f"| {devices} | {plan['tokens']} | {plan['argument_bytes'] / GIB:.2f} | "
+                    f"{plan['analytic_weight_bytes'] / GIB:.2f} | {plan['temp_bytes'] / GIB:.2f} | "
+                    f"{plan['analytic_temp_bytes'] / GIB:.2f} |",
+                    flush=True,
+                )
+            return 0
         from viewpoint_jax.sample import latent_shape
 
         vae = vae_decode_bytes(config, latent_shape(config))  # the same for every device count
@@ -532,13 +633,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(device_counts) != 1:
         parser.error("--devices takes one count in train mode")
     args.devices = device_counts[0]
-    if args.method == "compiled":  # simulated devices must exist before jax starts
-        os.environ.setdefault("JAX_PLATFORMS", "cpu")
-        flags = os.environ.get("XLA_FLAGS", "")
-        if "xla_force_host_platform_device_count" not in flags:
-            os.environ["XLA_FLAGS"] = (
-                f"{flags} --xla_force_host_platform_device_count={args.devices}"
-            )
+    if args.method == "compiled":
+        _simulate_devices(args.devices)
     config = load_config(args.config)
     if args.method == "analytic":
         plan, notes = analytic_plan(config, args.devices), ()

@@ -145,9 +145,30 @@ def restore_run_params(
     path = directory / str(step) / "state"
     saved = ocp.StandardCheckpointer().metadata(path).item_metadata.tree
     key = "ema_params" if use_ema and "ema_params" in saved else "params"
-    target = {key: _abstract_pure(abstract_params, shardings)}
-    restored = restore_params(path, target, partial=True)
-    return _replace(abstract_params, restored[key])
+    target = _abstract_pure(abstract_params, shardings)
+    # The trainer saves its nnx.State as is: each Variable is stored as {"value": array}.
+    as_variables = _saved_as_variables(saved[key])
+    if as_variables:
+        target = jax.tree.map(lambda x: {"value": x}, target)
+    restored = restore_params(path, {key: target}, partial=True)[key]
+    if as_variables:
+        restored = jax.tree.map(lambda x: x["value"], restored, is_leaf=_is_value_dict)
+    return _replace(abstract_params, restored)
+
+
+def _is_value_dict(node: Any) -> bool:
+    return isinstance(node, dict) and set(node) == {"value"} and not isinstance(node["value"], dict)
+
+
+def _saved_as_variables(tree: Any) -> bool:
+    """Whether a saved params tree holds `{"value": leaf}` per Variable (an nnx.State) rather than
+    the leaves themselves (a pure dict); follows the first branch down to a leaf."""
+    node = tree
+    while isinstance(node, dict) and node:
+        if _is_value_dict(node):
+            return True
+        node = next(iter(node.values()))
+    return False
 
 
 # --- Converted weights -----------------------------------------------------------------------
