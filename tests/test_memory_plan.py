@@ -1,6 +1,7 @@
 """tools/memory_plan.py: the analytic plan of the 14B setup, checked against real shardings;
 the compiled plan of a Wan config without checkpoints."""
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -123,3 +124,54 @@ def test_abstract_encoders_without_any_checkpoint_are_wans():
     for module in (autoencoder, encoder):
         leaves = jax.tree.leaves(nnx.state(module))
         assert leaves and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
+
+
+# --- Sampling ------------------------------------------------------------------------------------
+
+NO_VAE = {"weights": 0, "temp": 0, "output": 0}  # the VAE decode is compiled; not needed here
+
+
+def test_14b_samples_on_one_80_gb_device_in_bf16_and_on_8_of_40_gb():
+    config = _wan14b()
+    one = memory_plan.sample_plan(config, 1, "bfloat16", NO_VAE)
+    parameters = dit_lib.count_params(dit_lib.abstract_model(build.dit_config(config)))
+    assert one["dit_weight_bytes"] == 2 * parameters
+    assert one["tokens"] == 13 * 40 * 40  # 640 map, 49 frames: 13 x 80 x 80 latents, patch 2 x 2
+    assert one["attention_score_bytes"] == 0  # the config's cudnn attention keeps no scores
+    assert one["peak_bytes"] < 80e9
+    eight = memory_plan.sample_plan(config, 8, "bfloat16", NO_VAE)
+    assert abs(eight["dit_weight_bytes"] - one["dit_weight_bytes"] / 8) < 0.01 * 2 * parameters / 8
+    assert eight["peak_bytes"] < 40e9
+    fp32 = memory_plan.sample_plan(config, 1, "float32", NO_VAE)
+    assert fp32["dit_weight_bytes"] == 2 * one["dit_weight_bytes"]
+    table = memory_plan.format_sample_table("wan14b", "bfloat16", {1: one, 8: eight}, 80.0)
+    assert "| 1 |" in table and "| 8 |" in table
+
+
+def test_sample_weight_bytes_match_the_sampling_shardings():
+    """The analytic DiT weight bytes are those `sample.load_models` restores into."""
+    from viewpoint_jax import sample
+
+    config = micro_config()
+    plan = memory_plan.sample_plan(config, 8, "bfloat16", NO_VAE)
+    model_config = build.dit_config(config)
+    model_config = dataclasses.replace(model_config, dtype="bfloat16", param_dtype="bfloat16")
+    _, params = nnx.split(dit_lib.abstract_model(model_config), nnx.Param)
+    shardings = sharding_lib.state_shardings(
+        params, sample.sampling_mesh(), sample.config_rules(config)
+    )
+    shard_bytes = sum(
+        math.prod(s.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+        for x, s in zip(jax.tree.leaves(params), jax.tree.leaves(shardings))
+    )
+    assert plan["dit_weight_bytes"] == shard_bytes
+
+
+def test_compiled_sample_plan_holds_the_analytic_weights():
+    """The compiled sampling loop's arguments are the sharded weights (+ conditions, schedule)."""
+    config = micro_config()
+    for devices in (8,):
+        plan = memory_plan.compiled_sample_plan(config, devices, "float32")
+        extra = plan["argument_bytes"] - plan["analytic_weight_bytes"]
+        assert 0 <= extra < 2**20, (devices, extra)
+        assert plan["temp_bytes"] > 0

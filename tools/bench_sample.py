@@ -2,6 +2,7 @@
 
     python tools/bench_sample.py                      # CPU, tiny DiT
     python tools/bench_sample.py --gpu --preset 1.3b  # on an accelerator
+    python tools/bench_sample.py --devices 1,2,4,8    # sharded sampling (CPU: simulated devices)
 
 One sampler step = one DiT forward on the 2B batch (conditional + unconditional) + guidance +
 the scheduler update (+ optional fusion / progress callback). The bare forward is the same DiT
@@ -11,12 +12,21 @@ forwards inside one fori_loop (no sampler arithmetic). Overhead = sampler step /
 Measurements alternate between the variants and the best of `--repeats` rounds is kept, which
 filters out noise from other processes on a shared machine; on CPU the clock is the process's
 CPU time (see `main`).
+
+--devices N1,N2,...: the sampler on the sampling mesh (`sample.sampling_mesh`, FSDP over the first
+N devices, weights sharded by their logical axes, under `sharding.use_mesh`) for each N: ms per
+step and per-device bytes (XLA's memory analysis of the compiled loop: arguments + outputs +
+temporaries), both also as ratios to the first N. Without an accelerator the devices are
+simulated on the host CPU (`--xla_force_host_platform_device_count`): they share its cores and
+the clock is CPU time, so a time ratio there is the total work of all devices (the cost of
+sharding), not a speed-up.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import time
 
 import jax
@@ -36,7 +46,84 @@ def parse_args():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--gpu", action="store_true", help="require an accelerator backend")
+    parser.add_argument(
+        "--devices", help="comma-separated device counts, e.g. 1,2,4,8: sharded sampling"
+    )
     return parser.parse_args()
+
+
+def simulate_devices(args) -> None:
+    """Enough simulated CPU devices for `--devices` (unless on a GPU). XLA reads the flag when
+    jax creates its backends (the first device query), not at import, so this runs first in
+    `main`."""
+    if not args.devices or args.gpu:
+        return
+    count = max(int(n) for n in args.devices.split(","))
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}"
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def bench_devices(args, config, conditions, backend: str) -> None:
+    """Per-step time and per-device bytes of the sampler on 1..N-device meshes."""
+    from viewpoint_jax import sample, sharding
+
+    counts = [int(n) for n in args.devices.split(",")]
+    if max(counts) > jax.device_count():
+        raise SystemExit(f"--devices {args.devices}: only {jax.device_count()} devices")
+    settings = sampler.SampleSettings(num_steps=args.steps, scheduler="unipc", guidance_scale=5.0)
+    schedule = schedulers.make_schedule("unipc", args.steps, 5.0)
+    model = WanDiT(config, rngs=nnx.Rngs(0))
+    clock = time.process_time if backend == "cpu" else time.perf_counter
+    rows = []
+    for count in counts:
+        mesh = sample.sampling_mesh(jax.devices()[:count])
+        graphdef, params = nnx.split(model)
+        params = jax.device_put(params, sharding.state_shardings(params, mesh))
+        with sharding.use_mesh(mesh):
+            placed = sampler.place_conditions(conditions, mesh, sharding.DEFAULT_RULES)
+            compiled = sampler.sample_latents.lower(
+                graphdef,
+                params,
+                placed,
+                jax.random.key(0),
+                schedule,
+                jnp.float32(5.0),
+                mesh_context=(mesh, sharding.DEFAULT_RULES),
+            ).compile()
+
+            def run(model=(graphdef, params), seed=0):
+                return sampler.sample(model, conditions, jax.random.key(seed), settings)
+
+            jax.block_until_ready(run())  # compile
+            seconds = min(
+                timed(lambda seed=seed: run(seed=seed), clock)
+                for seed in range(1, args.repeats + 1)
+            )
+        memory = compiled.memory_analysis()
+        per_device = (
+            memory.argument_size_in_bytes
+            + memory.output_size_in_bytes
+            - memory.alias_size_in_bytes
+            + memory.temp_size_in_bytes
+        )
+        rows.append((count, seconds / args.steps, per_device))
+    print(
+        f"date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}; backend: {backend} "
+        f"({jax.devices()[0].device_kind}, {jax.device_count()} devices); DiT {args.preset} "
+        f"{config.dtype}; latent {conditions.latent.shape}, batch 2 (CFG); {args.steps} steps, "
+        f"best of {args.repeats}; mesh: fsdp over N devices; clock: {clock.__name__}"
+    )
+    print()
+    print("| devices | ms / step | vs 1st | MiB / device | vs 1st |")
+    print("|---:|---:|---:|---:|---:|")
+    base_time, base_bytes = rows[0][1], rows[0][2]
+    for count, per_step, per_device in rows:
+        print(
+            f"| {count} | {1e3 * per_step:.2f} | {per_step / base_time:.2f} | "
+            f"{per_device / 2**20:.2f} | {per_device / base_bytes:.3f} |"
+        )
 
 
 def timed(fn, clock):
@@ -47,6 +134,7 @@ def timed(fn, clock):
 
 def main():
     args = parse_args()
+    simulate_devices(args)
     backend = jax.default_backend()
     if args.gpu and backend == "cpu":
         raise SystemExit("--gpu given but JAX sees only the CPU")
@@ -54,9 +142,6 @@ def main():
     config = (
         DiTConfig.tiny(**overrides) if args.preset == "tiny" else DiTConfig.wan_1_3b(**overrides)
     )
-    model = WanDiT(config, rngs=nnx.Rngs(0))
-    graphdef, params = nnx.split(model)
-
     latent_frames, side = 1 + (args.frames - 1) // 4, args.map_size // 8
     shape = (1, latent_frames, side, side, 16)
     keys = jax.random.split(jax.random.key(0), 4)
@@ -69,6 +154,11 @@ def main():
     )
     schedule = schedulers.make_schedule("unipc", args.steps, 5.0)
     guidance = jnp.float32(5.0)
+    if args.devices:
+        bench_devices(args, config, conditions, backend)
+        return
+    model = WanDiT(config, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
 
     # The bare forward on exactly the sampler's per-step inputs (2B batch).
     inputs = jnp.concatenate(

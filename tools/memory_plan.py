@@ -2,6 +2,12 @@
 
     python tools/memory_plan.py --config configs/wan14b.py [--devices 8] [--hbm_gb 80]
     python tools/memory_plan.py --config configs/wan1_3b.py --method compiled
+    python tools/memory_plan.py --config configs/wan14b.py --mode sample --devices 1,2,4,8
+
+--mode sample: the memory of generating one video (`viewpoint_jax.sample`) on the sampling
+  mesh (`sample.sampling_mesh`: FSDP over all devices) with `--dtype` weights, a row per device
+  count of `--devices`; analytic: `sample_plan`; compiled (`--map_size` to shrink the xla
+  backend's attention scores): `compiled_sample_plan`.
 
 --method analytic (default; needs no devices, any model size): parameter, optimizer-state and
   gradient bytes are exact, leaf by leaf, from the model's abstract shapes and the sharding rules
@@ -155,6 +161,241 @@ def analytic_plan(config, devices: int) -> dict[str, float]:
         plan["param_bytes"] + plan["optimizer_bytes"] + plan["gradient_bytes"] + plan["activations"]
     )
     return plan
+
+
+# --- Sampling -----------------------------------------------------------------------------------
+
+
+def sample_activation_bytes(model_config, tokens: int, mesh_sizes: dict[str, int]) -> dict:
+    """Estimated live bytes per device of one DiT forward at inference (no gradients, so one
+    block's tensors at a time, never the whole depth's) on the 2-sample guidance batch.
+
+    b = 2 / (the part of data x fsdp dividing 2; `sharding.named_sharding` drops the rest, so
+    fsdp 4 and 8 run the whole batch on every device), n = tokens / sequence, t = tensor,
+    c = compute bytes, D width, Dff FFN width:
+      residual stream in and out, fp32 norm temporaries   3 b n D 4
+      modulated input, q, k, v, attention output           5 b n D/t c
+      FFN hidden before and after the GELU                 2 b n Dff/t c
+      k, v all-gathered over the sequence axis (if > 1)    2 b N D/t c
+      attention scores, only for the 'xla' backend (flash backends keep O(N)):
+                                                           b heads/t n N 4 (fp32 softmax)
+    """
+    import numpy as np
+
+    batch_shards = 1
+    for axis in ("data", "fsdp"):  # as `sharding._fit_spec_to_shape` fits the batch axes
+        if 2 % (batch_shards * mesh_sizes[axis]) == 0:
+            batch_shards *= mesh_sizes[axis]
+    b = 2 / batch_shards
+    sequence, tensor = mesh_sizes["sequence"], mesh_sizes["tensor"]
+    n = tokens / sequence
+    c = np.dtype(model_config.dtype).itemsize
+    d, dff = model_config.dim, model_config.ffn_dim
+    live = b * n * (3 * d * 4 + 5 * d / tensor * c + 2 * dff / tensor * c)
+    if sequence > 1:
+        live += 2 * b * tokens * d / tensor * c
+    scores = 0.0
+    if model_config.attention_backend == "xla":
+        scores = b * model_config.num_heads / tensor * n * tokens * 4
+    return {"samples_per_device": b, "activations": live, "attention_scores": scores}
+
+
+def vae_decode_bytes(config, latent: tuple[int, ...]) -> dict[str, int]:
+    """XLA's memory analysis of the autoencoder's decode of one `latent` on one device (it is
+    compiled here on the CPU, from abstract weights: ~30 s for the Wan VAE at 640 / 49 frames).
+    Weightless autoencoders (space-to-depth) hold only their output."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from viewpoint_jax import build
+
+    autoencoder = build.abstract_autoencoder(config)
+    z = jax.ShapeDtypeStruct(latent, jnp.float32)
+    if not isinstance(autoencoder, nnx.Module):
+        out = jax.eval_shape(autoencoder.decode, z)
+        return {"weights": 0, "temp": 0, "output": math.prod(out.shape) * 4}
+    graphdef, state = nnx.split(autoencoder)
+
+    def decode(state, z):
+        return nnx.merge(graphdef, state).decode(z)
+
+    analysis = jax.jit(decode).lower(state, z).compile().memory_analysis()
+    weights = sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
+    return {
+        "weights": weights,
+        "temp": analysis.temp_size_in_bytes,
+        "output": analysis.output_size_in_bytes,
+    }
+
+
+def sample_plan(config, devices: int, dtype: str = "bfloat16", vae: dict | None = None) -> dict:
+    """Per-device bytes of generating one video of `config.data`'s size on `devices` devices
+    with the sampling mesh (FSDP over all of them) and `dtype` DiT weights.
+
+    Three phases, and the peak is the largest:
+      encode  DiT weights + text encoder weights (both sharded; activations of 512 tokens are
+              negligible); `Models.release_text_encoder()` then frees the text encoder;
+      denoise DiT weights + one scan group's weights all-gathered over fsdp, twice (the group
+              in use and the next one being gathered) + `sample_activation_bytes`;
+      decode  DiT weights + the autoencoder decode on the first device (`vae_decode_bytes`:
+              weights, temporaries, the map video) + the ERP video (fp32).
+    The sampler's own state (noise, scheduler history, conditions, text context) is a few
+    latent-sized arrays: tens of MB, left out.
+    """
+    import dataclasses
+
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from viewpoint_jax import build, sample
+    from viewpoint_jax.models import dit as dit_lib
+
+    model_config = dataclasses.replace(build.dit_config(config), dtype=dtype, param_dtype=dtype)
+    mesh_sizes = {"data": 1, "fsdp": devices, "sequence": 1, "tensor": 1}  # sampling_mesh
+    rules = sample.config_rules(config)
+    _, params = nnx.split(dit_lib.abstract_model(model_config), nnx.Param)
+    weights = _sharded_bytes(params, mesh_sizes, rules)
+    text_weights = _sharded_bytes(
+        nnx.state(build.abstract_text_model(config), nnx.Param), mesh_sizes, rules
+    )
+    gathered = 0.0
+    if devices > 1:
+        group = len(model_config.scan_group)
+        blocks = nnx.state(dit_lib.abstract_model(model_config).blocks, nnx.Param)
+        block_bytes = sum(
+            math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(blocks)
+        )
+        gathered = 2 * group * block_bytes / model_config.num_layers
+    latent = sample.latent_shape(config)
+    pt, ph, pw = model_config.patch_size
+    tokens = (latent[1] // pt) * (latent[2] // ph) * (latent[3] // pw)
+    activations = sample_activation_bytes(model_config, tokens, mesh_sizes)
+    vae = vae_decode_bytes(config, latent) if vae is None else vae
+    data = config.data
+    erp = data.num_frames * data.erp_height * data.erp_width * 3 * 4
+    phases = {
+        "encode_bytes": weights + text_weights,
+        "denoise_bytes": weights
+        + gathered
+        + activations["activations"]
+        + activations["attention_scores"],
+        "decode_bytes": weights + vae["weights"] + vae["temp"] + vae["output"] + erp,
+    }
+    return {
+        "tokens": tokens,
+        "dit_weight_bytes": weights,
+        "text_encoder_weight_bytes": text_weights,
+        "gathered_weight_bytes": gathered,
+        "activation_bytes": activations["activations"],
+        "attention_score_bytes": activations["attention_scores"],
+        "vae_decode_bytes": vae["weights"] + vae["temp"] + vae["output"] + erp,
+        **phases,
+        "peak_bytes": max(phases.values()),
+    }
+
+
+def compiled_sample_plan(config, devices: int, dtype: str = "bfloat16") -> dict[str, float]:
+    """XLA's memory analysis of the compiled sampling loop (`sampler.sample_latents`, the DiT
+    forward on the guidance batch of 2 at `config.data`'s size) on `devices` simulated devices of
+    the sampling mesh, weights abstract (`dtype`, sharded by the config's rules), per device;
+    beside the analytic terms it checks (weights; gathered group + activations + scores).
+
+    On CPU only the 'xla' attention backend compiles (`compile_attention_backend`), so the
+    temporaries include its fp32 attention scores; a reduced size (`--map_size`) keeps them small
+    enough to compare the rest with `sample_activation_bytes`.
+    """
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from viewpoint_jax import build, sample
+    from viewpoint_jax import sharding as sharding_lib
+    from viewpoint_jax.diffusion import sampler, schedulers
+    from viewpoint_jax.models import dit as dit_lib
+
+    if jax.device_count() < devices:
+        raise ValueError(f"{devices} devices asked for, {jax.device_count()} simulated")
+    backend, _ = compile_attention_backend(config)
+    model_config = dataclasses.replace(
+        build.dit_config(config), dtype=dtype, param_dtype=dtype, attention_backend=backend
+    )
+    mesh = sample.sampling_mesh(jax.devices()[:devices])
+    rules = sample.config_rules(config)
+    graphdef, params = nnx.split(dit_lib.abstract_model(model_config))
+    params = sharding_lib.with_shardings(params, sharding_lib.state_shardings(params, mesh, rules))
+    latent = sample.latent_shape(config)
+    text = (1, int(config.text_encoder.max_length), model_config.text_dim)
+
+    def placed(shape):
+        logical = ("batch",) + (None,) * (len(shape) - 1)
+        named = sharding_lib.named_sharding(mesh, logical, shape, rules)
+        return jax.ShapeDtypeStruct(shape, jnp.float32, sharding=named)
+
+    conditions = sampler.Conditions(
+        placed(text), placed(text), placed(latent), placed((*latent[:4], 1))
+    )
+    sample_config = config.sample
+    schedule = schedulers.make_schedule(
+        str(sample_config.scheduler), int(sample_config.steps), float(sample_config.shift)
+    )
+    compiled = sampler.sample_latents.lower(
+        graphdef,
+        params,
+        conditions,
+        jax.random.key(0),
+        schedule,
+        jnp.float32(sample_config.guidance_scale),
+        mesh_context=(mesh, rules),
+    ).compile()
+    analysis = compiled.memory_analysis()
+    analytic = sample_plan(config, devices, dtype, {"weights": 0, "temp": 0, "output": 0})
+    xla_model = dataclasses.replace(model_config, attention_backend="xla")
+    pt, ph, pw = model_config.patch_size
+    tokens = (latent[1] // pt) * (latent[2] // ph) * (latent[3] // pw)
+    mesh_sizes = {"data": 1, "fsdp": devices, "sequence": 1, "tensor": 1}
+    scores = sample_activation_bytes(xla_model, tokens, mesh_sizes)["attention_scores"]
+    return {
+        "tokens": tokens,
+        "argument_bytes": analysis.argument_size_in_bytes,
+        "temp_bytes": analysis.temp_size_in_bytes,
+        "analytic_weight_bytes": analytic["dit_weight_bytes"],
+        "analytic_temp_bytes": analytic["gathered_weight_bytes"]
+        + analytic["activation_bytes"]
+        + scores,
+    }
+
+
+def format_sample_table(config_name: str, dtype: str, plans: dict[int, dict], hbm_gb: float):
+    """Markdown: one row per device count, GiB per device, and whether the peak fits."""
+    columns = [
+        ("DiT weights", "dit_weight_bytes"),
+        ("text enc. (released)", "text_encoder_weight_bytes"),
+        ("gathered group", "gathered_weight_bytes"),
+        ("activations", "activation_bytes"),
+        ("xla scores", "attention_score_bytes"),
+        ("VAE decode", "vae_decode_bytes"),
+        ("encode", "encode_bytes"),
+        ("denoise", "denoise_bytes"),
+        ("decode", "decode_bytes"),
+        ("peak", "peak_bytes"),
+    ]
+    lines = [
+        f"{config_name}, {dtype} weights, GiB per device "
+        f"({next(iter(plans.values()))['tokens']} tokens, CFG batch 2):",
+        "",
+        "| devices | " + " | ".join(name for name, _ in columns) + f" | fits {hbm_gb:g} GB |",
+        "|---:|" + "---:|" * len(columns) + "---|",
+    ]
+    for devices, plan in plans.items():
+        cells = [f"{plan[key] / GIB:.2f}" for _, key in columns]
+        fits = "yes" if plan["peak_bytes"] <= hbm_gb * 1e9 else "no"
+        lines.append(f"| {devices} | " + " | ".join(cells) + f" | {fits} |")
+    return "\n".join(lines)
 
 
 def compile_attention_backend(config) -> tuple[str, str | None]:
@@ -333,35 +574,81 @@ def format_plan(
     return "\n".join(lines)
 
 
+def _simulate_devices(count: int) -> None:
+    """Simulated CPU devices for a compiled plan (must be set before jax starts)."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}"
+
+
 def define_flags() -> None:
     from absl import flags
 
     flags.DEFINE_string("config", None, "configs/*.py[:arg]", required=True)
-    flags.DEFINE_integer("devices", 8, "devices of the mesh")
+    flags.DEFINE_list("devices", ["8"], "devices of the mesh; sample mode: a list, e.g. 1,2,4,8")
     flags.DEFINE_float("hbm_gb", 80.0, "memory per device, GB")
     flags.DEFINE_enum("method", "analytic", ["analytic", "compiled"], "how the plan is made")
+    flags.DEFINE_enum("mode", "train", ["train", "sample"], "the train step or sampling")
+    flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "sample mode: weights")
+    flags.DEFINE_integer("map_size", None, "sample mode: override config.data.map_size")
 
 
 def main(argv: list[str]) -> int:
     from absl import flags
 
-    from viewpoint_jax.cli import refuse_positional
+    from viewpoint_jax.cli import UserError, refuse_positional
 
     refuse_positional(argv)
     args = flags.FLAGS
-    if args.method == "compiled":  # simulated devices must exist before jax starts
-        os.environ.setdefault("JAX_PLATFORMS", "cpu")
-        xla_flags = os.environ.get("XLA_FLAGS", "")
-        if "xla_force_host_platform_device_count" not in xla_flags:
-            os.environ["XLA_FLAGS"] = (
-                f"{xla_flags} --xla_force_host_platform_device_count={args.devices}"
-            )
+    try:
+        device_counts = [int(n) for n in args.devices]
+    except ValueError:
+        raise UserError(f"--devices takes device counts, got {','.join(args.devices)}") from None
+    if args.mode == "sample":
+        return sample_main(args, device_counts)
+    if len(device_counts) != 1:
+        raise UserError("--devices takes one count in train mode")
+    devices = device_counts[0]
+    if args.method == "compiled":
+        _simulate_devices(devices)
     config = load_config(args.config)
     if args.method == "analytic":
-        plan, notes = analytic_plan(config, args.devices), ()
+        plan, notes = analytic_plan(config, devices), ()
     else:
-        plan, notes = compiled_plan(config, args.devices), compiled_notes(config, args.devices)
-    print(format_plan(plan, args.method, args.devices, args.hbm_gb, notes))
+        plan, notes = compiled_plan(config, devices), compiled_notes(config, devices)
+    print(format_plan(plan, args.method, devices, args.hbm_gb, notes))
+    return 0
+
+
+def sample_main(args, device_counts: list[int]) -> int:
+    """--mode sample: per-device bytes of sampling for each device count."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if args.method == "compiled":
+        _simulate_devices(max(device_counts))
+    config = load_config(args.config)
+    if args.map_size:
+        config.data.map_size = args.map_size
+    if args.method == "compiled":
+        print(
+            f"| devices | tokens | arguments | analytic weights | temporaries | "
+            f"analytic gathered + activations + xla scores |  (GiB per device, {args.dtype})"
+        )
+        print("|---:|---:|---:|---:|---:|---:|")
+        for devices in device_counts:
+            plan = compiled_sample_plan(config, devices, args.dtype)
+            print(
+                f"| {devices} | {plan['tokens']} | {plan['argument_bytes'] / GIB:.2f} | "
+                f"{plan['analytic_weight_bytes'] / GIB:.2f} | {plan['temp_bytes'] / GIB:.2f} | "
+                f"{plan['analytic_temp_bytes'] / GIB:.2f} |",
+                flush=True,
+            )
+        return 0
+    from viewpoint_jax.sample import latent_shape
+
+    vae = vae_decode_bytes(config, latent_shape(config))  # the same for every device count
+    plans = {devices: sample_plan(config, devices, args.dtype, vae) for devices in device_counts}
+    print(format_sample_table(args.config, args.dtype, plans, args.hbm_gb))
     return 0
 
 

@@ -8,6 +8,7 @@
                                           `jax.ShapeDtypeStruct` weights, no checkpoint read
     restore_model(config, run_dir)     -> the trained WanDiT of a training run (EMA if it has one)
     restore_model_for_inference(path, config): a run directory or a converted DiT checkpoint
+    (both, and build_text_encoder, restore straight into a mesh's shardings when given one)
 
 The DiT's input is concat[noisy latent, condition latent, mask] (2 C + 1 channels, 33 for the
 Wan VAE's C = 16) and its output the velocity (C channels); its text width is the encoder's.
@@ -21,10 +22,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
 from flax import nnx
 
-from viewpoint_jax import checkpointing
+from viewpoint_jax import checkpointing, sharding
 from viewpoint_jax.config import model_overrides
 from viewpoint_jax.models import autoencoder as autoencoder_lib
 from viewpoint_jax.models import dit as dit_lib
@@ -108,8 +110,14 @@ def build_autoencoder(config: ml_collections.ConfigDict) -> autoencoder_lib.Auto
     raise ValueError(f"config.autoencoder.kind {kind!r} is not 'space_to_depth' or 'wan_vae'")
 
 
-def build_text_encoder(config: ml_collections.ConfigDict) -> Any:
-    """The config's text encoder: `.encode_text(prompts) -> (embeddings (B, L, D), mask (B, L))`.
+def build_text_encoder(
+    config: ml_collections.ConfigDict,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    rules: sharding.LogicalRules = sharding.DEFAULT_RULES,
+) -> Any:
+    """The config's text encoder: `.encode_text(prompts) -> (embeddings (B, L, D), mask (B, L))`,
+    its weights sharded over `mesh` by their logical axes and `rules` if given.
 
     "tiny_random": a small umT5 initialised from `config.text_encoder.seed` (the same encoder
     at training and sampling time) with a byte tokenizer. "umt5": a converted umT5-XXL and its
@@ -118,12 +126,15 @@ def build_text_encoder(config: ml_collections.ConfigDict) -> Any:
     te = config.text_encoder
     if te.kind == "tiny_random":
         encoder = umt5.UMT5Encoder(_tiny_umt5_config(), rngs=nnx.Rngs(int(te.seed)))
+        if mesh is not None:
+            state = nnx.state(encoder)
+            nnx.update(encoder, jax.device_put(state, sharding.state_shardings(state, mesh, rules)))
         tokenizer = tokenizer_lib.ByteTokenizer(int(te.max_length))
     elif te.kind == "umt5":
         for key in ("checkpoint", "tokenizer"):
             if not Path(te[key]).exists():
                 raise FileNotFoundError(f"config.text_encoder.{key}: {te[key]!r} does not exist")
-        encoder = umt5.load_umt5(te.checkpoint)
+        encoder = umt5.load_umt5(te.checkpoint, mesh=mesh, rules=rules)
         tokenizer = tokenizer_lib.Tokenizer(te.tokenizer, max_length=int(te.max_length))
     else:
         raise ValueError(f"config.text_encoder.kind {te.kind!r} is not 'tiny_random' or 'umt5'")
@@ -163,22 +174,46 @@ def abstract_text_model(config: ml_collections.ConfigDict) -> Any:
 
 
 def restore_model(
-    config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, use_ema: bool = True
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    *,
+    use_ema: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
+    rules: sharding.LogicalRules = sharding.DEFAULT_RULES,
+    **config_overrides: Any,
 ) -> dit_lib.WanDiT:
-    """The DiT of the latest checkpoint of a training run (its EMA weights if it keeps them)."""
-    graphdef, abstract = nnx.split(dit_lib.abstract_model(dit_config(config)), nnx.Param)
-    return nnx.merge(graphdef, checkpointing.restore_run_params(workdir, abstract, use_ema=use_ema))
+    """The DiT of the latest checkpoint of a training run (its EMA weights if it keeps them).
+
+    `mesh`: restore straight into shardings by the parameters' logical axes and `rules`;
+    `config_overrides` change DiTConfig execution options (e.g. param_dtype="bfloat16" reads the
+    fp32 training weights as bf16).
+    """
+    model_config = dataclasses.replace(dit_config(config), **config_overrides)
+    graphdef, abstract = nnx.split(dit_lib.abstract_model(model_config), nnx.Param)
+    shardings = None if mesh is None else sharding.state_shardings(abstract, mesh, rules)
+    params = checkpointing.restore_run_params(
+        workdir, abstract, use_ema=use_ema, shardings=shardings
+    )
+    return nnx.merge(graphdef, params)
 
 
 def restore_model_for_inference(
-    workdir_or_checkpoint: str | os.PathLike, config: ml_collections.ConfigDict
+    workdir_or_checkpoint: str | os.PathLike,
+    config: ml_collections.ConfigDict,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    rules: sharding.LogicalRules = sharding.DEFAULT_RULES,
+    **config_overrides: Any,
 ) -> dit_lib.WanDiT:
-    """A training run directory, or a converted DiT checkpoint (config.json + params/)."""
+    """A training run directory, or a converted DiT checkpoint (config.json + params/).
+
+    `mesh`, `rules` and `config_overrides` as in `restore_model`.
+    """
     path = Path(workdir_or_checkpoint)
     if (path / "config.json").is_file() and (path / "params").is_dir():
-        return dit_lib.load_dit(path)
+        return dit_lib.load_dit(path, mesh=mesh, rules=rules, **config_overrides)
     if not checkpointing.checkpoint_dir(path).is_dir():
         raise FileNotFoundError(
             f"{path} is neither a training run (no checkpoints/) nor a converted DiT checkpoint"
         )
-    return restore_model(config, path)
+    return restore_model(config, path, mesh=mesh, rules=rules, **config_overrides)

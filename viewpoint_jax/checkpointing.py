@@ -293,10 +293,18 @@ def restore_params(path: str | os.PathLike, abstract_tree: Any, *, partial: bool
 
 
 def restore_run_params(
-    workdir: str | os.PathLike, abstract_params: nnx.State, *, use_ema: bool = True
+    workdir: str | os.PathLike,
+    abstract_params: nnx.State,
+    *,
+    use_ema: bool = True,
+    shardings: nnx.State | None = None,
 ) -> nnx.State:
     """The model weights of a training run's latest checkpoint (EMA weights when saved and
-    asked for), never reading the optimizer state; shardings as in `restore_params`."""
+    asked for), never reading the optimizer state.
+
+    Each leaf is read in `abstract_params`' dtype (e.g. bf16 from fp32 training weights) straight
+    into the matching leaf of `shardings` (`sharding.state_shardings`); default: the first device.
+    """
     directory = checkpoint_dir(workdir)
     with ocp.CheckpointManager(
         directory, options=ocp.CheckpointManagerOptions(read_only=True)
@@ -307,13 +315,30 @@ def restore_run_params(
     path = directory / str(step) / "state"
     saved = saved_tree(path)
     key = "ema_params" if use_ema and "ema_params" in saved else "params"
-    # A run saves its params as the nnx.State pytree (each Variable one level deeper than the
-    # pure dict of converted weights): ask for that same structure.
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-        abstract_params,
-    )
-    return restore_params(path, {key: abstract}, partial=True)[key]
+    target = _abstract_pure(abstract_params, shardings)
+    # The trainer saves its nnx.State as is: each Variable is stored as {"value": array}.
+    as_variables = _saved_as_variables(saved[key])
+    if as_variables:
+        target = jax.tree.map(lambda x: {"value": x}, target)
+    restored = restore_params(path, {key: target}, partial=True)[key]
+    if as_variables:
+        restored = jax.tree.map(lambda x: x["value"], restored, is_leaf=_is_value_dict)
+    return _replace(abstract_params, restored)
+
+
+def _is_value_dict(node: Any) -> bool:
+    return isinstance(node, dict) and set(node) == {"value"} and not isinstance(node["value"], dict)
+
+
+def _saved_as_variables(tree: Any) -> bool:
+    """Whether a saved params tree holds `{"value": leaf}` per Variable (an nnx.State) rather than
+    the leaves themselves (a pure dict); follows the first branch down to a leaf."""
+    node = tree
+    while isinstance(node, dict) and node:
+        if _is_value_dict(node):
+            return True
+        node = next(iter(node.values()))
+    return False
 
 
 # --- Converted weights -----------------------------------------------------------------------

@@ -14,11 +14,13 @@ writes, atomically (the directory appears complete or not at all):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +30,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import flags
+from flax import nnx
 from ml_collections import config_flags
 
-from viewpoint_jax import build, geometry, video_io, viewer
+from viewpoint_jax import build, geometry, sharding, video_io, viewer
 from viewpoint_jax import config as config_lib
 from viewpoint_jax.cli import UserError, refuse_positional, run
 from viewpoint_jax.diffusion import sampler
@@ -46,12 +49,45 @@ DEFAULT_FPS = 16.0  # Wan2.1's frame rate
 
 @dataclasses.dataclass
 class Models:
-    """Everything generation needs: the DiT, the autoencoder, the text encoder and the config."""
+    """Everything generation needs: the DiT, the autoencoder, the text encoder and the config.
+
+    mesh, rules: where the DiT's (and text encoder's) weights are sharded, by `rules` (None: one
+    device). prompt_embeddings: prompt -> its `(L, D)` float32 text embeddings on the host, filled
+    by `encode_prompts`; generation reads them from here, so after `release_text_encoder()` the
+    prompts encoded before can still be sampled.
+    """
 
     model: Any
     autoencoder: Any
     text_encoder: Any
     config: Any
+    mesh: jax.sharding.Mesh | None = None
+    rules: sharding.LogicalRules = sharding.DEFAULT_RULES
+    prompt_embeddings: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> np.ndarray:
+        """Prompts -> `(P, L, D)` float32 embeddings on the host (one encoder call for the ones
+        not encoded yet), remembered in `prompt_embeddings`."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self.prompt_embeddings]
+        if missing:
+            if self.text_encoder is None:
+                raise ValueError(
+                    f"the text encoder was released; prompt {missing[0]!r} was not encoded before "
+                    "release_text_encoder() (encode every prompt first)"
+                )
+            embeddings, _ = self.text_encoder.encode_text(missing)
+            self.prompt_embeddings.update(zip(missing, np.asarray(jax.device_get(embeddings))))
+        return np.stack([self.prompt_embeddings[p] for p in prompts])
+
+    def release_text_encoder(self) -> None:
+        """Frees the text encoder's device memory (umT5-XXL: 11 GB) before denoising; the
+        embeddings `encode_prompts` made stay usable."""
+        if self.text_encoder is None:
+            return
+        for array in jax.tree.leaves(nnx.state(self.text_encoder.encoder)):
+            if isinstance(array, jax.Array) and not array.is_deleted():
+                array.delete()
+        self.text_encoder = None
 
 
 @dataclasses.dataclass
@@ -72,16 +108,81 @@ def load_config(spec: str):
     return config_lib.load_config_file(spec)
 
 
-def load_models(config, checkpoint: str | os.PathLike) -> Models:
+SAMPLE_DTYPES = ("bfloat16", "float32")
+
+
+def sampling_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+    """The default sampling mesh: FSDP over `devices` (default: this process's devices).
+
+    Weights split over every device; the 2-sample guidance batch splits over fsdp only where it
+    divides (2 devices), else each device runs the whole batch on all-gathered layer weights.
+    """
+    devices = list(jax.local_devices() if devices is None else devices)
+    return sharding.make_mesh({"fsdp": len(devices)}, devices)
+
+
+def config_rules(config) -> sharding.LogicalRules:
+    """`config.sharding_rules` as a rules tuple (JSON lists of mesh axes become tuples)."""
+    return tuple(
+        (name, tuple(axes) if isinstance(axes, list) else axes)
+        for name, axes in config.sharding_rules
+    )
+
+
+def latent_shape(config, num_frames: int | None = None) -> tuple[int, int, int, int, int]:
+    """The `(1, f, h, w, C)` map latent of one sample of `config.data` (without building the
+    autoencoder)."""
+    data = config.data
+    if config.autoencoder.kind == "wan_vae":
+        spatial, temporal = 8, 4
+    else:
+        spatial, temporal = int(config.autoencoder.factor), 1
+    frames = 1 + ((num_frames or data.num_frames) - 1) // temporal
+    side = data.map_size // spatial
+    return (1, frames, side, side, build.latent_channels(config))
+
+
+def load_models(
+    config,
+    checkpoint: str | os.PathLike,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    dtype: str = "bfloat16",
+) -> Models:
     """Builds the text encoder and autoencoder from `config` and restores the DiT from a training
-    run directory or a converted checkpoint."""
+    run directory or a converted checkpoint.
+
+    The DiT is restored straight into shardings over `mesh` (default `sampling_mesh()`: FSDP
+    over all local devices) by the config's logical-axis rules (`config.sharding_rules`: the
+    width over fsdp, heads and FFN over tensor), its weights read as `dtype` ("bfloat16":
+    half the memory of the fp32 checkpoint, and bf16 matmuls; "float32": both in fp32). The
+    text encoder is sharded over the same mesh; `Models.release_text_encoder()` frees it once
+    the prompts are encoded. The autoencoder stays on the first device (it decodes after
+    denoising; its weights are small).
+
+    Raises:
+      UserError: no checkpoint directory. ValueError: an unknown dtype, or a mesh that does not
+        divide the DiT (heads by tensor, the config's tokens by sequence), naming the axis.
+    """
+    if dtype not in SAMPLE_DTYPES:
+        raise ValueError(f"dtype must be one of {SAMPLE_DTYPES}, got {dtype!r}")
     if not Path(checkpoint).is_dir():
         raise UserError(f"--checkpoint: no such directory {checkpoint}")
+    mesh = sampling_mesh() if mesh is None else mesh
+    rules = config_rules(config)
+    # Checked on the config's sizes before any weight is read (a 14B restore takes minutes).
+    sampler.check_mesh_fits(build.dit_config(config), mesh, latent_shape(config))
+    model = build.restore_model_for_inference(
+        checkpoint, config, mesh=mesh, rules=rules, dtype=dtype, param_dtype=dtype
+    )
+    sampler.check_mesh_fits(model.config, mesh, latent_shape(config))  # a checkpoint's own sizes
     return Models(
-        model=build.restore_model_for_inference(checkpoint, config),
+        model=model,
         autoencoder=build.build_autoencoder(config),
-        text_encoder=build.build_text_encoder(config),
+        text_encoder=build.build_text_encoder(config, mesh=mesh, rules=rules),
         config=config,
+        mesh=mesh,
+        rules=rules,
     )
 
 
@@ -108,7 +209,9 @@ def generate(
     every frame; a perspective `image` `(h, w, 3)` at frame 0; the first frames of the map
     `prefix_map` `(P, M, M, 3)`, P = 1 + 4j) -> 360 video. Placement: fov/yaw/pitch/roll.
 
-    Wholly known latent frames (a prefix) are re-imposed after sampling
+    Denoises on `models.mesh` (see `sampler.sample`); the prompts' embeddings come from
+    `models.encode_prompts` (already encoded ones are reused, so a released text encoder is
+    fine). Wholly known latent frames (a prefix) are re-imposed after sampling
     (`sampler.impose_known_frames`), so they are exactly the condition's latents.
     """
     data = models.config.data
@@ -127,10 +230,15 @@ def generate(
         image=image,
         prefix_map=prefix_map,
     )
-    latents = sampler.sample(
-        models.model, conditions, jax.random.key(settings.seed), settings, progress=progress
-    )
-    latents = sampler.impose_known_frames(latents, conditions)
+    with contextlib.ExitStack() as stack:
+        if models.mesh is not None:
+            stack.enter_context(sharding.use_mesh(models.mesh, models.rules))
+        latents = sampler.sample(
+            models.model, conditions, jax.random.key(settings.seed), settings, progress=progress
+        )
+        latents = sampler.impose_known_frames(latents, conditions)
+    # To the host: the autoencoder decodes on its own device, not on the DiT's mesh.
+    latents = jax.device_get(latents)
     map_video, panorama = sampler.decode_to_panorama(
         models.autoencoder, latents, data.erp_height, data.erp_width
     )
@@ -143,9 +251,9 @@ def generate(
 
 
 def _contexts(models: Models, prompt: str, negative_prompt: str) -> tuple[jax.Array, jax.Array]:
-    """Text embeddings `(1, L, D)` of the prompt and of the negative prompt."""
-    context, _ = models.text_encoder.encode_text([prompt])
-    negative_context, _ = models.text_encoder.encode_text([negative_prompt])
+    """Text embeddings `(1, L, D)` of the prompt and of the negative prompt
+    (`Models.encode_prompts`: each encoded once, usable after the encoder is released)."""
+    context, negative_context = models.encode_prompts([prompt, negative_prompt])[:, None]
     return context, negative_context
 
 

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from viewpoint_jax import geometry, io_utils
+from viewpoint_jax import geometry, io_utils, sharding
 from viewpoint_jax.diffusion import schedulers
 from viewpoint_jax.models import autoencoder as autoencoder_lib
 
@@ -142,20 +142,39 @@ def denoise(
     use_cfg: bool = True,
     fuse_every_step: bool = False,
     progress: Callable[[jax.Array], Any] | None = None,
+    mesh_context: tuple[jax.sharding.Mesh, sharding.LogicalRules] | None = None,
 ) -> jax.Array:
     """Pure denoising loop from Gaussian noise (drawn from `rng`) to clean latents
     `(B, f, h, w, C)`, float32, shaped like `conditions.latent`.
 
     `progress(i)`, if given, is called on the host after each step (`jax.debug.callback`);
-    everything else stays on device.
+    everything else stays on device. `mesh_context` (mesh, rules) traces the model's activation
+    constraints for that mesh (`sharding.use_mesh`); a static argument, so a program traced for
+    one mesh is never reused for another.
     """
+    if mesh_context is not None:
+        with sharding.use_mesh(*mesh_context):
+            return denoise(
+                graphdef,
+                params,
+                conditions,
+                rng,
+                schedule,
+                guidance_scale,
+                use_cfg=use_cfg,
+                fuse_every_step=fuse_every_step,
+                progress=progress,
+            )
     model = nnx.merge(graphdef, params)
-    x = jax.random.normal(rng, conditions.latent.shape, jnp.float32)
+    x = sharding.constrain(jax.random.normal(rng, conditions.latent.shape, jnp.float32), BATCH_AXES)
     condition = jnp.concatenate([conditions.latent, conditions.mask], axis=-1)
     context = conditions.context
     if use_cfg:
         condition = jnp.concatenate([condition, condition], axis=0)
         context = jnp.concatenate([conditions.context, conditions.negative_context], axis=0)
+    # The 2B batch of both guidance branches splits over the mesh's batch axes (no-op off-mesh).
+    condition = sharding.constrain(condition, BATCH_AXES)
+    context = sharding.constrain(context, ("batch", None, None))
 
     def body(i, state):
         x, sigma = state.x, schedule.sigmas[i]
@@ -175,8 +194,67 @@ def denoise(
 
 # `denoise` compiled: the whole loop is one XLA program.
 sample_latents = jax.jit(
-    denoise, static_argnames=("graphdef", "use_cfg", "fuse_every_step", "progress")
+    denoise,
+    static_argnames=("graphdef", "use_cfg", "fuse_every_step", "progress", "mesh_context"),
 )
+
+# Logical axes of a latent-shaped array `(B, f, h, w, C)`: only the batch is sharded; the DiT
+# splits tokens over the sequence axis itself once they are a sequence.
+BATCH_AXES: tuple[str | None, ...] = ("batch", None, None, None, None)
+
+
+def params_mesh(params: Any) -> jax.sharding.Mesh | None:
+    """The mesh the model's arrays are sharded over (the first NamedSharding found), if any."""
+    for leaf in jax.tree.leaves(params):
+        if isinstance(getattr(leaf, "sharding", None), jax.sharding.NamedSharding):
+            return leaf.sharding.mesh
+    return None
+
+
+def place_conditions(
+    conditions: Conditions, mesh: jax.sharding.Mesh, rules: sharding.LogicalRules | None
+) -> Conditions:
+    """Conditions onto `mesh`: batch-sharded by `rules` (replicated when `rules` is None).
+
+    Every array of a jitted call must live on the same devices, and the conditions come from the
+    text encoder and autoencoder, wherever those run; a fixed placement per shape also keeps the
+    compiled sampler's cache key the same for every prompt and seed.
+    """
+
+    def place(x: jax.Array) -> jax.Array:
+        if rules is None:
+            return jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+        logical = ("batch",) + (None,) * (x.ndim - 1)
+        return jax.device_put(x, sharding.named_sharding(mesh, logical, x.shape, rules))
+
+    return Conditions(*(place(jnp.asarray(x)) for x in conditions))
+
+
+def check_mesh_fits(
+    model_config: Any, mesh: jax.sharding.Mesh, latent_shape: tuple[int, ...] | None = None
+) -> None:
+    """Refuses a mesh that does not divide the DiT: heads (and FFN width) by `tensor`, the token
+    count of a `(B, f, h, w, C)` latent by `sequence`. ValueError naming the axis.
+
+    (An indivisible axis would otherwise be dropped silently by `sharding.named_sharding`,
+    replicating what the mesh was meant to split.)
+    """
+    tensor, sequence = mesh.shape.get("tensor", 1), mesh.shape.get("sequence", 1)
+    for field in ("num_heads", "ffn_dim"):
+        size = getattr(model_config, field)
+        if size % tensor:
+            raise ValueError(
+                f"mesh axis 'tensor' of size {tensor} does not divide the DiT's {field} {size}"
+            )
+    if latent_shape is not None and sequence > 1:
+        pt, ph, pw = model_config.patch_size
+        f, h, w = latent_shape[1:4]
+        tokens = (f // pt) * (h // ph) * (w // pw)
+        if tokens % sequence:
+            raise ValueError(
+                f"mesh axis 'sequence' of size {sequence} does not divide the {tokens} tokens of "
+                f"latent {tuple(latent_shape[1:4])} (patch {model_config.patch_size})"
+            )
 
 
 def sample(
@@ -193,8 +271,22 @@ def sample(
     Changing the seed, the conditions, the shift or the guidance scale reuses the compiled program;
     the number of steps, the scheduler, guidance on/off (scale 1 skips the unconditional branch),
     per-step fusion and `progress` are compile-time choices.
+
+    Sharded: inside `sharding.use_mesh(mesh, rules)` the conditions are placed batch-sharded on
+    `mesh` (the 2B guidance batch over data x fsdp where they divide it) and the DiT's activation
+    constraints split its tokens over `sequence` and heads over `tensor`; the mesh must divide
+    the model (`check_mesh_fits`). Without a context, a model whose weights are sharded over a
+    mesh gets the conditions replicated onto it and XLA propagates the weights' shardings.
     """
     graphdef, params = nnx.split(model) if isinstance(model, nnx.Module) else model
+    mesh_context = sharding.current_context()
+    if mesh_context is not None:
+        mesh, rules = mesh_context
+        if isinstance(model, nnx.Module):
+            check_mesh_fits(model.config, mesh, conditions.latent.shape)
+        conditions = place_conditions(conditions, mesh, rules)
+    elif (mesh := params_mesh(params)) is not None:
+        conditions = place_conditions(conditions, mesh, None)
     schedule = schedulers.make_schedule(settings.scheduler, settings.num_steps, settings.shift)
     return sample_latents(
         graphdef,
@@ -206,6 +298,7 @@ def sample(
         use_cfg=settings.guidance_scale != 1.0,
         fuse_every_step=settings.fuse_every_step,
         progress=progress,
+        mesh_context=mesh_context,
     )
 
 

@@ -1,0 +1,153 @@
+"""Sampling on a mesh of 8 simulated CPU devices: the same latents as on one device, bf16 close
+to fp32, one compilation for any prompt and seed, and meshes that do not divide the model refused.
+
+Model: `configs/tiny.py:micro` (dim 32, 2 heads, 2 blocks; latent (1, 5, 8, 8, 192), 80 tokens),
+random weights saved as a converted checkpoint.
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+
+from viewpoint_jax import build, sample, sharding
+from viewpoint_jax.diffusion import sampler
+from viewpoint_jax.models.dit import WanDiT
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = sampler.SampleSettings(num_steps=3, scheduler="euler", guidance_scale=3.0, seed=1)
+
+
+@pytest.fixture(scope="module")
+def config():
+    return sample.load_config(str(REPO / "configs" / "tiny.py:micro"))
+
+
+def _string_keys(tree):
+    if isinstance(tree, dict):
+        return {str(k): _string_keys(v) for k, v in tree.items()}
+    return tree
+
+
+@pytest.fixture(scope="module")
+def checkpoint(config, tmp_path_factory):
+    """A random fp32 DiT for `config`, saved as a converted checkpoint (what `load_dit` reads)."""
+    model_config = build.dit_config(config)
+    model = nnx.jit(lambda: WanDiT(model_config, rngs=nnx.Rngs(0)))()
+    path = tmp_path_factory.mktemp("checkpoint") / "dit"
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(model_config.to_dict()))
+    params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        checkpointer.save((path / "params").absolute(), _string_keys(params))
+    return path
+
+
+def one_device():
+    return sample.sampling_mesh(jax.devices()[:1])
+
+
+def run(models, prompt="a red door in the snow", seed=1):
+    return sample.generate(models, prompt, dataclasses.replace(SETTINGS, seed=seed))
+
+
+@pytest.fixture(scope="module")
+def reference(config, checkpoint):
+    """fp32 latents on one device: what every sharded run is compared with."""
+    models = sample.load_models(config, checkpoint, mesh=one_device(), dtype="float32")
+    return run(models).latents
+
+
+def test_weights_are_restored_sharded_and_in_the_asked_dtype(config, checkpoint):
+    models = sample.load_models(config, checkpoint)  # default: bf16, fsdp over all 8 devices
+    assert models.mesh.shape["fsdp"] == 8
+    kernel = models.model.blocks.ffn_in.kernel[...]  # (layers, dim 32, ffn 64): ("embed", "mlp")
+    assert kernel.dtype == jax.numpy.bfloat16
+    assert kernel.sharding.spec[1] == "fsdp"
+    assert kernel.sharding.shard_shape(kernel.shape) == (2, 32 // 8, 64)
+    # The text encoder lives on the same mesh.
+    embedding = jax.tree.leaves(nnx.state(models.text_encoder.encoder))[0]
+    assert embedding.sharding.mesh == models.mesh
+
+
+@pytest.mark.parametrize(
+    "axes",
+    [{"fsdp": 8}, {"data": 2, "sequence": 2, "tensor": 2}],
+    ids=["fsdp8", "data2-sequence2-tensor2"],
+)
+def test_sharded_sampling_equals_one_device(config, checkpoint, reference, axes):
+    models = sample.load_models(config, checkpoint, mesh=sharding.make_mesh(axes), dtype="float32")
+    latents = run(models).latents
+    # fp32 sums in another order (sharded matmuls reduce partial sums across devices): relative
+    # rounding of ~1e-7 per operation, grown through 2 blocks x 3 steps x guidance scale 3.
+    scale = np.abs(reference).max()
+    np.testing.assert_allclose(latents, reference, rtol=0, atol=1e-5 * scale)
+
+
+def test_bf16_sampling_is_close_to_fp32(config, checkpoint, reference):
+    models = sample.load_models(config, checkpoint, dtype="bfloat16")
+    latents = run(models).latents
+    # bf16 keeps 8 mantissa bits (relative rounding 2^-9 = 2e-3 per weight and matmul input);
+    # the residual stream, norms and scheduler stay fp32, so the error stays a few times that.
+    error = np.sqrt(np.mean((latents - reference) ** 2)) / np.sqrt(np.mean(reference**2))
+    assert error < 2e-2, error
+
+
+def test_new_prompt_and_seed_reuse_the_compiled_sampler_after_the_text_encoder_is_released(
+    config, checkpoint
+):
+    models = sample.load_models(config, checkpoint)
+    encoder_arrays = jax.tree.leaves(nnx.state(models.text_encoder.encoder))
+    embeddings = models.encode_prompts(["a harbour at night", "a desert road", ""])
+    assert embeddings.shape == (3, config.text_encoder.max_length, models.model.config.text_dim)
+    models.release_text_encoder()
+    assert models.text_encoder is None and all(a.is_deleted() for a in encoder_arrays)
+    with pytest.raises(ValueError, match="not encoded before release_text_encoder"):
+        models.encode_prompts(["a city"])
+
+    first = run(models, "a harbour at night", seed=3)
+    compiled = sampler.sample_latents._cache_size()
+    second = run(models, "a desert road", seed=4)
+    assert sampler.sample_latents._cache_size() == compiled
+    assert not np.allclose(first.latents, second.latents)
+    np.testing.assert_array_equal(run(models, "a harbour at night", seed=3).latents, first.latents)
+
+
+def test_meshes_that_do_not_divide_the_model_are_refused(config, checkpoint):
+    with pytest.raises(ValueError, match="'tensor' of size 8 does not divide the DiT's num_heads"):
+        sample.load_models(config, checkpoint, mesh=sharding.make_mesh({"tensor": 8}))
+    model_config = build.dit_config(config)
+    odd_tokens = (1, 5, 6, 6, 192)  # a 3 x 3 token grid per frame: 45 tokens
+    with pytest.raises(ValueError, match="'sequence' of size 8 does not divide the 45 tokens"):
+        sampler.check_mesh_fits(model_config, sharding.make_mesh({"sequence": 8}), odd_tokens)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        sample.load_models(config, checkpoint, dtype="float16")
+
+
+def test_training_run_weights_are_read_as_bf16_into_shardings(config, tmp_path):
+    """A training run's fp32 checkpoint, restored as `load_models` restores it."""
+    from viewpoint_jax import checkpointing
+
+    model = nnx.jit(lambda: WanDiT(build.dit_config(config), rngs=nnx.Rngs(2)))()
+    params = nnx.state(model, nnx.Param)
+    checkpointer = checkpointing.Checkpointer(
+        checkpointing.checkpoint_dir(tmp_path), every_steps=1, keep=1, async_save=False
+    )
+    checkpointer.save(0, {"step": np.int32(0), "params": params}, force=True)  # as train.py
+    checkpointer.close()
+    mesh = sharding.make_mesh({"fsdp": 8})
+    restored = build.restore_model_for_inference(
+        tmp_path, config, mesh=mesh, dtype="bfloat16", param_dtype="bfloat16"
+    )
+    for saved, loaded in zip(
+        jax.tree.leaves(params), jax.tree.leaves(nnx.state(restored, nnx.Param))
+    ):
+        assert loaded.dtype == jax.numpy.bfloat16 and loaded.sharding.mesh == mesh
+        np.testing.assert_array_equal(
+            np.asarray(loaded), np.asarray(saved.astype(jax.numpy.bfloat16))
+        )
