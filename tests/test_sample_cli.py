@@ -262,3 +262,59 @@ def test_component_paths_come_from_flags_or_are_refused_by_name(tiny_run, tmp_pa
     assert chosen.autoencoder.checkpoint == str(vae_dir)
     with pytest.raises(UserError, match=r"no config.json of a training run: pass --config$"):
         sample.sampling_config(tmp_path)
+
+
+def test_long_image_and_continued_videos_through_the_cli(tiny_run, tmp_path, monkeypatch, capsys):
+    """--num_frames past the model's clip goes window by window; --image seeds frame 0;
+    --continue extends a 360 video, its frames kept as given."""
+    monkeypatch.chdir(tmp_path)
+    common = ["--checkpoint", str(tiny_run), "--prompt", "x", "--steps", "2"]
+    clip = sample.sampling_config(tiny_run).data.num_frames  # 5 for the micro config
+    code, stderr = run_in_process([*common, "--num_frames", "13", "--out", "long"], capsys)
+    assert code == 0, stderr
+    record = json.loads((tmp_path / "long" / "settings.json").read_text())
+    assert record["frames"] == 13 and record["window_starts"][0] == 0
+    assert len(record["window_starts"]) > 1 and record["overlap"] == 1
+    assert video_io.read_video(tmp_path / "long" / "pano.mp4")[0].shape[0] == 13
+
+    image = tmp_path / "view.png"
+    video_io.write_png(image, condition_video(frames=1)[0])
+    code, stderr = run_in_process([*common, "--image", str(image), "--out", "img"], capsys)
+    assert code == 0, stderr
+    record = json.loads((tmp_path / "img" / "settings.json").read_text())
+    assert record["condition"]["image"] == str(image) and record["frames"] == clip
+
+    source = tmp_path / "long" / "pano.mp4"
+    args = [*common, "--continue", str(source), "--num_frames", "17", "--out", "more"]
+    code, stderr = run_in_process(args, capsys)
+    assert code == 0, stderr
+    record = json.loads((tmp_path / "more" / "settings.json").read_text())
+    assert record["frames"] == 17 and record["condition"]["source_frames"] == 13
+    given, _ = video_io.read_video(source)
+    extended, _ = video_io.read_video(tmp_path / "more" / "pano.mp4")
+    # The given frames come back as they were, up to one more round of video compression:
+    # as close as the same frames simply written again.
+    video_io.write_video(tmp_path / "again.mp4", given, fps=16)
+    again, _ = video_io.read_video(tmp_path / "again.mp4")
+    codec_error = np.abs(again.astype(int) - given.astype(int)).mean()
+    kept_error = np.abs(extended[:13].astype(int) - given.astype(int)).mean()
+    assert kept_error <= 1.05 * codec_error + 0.1, (kept_error, codec_error)
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--video", "a.mp4", "--image", "b.png"], "--video and --image cannot be combined"),
+        (["--continue", "a.mp4"], "--continue needs --num_frames"),
+        (["--continue", "WIDE", "--num_frames", "9"], "not a 2:1 360 (ERP) video"),
+        (["--num_frames", "9", "--overlap", "0"], "--overlap must be >= 1"),
+    ],
+)
+def test_bad_condition_combinations_are_refused(tiny_run, tmp_path, capsys, extra, message):
+    wide = tmp_path / "wide.mp4"
+    video_io.write_video(wide, np.zeros((3, 32, 48, 3), np.uint8), fps=8)
+    extra = [str(wide) if arg == "WIDE" else arg for arg in extra]
+    args = ["--checkpoint", str(tiny_run), "--prompt", "x", "--out", str(tmp_path / "o"), *extra]
+    code, stderr = run_in_process(args, capsys)
+    assert code == 2 and stderr.startswith("error: ") and message in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1

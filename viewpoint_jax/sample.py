@@ -548,12 +548,22 @@ def define_flags() -> None:
     flags.DEFINE_string("checkpoint", None, "training run directory or converted DiT directory")
     flags.DEFINE_string("prompt", None, "what the 360 video shows")
     flags.DEFINE_string("negative_prompt", "", "what it should not show")
-    flags.DEFINE_string("video", None, "perspective video or image to extend to 360 degrees")
+    flags.DEFINE_string("video", None, "perspective video (or image) known at every frame")
+    flags.DEFINE_string("image", None, "perspective image known at frame 0 only (image-to-360)")
+    flags.DEFINE_string("continue", None, "a 360 (ERP) video to extend to --num_frames frames")
     flags.DEFINE_float("fov", 90.0, "its horizontal field of view, degrees")
     flags.DEFINE_float("yaw", 0.0, "degrees, positive turns right")
     flags.DEFINE_float("pitch", 0.0, "degrees, positive looks up")
     flags.DEFINE_float("roll", 0.0, "degrees")
-    flags.DEFINE_integer("num_frames", None, "frames to generate, 1 + 4k (with --video: at most)")
+    flags.DEFINE_integer(
+        "num_frames",
+        None,
+        "frames to generate, 1 + 4k; more than the model's clip (config.data.num_frames) are "
+        "made window by window (with --video: the most frames of it to use)",
+    )
+    flags.DEFINE_integer(
+        "overlap", 1, "latent frames each window shares with the previous (long videos)"
+    )
     flags.DEFINE_integer("steps", None, "sampling steps (config: sample.steps)")
     flags.DEFINE_float("shift", None, "timestep shift (config: sample.shift)")
     flags.DEFINE_float("guidance_scale", None, "classifier-free guidance scale")
@@ -587,6 +597,13 @@ def check_args(args: Any) -> None:
         raise UserError(f"--pitch must be in [-90, 90] degrees, got {args.pitch:g}")
     if args.num_frames is not None and (args.num_frames < 1 or (args.num_frames - 1) % 4):
         raise UserError(f"--num_frames must be 1 + 4k (1, 5, 9, ..., 49), got {args.num_frames}")
+    given = [name for name in ("video", "image", "continue") if args[name].value]
+    if len(given) > 1:
+        raise UserError(f"--{given[0]} and --{given[1]} cannot be combined: pick one condition")
+    if args["continue"].value and args.num_frames is None:
+        raise UserError("--continue needs --num_frames: the length of the extended video")
+    if args.overlap < 1:
+        raise UserError(f"--overlap must be >= 1 latent frame, got {args.overlap}")
     if args.fps is not None and not args.fps > 0:
         raise UserError(f"--fps must be > 0, got {args.fps:g}")
     if Path(args.out).exists() and not args.overwrite:
@@ -644,6 +661,91 @@ def read_condition(path: str, max_frames: int | None) -> tuple[np.ndarray, float
     return video[:frames], fps
 
 
+@dataclasses.dataclass
+class ConditionInputs:
+    """What the flags condition on, read from disk: at most one of a perspective `video`
+    `(F, h, w, 3)`, an `image` `(h, w, 3)` or a 360 video to `continue_from` `(T, H, 2H, 3)`
+    (uint8), the output frame rate, and settings.json's record of the condition."""
+
+    video: np.ndarray | None = None
+    image: np.ndarray | None = None
+    continue_from: np.ndarray | None = None
+    fps: float = DEFAULT_FPS
+    record: dict[str, Any] | None = None
+
+
+def read_inputs(args: Any, config: ml_collections.ConfigDict) -> ConditionInputs:
+    """Reads the condition files the flags name (one line naming a bad file)."""
+    inputs = ConditionInputs()
+    if args.video:
+        inputs.video, fps = read_condition(args.video, args.num_frames or config.data.num_frames)
+        inputs.fps = fps or inputs.fps
+        inputs.record = condition_record(
+            str(args.video), len(inputs.video), args.fov, args.yaw, args.pitch, args.roll
+        )
+    elif args.image:
+        inputs.image = video_io.read_video(args.image, num_frames=1)[0][0]
+        place = dict(fov=args.fov, yaw=args.yaw, pitch=args.pitch, roll=args.roll)
+        inputs.record = {"image": str(args.image), **place}
+    elif args["continue"].value:
+        path = args["continue"].value
+        inputs.continue_from, fps = video_io.read_video(path)
+        height, width = inputs.continue_from.shape[1:3]
+        if width != 2 * height:
+            raise UserError(f"--continue: {path} is {width}x{height}, not a 2:1 360 (ERP) video")
+        if args.num_frames <= len(inputs.continue_from):
+            raise UserError(
+                f"--num_frames {args.num_frames} must exceed the {len(inputs.continue_from)} "
+                f"frames of --continue {path}"
+            )
+        inputs.fps = fps or inputs.fps
+        inputs.record = {"continue": str(path), "source_frames": len(inputs.continue_from)}
+    inputs.fps = args.fps or inputs.fps
+    return inputs
+
+
+def generate_for_flags(
+    models: Models, args: Any, settings: sampler.SampleSettings, inputs: ConditionInputs, progress
+) -> Generation | LongGeneration:
+    """One window (`generate`), or window by window when the flags ask for more frames than
+    the model's clip or continue a video (`generate_long`, `continue_video`)."""
+    clip = models.config.data.num_frames
+    place = dict(fov_deg=args.fov, yaw_deg=args.yaw, pitch_deg=args.pitch, roll_deg=args.roll)
+    common = dict(negative_prompt=args.negative_prompt, progress=progress)
+    if inputs.continue_from is not None:
+        return continue_video(
+            models,
+            inputs.continue_from,
+            args.prompt,
+            settings,
+            num_frames=args.num_frames,
+            overlap_latent_frames=args.overlap,
+            **common,
+        )
+    # With --video, --num_frames only caps the clip read (the video sets the length).
+    if inputs.video is None and args.num_frames is not None and args.num_frames > clip:
+        return generate_long(
+            models,
+            args.prompt,
+            settings,
+            num_frames=args.num_frames,
+            overlap_latent_frames=args.overlap,
+            image=inputs.image,
+            **place,
+            **common,
+        )
+    return generate(
+        models,
+        args.prompt,
+        settings,
+        video=inputs.video,
+        image=inputs.image,
+        num_frames=args.num_frames,
+        **place,
+        **common,
+    )
+
+
 def main(argv: list[str]) -> int:
     from tqdm import tqdm
 
@@ -661,44 +763,34 @@ def main(argv: list[str]) -> int:
         seed=args.seed,
         fuse_every_step=args.fuse_every_step or None,
     )
-    video, fps = None, DEFAULT_FPS
-    if args.video:
-        video, video_fps = read_condition(args.video, args.num_frames or config.data.num_frames)
-        fps = video_fps or fps
-    fps = args.fps or fps
+    inputs = read_inputs(args, config)
     models = load_models(config, args.checkpoint)
 
+    long = args["continue"].value or (
+        not args.video and (args.num_frames or 0) > config.data.num_frames
+    )
     started = time.time()
-    with tqdm(total=settings.num_steps, desc="sampling", unit="step", file=sys.stderr) as bar:
-        generation = generate(
-            models,
-            args.prompt,
-            settings,
-            negative_prompt=args.negative_prompt,
-            video=video,
-            fov_deg=args.fov,
-            yaw_deg=args.yaw,
-            pitch_deg=args.pitch,
-            roll_deg=args.roll,
-            num_frames=args.num_frames,
-            progress=lambda step: bar.update(1),
+    # One window: a bar of the sampling steps; window by window: a running count of steps.
+    total = None if long else settings.num_steps
+    with tqdm(total=total, desc="sampling", unit="step", file=sys.stderr) as bar:
+        generation = generate_for_flags(
+            models, args, settings, inputs, progress=lambda step: bar.update(1)
         )
-    condition = None
-    if video is not None:
-        condition = condition_record(
-            str(args.video), len(video), args.fov, args.yaw, args.pitch, args.roll
-        )
+    extra = {}
+    if isinstance(generation, LongGeneration):
+        extra = {"window_starts": list(generation.window_starts), "overlap": args.overlap}
     record = settings_record(
         generation,
         args.prompt,
         args.negative_prompt,
-        condition,
-        fps,
+        inputs.record,
+        inputs.fps,
         config=json.loads(config.to_json_best_effort()),
         checkpoint=str(args.checkpoint),
         seconds=round(time.time() - started, 2),
+        **extra,
     )
-    out = write_outputs(args.out, generation, fps, record, overwrite=args.overwrite)
+    out = write_outputs(args.out, generation, inputs.fps, record, overwrite=args.overwrite)
     print(f"wrote {out}/pano.mp4, viewpoint.mp4, faces.png, viewer.html, settings.json")
     return 0
 
