@@ -318,3 +318,13 @@ def test_bad_condition_combinations_are_refused(tiny_run, tmp_path, capsys, extr
     code, stderr = run_in_process(args, capsys)
     assert code == 2 and stderr.startswith("error: ") and message in stderr, stderr
     assert len(stderr.strip().splitlines()) == 1
+
+
+def test_mesh_flag_is_parsed_or_refused_by_name():
+    n = len(jax.devices())
+    mesh = sample.parse_mesh(f"fsdp={n}")
+    assert dict(mesh.shape)["fsdp"] == n and sample.parse_mesh(None) is None
+    with pytest.raises(UserError, match=r"--mesh 'bogus=2': expected axis=size pairs"):
+        sample.parse_mesh("bogus=2")
+    with pytest.raises(UserError, match=r"--mesh 'fsdp=3,tensor=5'"):
+        sample.parse_mesh("fsdp=3,tensor=5")  # 15 devices: never this machine's count

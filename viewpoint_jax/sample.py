@@ -43,6 +43,7 @@ from viewpoint_jax.io_utils import (
     atomic_write_text,
     check_writable,
 )
+from viewpoint_jax.models import autoencoder as autoencoder_lib
 
 DEFAULT_FPS = 16.0  # Wan2.1's frame rate
 
@@ -130,16 +131,11 @@ def config_rules(config) -> sharding.LogicalRules:
 
 
 def latent_shape(config, num_frames: int | None = None) -> tuple[int, int, int, int, int]:
-    """The `(1, f, h, w, C)` map latent of one sample of `config.data` (without building the
-    autoencoder)."""
+    """The `(1, f, h, w, C)` map latent of one sample of `config.data` (from the autoencoder's
+    shapes only: no weights are read)."""
     data = config.data
-    if config.autoencoder.kind == "wan_vae":
-        spatial, temporal = 8, 4
-    else:
-        spatial, temporal = int(config.autoencoder.factor), 1
-    frames = 1 + ((num_frames or data.num_frames) - 1) // temporal
-    side = data.map_size // spatial
-    return (1, frames, side, side, build.latent_channels(config))
+    video = (1, num_frames or data.num_frames, data.map_size, data.map_size, 3)
+    return autoencoder_lib.latent_shape(build.abstract_autoencoder(config), video)
 
 
 def load_models(
@@ -573,6 +569,12 @@ def define_flags() -> None:
     flags.DEFINE_float("fps", None, "output frame rate (default: input's or 16)")
     for flag, key in COMPONENT_FLAGS.items():
         flags.DEFINE_string(flag, None, f"overrides config.{key}")
+    flags.DEFINE_enum(
+        "dtype", "bfloat16", list(SAMPLE_DTYPES), "DiT weights and matmuls (bf16: half memory)"
+    )
+    flags.DEFINE_string(
+        "mesh", None, "device mesh, e.g. fsdp=8 or data=2,fsdp=4 (default: FSDP over all devices)"
+    )
     flags.DEFINE_string("out", None, "output directory")
     flags.DEFINE_bool("overwrite", False, "replace an existing --out")
     flags.mark_flags_as_required(["checkpoint", "prompt", "out"])
@@ -646,6 +648,26 @@ def sampling_config(
             where = f"{path!r} does not exist" if path else "is empty"
             raise UserError(f"config.{key} {where} on this machine: pass --{flag}=PATH")
     return config
+
+
+def parse_mesh(spec: str | None) -> jax.sharding.Mesh | None:
+    """`--mesh` "axis=size,..." (axes of `sharding.MESH_AXES`, one size may be -1) -> a mesh over
+    every device; None: the sampling default."""
+    if not spec:
+        return None
+    sizes = {}
+    for part in spec.split(","):
+        axis, _, size = part.partition("=")
+        if axis.strip() not in sharding.MESH_AXES or not size.strip().lstrip("-").isdigit():
+            raise UserError(
+                f"--mesh {spec!r}: expected axis=size pairs over {sharding.MESH_AXES}, "
+                f"e.g. fsdp=8 or data=2,fsdp=4"
+            )
+        sizes[axis.strip()] = int(size)
+    try:
+        return sharding.make_mesh(sizes)
+    except ValueError as error:
+        raise UserError(f"--mesh {spec!r}: {error}") from None
 
 
 def read_condition(path: str, max_frames: int | None) -> tuple[np.ndarray, float]:
@@ -764,7 +786,10 @@ def main(argv: list[str]) -> int:
         fuse_every_step=args.fuse_every_step or None,
     )
     inputs = read_inputs(args, config)
-    models = load_models(config, args.checkpoint)
+    models = load_models(config, args.checkpoint, mesh=parse_mesh(args.mesh), dtype=args.dtype)
+    # Encode the prompts, then free the text encoder's memory for the denoising loop.
+    models.encode_prompts([args.prompt, args.negative_prompt])
+    models.release_text_encoder()
 
     long = args["continue"].value or (
         not args.video and (args.num_frames or 0) > config.data.num_frames

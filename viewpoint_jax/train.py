@@ -448,9 +448,8 @@ def _resume_or_init(
     trainer: Trainer, checkpointer: checkpointing.Checkpointer, data_iterator: Iterator[dict]
 ) -> dict[str, Any]:
     """The newest checkpoint that reads back (state and data position), else a fresh state."""
-    step, state = checkpointer.restore_latest(
-        trainer.abstract_state_with_shardings(), data_iterator
-    )
+    abstract = trainer.abstract_state_with_shardings()
+    step, state = checkpointer.restore_latest(abstract, data_iterator)
     if step is None:
         return trainer.init_state()
     print(f"resumed from {checkpointer.directory}/{step}", file=sys.stderr)
@@ -479,12 +478,11 @@ def _loop(
         batch = next(data_iterator)
         device_batch = trainer.device_batch(batch)
         state, step_metrics = trainer.step(state, device_batch)
-        # This host's examples of each condition kind, counted from the batch (host values).
         step_metrics = {**step_metrics, **pipeline.condition_counts(batch)}
         if pending is not None:
             _report(logger, pending)
-        skipped = int(batch.get("skipped_records", 0))
-        pending = (step, step_metrics, trainer.latent_grid(device_batch), skipped)
+        grid, skipped = trainer.latent_grid(device_batch), int(batch.get("skipped_records", 0))
+        pending = (step, step_metrics, grid, skipped)
         image_every = config.log.image_every_steps
         if jax.process_index() == 0 and image_every and step % image_every == 0:
             logger.preview(step, jax.device_get(trainer.preview(state["params"], device_batch)))
