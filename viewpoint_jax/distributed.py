@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import jax
 import numpy as np
+from absl import flags
 from jax.experimental import multihost_utils
 
 
@@ -37,6 +38,21 @@ def cluster_environment(env: Mapping[str, str] | None = None) -> str | None:
     if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
         return "TPU pod"
     return None
+
+
+def define_flags() -> None:
+    """The multi-process flags of a CLI (`initialize_from_flags` reads them)."""
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host runs)")
+    flags.DEFINE_integer("num_processes", None, "number of processes")
+    flags.DEFINE_integer("process_id", None, "this process's index")
+
+
+def initialize_from_flags() -> str | None:
+    """`maybe_initialize_distributed` with the flags `define_flags` defined."""
+    given = flags.FLAGS
+    return maybe_initialize_distributed(
+        given.coordinator_address, given.num_processes, given.process_id
+    )
 
 
 def maybe_initialize_distributed(

@@ -33,7 +33,7 @@ from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
-from viewpoint_jax import build, geometry, sharding, video_io, viewer
+from viewpoint_jax import build, distributed, geometry, sharding, video_io, viewer
 from viewpoint_jax import config as config_lib
 from viewpoint_jax.cli import UserError, refuse_positional, run
 from viewpoint_jax.diffusion import sampler
@@ -543,6 +543,13 @@ def define_flags() -> None:
     )
     flags.DEFINE_string("checkpoint", None, "training run directory or converted DiT directory")
     flags.DEFINE_string("prompt", None, "what the 360 video shows")
+    flags.DEFINE_string(
+        "prompts",
+        None,
+        "a JSON-lines file, one video a line: prompt and optionally name, negative_prompt, video, "
+        "image, continue, fov, yaw, pitch, roll, num_frames, overlap, seed (the flags are the "
+        "defaults); outputs go to --out/<name>, finished ones are skipped on a rerun",
+    )
     flags.DEFINE_string("negative_prompt", "", "what it should not show")
     flags.DEFINE_string("video", None, "perspective video (or image) known at every frame")
     flags.DEFINE_string("image", None, "perspective image known at frame 0 only (image-to-360)")
@@ -577,7 +584,8 @@ def define_flags() -> None:
     )
     flags.DEFINE_string("out", None, "output directory")
     flags.DEFINE_bool("overwrite", False, "replace an existing --out")
-    flags.mark_flags_as_required(["checkpoint", "prompt", "out"])
+    distributed.define_flags()
+    flags.mark_flags_as_required(["checkpoint", "out"])
 
 
 # Flags that point the config's frozen components at files on this machine.
@@ -588,29 +596,127 @@ COMPONENT_FLAGS = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One video to generate: what the flags, or one line of a --prompts file, ask for."""
+
+    prompt: str
+    negative_prompt: str = ""
+    video: str | None = None
+    image: str | None = None
+    continue_from: str | None = None  # the "continue" flag / key
+    fov: float = 90.0
+    yaw: float = 0.0
+    pitch: float = 0.0
+    roll: float = 0.0
+    num_frames: int | None = None
+    overlap: int = 1
+    seed: int = 0
+    fps: float | None = None
+    name: str = ""
+
+    def check(self, prefix: str = "--") -> None:
+        """Cheap checks before anything heavy is loaded; messages name the flag (`prefix` "--")
+        or the key of a --prompts line (`prefix` "")."""
+        if not 0 < self.fov < 180:
+            raise UserError(f"{prefix}fov must be in (0, 180) degrees, got {self.fov:g}")
+        for name in ("yaw", "pitch", "roll"):
+            if not np.isfinite(getattr(self, name)):
+                raise UserError(f"{prefix}{name} must be a finite angle, got {getattr(self, name)}")
+        if not -90 <= self.pitch <= 90:
+            raise UserError(f"{prefix}pitch must be in [-90, 90] degrees, got {self.pitch:g}")
+        if self.num_frames is not None and (self.num_frames < 1 or (self.num_frames - 1) % 4):
+            raise UserError(
+                f"{prefix}num_frames must be 1 + 4k (1, 5, 9, ..., 49), got {self.num_frames}"
+            )
+        given = [k for k, v in (("video", self.video), ("image", self.image),
+                                ("continue", self.continue_from)) if v]  # fmt: skip
+        if len(given) > 1:
+            raise UserError(
+                f"{prefix}{given[0]} and {prefix}{given[1]} cannot be combined: pick one condition"
+            )
+        if self.continue_from and self.num_frames is None:
+            raise UserError(
+                f"{prefix}continue needs {prefix}num_frames: the length of the extended video"
+            )
+        if self.overlap < 1:
+            raise UserError(f"{prefix}overlap must be >= 1 latent frame, got {self.overlap}")
+        if self.fps is not None and not self.fps > 0:
+            raise UserError(f"{prefix}fps must be > 0, got {self.fps:g}")
+
+
+# The keys of a --prompts line (besides "prompt") and the Request fields they set.
+PROMPT_FILE_KEYS = {
+    **{k: k for k in ("name", "negative_prompt", "video", "image", "fov", "yaw", "pitch")},
+    **{k: k for k in ("roll", "num_frames", "overlap", "seed", "fps")},
+    "continue": "continue_from",
+}
+
+
+def request_from_flags(args: Any) -> Request:
+    return Request(
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        video=args.video,
+        image=args.image,
+        continue_from=args["continue"].value,
+        fov=args.fov,
+        yaw=args.yaw,
+        pitch=args.pitch,
+        roll=args.roll,
+        num_frames=args.num_frames,
+        overlap=args.overlap,
+        seed=args.seed,
+        fps=args.fps,
+    )
+
+
 def check_args(args: Any) -> None:
-    """Cheap checks before anything heavy is loaded (`args`: the flags, by attribute)."""
-    if not 0 < args.fov < 180:
-        raise UserError(f"--fov must be in (0, 180) degrees, got {args.fov:g}")
-    for name in ("yaw", "pitch", "roll"):
-        if not np.isfinite(getattr(args, name)):
-            raise UserError(f"--{name} must be a finite angle, got {getattr(args, name)}")
-    if not -90 <= args.pitch <= 90:
-        raise UserError(f"--pitch must be in [-90, 90] degrees, got {args.pitch:g}")
-    if args.num_frames is not None and (args.num_frames < 1 or (args.num_frames - 1) % 4):
-        raise UserError(f"--num_frames must be 1 + 4k (1, 5, 9, ..., 49), got {args.num_frames}")
-    given = [name for name in ("video", "image", "continue") if args[name].value]
-    if len(given) > 1:
-        raise UserError(f"--{given[0]} and --{given[1]} cannot be combined: pick one condition")
-    if args["continue"].value and args.num_frames is None:
-        raise UserError("--continue needs --num_frames: the length of the extended video")
-    if args.overlap < 1:
-        raise UserError(f"--overlap must be >= 1 latent frame, got {args.overlap}")
-    if args.fps is not None and not args.fps > 0:
-        raise UserError(f"--fps must be > 0, got {args.fps:g}")
-    if Path(args.out).exists() and not args.overwrite:
+    """Cheap checks of the flags before anything heavy is loaded."""
+    if bool(args.prompt) == bool(args.prompts):
+        raise UserError("pass --prompt (one video) or --prompts FILE.jsonl (many), not both")
+    request_from_flags(args).check()
+    if args.prompts:
+        if not Path(args.prompts).is_file():
+            raise UserError(f"--prompts: no such file {args.prompts}")
+    elif Path(args.out).exists() and not args.overwrite:
         raise UserError(f"--out {args.out} exists (pass --overwrite to replace it)")
     check_writable(args.out)  # before minutes of sampling, not after
+
+
+def read_prompt_file(path: str | os.PathLike, defaults: Request) -> list[Request | UserError]:
+    """The requests of a --prompts file, each line's keys over `defaults` (the flags); a bad
+    line gives a UserError naming the file and line instead, so the others still run. Names
+    default to the line number (00001, ...) and must be unique."""
+    requests: list[Request | UserError] = []
+    names: set[str] = set()
+    lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+                raise UserError('expected a JSON object with a "prompt" string')
+            unknown = sorted(set(record) - {"prompt", *PROMPT_FILE_KEYS})
+            if unknown:
+                raise UserError(f"unknown keys {unknown}; known: {sorted(PROMPT_FILE_KEYS)}")
+            fields = {"name": f"{number:05d}", "prompt": record["prompt"]}
+            fields.update({PROMPT_FILE_KEYS[k]: v for k, v in record.items() if k != "prompt"})
+            request = dataclasses.replace(defaults, **fields)
+            request = dataclasses.replace(request, name=str(request.name))
+            if not request.name or "/" in request.name or request.name.startswith("."):
+                raise UserError(f"name {request.name!r} is not a folder name")
+            if request.name in names:
+                raise UserError(f"name {request.name!r} is used by an earlier line")
+            request.check(prefix="")
+        except (UserError, ValueError, TypeError) as error:
+            requests.append(UserError(f"{where}: {error}"))
+            continue
+        names.add(request.name)
+        requests.append(request)
+    return requests
 
 
 def sampling_config(
@@ -696,8 +802,8 @@ class ConditionInputs:
     record: dict[str, Any] | None = None
 
 
-def read_inputs(args: Any, config: ml_collections.ConfigDict) -> ConditionInputs:
-    """Reads the condition files the flags name (one line naming a bad file)."""
+def read_inputs(args: Request, config: ml_collections.ConfigDict) -> ConditionInputs:
+    """Reads the condition files a request names (one line naming a bad file)."""
     inputs = ConditionInputs()
     if args.video:
         inputs.video, fps = read_condition(args.video, args.num_frames or config.data.num_frames)
@@ -709,8 +815,8 @@ def read_inputs(args: Any, config: ml_collections.ConfigDict) -> ConditionInputs
         inputs.image = video_io.read_video(args.image, num_frames=1)[0][0]
         place = dict(fov=args.fov, yaw=args.yaw, pitch=args.pitch, roll=args.roll)
         inputs.record = {"image": str(args.image), **place}
-    elif args["continue"].value:
-        path = args["continue"].value
+    elif args.continue_from:
+        path = args.continue_from
         inputs.continue_from, fps = video_io.read_video(path)
         height, width = inputs.continue_from.shape[1:3]
         if width != 2 * height:
@@ -726,11 +832,15 @@ def read_inputs(args: Any, config: ml_collections.ConfigDict) -> ConditionInputs
     return inputs
 
 
-def generate_for_flags(
-    models: Models, args: Any, settings: sampler.SampleSettings, inputs: ConditionInputs, progress
+def generate_request(
+    models: Models,
+    args: Request,
+    settings: sampler.SampleSettings,
+    inputs: ConditionInputs,
+    progress,
 ) -> Generation | LongGeneration:
-    """One window (`generate`), or window by window when the flags ask for more frames than
-    the model's clip or continue a video (`generate_long`, `continue_video`)."""
+    """One window (`generate`), or window by window when the request asks for more frames than
+    the model's clip or continues a video (`generate_long`, `continue_video`)."""
     clip = models.config.data.num_frames
     place = dict(fov_deg=args.fov, yaw_deg=args.yaw, pitch_deg=args.pitch, roll_deg=args.roll)
     common = dict(negative_prompt=args.negative_prompt, progress=progress)
@@ -768,12 +878,92 @@ def generate_for_flags(
     )
 
 
-def main(argv: list[str]) -> int:
-    from tqdm import tqdm
+def is_long(request: Request, config: ml_collections.ConfigDict) -> bool:
+    """Whether a request is made window by window (more frames than the clip, or continued)."""
+    longer = (request.num_frames or 0) > config.data.num_frames
+    return bool(request.continue_from) or (not request.video and longer)
 
+
+def run_request(
+    models: Models,
+    config: ml_collections.ConfigDict,
+    request: Request,
+    settings: sampler.SampleSettings,
+    out: str | os.PathLike,
+    *,
+    checkpoint: str,
+    overwrite: bool = False,
+    inputs: ConditionInputs | None = None,
+) -> Path:
+    """Generates a request (its condition files read here unless `inputs` holds them) and
+    writes its outputs into `out` (atomically)."""
+    from tqdm import tqdm  # lazy: a progress bar only for the command line
+
+    inputs = read_inputs(request, config) if inputs is None else inputs
+    settings = dataclasses.replace(settings, seed=request.seed)
+    started = time.time()
+    # One window: a bar of the sampling steps; window by window: a running count of steps.
+    total = None if is_long(request, config) else settings.num_steps
+    with tqdm(total=total, desc="sampling", unit="step", file=sys.stderr) as bar:
+        generation = generate_request(
+            models, request, settings, inputs, progress=lambda step: bar.update(1)
+        )
+    extra = {}
+    if isinstance(generation, LongGeneration):
+        extra = {"window_starts": list(generation.window_starts), "overlap": request.overlap}
+    record = settings_record(
+        generation,
+        request.prompt,
+        request.negative_prompt,
+        inputs.record,
+        inputs.fps,
+        config=json.loads(config.to_json_best_effort()),
+        checkpoint=checkpoint,
+        seconds=round(time.time() - started, 2),
+        **extra,
+    )
+    return write_outputs(out, generation, inputs.fps, record, overwrite=overwrite)
+
+
+def run_prompt_file(args: Any, config, settings: sampler.SampleSettings) -> int:
+    """--prompts: this process's share of the lines (line i on process i mod count; each
+    process holds its own copy of the model on its local devices), skipping finished outputs
+    (each is written atomically, so one that exists is complete). A bad line or a failed video
+    is reported in one line and the rest go on; exit status 1 if any failed."""
+    requests = read_prompt_file(args.prompts, request_from_flags(args))
+    mine = requests[jax.process_index() :: jax.process_count()]
+    failed = [r for r in mine if isinstance(r, UserError)]
+    for error in failed:
+        print(f"error: {error}", file=sys.stderr)
+    out = Path(args.out)
+    todo = [r for r in mine if isinstance(r, Request)]
+    done = [r for r in todo if (out / r.name).is_dir() and not args.overwrite]
+    todo = [r for r in todo if r not in done]
+    print(f"{len(todo)} to generate, {len(done)} finished skipped", file=sys.stderr)
+    if not todo:
+        return 1 if failed else 0
+    models = load_models(config, args.checkpoint, mesh=parse_mesh(args.mesh), dtype=args.dtype)
+    models.encode_prompts([p for r in todo for p in (r.prompt, r.negative_prompt)])
+    models.release_text_encoder()
+    for request in todo:
+        try:
+            written = run_request(
+                models, config, request, settings, out / request.name,
+                checkpoint=str(args.checkpoint), overwrite=args.overwrite,
+            )  # fmt: skip
+        except (UserError, ValueError, OSError) as error:
+            print(f"error: {args.prompts} ({request.name}): {error}", file=sys.stderr)
+            failed.append(error)
+            continue
+        print(f"wrote {written}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def main(argv: list[str]) -> int:
     refuse_positional(argv)
     args = flags.FLAGS
     check_args(args)
+    distributed.initialize_from_flags()
     components = {flag: args[flag].value for flag in COMPONENT_FLAGS}
     config = sampling_config(args.checkpoint, args.config, components)
     settings = sampler.SampleSettings.from_config(
@@ -785,37 +975,18 @@ def main(argv: list[str]) -> int:
         seed=args.seed,
         fuse_every_step=args.fuse_every_step or None,
     )
-    inputs = read_inputs(args, config)
+    if args.prompts:
+        return run_prompt_file(args, config, settings)
+    request = request_from_flags(args)
+    inputs = read_inputs(request, config)  # a bad file is named before the models load
     models = load_models(config, args.checkpoint, mesh=parse_mesh(args.mesh), dtype=args.dtype)
     # Encode the prompts, then free the text encoder's memory for the denoising loop.
-    models.encode_prompts([args.prompt, args.negative_prompt])
+    models.encode_prompts([request.prompt, request.negative_prompt])
     models.release_text_encoder()
-
-    long = args["continue"].value or (
-        not args.video and (args.num_frames or 0) > config.data.num_frames
-    )
-    started = time.time()
-    # One window: a bar of the sampling steps; window by window: a running count of steps.
-    total = None if long else settings.num_steps
-    with tqdm(total=total, desc="sampling", unit="step", file=sys.stderr) as bar:
-        generation = generate_for_flags(
-            models, args, settings, inputs, progress=lambda step: bar.update(1)
-        )
-    extra = {}
-    if isinstance(generation, LongGeneration):
-        extra = {"window_starts": list(generation.window_starts), "overlap": args.overlap}
-    record = settings_record(
-        generation,
-        args.prompt,
-        args.negative_prompt,
-        inputs.record,
-        inputs.fps,
-        config=json.loads(config.to_json_best_effort()),
-        checkpoint=str(args.checkpoint),
-        seconds=round(time.time() - started, 2),
-        **extra,
-    )
-    out = write_outputs(args.out, generation, inputs.fps, record, overwrite=args.overwrite)
+    out = run_request(
+        models, config, request, settings, args.out,
+        checkpoint=str(args.checkpoint), overwrite=args.overwrite, inputs=inputs,
+    )  # fmt: skip
     print(f"wrote {out}/pano.mp4, viewpoint.mp4, faces.png, viewer.html, settings.json")
     return 0
 

@@ -43,7 +43,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from viewpoint_jax import build, checkpointing, monitoring
+from viewpoint_jax import build, checkpointing, distributed, monitoring
 from viewpoint_jax import sharding as sharding_lib
 from viewpoint_jax.cli import refuse_positional, run
 from viewpoint_jax.config import autoencoder_factors, mesh_and_rules, validate_config
@@ -52,7 +52,7 @@ from viewpoint_jax.data import pipeline
 from viewpoint_jax.data.latents import LATENT_KEYS
 from viewpoint_jax.diffusion import flow_matching as fm
 from viewpoint_jax.diffusion import sampler
-from viewpoint_jax.distributed import StopFlag, maybe_initialize_distributed
+from viewpoint_jax.distributed import StopFlag
 from viewpoint_jax.io_utils import atomic_write_text
 from viewpoint_jax.models.autoencoder import encode_maps, latent_shape
 from viewpoint_jax.models.dit import load_pretrained_params
@@ -523,16 +523,14 @@ def define_flags() -> None:
         "config", None, "a configs/*.py file (`path[:arg]`)", lock_config=True
     )
     flags.DEFINE_string("workdir", None, "the run directory (checkpoints, logs)")
-    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host runs)")
-    flags.DEFINE_integer("num_processes", None, "number of processes")
-    flags.DEFINE_integer("process_id", None, "this process's index")
+    distributed.define_flags()
     flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> int:
     refuse_positional(argv)
     given = flags.FLAGS
-    maybe_initialize_distributed(given.coordinator_address, given.num_processes, given.process_id)
+    distributed.initialize_from_flags()
     try:
         result = train(given.config, given.workdir)
     except NonFiniteLossError as error:
