@@ -25,6 +25,7 @@ def quick_demo(tmp_path_factory):
     result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Open:" in result.stdout and str(out / "sample" / "viewer.html") in result.stdout
+    assert str(out / "continuation" / "viewer.html") in result.stdout
     return out
 
 
@@ -54,6 +55,31 @@ def test_quick_demo_writes_every_output(quick_demo):
     assert settings["prompt"] == summary["clips"][0]["caption"]
     assert settings["condition"]["video"] == summary["clips"][0]["source"]
     assert not list(out.rglob(".*.tmp*")), "a temporary file was left behind"
+
+
+def test_quick_demo_continues_its_360_video(quick_demo, tmp_path):
+    """continuation/ holds the sample's video and one more window: its first frames are the
+    sample's, as close as the same frames simply written again."""
+    out = quick_demo
+    continuation = out / "continuation"
+    for name in ("pano.mp4", "viewpoint.mp4", "faces.png", "viewer.html", "settings.json"):
+        assert (continuation / name).is_file(), name
+    config = demo.demo_config(out, quick=True, train_steps=None)
+    given, _ = video_io.read_video(out / "sample" / "pano.mp4")
+    extended, fps = video_io.read_video(continuation / "pano.mp4")
+    window = config.data.num_frames  # the micro model: 5 frames, time not compressed
+    assert extended.shape == (len(given) + window - 1, *given.shape[1:])
+    assert fps == pytest.approx(demo.DATASET_FPS)
+    record = json.loads((continuation / "settings.json").read_text())
+    assert record["frames"] == len(extended)
+    assert record["condition"]["source_frames"] == len(given)
+    assert record["window_starts"] == [len(given) - 1]
+
+    video_io.write_video(tmp_path / "again.mp4", given, fps=demo.DATASET_FPS)
+    again, _ = video_io.read_video(tmp_path / "again.mp4")
+    codec_error = np.abs(again.astype(int) - given.astype(int)).mean()
+    kept_error = np.abs(extended[: len(given)].astype(int) - given.astype(int)).mean()
+    assert kept_error <= 1.05 * codec_error + 0.1, (kept_error, codec_error)
 
 
 def test_quick_demo_reports_the_evaluation(quick_demo):

@@ -12,7 +12,9 @@
    outside the condition (`evaluation.json`, `outpainting.png`: ground truth | condition |
    untrained | trained);
 5. generates a 360 video from a held-out perspective clip and its caption with the trained model
-   (`sample/`: pano.mp4, viewpoint.mp4, faces.png, viewer.html).
+   (`sample/`: pano.mp4, viewpoint.mp4, faces.png, viewer.html);
+6. continues that 360 video by one more window (`continue_video`: the window knows the last frame
+   so far), into `continuation/` (the same files; its first frames are the sample's).
 
 Everything is deterministic given the settings. A rerun reuses the dataset and resumes (or
 skips) the training. `--quick` is the test size: a handful of clips and steps, seconds of work.
@@ -38,7 +40,7 @@ from viewpoint_jax import build, evaluation, video_io
 from viewpoint_jax import sample as sample_lib
 from viewpoint_jax import train as train_lib
 from viewpoint_jax.cli import UserError, refuse_positional, run
-from viewpoint_jax.data import builder, demo_dataset
+from viewpoint_jax.data import builder, conditions, demo_dataset
 from viewpoint_jax.diffusion import sampler
 from viewpoint_jax.io_utils import atomic_write_text
 from viewpoint_jax.models import dit as dit_lib
@@ -319,8 +321,9 @@ def evaluate_outpainting(
 
 def generate_sample(
     out: Path, models: sample_lib.Models, clips: evaluation.EvalClips, spec: str, run_dir: Path
-) -> Path:
-    """A 360 video from the first held-out clip's condition view and caption -> out/sample."""
+) -> tuple[Path, sample_lib.Generation]:
+    """A 360 video from the first held-out clip's condition view and caption -> out/sample;
+    returns the folder and the generation."""
     fov, yaw, pitch, roll = (float(v) for v in clips.view[0])
     generation = sample_lib.generate(
         models,
@@ -344,7 +347,49 @@ def generate_sample(
         config=spec,
         checkpoint=str(run_dir),
     )
-    return sample_lib.write_outputs(out / "sample", generation, DATASET_FPS, record, overwrite=True)
+    sample_dir = sample_lib.write_outputs(
+        out / "sample", generation, DATASET_FPS, record, overwrite=True
+    )
+    return sample_dir, generation
+
+
+def generate_continuation(
+    out: Path,
+    models: sample_lib.Models,
+    sample_dir: Path,
+    generation: sample_lib.Generation,
+    prompt: str,
+    spec: str,
+    run_dir: Path,
+) -> Path:
+    """The sample's 360 video `generation.panorama` `(T, H, W, 3)` extended by one window of the
+    model's clip length -> out/continuation, `T + window - P` frames (P = the pixel frames of the
+    one known latent frame the window starts from, `continue_video`'s default overlap)."""
+    temporal = models.autoencoder.temporal_factor
+    window = int(models.config.data.num_frames)
+    known_frames = conditions.prefix_pixel_frames(1, temporal)
+    source_frames = len(generation.panorama)
+    continuation = sample_lib.continue_video(
+        models,
+        generation.panorama,
+        prompt,
+        sampler.SampleSettings.from_config(models.config.sample),
+        num_frames=source_frames + window - known_frames,
+    )
+    condition = {"continues": str(sample_dir / "pano.mp4"), "source_frames": source_frames}
+    record = sample_lib.settings_record(
+        continuation,
+        prompt,
+        "",
+        condition,
+        DATASET_FPS,
+        config=spec,
+        checkpoint=str(run_dir),
+        window_starts=continuation.window_starts,
+    )
+    return sample_lib.write_outputs(
+        out / "continuation", continuation, DATASET_FPS, record, overwrite=True
+    )
 
 
 def run_demo(
@@ -354,7 +399,7 @@ def run_demo(
     quick: bool = False,
     config: str | None = None,
 ) -> dict:
-    """Runs the five steps into `out` with the config file `config` (`path.py[:arg]`, default
+    """Runs the six steps into `out` with the config file `config` (`path.py[:arg]`, default
     configs/tiny.py); returns the summary also written to `out/evaluation.json`."""
     out = Path(out).absolute()
     preset = QUICK if quick else FULL
@@ -365,39 +410,45 @@ def run_demo(
     seconds: dict[str, float] = {}
     started = time.perf_counter()
 
-    t = _step(1, 5, f"demo dataset -> {out / 'data'}")
+    t = _step(1, 6, f"demo dataset -> {out / 'data'}")
     ensure_dataset(out, preset["dataset"])
     seconds["dataset"] = time.perf_counter() - t
 
     run_dir = out / "run"
-    t = _step(2, 5, f"training {Path(spec).name} for {config.num_steps} steps -> {run_dir}")
+    t = _step(2, 6, f"training {Path(spec).name} for {config.num_steps} steps -> {run_dir}")
     result = train_lib.train(config, run_dir, progress=True)
     if result["stopped"]:
         raise UserError("training was stopped (SIGTERM); rerun the demo to resume it")
     trained_steps = int(result["step"])
     seconds["train"] = time.perf_counter() - t
 
-    t = _step(3, 5, "loss curve")
+    t = _step(3, 6, "loss curve")
     steps, losses = read_losses(run_dir / "metrics.jsonl")
     video_io.write_png(out / "loss_curve.png", loss_curve_image(steps, losses))
     seconds["loss_curve"] = time.perf_counter() - t
 
-    t = _step(4, 5, "outpainting held-out clips: untrained vs trained model, same noise")
+    t = _step(4, 6, "outpainting held-out clips: untrained vs trained model, same noise")
     summary, models, clips = evaluate_outpainting(out, config, run_dir, preset["eval_seeds"])
     summary["trained_steps"] = trained_steps
     seconds["evaluation"] = time.perf_counter() - t
 
-    t = _step(5, 5, "a 360 video from a held-out perspective clip and its caption")
-    sample_dir = generate_sample(out, models, clips, spec, run_dir)
+    t = _step(5, 6, "a 360 video from a held-out perspective clip and its caption")
+    sample_dir, generation = generate_sample(out, models, clips, spec, run_dir)
     seconds["generation"] = time.perf_counter() - t
+
+    t = _step(6, 6, "the 360 video continued by one more window")
+    continuation_dir = generate_continuation(
+        out, models, sample_dir, generation, clips.captions[0], spec, run_dir
+    )
+    seconds["continuation"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - started
     summary["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     atomic_write_text(out / "evaluation.json", json.dumps(summary, indent=2) + "\n")
-    _print_summary(out, summary, sample_dir)
+    _print_summary(out, summary, sample_dir, continuation_dir)
     return summary
 
 
-def _print_summary(out: Path, summary: dict, sample_dir: Path) -> None:
+def _print_summary(out: Path, summary: dict, sample_dir: Path, continuation_dir: Path) -> None:
     untrained, trained = summary["untrained"], summary["trained"]
     print()
     print(f"Outpainting error on {len(summary['clips'])} held-out clips (outside the condition):")
@@ -416,6 +467,7 @@ def _print_summary(out: Path, summary: dict, sample_dir: Path) -> None:
         (sample_dir / "pano.mp4", "the equirectangular video (tagged 360)"),
         (sample_dir / "viewpoint.mp4", "the ViewPoint map the model generated"),
         (sample_dir / "faces.png", "the six cube faces at a few times"),
+        (continuation_dir / "viewer.html", "the 360 video continued by one more window"),
         (out / "loss_curve.png", "the training loss"),
         (out / "outpainting.png", "ground truth | condition | untrained | trained"),
         (out / "evaluation.json", "the numbers"),

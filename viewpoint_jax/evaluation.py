@@ -27,6 +27,7 @@ import numpy as np
 
 from viewpoint_jax.data import pipeline
 from viewpoint_jax.data.builder import as_text
+from viewpoint_jax.data.conditions import ConditionKind, prefix_mask
 from viewpoint_jax.diffusion import sampler
 from viewpoint_jax.geometry import projections, sampling, viewpoint_map
 
@@ -136,6 +137,44 @@ def psnr(mse: np.ndarray | float) -> np.ndarray:
     return 10.0 * np.log10(PEAK_TO_PEAK**2 / np.asarray(mse, np.float64))
 
 
+def clips_with_condition(
+    clips: EvalClips, kind: ConditionKind, *, known_frames: int | None = None
+) -> EvalClips:
+    """The same clips and targets under another condition kind, for `outpainting_error`:
+
+    - PERSPECTIVE_VIDEO: the clips as loaded (their perspective view over every frame);
+    - NONE: nothing known (condition 0, mask 0), so the error covers the whole map (text-to-360);
+    - PREFIX: the first `known_frames` pixel frames of the ground-truth map known in full (mask 1
+      there, 0 after: the condition a continuation samples with), so the error covers only the
+      frames after them. `known_frames` = `prefix_pixel_frames(k, temporal_factor)` for the first
+      k latent frames.
+
+    Maps `(N, F, M, M, 3)`, masks `(N, F, M, M, 1)`. ValueError for other kinds, or a prefix that
+    is not 1 .. F - 1 frames.
+    """
+    if kind == ConditionKind.PERSPECTIVE_VIDEO:
+        return clips
+    if kind == ConditionKind.NONE:
+        return dataclasses.replace(
+            clips,
+            condition_map=np.zeros_like(clips.target_map),
+            condition_mask=np.zeros_like(clips.condition_mask),
+        )
+    if kind == ConditionKind.PREFIX:
+        count, frames, map_size = clips.target_map.shape[:3]
+        if known_frames is None or not 1 <= known_frames < frames:
+            raise ValueError(
+                f"a prefix condition needs known_frames in 1 .. {frames - 1}, got {known_frames}"
+            )
+        mask = np.broadcast_to(
+            prefix_mask(frames, known_frames, map_size), (count, frames, map_size, map_size, 1)
+        )
+        return dataclasses.replace(
+            clips, condition_map=clips.target_map * mask, condition_mask=np.array(mask)
+        )
+    raise ValueError(f"clips_with_condition: no evaluation condition for kind {kind.key!r}")
+
+
 def clip_conditions(
     autoencoder: Any, text_encoder: Any, clips: EvalClips, negative_prompt: str = ""
 ) -> sampler.Conditions:
@@ -165,6 +204,9 @@ def outpainting_error(
     """Samples every clip's map once per seed (all clips in one batch, noise from
     `jax.random.key(seed)`) and measures the error outside the condition mask.
 
+    The clips' own condition is used (`clips_with_condition` swaps it for another kind); wholly
+    known latent frames (a prefix) are re-imposed after sampling, as `sample.generate` does.
+
     `model`: an NNX module `model(x, t, context)` or its `(graphdef, params)`. `settings.seed` is
     not used: `seeds` are, so every model compared gets the same noise.
     """
@@ -174,6 +216,7 @@ def outpainting_error(
     errors, first_maps = [], None
     for seed in seeds:
         latents = sampler.sample(model, conditions, jax.random.key(int(seed)), settings)
+        latents = sampler.impose_known_frames(latents, conditions)
         maps = sampler.decode_latents(autoencoder, latents)
         errors.append(np.asarray(outpainted_mse(maps, clips.target_map, clips.condition_mask)))
         if first_maps is None:
