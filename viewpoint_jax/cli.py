@@ -29,10 +29,11 @@ USER_FACING = (
 HELP_ARGUMENTS = ("-h", "--help", "-help", "--helpshort", "--helpfull", "-?")
 
 
-def run_main(main: Callable[[], int | None]) -> None:
-    """Runs a CLI `main`, printing `error: <message>` and exiting 2 on user-facing errors."""
+def _run_with_user_errors(main: Callable[[], int | None]) -> int:
+    """`main()`'s status; a user-facing error prints `error: <message>` and exits 2 (a bug keeps
+    its traceback), an interrupt exits 130."""
     try:
-        code = main()
+        return main() or 0
     except USER_FACING as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)
@@ -40,7 +41,11 @@ def run_main(main: Callable[[], int | None]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    sys.exit(code or 0)
+
+
+def run_main(main: Callable[[], int | None]) -> None:
+    """Runs a CLI `main` (no absl flags), exiting with its status; see `_run_with_user_errors`."""
+    sys.exit(_run_with_user_errors(main))
 
 
 def _close_match(name: str, flag_values: flags.FlagValues) -> str:
@@ -139,15 +144,7 @@ def run(
         define_flags()
 
     def main_with_user_errors(argv: list[str]) -> int:
-        try:
-            return main(argv) or 0
-        except USER_FACING as error:
-            message = error.args[0] if isinstance(error, KeyError) and error.args else error
-            print(f"error: {message}", file=sys.stderr)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            sys.exit(130)
+        return _run_with_user_errors(lambda: main(argv))
 
     app.run(
         main_with_user_errors, argv=None if argv is None else list(argv), flags_parser=parse_flags
