@@ -167,3 +167,12 @@ def test_parallel_build_equals_serial_and_a_failed_build_resumes(tmp_path, monke
         assert [serial[i] for i in range(len(serial))] == [
             parallel[i] for i in range(len(parallel))
         ]
+
+
+def test_non_utf8_captions_name_the_file_and_line(tmp_path):
+    folder = _write_folder(tmp_path / "src", LINES)
+    text = (folder / "captions.jsonl").read_bytes().splitlines()
+    text[1] = text[1].replace(b"a still", b"caf\xe9 (latin-1)")
+    (folder / "captions.jsonl").write_bytes(b"\n".join(text) + b"\n")
+    with pytest.raises(ValueError, match=r"captions.jsonl:2: not UTF-8 \(byte 0xe9 at column"):
+        builder.read_captions(folder)

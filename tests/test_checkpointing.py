@@ -82,3 +82,22 @@ def test_kill9_resumes_on_the_same_data_order_and_sigterm_saves(tmp_path, datase
     np.testing.assert_allclose(
         [losses[s] for s in compared], [expected[s] for s in compared], rtol=1e-6
     )
+
+
+def test_sigterm_before_the_first_step_exits_at_once(tmp_path, dataset):
+    """SIGTERM while the run sets up or compiles its first step (Python handlers cannot run
+    inside an XLA compile): nothing new to save, so it exits 0 at once, not after compiling."""
+    data_dir, name = dataset
+    env = subprocess_env(devices=1)
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "cold_cache")  # a real compile, no hit
+    run = tmp_path / "run"
+    command = cli(run, data_dir, name, "--config.num_steps=4", "--config.model.dim=40")
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:  # the start-up summary: setting up, the first step still ahead
+        if line.startswith("steps: "):
+            break
+    process.send_signal(signal.SIGTERM)
+    stderr = process.stderr.read()
+    assert process.wait(timeout=300) == 0, stderr
+    assert "SIGTERM before the first step finished" in stderr
+    assert _lines(run) == 0 and _latest(run) is None  # no step was taken, none saved

@@ -260,3 +260,21 @@ def test_destination_without_space_is_refused_before_writing(tmp_path, monkeypat
             ignore=("d.int", "e.scalar"),
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+def test_truncated_safetensors_is_named_before_any_tensor_is_read(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_numpy({"a": np.ones((64, 64), np.float32), "b": np.zeros((8,), np.float32)}, str(path))
+    data = path.read_bytes()
+    path.write_bytes(data[:-100])  # an interrupted download
+    with pytest.raises(ValueError, match=r"model.safetensors: truncated: the header lists \d+ "):
+        core.open_checkpoint(path)
+
+
+def test_legacy_non_zip_pth_is_read(tmp_path):
+    """torch's pre-1.6 format cannot be memory-mapped: it is read whole instead of refused."""
+    state = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}
+    path = tmp_path / "old.pth"
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    source = core.open_checkpoint(path)
+    np.testing.assert_array_equal(source.get("w"), state["w"].numpy())

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import threading
 from collections.abc import Mapping
 
 import jax
@@ -83,15 +85,39 @@ def maybe_initialize_distributed(
 
 
 class StopFlag:
-    """Set by SIGTERM (a preempted or cancelled job); agreed on by every host before acting."""
+    """Set by SIGTERM (a preempted or cancelled job); agreed on by every host before acting.
+
+    Before the run has made progress (`progressed` False: setting up, restoring, compiling the
+    first step) there is nothing to save: the last checkpoint, or a fresh start, is the resume
+    point. Then SIGTERM exits at once (status 0), even inside a long XLA compilation, where
+    Python handlers cannot run until it returns: the C-level handler writes the signal to a
+    wakeup pipe that a watcher thread reads. Preemption grace periods are often 30 s.
+    """
 
     def __init__(self):
         self.requested = False
+        self.progressed = False
         self._previous = signal.signal(signal.SIGTERM, self._handle)
+        read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)
+        self._previous_wakeup_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, args=(read_fd,), daemon=True).start()
 
     def _handle(self, signum, frame):
         del signum, frame
         self.requested = True
+
+    def _watch(self, read_fd: int) -> None:
+        with os.fdopen(read_fd, "rb", buffering=0) as wakeups:
+            while signals := wakeups.read(1):  # b"" once restore() closes the pipe
+                if signals[0] == signal.SIGTERM and not self.progressed:
+                    print(
+                        "SIGTERM before the first step finished: nothing new to save, exiting "
+                        "(the run resumes from its last checkpoint)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    os._exit(0)
 
     def should_stop(self) -> bool:
         if jax.process_count() == 1:
@@ -99,4 +125,6 @@ class StopFlag:
         return bool(np.any(multihost_utils.process_allgather(np.int32(self.requested))))
 
     def restore(self) -> None:
+        signal.set_wakeup_fd(self._previous_wakeup_fd)
+        os.close(self._write_fd)
         signal.signal(signal.SIGTERM, self._previous)

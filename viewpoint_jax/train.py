@@ -478,6 +478,7 @@ def _loop(
         batch = next(data_iterator)
         device_batch = trainer.device_batch(batch)
         state, step_metrics = trainer.step(state, device_batch)
+        stop.progressed = True  # from now on a SIGTERM saves this step before exiting
         step_metrics = {**step_metrics, **pipeline.condition_counts(batch)}
         if pending is not None:
             _report(logger, pending)

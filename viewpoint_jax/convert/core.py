@@ -127,6 +127,15 @@ def _read_safetensors_header(path: Path) -> dict[str, _Entry]:
     except (OSError, ValueError, struct.error) as e:
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
     data_start = 8 + header_len
+    size = path.stat().st_size
+    # A truncated download ends before the tensors the header lists: say so before reading any.
+    data_end = max((info["data_offsets"][1] for k, info in header.items() if k != "__metadata__"),
+                   default=0)  # fmt: skip
+    if data_start + data_end > size:
+        raise ValueError(
+            f"{path}: truncated: the header lists {data_start + data_end} bytes of tensors but the "
+            f"file has {size} (an interrupted download or copy?)"
+        )
     entries = {}
     for key, info in header.items():
         if key == "__metadata__":
@@ -217,7 +226,12 @@ def _load_torch_state(path: Path) -> Mapping[str, Any]:
         ) from None
     try:
         state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, OSError, EOFError) as e:
+    except RuntimeError as e:
+        if "mmap can only be used with files saved with" not in str(e):
+            raise ValueError(f"{path}: cannot read as a torch checkpoint ({e})") from None
+        # torch's legacy (pre-1.6, non-zip) format cannot be memory-mapped: read it whole.
+        state = _load_torch_legacy(torch, path)
+    except (pickle.UnpicklingError, OSError, EOFError) as e:
         raise ValueError(f"{path}: cannot read as a torch checkpoint ({e})") from None
     # Training checkpoints wrap the weights: {"state_dict": {...}} / {"model": {...}}.
     for wrapper in ("state_dict", "model", "module"):
@@ -226,6 +240,13 @@ def _load_torch_state(path: Path) -> Mapping[str, Any]:
     if not isinstance(state, Mapping) or not all(hasattr(v, "shape") for v in state.values()):
         raise ValueError(f"{path}: expected a flat state dict of tensors")
     return state
+
+
+def _load_torch_legacy(torch: Any, path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, OSError, EOFError) as e:
+        raise ValueError(f"{path}: cannot read as a torch checkpoint ({e})") from None
 
 
 def _torch_to_numpy(tensor: Any) -> np.ndarray:

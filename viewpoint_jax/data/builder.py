@@ -124,11 +124,18 @@ def read_captions(src: str | os.PathLike, captions_file: str = CAPTIONS_FILE) ->
             f"no captions file {path}: write one JSON object a line with 'file', 'caption'"
         )
     entries, seen = [], {}
-    with path.open(encoding="utf-8") as lines:
-        for number, text in enumerate(lines, start=1):
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            where = f"{path}:{number}"
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"{where}: not UTF-8 (byte {error.object[error.start]:#x} at column "
+                    f"{error.start + 1}); save the captions file as UTF-8"
+                ) from None
             if not text.strip():
                 continue
-            where = f"{path}:{number}"
             try:
                 item = json.loads(text)
             except json.JSONDecodeError as error:
