@@ -168,3 +168,31 @@ def test_probe_media_with_and_without_ffprobe(tmp_path, monkeypatch):
         with pytest.raises(video_io.UnreadableMediaError) as error:
             list(video_io.decode_frames(cut_off, (8, 16)))
         assert str(cut_off) in str(error.value) and "ffmpeg failed" in error.value.reason
+
+
+def test_a_cut_off_faststart_video_reads_with_a_warning(tmp_path, caplog):
+    """Its index (moov) comes first, so a truncated copy still opens: the frames it still holds
+    are read and the shortfall against the declared count is logged."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    whole = tmp_path / "whole.mp4"
+    subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i",
+         "testsrc2=size=64x32:rate=8:duration=2", "-c:v", "libx264", "-preset", "ultrafast",
+         "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(whole)],
+        check=True,
+    )  # fmt: skip
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 8 // 10])  # the first frames still decode
+    full, _ = video_io.read_video(whole)
+    with caplog.at_level("WARNING"):
+        partial, _ = video_io.read_video(cut)
+    assert 0 < len(partial) < len(full) == 16
+    assert f"decoding stopped at frame {len(partial)} of the 16" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        video_io.read_video(whole)
+    assert "decoding stopped" not in caplog.text

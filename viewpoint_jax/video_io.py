@@ -63,10 +63,20 @@ def read_video(
             if index % stride == 0:
                 frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
             index += 1
+        declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     finally:
         capture.release()
     if not frames:
         raise ValueError(f"cannot read video {path}: no decodable frames from frame {start}")
+    wanted_more = num_frames is None or len(frames) < num_frames
+    if wanted_more and start + index < declared:
+        # A cut-off file whose index survived (moov first) still opens: say what is missing.
+        log.warning(
+            "%s: decoding stopped at frame %d of the %d its header declares (truncated file?)",
+            path,
+            start + index,
+            declared,
+        )
     return np.stack(frames), fps
 
 
