@@ -1,4 +1,4 @@
-"""WanDiT: Pano/Perspective attention, scanning, remat, sizes, sharding annotations."""
+"""WanDiT: Pano and subregion attention, scanning, remat, sizes, sharding annotations."""
 
 import dataclasses
 
