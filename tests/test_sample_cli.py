@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from absl import flags
 from flax import nnx
 from test_train import subprocess_env
 
@@ -121,13 +120,11 @@ def test_bad_input_gives_one_clear_message(config_file, tmp_path, extra, message
 
 def run_in_process(argv, capsys) -> tuple[int, str]:
     """The same path as the subprocess tests (`cli.run`), without a Python start each: the
-    sample flags on absl's global FLAGS, reset to their defaults before each parse."""
-    if "prompt" not in flags.FLAGS:
-        sample.define_flags()
-    flags.FLAGS.unparse_flags()
+    sample flags defined afresh on absl's global FLAGS (another CLI's, from an earlier test in
+    this process, are dropped first), so each parse starts from the defaults."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        cli.run(sample.main, argv=["sample", *argv])
+        cli.run(sample.main, sample.define_flags, argv=["sample", *argv])
     return exit_info.value.code, capsys.readouterr().err
 
 
