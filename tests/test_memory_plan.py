@@ -13,6 +13,7 @@ from flax import nnx
 from test_train import micro_config
 
 from viewpoint_jax import build, train
+from viewpoint_jax import config as config_lib
 from viewpoint_jax import sharding as sharding_lib
 from viewpoint_jax.models import dit as dit_lib
 from viewpoint_jax.models import umt5, vae
@@ -158,7 +159,7 @@ def test_sample_weight_bytes_match_the_sampling_shardings():
     model_config = dataclasses.replace(model_config, dtype="bfloat16", param_dtype="bfloat16")
     _, params = nnx.split(dit_lib.abstract_model(model_config), nnx.Param)
     shardings = sharding_lib.state_shardings(
-        params, sample.sampling_mesh(), sample.config_rules(config)
+        params, sample.sampling_mesh(), config_lib.logical_rules(config)
     )
     shard_bytes = sum(
         math.prod(s.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize

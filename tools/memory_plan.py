@@ -251,11 +251,12 @@ def sample_plan(config, devices: int, dtype: str = "bfloat16", vae: dict | None 
     from flax import nnx
 
     from viewpoint_jax import build, sample
+    from viewpoint_jax import config as config_lib
     from viewpoint_jax.models import dit as dit_lib
 
     model_config = dataclasses.replace(build.dit_config(config), dtype=dtype, param_dtype=dtype)
     mesh_sizes = {"data": 1, "fsdp": devices, "sequence": 1, "tensor": 1}  # sampling_mesh
-    rules = sample.config_rules(config)
+    rules = config_lib.logical_rules(config)
     _, params = nnx.split(dit_lib.abstract_model(model_config), nnx.Param)
     weights = _sharded_bytes(params, mesh_sizes, rules)
     text_weights = _sharded_bytes(
@@ -314,6 +315,7 @@ def compiled_sample_plan(config, devices: int, dtype: str = "bfloat16") -> dict[
     from flax import nnx
 
     from viewpoint_jax import build, sample
+    from viewpoint_jax import config as config_lib
     from viewpoint_jax import sharding as sharding_lib
     from viewpoint_jax.diffusion import sampler, schedulers
     from viewpoint_jax.models import dit as dit_lib
@@ -325,7 +327,7 @@ def compiled_sample_plan(config, devices: int, dtype: str = "bfloat16") -> dict[
         build.dit_config(config), dtype=dtype, param_dtype=dtype, attention_backend=backend
     )
     mesh = sample.sampling_mesh(jax.devices()[:devices])
-    rules = sample.config_rules(config)
+    rules = config_lib.logical_rules(config)
     graphdef, params = nnx.split(dit_lib.abstract_model(model_config))
     params = sharding_lib.with_shardings(params, sharding_lib.state_shardings(params, mesh, rules))
     latent = sample.latent_shape(config)

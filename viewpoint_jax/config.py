@@ -260,13 +260,16 @@ def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> dict[str,
 def mesh_and_rules(
     config: ml_collections.ConfigDict, devices: list[jax.Device]
 ) -> tuple[jax.sharding.Mesh, sharding.LogicalRules]:
-    """The config's mesh over `devices` and its logical-axis rules (lists from JSON as tuples)."""
-    sizes = mesh_shape(config, len(devices))
-    rules = tuple(
+    """The config's mesh over `devices` and its logical-axis rules."""
+    return sharding.make_mesh(mesh_shape(config, len(devices)), devices), logical_rules(config)
+
+
+def logical_rules(config: ml_collections.ConfigDict) -> sharding.LogicalRules:
+    """`config.sharding_rules` as a rules tuple (mesh-axis lists, as JSON stores them, as tuples)."""
+    return tuple(
         (name, tuple(axes) if isinstance(axes, list) else axes)
         for name, axes in config.sharding_rules
     )
-    return sharding.make_mesh(sizes, devices), rules
 
 
 def validate_config(

@@ -122,14 +122,6 @@ def sampling_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.M
     return sharding.make_mesh({"fsdp": len(devices)}, devices)
 
 
-def config_rules(config) -> sharding.LogicalRules:
-    """`config.sharding_rules` as a rules tuple (JSON lists of mesh axes become tuples)."""
-    return tuple(
-        (name, tuple(axes) if isinstance(axes, list) else axes)
-        for name, axes in config.sharding_rules
-    )
-
-
 def latent_shape(config, num_frames: int | None = None) -> tuple[int, int, int, int, int]:
     """The `(1, f, h, w, C)` map latent of one sample of `config.data` (from the autoencoder's
     shapes only: no weights are read)."""
@@ -165,13 +157,14 @@ def load_models(
     if not Path(checkpoint).is_dir():
         raise UserError(f"--checkpoint: no such directory {checkpoint}")
     mesh = sampling_mesh() if mesh is None else mesh
-    rules = config_rules(config)
+    rules = config_lib.logical_rules(config)
     # Checked on the config's sizes before any weight is read (a 14B restore takes minutes).
-    sampler.check_mesh_fits(build.dit_config(config), mesh, latent_shape(config))
+    latent = latent_shape(config)
+    sampler.check_mesh_fits(build.dit_config(config), mesh, latent)
     model = build.restore_model_for_inference(
         checkpoint, config, mesh=mesh, rules=rules, dtype=dtype, param_dtype=dtype
     )
-    sampler.check_mesh_fits(model.config, mesh, latent_shape(config))  # a checkpoint's own sizes
+    sampler.check_mesh_fits(model.config, mesh, latent)  # a checkpoint's own sizes
     return Models(
         model=model,
         autoencoder=build.build_autoencoder(config),
@@ -407,8 +400,9 @@ def continue_video(
     [-1, 1]) to `num_frames` = 1 + 4m frames in all (num_frames > T).
 
     The output's first T frames are the given video (panorama frames as given, in uint8, when
-    at the config's ERP size, else through its map; map frames its ViewPoint map); then windows as in `generate_long`, window 1
-    knowing the last P = 1 + t (k - 1) given frames, each later window the last P frames so far.
+    at the config's ERP size, else through its map; map frames its ViewPoint map); then windows
+    as in `generate_long`, window 1 knowing the last P = 1 + t (k - 1) given frames, each later
+    window the last P frames so far.
     The source needs at least P frames. ValueError naming `pano_erp_video` for a video that is
     not 2:1 equirectangular, `num_frames` for a bad count.
     """
