@@ -148,6 +148,23 @@ def test_research_code_form_compiles_once_for_new_prompts_and_seeds(config, chec
     np.testing.assert_array_equal(np.asarray(again), np.asarray(first))
 
 
+def test_a_replica_on_another_device_group_samples_the_same(config, checkpoint):
+    """`Models.replica`: the weights copied to another group of devices (here of one device;
+    `test_sample_prompts` runs groups of 2) with the same specs; the same program on another
+    device gives the same latents, bit for bit."""
+    first_group, second_group = (sample.sampling_mesh(jax.devices()[i : i + 1]) for i in (0, 1))
+    models = sample.load_models(config, checkpoint, mesh=first_group, dtype="float32")
+    with pytest.raises(ValueError, match="release_text_encoder"):
+        models.replica(second_group)
+    models.encode_prompts(["a red door in the snow", ""])
+    models.release_text_encoder()
+    replica = models.replica(second_group)
+    kernel, copied = (m.model.blocks.ffn_in.kernel[...] for m in (models, replica))
+    assert copied.sharding.mesh == second_group and copied.sharding.spec == kernel.sharding.spec
+    np.testing.assert_array_equal(np.asarray(copied), np.asarray(kernel))
+    np.testing.assert_array_equal(run(replica).latents, run(models).latents)
+
+
 def test_meshes_that_do_not_divide_the_model_are_refused(config, checkpoint):
     with pytest.raises(ValueError, match="'tensor' of size 8 does not divide the DiT's num_heads"):
         sample.load_models(config, checkpoint, mesh=sharding.make_mesh({"tensor": 8}))

@@ -55,9 +55,10 @@ class Models:
     """Everything generation needs: the DiT, the autoencoder, the text encoder and the config.
 
     mesh, rules: where the DiT's (and text encoder's) weights are sharded, by `rules`, and the
-    autoencoder's replicated (`sampler.replicate`; None: one device). prompt_embeddings: prompt -> its `(L, D)` float32 text embeddings on the host, filled
-    by `encode_prompts`; generation reads them from here, so after `release_text_encoder()` the
-    prompts encoded before can still be sampled.
+    autoencoder's replicated (`sampler.replicate`; None: one device). prompt_embeddings: prompt
+    -> its `(L, D)` float32 text embeddings on the host, filled by `encode_prompts`; generation
+    reads them from here, so after `release_text_encoder()` the prompts encoded before can
+    still be sampled.
     """
 
     model: Any
@@ -1008,8 +1009,11 @@ def run_prompt_file(args: Any, config, settings: sampler.SampleSettings) -> int:
     replicas = [models, *(models.replica(mesh) for mesh in meshes[1:])]
     shares = [todo[g :: len(replicas)] for g in range(len(replicas))]
     make = functools.partial(_run_share, args=args, config=config, settings=settings)
-    with concurrent.futures.ThreadPoolExecutor(len(replicas)) as pool:
-        failed += [error for errors in pool.map(make, replicas, shares) for error in errors]
+    if len(replicas) == 1:  # in this thread, so Ctrl-C stops it at once
+        failed += make(models, todo)
+    else:
+        with concurrent.futures.ThreadPoolExecutor(len(replicas)) as pool:
+            failed += [error for errors in pool.map(make, replicas, shares) for error in errors]
     return 1 if failed else 0
 
 

@@ -585,8 +585,9 @@ def decode_latents(
     Decodes overlapping spatial tiles of `tile` latent pixels blended over `tile_overlap`
     (`vae.tiled_apply`; one tile, the exact decode, when the frame is no larger; `tile=None`:
     the whole frame), spread over every device of `mesh`, one tile per device at a time, with
-    the autoencoder's weights replicated there (`replicate`). The result is the same as on one
-    device. Each tile runs over all frames, so the Wan VAE's causal cache is as untiled.
+    the autoencoder's weights replicated there (`replicate`). The result is the one-device
+    result up to fp32 rounding. Each tile runs over all frames, so the Wan VAE's causal cache
+    is as untiled.
     """
     tiling = None if tile is None else Tiling(tile, tile_overlap, mesh)
     if mesh is not None:
