@@ -176,3 +176,29 @@ def test_compiled_sample_plan_holds_the_analytic_weights():
         extra = plan["argument_bytes"] - plan["analytic_weight_bytes"]
         assert 0 <= extra < 2**20, (devices, extra)
         assert plan["temp_bytes"] > 0
+
+
+def test_vae_decode_bytes_are_one_tile_per_device_however_many_share_them(tmp_path, monkeypatch):
+    """The decode column: the tiled decode spread over 8 devices holds one tile's activations
+    per device, as on one device, not the 8 tiles of a step (6 tiles of 8 latent pixels here;
+    the sampler's 32 would be one tile at this size)."""
+    from viewpoint_jax.diffusion import sampler
+
+    monkeypatch.setattr(sampler, "DECODE_TILE", 8)
+    monkeypatch.setattr(sampler, "DECODE_TILE_OVERLAP", 2)
+    checkpoint = tmp_path / "vae"
+    checkpoint.mkdir()
+    tiny = vae.WanVAEConfig(base_dim=8, num_res_blocks=1)
+    (checkpoint / "config.json").write_text(json.dumps(tiny.to_dict()))
+    config = micro_config()
+    config.autoencoder.kind, config.autoencoder.checkpoint = "wan_vae", str(checkpoint)
+    latent = (1, 2, 20, 14, 16)
+    one, eight = (memory_plan.vae_decode_bytes(config, latent, n) for n in (1, 8))
+    assert one["output"] == eight["output"] == 1 * 5 * 160 * 112 * 3 * 4  # the map video, fp32
+    weights = vae.abstract_model(tiny)
+    assert (
+        one["weights"]
+        == eight["weights"]
+        == sum(math.prod(x.shape) * 4 for x in jax.tree.leaves(nnx.state(weights)))
+    )  # replicated: all of them on every device
+    assert 0 < eight["temp"] < 2 * one["temp"], (one, eight)

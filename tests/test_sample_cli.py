@@ -318,10 +318,19 @@ def test_bad_condition_combinations_are_refused(tiny_run, tmp_path, capsys, extr
 
 
 def test_mesh_flag_is_parsed_or_refused_by_name():
-    n = len(jax.devices())
-    mesh = sample.parse_mesh(f"fsdp={n}")
-    assert dict(mesh.shape)["fsdp"] == n and sample.parse_mesh(None) is None
+    devices = jax.local_devices()
+    n = len(devices)
+    (mesh,) = sample.sampling_meshes(f"fsdp={n}")
+    assert dict(mesh.shape)["fsdp"] == n
+    (default,) = sample.sampling_meshes(None)
+    assert dict(default.shape)["fsdp"] == n
+    # Smaller than the devices: one mesh per group of consecutive devices (8 devices: 4 groups).
+    groups = sample.sampling_meshes("fsdp=1,tensor=2")
+    assert [list(m.devices.flat) for m in groups] == [devices[i : i + 2] for i in range(0, n, 2)]
+    assert all(dict(m.shape)["tensor"] == 2 for m in groups)
+    (everything,) = sample.sampling_meshes("tensor=2,fsdp=-1")
+    assert dict(everything.shape)["fsdp"] == n // 2
     with pytest.raises(UserError, match=r"--mesh 'bogus=2': expected axis=size pairs"):
-        sample.parse_mesh("bogus=2")
-    with pytest.raises(UserError, match=r"--mesh 'fsdp=3,tensor=5'"):
-        sample.parse_mesh("fsdp=3,tensor=5")  # 15 devices: never this machine's count
+        sample.sampling_meshes("bogus=2")
+    with pytest.raises(UserError, match=r"--mesh 'fsdp=3,tensor=5': a model on 15 devices"):
+        sample.sampling_meshes("fsdp=3,tensor=5")  # 15 devices: never this machine's count

@@ -118,6 +118,53 @@ def test_new_prompt_and_seed_reuse_the_compiled_sampler_after_the_text_encoder_i
     np.testing.assert_array_equal(run(models, "a harbour at night", seed=3).latents, first.latents)
 
 
+def test_research_code_form_compiles_once_for_new_prompts_and_seeds(config, checkpoint):
+    """`sampler.sample(model, conditions, key, settings)` under `sharding.use_mesh` (the README's
+    form), on conditions already sharded over the mesh or still on the host: one compiled
+    program for every prompt, seed and placement; the spread decode likewise."""
+    models = sample.load_models(config, checkpoint)  # bf16, fsdp over all 8 devices
+    contexts = models.encode_prompts(["a harbour at night", "a desert road", ""])[:, None]
+    data = config.data
+
+    def conditions(prompt):
+        return sampler.make_conditions(
+            models.autoencoder, contexts[prompt], contexts[2], data.map_size, data.num_frames
+        )
+
+    with sharding.use_mesh(models.mesh, models.rules):
+        placed = sampler.place_conditions(conditions(0), models.mesh, models.rules)
+        assert placed.context.sharding.mesh == models.mesh
+        first = sampler.sample(models.model, placed, jax.random.key(0), SETTINGS)
+        compiled = sampler.sample_latents._cache_size()
+        decoded = sampler.decode_latents(models.autoencoder, first, mesh=models.mesh)
+        decodes = sampler._jitted.cache_info().currsize
+        second = sampler.sample(models.model, conditions(1), jax.random.key(1), SETTINGS)
+        sampler.decode_latents(models.autoencoder, second, mesh=models.mesh)
+        again = sampler.sample(models.model, conditions(0), jax.random.key(0), SETTINGS)
+    assert sampler.sample_latents._cache_size() == compiled
+    assert sampler._jitted.cache_info().currsize == decodes
+    assert first.sharding.mesh == models.mesh and decoded.shape[1] == data.num_frames
+    assert not np.allclose(first, second)
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(first))
+
+
+def test_a_replica_on_another_device_group_samples_the_same(config, checkpoint):
+    """`Models.replica`: the weights copied to another group of devices (here of one device;
+    `test_sample_prompts` runs groups of 2) with the same specs; the same program on another
+    device gives the same latents, bit for bit."""
+    first_group, second_group = (sample.sampling_mesh(jax.devices()[i : i + 1]) for i in (0, 1))
+    models = sample.load_models(config, checkpoint, mesh=first_group, dtype="float32")
+    with pytest.raises(ValueError, match="release_text_encoder"):
+        models.replica(second_group)
+    models.encode_prompts(["a red door in the snow", ""])
+    models.release_text_encoder()
+    replica = models.replica(second_group)
+    kernel, copied = (m.model.blocks.ffn_in.kernel[...] for m in (models, replica))
+    assert copied.sharding.mesh == second_group and copied.sharding.spec == kernel.sharding.spec
+    np.testing.assert_array_equal(np.asarray(copied), np.asarray(kernel))
+    np.testing.assert_array_equal(run(replica).latents, run(models).latents)
+
+
 def test_meshes_that_do_not_divide_the_model_are_refused(config, checkpoint):
     with pytest.raises(ValueError, match="'tensor' of size 8 does not divide the DiT's num_heads"):
         sample.load_models(config, checkpoint, mesh=sharding.make_mesh({"tensor": 8}))

@@ -6,8 +6,9 @@
 
 --mode sample: the memory of generating one video (`viewpoint_jax.sample`) on the sampling
   mesh (`sample.sampling_mesh`: FSDP over all devices) with `--dtype` weights, a row per device
-  count of `--devices`; analytic: `sample_plan`; compiled (`--map_size` to shrink the xla
-  backend's attention scores): `compiled_sample_plan`.
+  count of `--devices`; analytic: `sample_plan` (its VAE decode compiled over that many simulated
+  devices, `vae_decode_bytes`); compiled (`--map_size` to shrink the xla backend's attention
+  scores): `compiled_sample_plan`.
 
 --method analytic (default; needs no devices, any model size): parameter, optimizer-state and
   gradient bytes are exact, leaf by leaf, from the model's abstract shapes and the sharding rules
@@ -200,29 +201,38 @@ def sample_activation_bytes(model_config, tokens: int, mesh_sizes: dict[str, int
     return {"samples_per_device": b, "activations": live, "attention_scores": scores}
 
 
-def vae_decode_bytes(config, latent: tuple[int, ...]) -> dict[str, int]:
-    """XLA's memory analysis of the autoencoder's decode of one `latent` on one device (it is
-    compiled here on the CPU, from abstract weights: ~30 s for the Wan VAE at 640 / 49 frames).
-    Weightless autoencoders (space-to-depth) hold only their output."""
+def vae_decode_bytes(config, latent: tuple[int, ...], devices: int = 1) -> dict[str, int]:
+    """XLA's memory analysis, per device, of the autoencoder's decode of one `latent` as
+    sampling runs it (`sampler.decode_latents`: tiles of `sampler.DECODE_TILE` latent pixels,
+    one per device at a time, spread over `devices` simulated devices, the weights replicated).
+    Compiled here on the CPU from abstract weights (~1 min for the Wan VAE at 640 / 49 frames).
+    Returns the weights, the temporaries (one tile's activations, the tiles of a step gathered,
+    the blended video) and the output (the map video)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from flax import nnx
 
-    from viewpoint_jax import build
+    from viewpoint_jax import build, sample
+    from viewpoint_jax.diffusion import sampler
+    from viewpoint_jax.models import autoencoder as autoencoder_lib
 
+    if jax.device_count() < devices:
+        raise ValueError(f"{devices} devices asked for, {jax.device_count()} simulated")
     autoencoder = build.abstract_autoencoder(config)
-    z = jax.ShapeDtypeStruct(latent, jnp.float32)
-    if not isinstance(autoencoder, nnx.Module):
-        out = jax.eval_shape(autoencoder.decode, z)
-        return {"weights": 0, "temp": 0, "output": math.prod(out.shape) * 4}
-    graphdef, state = nnx.split(autoencoder)
+    mesh = sample.sampling_mesh(jax.devices()[:devices])
+    tiling = sampler.Tiling(sampler.DECODE_TILE, sampler.DECODE_TILE_OVERLAP, mesh)
+    decode, arrays = sampler.autoencoder_function(autoencoder, "decode", tiling)
+    everywhere = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
-    def decode(state, z):
-        return nnx.merge(graphdef, state).decode(z)
+    def placed(x):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=everywhere)
 
-    analysis = jax.jit(decode).lower(state, z).compile().memory_analysis()
-    weights = sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
+    arrays = jax.tree.map(placed, arrays)
+    z = placed(jax.ShapeDtypeStruct(latent, jnp.float32))
+    options = autoencoder_lib.compiler_options(autoencoder)
+    compiled = jax.jit(decode, compiler_options=options).lower(arrays, z).compile()
+    analysis = compiled.memory_analysis()
+    weights = sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(arrays))
     return {
         "weights": weights,
         "temp": analysis.temp_size_in_bytes,
@@ -239,8 +249,8 @@ def sample_plan(config, devices: int, dtype: str = "bfloat16", vae: dict | None 
               negligible); `Models.release_text_encoder()` then frees the text encoder;
       denoise DiT weights + one scan group's weights all-gathered over fsdp, twice (the group
               in use and the next one being gathered) + `sample_activation_bytes`;
-      decode  DiT weights + the autoencoder decode on the first device (`vae_decode_bytes`:
-              weights, temporaries, the map video) + the ERP video (fp32).
+      decode  DiT weights + the autoencoder's tiled decode spread over the devices
+              (`vae_decode_bytes`: weights, temporaries, the map video) + the ERP video (fp32).
     The sampler's own state (noise, scheduler history, conditions, text context) is a few
     latent-sized arrays: tens of MB, left out.
     """
@@ -274,7 +284,7 @@ def sample_plan(config, devices: int, dtype: str = "bfloat16", vae: dict | None 
     pt, ph, pw = model_config.patch_size
     tokens = (latent[1] // pt) * (latent[2] // ph) * (latent[3] // pw)
     activations = sample_activation_bytes(model_config, tokens, mesh_sizes)
-    vae = vae_decode_bytes(config, latent) if vae is None else vae
+    vae = vae_decode_bytes(config, latent, devices) if vae is None else vae
     data = config.data
     erp = data.num_frames * data.erp_height * data.erp_width * 3 * 4
     phases = {
@@ -626,8 +636,7 @@ def main(argv: list[str]) -> int:
 def sample_main(args, device_counts: list[int]) -> int:
     """--mode sample: per-device bytes of sampling for each device count."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    if args.method == "compiled":
-        _simulate_devices(max(device_counts))
+    _simulate_devices(max(device_counts))  # the VAE decode (and --method compiled) compile
     config = load_config(args.config)
     if args.map_size:
         config.data.map_size = args.map_size
@@ -646,10 +655,7 @@ def sample_main(args, device_counts: list[int]) -> int:
                 flush=True,
             )
         return 0
-    from viewpoint_jax.sample import latent_shape
-
-    vae = vae_decode_bytes(config, latent_shape(config))  # the same for every device count
-    plans = {devices: sample_plan(config, devices, args.dtype, vae) for devices in device_counts}
+    plans = {devices: sample_plan(config, devices, args.dtype) for devices in device_counts}
     print(format_sample_table(args.config, args.dtype, plans, args.hbm_gb))
     return 0
 

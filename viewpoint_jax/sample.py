@@ -14,8 +14,10 @@ writes, atomically (the directory appears complete or not at all):
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -52,10 +54,11 @@ DEFAULT_FPS = 16.0  # Wan2.1's frame rate
 class Models:
     """Everything generation needs: the DiT, the autoencoder, the text encoder and the config.
 
-    mesh, rules: where the DiT's (and text encoder's) weights are sharded, by `rules` (None: one
-    device). prompt_embeddings: prompt -> its `(L, D)` float32 text embeddings on the host, filled
-    by `encode_prompts`; generation reads them from here, so after `release_text_encoder()` the
-    prompts encoded before can still be sampled.
+    mesh, rules: where the DiT's (and text encoder's) weights are sharded, by `rules`, and the
+    autoencoder's replicated (`sampler.replicate`; None: one device). prompt_embeddings: prompt
+    -> its `(L, D)` float32 text embeddings on the host, filled by `encode_prompts`; generation
+    reads them from here, so after `release_text_encoder()` the prompts encoded before can
+    still be sampled.
     """
 
     model: Any
@@ -89,6 +92,29 @@ class Models:
             if isinstance(array, jax.Array) and not array.is_deleted():
                 array.delete()
         self.text_encoder = None
+
+    def replica(self, mesh: jax.sharding.Mesh) -> Models:
+        """These models on another group of devices, `mesh`, of the same shape: the DiT's
+        weights copied device to device with the same partition specs, the autoencoder's
+        replicated there, the encoded prompts shared. ValueError unless the text encoder was
+        released (it is not copied: encode every prompt first)."""
+        if self.text_encoder is not None:
+            raise ValueError("release_text_encoder() before making a replica (encode first)")
+        if self.mesh is None or dict(mesh.shape) != dict(self.mesh.shape):
+            raise ValueError(f"a replica needs a mesh shaped like {self.mesh}, got {mesh}")
+        graphdef, state = nnx.split(self.model)
+        state = jax.device_put(
+            state, jax.tree.map(lambda x: jax.sharding.NamedSharding(mesh, x.sharding.spec), state)
+        )
+        autoencoder = self.autoencoder
+        if isinstance(autoencoder, nnx.Module):  # a new module: `replicate` updates in place
+            autoencoder = nnx.merge(*nnx.split(autoencoder))
+        return dataclasses.replace(
+            self,
+            model=nnx.merge(graphdef, state),
+            autoencoder=sampler.replicate(autoencoder, mesh),
+            mesh=mesh,
+        )
 
 
 @dataclasses.dataclass
@@ -145,8 +171,8 @@ def load_models(
     width over fsdp, heads and FFN over tensor), its weights read as `dtype` ("bfloat16":
     half the memory of the fp32 checkpoint, and bf16 matmuls; "float32": both in fp32). The
     text encoder is sharded over the same mesh; `Models.release_text_encoder()` frees it once
-    the prompts are encoded. The autoencoder stays on the first device (it decodes after
-    denoising; its weights are small).
+    the prompts are encoded. The autoencoder's weights are replicated over the mesh (they are
+    small), which its tiled decode is spread over (`sampler.decode_latents`).
 
     Raises:
       UserError: no checkpoint directory. ValueError: an unknown dtype, or a mesh that does not
@@ -167,7 +193,7 @@ def load_models(
     sampler.check_mesh_fits(model.config, mesh, latent)  # a checkpoint's own sizes
     return Models(
         model=model,
-        autoencoder=build.build_autoencoder(config),
+        autoencoder=sampler.replicate(build.build_autoencoder(config), mesh),
         text_encoder=build.build_text_encoder(config, mesh=mesh, rules=rules),
         config=config,
         mesh=mesh,
@@ -226,10 +252,8 @@ def generate(
             models.model, conditions, jax.random.key(settings.seed), settings, progress=progress
         )
         latents = sampler.impose_known_frames(latents, conditions)
-    # To the host: the autoencoder decodes on its own device, not on the DiT's mesh.
-    latents = jax.device_get(latents)
     map_video, panorama = sampler.decode_to_panorama(
-        models.autoencoder, latents, data.erp_height, data.erp_width
+        models.autoencoder, latents, data.erp_height, data.erp_width, mesh=models.mesh
     )
     return Generation(
         map_video=video_io.to_uint8(map_video[0]),
@@ -307,7 +331,8 @@ def _extend_windows(
         rng = jax.random.fold_in(jax.random.key(settings.seed), index)
         latents = sampler.sample(models.model, conditions, rng, settings, progress=progress)
         latents = sampler.impose_known_frames(latents, conditions)
-        new = sampler.decode_latents(models.autoencoder, latents)[0, overlap_frames:]
+        new = sampler.decode_latents(models.autoencoder, latents, mesh=models.mesh)
+        new = new[0, overlap_frames:]
         frames.append(new[: num_frames - total])
         starts.append(total - overlap_frames)
         all_latents.append(np.asarray(latents))
@@ -370,7 +395,8 @@ def generate_long(
     )
     rng = jax.random.fold_in(jax.random.key(settings.seed), 0)
     first = sampler.sample(models.model, conditions, rng, settings, progress=progress)
-    first_map = sampler.decode_latents(models.autoencoder, first)[0, :num_frames]
+    first_map = sampler.decode_latents(models.autoencoder, first, mesh=models.mesh)
+    first_map = first_map[0, :num_frames]
     map_video, window_latents, starts = _extend_windows(
         models, contexts, settings, first_map, num_frames, window, overlap_frames, 1, progress
     )
@@ -750,11 +776,18 @@ def sampling_config(
     return config
 
 
-def parse_mesh(spec: str | None) -> jax.sharding.Mesh | None:
-    """`--mesh` "axis=size,..." (axes of `sharding.MESH_AXES`, one size may be -1) -> a mesh over
-    every device; None: the sampling default."""
+def sampling_meshes(
+    spec: str | None, devices: Sequence[jax.Device] | None = None
+) -> list[jax.sharding.Mesh]:
+    """`--mesh` "axis=size,..." (axes of `sharding.MESH_AXES`, one size may be -1: the rest) ->
+    the meshes one model each runs on, over this process's `devices` (default: its local ones):
+    one when the sizes cover them all, else one per group of that many consecutive devices
+    (`run_prompt_file` spreads a prompt file's lines over the groups). None: the default
+    `[sampling_mesh(devices)]`. UserError naming --mesh for a bad spec or a device count the
+    sizes do not divide."""
+    devices = list(jax.local_devices() if devices is None else devices)
     if not spec:
-        return None
+        return [sampling_mesh(devices)]
     sizes = {}
     for part in spec.split(","):
         axis, _, size = part.partition("=")
@@ -764,8 +797,16 @@ def parse_mesh(spec: str | None) -> jax.sharding.Mesh | None:
                 f"e.g. fsdp=8 or data=2,fsdp=4"
             )
         sizes[axis.strip()] = int(size)
+    group = len(devices) if -1 in sizes.values() else int(np.prod(list(sizes.values())))
+    if group < 1 or len(devices) % group:
+        raise UserError(
+            f"--mesh {spec!r}: a model on {group} devices does not divide this process's "
+            f"{len(devices)} devices into groups"
+        )
     try:
-        return sharding.make_mesh(sizes)
+        return [
+            sharding.make_mesh(sizes, devices[i : i + group]) for i in range(0, len(devices), group)
+        ]
     except ValueError as error:
         raise UserError(f"--mesh {spec!r}: {error}") from None
 
@@ -878,6 +919,20 @@ def is_long(request: Request, config: ml_collections.ConfigDict) -> bool:
     return bool(request.continue_from) or (not request.video and longer)
 
 
+class StepProgress:
+    """The sampler's `progress` callback for many videos: one object, advancing the bar of the
+    video being made. The callback is a static argument of the compiled loop, so a new function
+    per video would compile the loop again; one of these per model replica keeps it compiled
+    once for every prompt and seed."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, step: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+
 def run_request(
     models: Models,
     config: ml_collections.ConfigDict,
@@ -888,20 +943,22 @@ def run_request(
     checkpoint: str,
     overwrite: bool = False,
     inputs: ConditionInputs | None = None,
+    progress: StepProgress | None = None,
 ) -> Path:
     """Generates a request (its condition files read here unless `inputs` holds them) and
-    writes its outputs into `out` (atomically)."""
+    writes its outputs into `out` (atomically). Pass the same `progress` for every request of
+    a model (see `StepProgress`)."""
     from tqdm import tqdm  # lazy: a progress bar only for the command line
 
     inputs = read_inputs(request, config) if inputs is None else inputs
     settings = dataclasses.replace(settings, seed=request.seed)
+    progress = StepProgress() if progress is None else progress
     started = time.time()
     # One window: a bar of the sampling steps; window by window: a running count of steps.
     total = None if is_long(request, config) else settings.num_steps
-    with tqdm(total=total, desc="sampling", unit="step", file=sys.stderr) as bar:
-        generation = generate_request(
-            models, request, settings, inputs, progress=lambda step: bar.update(1)
-        )
+    with tqdm(total=total, desc=f"sampling {request.name}", unit="step", file=sys.stderr) as bar:
+        progress.bar = bar
+        generation = generate_request(models, request, settings, inputs, progress=progress)
     extra = {}
     if isinstance(generation, LongGeneration):
         extra = {"window_starts": list(generation.window_starts), "overlap": request.overlap}
@@ -921,9 +978,11 @@ def run_request(
 
 def run_prompt_file(args: Any, config, settings: sampler.SampleSettings) -> int:
     """--prompts: this process's share of the lines (line i on process i mod count; each
-    process holds its own copy of the model on its local devices), skipping finished outputs
-    (each is written atomically, so one that exists is complete). A bad line or a failed video
-    is reported in one line and the rest go on; exit status 1 if any failed."""
+    process holds its own copy of the model on its local devices), split again over its
+    device groups (`sampling_meshes`: a `--mesh` smaller than the local devices makes several,
+    each with a model replica; the j-th line to make on group j mod groups), skipping finished
+    outputs (each is written atomically, so one that exists is complete). A bad line or a
+    failed video is reported in one line and the rest go on; exit status 1 if any failed."""
     requests = read_prompt_file(args.prompts, request_from_flags(args))
     mine = requests[jax.process_index() :: jax.process_count()]
     failed = [r for r in mine if isinstance(r, UserError)]
@@ -936,21 +995,46 @@ def run_prompt_file(args: Any, config, settings: sampler.SampleSettings) -> int:
     print(f"{len(todo)} to generate, {len(done)} finished skipped", file=sys.stderr)
     if not todo:
         return 1 if failed else 0
-    models = load_models(config, args.checkpoint, mesh=parse_mesh(args.mesh), dtype=args.dtype)
+    meshes = sampling_meshes(args.mesh)[: len(todo)]
+    models = load_models(config, args.checkpoint, mesh=meshes[0], dtype=args.dtype)
     models.encode_prompts([p for r in todo for p in (r.prompt, r.negative_prompt)])
     models.release_text_encoder()
-    for request in todo:
+    # Data parallel over device groups: a whole model replica per group (restored once, copied
+    # device to device), each making its share of the lines in its own thread. Not one mesh
+    # with a data axis batching the prompts: lines differ in kind and shape (a video, an image,
+    # a continuation, a length), so they cannot share a batch, and a batch would draw each
+    # video's noise from the batch's key. A replica runs any line exactly as one group alone
+    # would. JAX dispatch is thread-safe and each group's programs run on its own devices, so
+    # the groups run concurrently; each compiles its own programs (its own devices).
+    replicas = [models, *(models.replica(mesh) for mesh in meshes[1:])]
+    shares = [todo[g :: len(replicas)] for g in range(len(replicas))]
+    make = functools.partial(_run_share, args=args, config=config, settings=settings)
+    if len(replicas) == 1:  # in this thread, so Ctrl-C stops it at once
+        failed += make(models, todo)
+    else:
+        with concurrent.futures.ThreadPoolExecutor(len(replicas)) as pool:
+            failed += [error for errors in pool.map(make, replicas, shares) for error in errors]
+    return 1 if failed else 0
+
+
+def _run_share(
+    models: Models, requests: list[Request], *, args: Any, config, settings
+) -> list[Exception]:
+    """Makes `requests` with `models`, one after another; the failures, each reported."""
+    failed: list[Exception] = []
+    progress = StepProgress()
+    for request in requests:
         try:
             written = run_request(
-                models, config, request, settings, out / request.name,
-                checkpoint=str(args.checkpoint), overwrite=args.overwrite,
+                models, config, request, settings, Path(args.out) / request.name,
+                checkpoint=str(args.checkpoint), overwrite=args.overwrite, progress=progress,
             )  # fmt: skip
         except (UserError, ValueError, OSError) as error:
             print(f"error: {args.prompts} ({request.name}): {error}", file=sys.stderr)
             failed.append(error)
             continue
         print(f"wrote {written}", file=sys.stderr)
-    return 1 if failed else 0
+    return failed
 
 
 def main(argv: list[str]) -> int:
@@ -973,7 +1057,8 @@ def main(argv: list[str]) -> int:
         return run_prompt_file(args, config, settings)
     request = request_from_flags(args)
     inputs = read_inputs(request, config)  # a bad file is named before the models load
-    models = load_models(config, args.checkpoint, mesh=parse_mesh(args.mesh), dtype=args.dtype)
+    mesh = sampling_meshes(args.mesh)[0]  # one video: one group of devices
+    models = load_models(config, args.checkpoint, mesh=mesh, dtype=args.dtype)
     # Encode the prompts, then free the text encoder's memory for the denoising loop.
     models.encode_prompts([request.prompt, request.negative_prompt])
     models.release_text_encoder()

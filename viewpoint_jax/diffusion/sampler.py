@@ -34,6 +34,7 @@ from flax import nnx
 from viewpoint_jax import geometry, io_utils, sharding
 from viewpoint_jax.diffusion import schedulers
 from viewpoint_jax.models import autoencoder as autoencoder_lib
+from viewpoint_jax.models import vae as vae_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -341,23 +342,49 @@ def _encode(autoencoder: Any, video: jax.Array) -> jax.Array:
     return _jitted(autoencoder, "encode")(video)
 
 
-def _decode(autoencoder: Any, latents: jax.Array) -> jax.Array:
-    return _jitted(autoencoder, "decode")(latents)
+class Tiling(NamedTuple):
+    """How an autoencoder call splits the frame (`decode_latents`): tiles of `tile` latent
+    pixels blended over `overlap`, spread over the devices of `mesh` (None: where the input
+    is)."""
+
+    tile: int
+    overlap: int
+    mesh: jax.sharding.Mesh | None = None
 
 
-@functools.lru_cache(maxsize=8)
-def _jitted(autoencoder: Any, method: str) -> Callable[[jax.Array], jax.Array]:
-    """`autoencoder.<method>` jitted with the autoencoder's compiler options; cached per (frozen)
-    autoencoder, so repeated calls reuse one compiled program."""
+def autoencoder_function(
+    autoencoder: Any, method: str, tiling: Tiling | None = None
+) -> tuple[Callable[[Any, jax.Array], jax.Array], Any]:
+    """`autoencoder.<method>` as a pure function `fn(arrays, x)` of the autoencoder's arrays,
+    and those arrays (None for a weightless one); with `tiling`, over spatial tiles
+    (`vae.tiled_apply`). Jit it with `autoencoder.compiler_options(autoencoder)`."""
+    graphdef, arrays = (
+        nnx.split(autoencoder) if isinstance(autoencoder, nnx.Module) else (None, None)
+    )
+
+    def fn(arrays: Any, x: jax.Array) -> jax.Array:
+        module = autoencoder if graphdef is None else nnx.merge(graphdef, arrays)
+        if tiling is None:
+            return getattr(module, method)(x)
+        factors = (1, module.spatial_factor)  # latent -> output pixels
+        in_factor, out_factor = factors if method == "decode" else factors[::-1]
+        return vae_lib.tiled_apply(
+            getattr(module, method), x, tile=tiling.tile, overlap=tiling.overlap,
+            in_factor=in_factor, out_factor=out_factor, mesh=tiling.mesh,
+        )  # fmt: skip
+
+    return fn, arrays
+
+
+@functools.lru_cache(maxsize=64)  # an encode and a decode per autoencoder replica (device group)
+def _jitted(
+    autoencoder: Any, method: str, tiling: Tiling | None = None
+) -> Callable[[jax.Array], jax.Array]:
+    """`autoencoder_function` jitted with the autoencoder's compiler options, its arrays bound;
+    cached per (frozen) autoencoder, so repeated calls reuse one compiled program."""
+    fn, arrays = autoencoder_function(autoencoder, method, tiling)
     options = autoencoder_lib.compiler_options(autoencoder)
-    if not isinstance(autoencoder, nnx.Module):
-        return jax.jit(getattr(autoencoder, method), compiler_options=options)
-    graphdef, arrays = nnx.split(autoencoder)
-
-    def apply(arrays, x):
-        return getattr(nnx.merge(graphdef, arrays), method)(x)
-
-    return functools.partial(jax.jit(apply, compiler_options=options), arrays)
+    return functools.partial(jax.jit(fn, compiler_options=options), arrays)
 
 
 def encode_condition(
@@ -531,9 +558,43 @@ def make_conditions(
 # --- Latents -> pixels ---------------------------------------------------------------------------
 
 
-def decode_latents(autoencoder: Any, latents: jax.Array) -> jax.Array:
-    """Map latents `(B, f, h, w, C)` -> map video `(B, F, M, M, 3)` in [-1, 1] (clipped)."""
-    return jnp.clip(_decode(autoencoder, latents).astype(jnp.float32), -1.0, 1.0)
+# Decode tiles, in latent pixels: Wan's tiled VAE decode (256 px tiles, 64 px overlap).
+DECODE_TILE, DECODE_TILE_OVERLAP = 32, 8
+
+
+def replicate(autoencoder: Any, mesh: jax.sharding.Mesh) -> Any:
+    """The autoencoder with its weights (if any) replicated on every device of `mesh`, which
+    `decode_latents(..., mesh=mesh)` spreads its tiles over; returns it (modules updated in
+    place)."""
+    if isinstance(autoencoder, nnx.Module):
+        everywhere = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        nnx.update(autoencoder, jax.device_put(nnx.state(autoencoder), everywhere))
+    return autoencoder
+
+
+def decode_latents(
+    autoencoder: Any,
+    latents: jax.Array,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    tile: int | None = DECODE_TILE,
+    tile_overlap: int = DECODE_TILE_OVERLAP,
+) -> jax.Array:
+    """Map latents `(B, f, h, w, C)` -> map video `(B, F, M, M, 3)` in [-1, 1] (clipped).
+
+    Decodes overlapping spatial tiles of `tile` latent pixels blended over `tile_overlap`
+    (`vae.tiled_apply`; one tile, the exact decode, when the frame is no larger; `tile=None`:
+    the whole frame), spread over every device of `mesh`, one tile per device at a time, with
+    the autoencoder's weights replicated there (`replicate`). The result is the one-device
+    result up to fp32 rounding. Each tile runs over all frames, so the Wan VAE's causal cache
+    is as untiled.
+    """
+    tiling = None if tile is None else Tiling(tile, tile_overlap, mesh)
+    if mesh is not None:
+        everywhere = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        latents = jax.device_put(latents, everywhere)
+    decoded = _jitted(autoencoder, "decode", tiling)(latents)
+    return jnp.clip(decoded.astype(jnp.float32), -1.0, 1.0)
 
 
 @functools.partial(jax.jit, static_argnames=("height", "width"))
@@ -544,9 +605,15 @@ def map_to_panorama(map_video: jax.Array, height: int, width: int) -> jax.Array:
 
 
 def decode_to_panorama(
-    autoencoder: Any, latents: jax.Array, height: int, width: int
+    autoencoder: Any,
+    latents: jax.Array,
+    height: int,
+    width: int,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Map latents `(B, f, h, w, C)` -> (map video `(B, F, M, M, 3)`, ERP video
-    `(B, F, height, width, 3)`), both in [-1, 1]; the ERP blends the overlapping copies."""
-    map_video = decode_latents(autoencoder, latents)
+    `(B, F, height, width, 3)`), both in [-1, 1]; the ERP blends the overlapping copies. The
+    decode is spread over `mesh` (`decode_latents`)."""
+    map_video = decode_latents(autoencoder, latents, mesh=mesh)
     return map_video, map_to_panorama(map_video, height, width)
