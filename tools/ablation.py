@@ -4,7 +4,7 @@ raster, each trained on the demo data with the same steps and seed, then compare
 outpainting (error in ERP space outside the condition) and panorama consistency.
 
     python tools/ablation.py --out representation_ablation [--train_steps 300] [--quick]
-        [--seeds 0,1]
+        [--seeds 0,1] [--arms viewpoint,erp]
 
 Writes `table2.json` and `table2.md` (the table) into --out; a rerun reuses the dataset and
 resumes (or skips) the trainings.
@@ -27,6 +27,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("train_steps", None, "training steps of each arm (default: config's)")
     flags.DEFINE_bool("quick", False, "test size: the demo's --quick dataset and micro model")
     flags.DEFINE_list("seeds", None, "sampling noise seeds (default: the demo's)")
+    flags.DEFINE_list("arms", None, "rows to run (default: viewpoint,viewpoint_pano,erp,cube_2x3)")
 
 
 def main(argv: list[str]) -> int:
@@ -36,7 +37,11 @@ def main(argv: list[str]) -> int:
     values = flags.FLAGS
     seeds = tuple(int(s) for s in values.seeds) if values.seeds else None
     summary = ablation.representation_ablation(
-        values.out, train_steps=values.train_steps, quick=values.quick, seeds=seeds
+        values.out,
+        train_steps=values.train_steps,
+        quick=values.quick,
+        seeds=seeds,
+        arms=values.arms,
     )
     print()
     print((Path(values.out) / "table2.md").read_text(), end="")

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -376,21 +376,26 @@ def representation_ablation(
     train_steps: int | None = None,
     quick: bool = False,
     seeds: tuple[int, ...] | None = None,
+    arms: Sequence[str] | None = None,
     devices: list[jax.Device] | None = None,
 ) -> dict[str, Any]:
     """Trains each of `REPRESENTATION_ARMS` into `out` (the same steps, seed and data), samples
     every held-out clip from its perspective condition with each, and writes Table 2
     (`out/table2.json`, `out/table2.md`); returns the JSON's contents.
 
-    `seeds`: the sampling noise seeds (default the demo's eval seeds); `devices`: those the
-    trainings use (default all).
+    `seeds`: the sampling noise seeds (default the demo's eval seeds); `arms`: the names of the
+    rows to run (default all); `devices`: those the trainings use (default all).
     """
+    unknown = sorted(set(arms or ()) - set(REPRESENTATION_ARMS))
+    if unknown:
+        raise UserError(f"--arms: unknown {unknown}; the arms are {list(REPRESENTATION_ARMS)}")
+    chosen = {name: REPRESENTATION_ARMS[name] for name in (arms or REPRESENTATION_ARMS)}
     out = Path(out).absolute()
     started = time.perf_counter()
     seeds = prepare_demo_data(out, quick, seeds)
-    runs = train_arms(out, quick, train_steps, REPRESENTATION_ARMS, devices)
+    runs = train_arms(out, quick, train_steps, chosen, devices)
     rows, clips = {}, None
-    for name, overrides in REPRESENTATION_ARMS.items():
+    for name, overrides in chosen.items():
         config = arm_config(out, quick, train_steps, overrides)
         settings = sampler.SampleSettings.from_config(config.sample)
         clips = evaluation.load_eval_clips(config.data)  # the same clips, in this arm's frames
@@ -409,7 +414,7 @@ def representation_ablation(
     summary = {
         "config": demo.config_spec(quick),
         "train_steps": int(config.num_steps),
-        "arms": REPRESENTATION_ARMS,
+        "arms": chosen,
         "clips": len(clips),
         "seeds": list(seeds),
         "sample_settings": settings.to_dict(),

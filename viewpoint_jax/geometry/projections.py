@@ -120,6 +120,7 @@ def viewpoint_directions_np(map_size: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=16)
 def layout_directions_np(representation: Representation, hw: tuple[int, int]) -> np.ndarray:
+    """`layouts.layout_directions`, cached (the map's shared with `viewpoint_directions_np`)."""
     if representation == Representation.VIEWPOINT:
         return viewpoint_directions_np(hw[0])
     return layouts.layout_directions(representation, hw)
