@@ -84,15 +84,16 @@ def test_wan_configs_need_their_checkpoints():
         validate_config(config, num_devices=8)
 
 
-def test_cli_reports_a_bad_config_in_one_line(tmp_path):
-    result = subprocess.run(
+def run_train_cli(workdir, *overrides: str) -> subprocess.CompletedProcess:
+    """`python -m viewpoint_jax.train` on configs/tiny.py:micro with config overrides."""
+    return subprocess.run(
         [
             sys.executable,
             "-m",
             "viewpoint_jax.train",
             f"--config={REPO / 'configs/tiny.py'}:micro",
-            f"--workdir={tmp_path}",
-            "--config.data.map_size=72",
+            f"--workdir={workdir}",
+            *overrides,
         ],
         capture_output=True,
         text=True,
@@ -100,6 +101,70 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path):
         cwd=REPO,
         env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
     )
+
+
+def test_cli_reports_a_bad_config_in_one_line(tmp_path):
+    result = run_train_cli(tmp_path, "--config.data.map_size=72")
     assert result.returncode == 2, result.stderr
     assert "error: config.data.map_size: must be a multiple of 32, got 72" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_every_representation_validates_and_sizes_its_frames():
+    from viewpoint_jax.config import layout_hw
+
+    config = load("wan14b")
+    assert layout_hw(config.data) == (640, 640)  # the ViewPoint map, the default
+    config.model.attention_pattern = "pano"
+    for representation, frames in (("erp", (448, 896)), ("cube_2x3", (512, 768))):
+        config.data.representation = representation
+        validate_config(config, num_devices=8)
+        assert layout_hw(config.data) == frames
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        # Subregions exist only in the ViewPoint map (tiny's preset pattern alternates them).
+        (
+            {"data.representation": "erp"},
+            r"config\.model\.attention_pattern: 'alternate' has subregion blocks, which split the "
+            r"ViewPoint map into its 4 subregions; config\.data\.representation 'erp' has none: "
+            r"use 'pano'",
+        ),
+        (
+            {"data.representation": "cube_2x3", "model.attention_pattern": "subregion"},
+            r"config\.model\.attention_pattern: 'subregion' has subregion blocks",
+        ),
+        (
+            {"data.representation": "erp", "model.attention_pattern": "pano",
+             "sample.fuse_every_step": True},
+            r"config\.sample\.fuse_every_step: fuses the ViewPoint map's overlapping subregions",
+        ),
+        ({"data.representation": "cubemap"}, r"config\.data\.representation: must be one of"),
+        # Space-to-depth by 16: 32-pixel tokens do not tile the 48 x 96 ERP of a 64 map.
+        (
+            {"data.representation": "erp", "model.attention_pattern": "pano",
+             "autoencoder.factor": 16},
+            r"config\.data\.representation: 'erp' frames of map_size 64 are 48x96, not multiples "
+            r"of 32",
+        ),
+    ],
+)  # fmt: skip
+def test_a_representation_without_subregions_refuses_them_by_key(overrides, message):
+    config = load("tiny", "micro")
+    config.update_from_flattened_dict(overrides)
+    with pytest.raises(ValueError, match=message):
+        validate_config(config, num_devices=1)
+
+
+def test_cli_refuses_subregion_attention_on_erp_in_one_line(tmp_path):
+    result = run_train_cli(tmp_path, "--config.data.representation=erp")
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: config.model.attention_pattern: 'alternate' has subregion blocks, which split the "
+        "ViewPoint map into its 4 subregions; config.data.representation 'erp' has none: use "
+        "'pano'"
+    ]
     assert "Traceback" not in result.stderr

@@ -12,9 +12,10 @@ import pytest
 from flax import nnx
 
 from viewpoint_jax import config as config_lib
-from viewpoint_jax import evaluation
+from viewpoint_jax import evaluation, geometry
 from viewpoint_jax.data import builder
 from viewpoint_jax.diffusion import sampler
+from viewpoint_jax.geometry import Representation
 from viewpoint_jax.models.autoencoder import SpaceToDepthAutoencoder
 
 N, F, M = 2, 3, 16
@@ -169,10 +170,82 @@ def test_load_eval_clips_stacks_the_held_out_videos():
     assert clips.target_map.shape == (2, 5, 16, 16, 3)
     assert clips.condition_mask.shape == (2, 5, 16, 16, 1)
     assert clips.view.shape == (2, 4)
+    assert clips.erp.shape == (2, 5, 16, 32, 3) and -1 <= clips.erp.min() < clips.erp.max() <= 1
     outside = 1 - clips.condition_mask
     np.testing.assert_array_equal(clips.condition_map * outside, 0.0)
     with pytest.raises(ValueError, match="no video clips"):
         evaluation.load_eval_clips(config, num_clips=1, data_source=source[1:2])
+
+
+# --- Across representations: the error in ERP space ------------------------------------------
+
+
+def _panorama_clips(representation: Representation, seed: int = 0) -> evaluation.EvalClips:
+    """Random ERP clips `(N, F, 16, 32, 3)` seen by a 90 degree camera, in the frames of
+    `representation` at map size 16 (as load_eval_clips gives them)."""
+    rng = np.random.default_rng(seed)
+    erp = rng.uniform(-1, 1, (N, F, 16, 32, 3)).astype(np.float32)
+    hw = geometry.layout_size(representation, 16)
+    target = np.asarray(geometry.erp_to_layout(erp, representation, hw))
+    _, mask = geometry.perspective_to_layout(
+        np.zeros((8, 14, 1)), 90.0, 30.0, 0.0, 0.0, representation, hw
+    )
+    mask = np.broadcast_to(np.asarray(mask), (N, F, *hw, 1)).copy()
+    return evaluation.EvalClips(
+        target_map=target,
+        condition_map=target * mask,
+        condition_mask=mask,
+        perspective=np.zeros((N, F, 8, 14, 3), np.float32),
+        view=np.tile(np.asarray([90.0, 30.0, 0.0, 0.0], np.float32), (N, 1)),
+        captions=("a red ball", "a blue room"),
+        sources=("a.mp4", "b.mp4"),
+        erp=erp,
+    )
+
+
+def test_erp_error_weights_pixels_by_their_solid_angle():
+    weights = evaluation.erp_area_weights(64)[:, 0, 0]
+    # cos latitude at row centres; summed over rows it is the sphere's area / (2 pi h) (midpoint
+    # rule of the integral of cos over latitude: 2 / (pi / H)).
+    np.testing.assert_allclose(weights.sum() * np.pi / 64, 2.0, rtol=1e-3)
+    target = np.zeros((1, 1, 4, 8, 1), np.float32)
+    pole, equator = target.copy(), target.copy()
+    pole[:, :, 0], equator[:, :, 1] = 1.0, 1.0  # the same error on a polar or a middle row
+    weight = evaluation.erp_area_weights(4)
+    zeros = np.zeros_like(target)
+    at_pole = evaluation.outpainted_mse(pole, target, zeros, weight)
+    at_equator = evaluation.outpainted_mse(equator, target, zeros, weight)
+    ratio = np.cos(np.deg2rad(67.5)) / np.cos(np.deg2rad(22.5))
+    np.testing.assert_allclose(at_pole / at_equator, ratio, rtol=1e-5)
+    # Without weights every pixel counts alike.
+    unweighted = evaluation.outpainted_mse(pole, target, zeros)
+    np.testing.assert_allclose(unweighted, evaluation.outpainted_mse(equator, target, zeros))
+
+
+@pytest.mark.parametrize("representation", list(Representation))
+def test_panorama_outpainting_of_the_ground_truth_is_its_round_trip(representation):
+    clips = _panorama_clips(representation)
+    masks = evaluation.erp_condition_masks(clips)
+    assert masks.shape == (N, 1, 16, 32, 1) and 0.05 < masks.mean() < 0.3
+    autoencoder = SpaceToDepthAutoencoder(4)
+    oracle = Oracle(autoencoder.encode(jnp.asarray(clips.target_map)))
+    result = evaluation.panorama_outpainting(
+        oracle, autoencoder, FakeTextEncoder(), clips, SETTINGS, (0, 3), representation
+    )
+    assert result.panoramas.shape == (2, N, F, 16, 32, 3) and result.panoramas.dtype == np.uint8
+    assert result.maps.shape == (2, *clips.target_map.shape)
+    # Sampling lands on the ground-truth frames: what is left is the representation's own
+    # round trip ERP -> frames -> ERP (none for an ERP of the clips' size).
+    truth = np.asarray(sampler.map_to_panorama(clips.target_map, 16, 32, representation))
+    floor = evaluation.erp_outpainted_mse(truth, clips, masks)
+    np.testing.assert_allclose(result.mse, floor, rtol=1e-4, atol=1e-9)
+    if representation == Representation.ERP:
+        np.testing.assert_allclose(result.mse, 0.0, atol=1e-9)
+    else:  # random pixels do not survive resampling
+        assert np.all(result.mse > 0.01)
+    # A grey fill scores E[x^2] = 1/3 of uniform pixels, weighted or not.
+    grey = evaluation.erp_outpainted_mse(np.zeros_like(clips.erp), clips, masks)
+    np.testing.assert_allclose(grey, 1 / 3, atol=0.05)
 
 
 # === Panorama metrics (evaluation.PANORAMA_METRICS) ===============================================

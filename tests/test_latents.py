@@ -200,6 +200,7 @@ def test_train_on_precomputed_latents(dataset, tmp_path):
     "key, value, message",
     [
         ("data.map_size", 128, "config.data.map_size is 128"),
+        ("data.representation", "erp", "config.data.representation is 'erp'.*'viewpoint'"),
         ("data.num_frames", 9, "config.data.num_frames is 9"),
         ("autoencoder.factor", 4, "config.autoencoder is"),
     ],

@@ -334,3 +334,40 @@ def test_mesh_flag_is_parsed_or_refused_by_name():
         sample.sampling_meshes("bogus=2")
     with pytest.raises(UserError, match=r"--mesh 'fsdp=3,tensor=5': a model on 15 devices"):
         sample.sampling_meshes("fsdp=3,tensor=5")  # 15 devices: never this machine's count
+
+
+@pytest.mark.parametrize("representation", ["erp", "cube_2x3"])
+def test_another_representation_trains_a_step_and_samples_the_same_files(representation, tmp_path):
+    """A micro model of ERP or cube-raster frames trains one step; sampling its run writes the
+    outputs a ViewPoint model writes, its own frames under the representation's name."""
+    from test_train import ONE_DEVICE, micro_config, procedural_records
+
+    from viewpoint_jax import geometry, train
+    from viewpoint_jax.diffusion import sampler
+
+    config = micro_config()
+    config.data.representation = representation
+    config.model.attention_pattern = "pano"
+    config.num_steps = config.checkpoint.every_steps = config.log.image_every_steps = 1
+    run_dir = tmp_path / "run"
+    result = train.train(
+        config, run_dir, data_source=procedural_records(), devices=ONE_DEVICE, progress=False
+    )
+    assert np.isfinite(result["losses"][1])
+    assert (run_dir / "images" / "step_0000001.png").is_file()  # the preview of its frames
+
+    clip = tmp_path / "clip.mp4"
+    video_io.write_video(clip, condition_video(), fps=8)
+    request = sample.Request(prompt="bands", video=str(clip), fov=80.0, yaw=40.0)
+    models = sample.load_models(config, run_dir, dtype="float32")
+    settings = sampler.SampleSettings(num_steps=2, scheduler="euler", guidance_scale=2.0)
+    out = sample.run_request(models, config, request, settings, tmp_path / "out", checkpoint="x")
+    frames = sample.layout_video_name(representation)
+    assert frames == f"{representation}.mp4"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["pano.mp4", frames, "faces.png", "viewer.html", "settings.json"]
+    )
+    assert video_io.read_video(out / "pano.mp4")[0].shape == (FRAMES, 32, 64, 3)
+    layout_hw = geometry.layout_size(representation, config.data.map_size)
+    assert video_io.read_video(out / frames)[0].shape == (FRAMES, *layout_hw, 3)
+    assert json.loads((out / "settings.json").read_text())["representation"] == representation

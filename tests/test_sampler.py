@@ -259,3 +259,41 @@ def test_decode_spread_over_a_mesh_equals_one_device():
     # The same tiles summed in the same order; XLA optimises the partitioned program's
     # convolutions differently, so fp32 rounding of values in [-1, 1] (measured: 2.3e-6).
     np.testing.assert_allclose(np.asarray(spread), np.asarray(one), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("representation", list(geometry.Representation))
+def test_conditions_and_panorama_follow_the_representation(representation):
+    autoencoder = SpaceToDepthAutoencoder(factor=8)
+    context = jnp.ones((1, 5, TEXT_DIM))
+    hw = geometry.layout_size(representation, 64)
+    video = np.full((5, 24, 32, 3), 255, np.uint8)
+    conditions = sampler.make_conditions(
+        autoencoder, context, -context, map_size=64, num_frames=5, video=video, yaw_deg=30.0,
+        representation=representation,
+    )  # fmt: skip
+    projected, mask = sampler.perspective_condition(
+        video, 64, 90.0, 30.0, representation=representation
+    )
+    assert projected.shape == (5, *hw, 3) and mask.shape == (5, *hw, 1)
+    assert conditions.latent.shape == (1, 5, hw[0] // 8, hw[1] // 8, 192)
+    np.testing.assert_allclose(conditions.latent, autoencoder.encode(projected[None]), atol=1e-6)
+    # Back in ERP, the condition is the white view where the camera looks, and 0 elsewhere.
+    erp = np.asarray(sampler.map_to_panorama(projected[:1], 32, 64, representation))[0]
+    _, view = geometry.perspective_to_erp(video[0, ..., :1], 90.0, 30.0, height=32)
+    view = np.asarray(view)[..., 0] == 1
+    assert np.mean(np.abs(erp.mean(axis=-1) - view) > 0.5) < 0.02
+    # Constant frames give a constant panorama: every pixel is a convex blend.
+    constant = sampler.map_to_panorama(jnp.full((2, *hw, 3), 0.25), 32, 64, representation)
+    np.testing.assert_allclose(constant, 0.25, atol=1e-6)
+    # A known prefix and the text-only condition are frames of this representation too.
+    prefix = sampler.make_conditions(
+        autoencoder, context, -context, map_size=64, num_frames=5,
+        prefix_map=np.zeros((1, *hw, 3), np.float32), representation=representation,
+    )  # fmt: skip
+    assert prefix.latent.shape == conditions.latent.shape
+    np.testing.assert_array_equal(prefix.mask[0, 0], 1.0)
+    with pytest.raises(ValueError, match=rf"prefix_map must be \(P, {hw[0]}, {hw[1]}, 3\)"):
+        sampler.make_conditions(
+            autoencoder, context, -context, map_size=64, num_frames=5,
+            prefix_map=np.zeros((1, 64, 128, 3), np.float32), representation=representation,
+        )  # fmt: skip

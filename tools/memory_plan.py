@@ -96,16 +96,13 @@ def activation_bytes(config, model_config, mesh_sizes: dict[str, int]) -> dict[s
     """
     import numpy as np
 
+    from viewpoint_jax import config as config_lib
     from viewpoint_jax.models import dit as dit_lib
 
     data = config.data
-    spatial = 8 if config.autoencoder.kind == "wan_vae" else int(config.autoencoder.factor)
-    temporal = 4 if config.autoencoder.kind == "wan_vae" else 1
-    latent = (
-        1 + (data.num_frames - 1) // temporal,
-        data.map_size // spatial,
-        data.map_size // spatial,
-    )
+    spatial, temporal = config_lib.autoencoder_factors(config)
+    height, width = config_lib.layout_hw(data)  # the map's, or another representation's frames
+    latent = (1 + (data.num_frames - 1) // temporal, height // spatial, width // spatial)
     pt, ph, pw = model_config.patch_size
     tokens = (latent[0] // pt) * (latent[1] // ph) * (latent[2] // pw)
     n = tokens / mesh_sizes["sequence"]
@@ -437,6 +434,7 @@ def abstract_train_step(config, mesh, rules):
     import jax.numpy as jnp
 
     from viewpoint_jax import build, train
+    from viewpoint_jax import config as config_lib
     from viewpoint_jax.models import text_encoder as text_lib
     from viewpoint_jax.models.autoencoder import latent_shape
 
@@ -448,13 +446,13 @@ def abstract_train_step(config, mesh, rules):
         text_encoder=text_lib.TextEncoder(build.abstract_text_model(config), None),
     )
     data, b = config.data, config.data.batch_size
-    m, f = data.map_size, data.num_frames
+    (h, w), f = config_lib.layout_hw(data), data.num_frames
     if data.precomputed_latents:
-        latent = latent_shape(trainer.autoencoder, (b, f, m, m, 3))
+        latent = latent_shape(trainer.autoencoder, (b, f, h, w, 3))
         shapes = {"latents": latent, "condition_latents": latent, "latent_mask": (*latent[:4], 1)}
     else:
-        shapes = {"target_map": (b, f, m, m, 3), "condition_map": (b, f, m, m, 3)}
-        shapes["condition_mask"] = (b, f, m, m, 1)
+        shapes = {"target_map": (b, f, h, w, 3), "condition_map": (b, f, h, w, 3)}
+        shapes["condition_mask"] = (b, f, h, w, 1)
     batch = {k: (v, jnp.float32) for k, v in shapes.items()}
     length = int(config.text_encoder.max_length)
     if config.text_encoder.precompute:

@@ -10,8 +10,9 @@ Schema:
     config.autoencoder  kind ("space_to_depth" | "wan_vae"), factor, checkpoint
     config.text_encoder kind ("tiny_random" | "umt5"), checkpoint, tokenizer, max_length, seed,
                         precompute (embed each distinct caption once, when first seen; cached per host in cache_dir)
-    config.data         `data_config()`: dataset, ERP/map/clip sizes, conditions (the mixture
-                        of condition kinds, condition_mixture), batching
+    config.data         `data_config()`: dataset, ERP/map/clip sizes, the representation the DiT
+                        sees (viewpoint | erp | cube_2x3), conditions (the mixture of condition
+                        kinds, condition_mixture), batching
     config.diffusion    timestep_sampler ("logit_normal" | "shifted_uniform"), shift, logit_mean/std
     config.optim        AdamW: lr, warmup_steps, schedule, b1, b2, eps, weight_decay, grad_clip,
                         mu_dtype, ema_decay (0 = no EMA)
@@ -34,7 +35,8 @@ import ml_collections
 from viewpoint_jax import sharding
 from viewpoint_jax.cli import UserError
 from viewpoint_jax.data.conditions import DEFAULT_CONDITION_MIXTURE, parse_mixture
-from viewpoint_jax.models.dit import PRESETS, DiTConfig
+from viewpoint_jax.geometry import Representation, layout_size
+from viewpoint_jax.models.dit import PRESETS, BlockKind, DiTConfig
 from viewpoint_jax.models.vae import WanVAEConfig
 from viewpoint_jax.sharding import DEFAULT_RULES, MESH_AXES
 
@@ -71,6 +73,9 @@ def data_config() -> ml_collections.ConfigDict:
     c.erp_height = 64
     c.erp_width = 128
     c.map_size = 64
+    # The frames the DiT sees (geometry/layouts.py): "viewpoint" (the M x M map), "erp" or
+    # "cube_2x3" (each about M x M pixels, `layout_hw`); subregion attention needs "viewpoint".
+    c.representation = Representation.VIEWPOINT.value
     c.num_frames = 9  # frames per video clip (1 + 4k for the Wan VAE)
     c.frame_stride = 1  # take every stride-th frame
     c.image_ratio = 0.0  # fraction of batches that are images (1-frame videos)
@@ -208,6 +213,17 @@ def _fail(key: str, message: str):
     raise ValueError(f"config.{key}: {message}")
 
 
+def data_representation(data: ml_collections.ConfigDict) -> Representation:
+    """`config.data.representation` (a run saved before the key existed: the ViewPoint map)."""
+    return Representation(data.get("representation", Representation.VIEWPOINT))
+
+
+def layout_hw(data: ml_collections.ConfigDict) -> tuple[int, int]:
+    """(H, W) of the frames the DiT sees: the map's (M, M), or the ERP / cube raster of about
+    as many pixels (`geometry.layout_size`)."""
+    return layout_size(data_representation(data), data.map_size)
+
+
 def validate_data_config(data: ml_collections.ConfigDict) -> None:
     """Checks `config.data` alone (what the input pipeline needs); ValueError names the key."""
     for key in ("erp_height", "erp_width", "map_size", "num_frames", "frame_stride", "batch_size"):
@@ -216,6 +232,11 @@ def validate_data_config(data: ml_collections.ConfigDict) -> None:
         _fail("data.erp_width", f"must be 2 * erp_height, got {data.erp_height}x{data.erp_width}")
     if data.map_size % 2:
         _fail("data.map_size", f"must be even, got {data.map_size}")
+    if data.get("representation", Representation.VIEWPOINT) not in set(Representation):
+        _fail(
+            "data.representation",
+            f"must be one of {[r.value for r in Representation]}, got {data.representation!r}",
+        )
     for key in ("image_ratio", "caption_dropout", "max_bad_fraction"):
         if not 0.0 <= data[key] <= 1.0:
             _fail(f"data.{key}", f"must be in [0, 1], got {data[key]}")
@@ -285,6 +306,7 @@ def validate_config(
     except (TypeError, ValueError) as error:
         _fail("model", str(error))
     _validate_encoders_and_sizes(config)
+    _validate_representation(config)
     _validate_training(config)
     _validate_mesh(config, num_devices, process_count)
 
@@ -320,12 +342,42 @@ def _validate_encoders_and_sizes(config: ml_collections.ConfigDict) -> None:
     # The latent (map / spatial factor) splits into 2 x 2 patches, whose token grid splits into
     # the 4 subregions of the map: the map side is a multiple of 4 * patch * spatial factor.
     multiple = 2 * 2 * spatial
-    if data.map_size % multiple:
+    representation = data_representation(data)
+    if representation == Representation.VIEWPOINT and data.map_size % multiple:
         _fail("data.map_size", f"must be a multiple of {multiple}, got {data.map_size}")
+    height, width = layout_hw(data)
+    if height % (multiple // 2) or width % (multiple // 2):
+        _fail(
+            "data.representation",
+            f"{representation.value!r} frames of map_size {data.map_size} are {height}x{width}, "
+            f"not multiples of {multiple // 2} (autoencoder factor {spatial} x patch 2)",
+        )
     if (data.num_frames - 1) % temporal:
         _fail(
             "data.num_frames",
             f"must be 1 + {temporal}k for this autoencoder, got {data.num_frames}",
+        )
+
+
+def _validate_representation(config: ml_collections.ConfigDict) -> None:
+    """Subregions and their overlaps exist only in the ViewPoint map: refuse asking for them in
+    another representation."""
+    representation = data_representation(config.data)
+    if representation == Representation.VIEWPOINT:
+        return
+    model = DiTConfig.preset(config.model.preset, **model_overrides(config))
+    if BlockKind.SUBREGION in model.block_kinds:
+        _fail(
+            "model.attention_pattern",
+            f"{model.attention_pattern!r} has subregion blocks, which split the ViewPoint map "
+            f"into its 4 subregions; config.data.representation {representation.value!r} has "
+            "none: use 'pano'",
+        )
+    if config.sample.get("fuse_every_step", False):
+        _fail(
+            "sample.fuse_every_step",
+            "fuses the ViewPoint map's overlapping subregions; config.data.representation "
+            f"{representation.value!r} has none: set it to False",
         )
 
 

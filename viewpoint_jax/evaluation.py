@@ -12,12 +12,16 @@ the outpainted region. Every model sees the same clips, the same conditions and 
     result.maps                      # (N, F, M, M, 3) the maps of the first seed, in [-1, 1]
 
 Pixels are in [-1, 1], so PSNR = 10 log10(2^2 / MSE).
+
+Models of different representations (`config.data.representation`) are compared in ERP space
+(`panorama_outpainting`): every generated frame is converted to ERP and the error is taken
+against the ground-truth ERP clip outside the view, each pixel weighted by its solid angle.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -25,20 +29,23 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from viewpoint_jax import geometry, video_io
 from viewpoint_jax.data import pipeline
 from viewpoint_jax.data.builder import as_text
 from viewpoint_jax.data.conditions import ConditionKind, prefix_mask
 from viewpoint_jax.diffusion import sampler
-from viewpoint_jax.geometry import projections, sampling, viewpoint_map
+from viewpoint_jax.geometry import Representation, projections, sampling, viewpoint_map
 
 PEAK_TO_PEAK = 2.0  # pixel range [-1, 1]
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalClips:
-    """Held-out clips, stacked: maps `(N, F, M, M, 3)` in [-1, 1], mask `(N, F, M, M, 1)`,
-    perspective `(N, F, h, w, 3)` in [-1, 1], view `(N, 4)` (fov, yaw, pitch, roll in
-    degrees), captions and sources (N strings each)."""
+    """Held-out clips, stacked: maps `(N, F, M, M, 3)` in [-1, 1] (the frames of the config's
+    representation, `(N, F, Hm, Wm, 3)`), mask `(N, F, Hm, Wm, 1)`, perspective
+    `(N, F, h, w, 3)` in [-1, 1], view `(N, 4)` (fov, yaw, pitch, roll in degrees), captions
+    and sources (N strings each), and the ERP clips the maps come from `(N, F, H, W, 3)` in
+    [-1, 1] (None when not loaded)."""
 
     target_map: np.ndarray
     condition_map: np.ndarray
@@ -47,6 +54,7 @@ class EvalClips:
     view: np.ndarray
     captions: tuple[str, ...]
     sources: tuple[str, ...]
+    erp: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -113,16 +121,25 @@ def load_eval_clips(
         view=stack("view"),
         captions=tuple(as_text(c) for b in batches for c in b["caption"]),
         sources=tuple(as_text(s) for b in batches for s in b["source"]),
+        erp=stack("erp"),
     )
 
 
-def outpainted_mse(generated: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
+def outpainted_mse(
+    generated: jax.Array,
+    target: jax.Array,
+    mask: jax.Array,
+    pixel_weight: jax.Array | None = None,
+) -> jax.Array:
     """Mean squared error over the pixels outside the condition: maps `(N, F, M, M, 3)`, mask
     `(N, F, M, M, 1)` in [0, 1] (1 = given by the condition) -> `(N,)`.
 
-    A pixel's weight is `1 - mask`, so partly covered pixels at the mask's edge count in part.
+    A pixel's weight is `1 - mask`, so partly covered pixels at the mask's edge count in part;
+    times `pixel_weight` (broadcast to the mask, e.g. `erp_area_weights`) if given.
     """
     weight = 1.0 - jnp.asarray(mask, jnp.float32)
+    if pixel_weight is not None:
+        weight = weight * jnp.asarray(pixel_weight, jnp.float32)
     squared = jnp.square(jnp.asarray(generated, jnp.float32) - jnp.asarray(target, jnp.float32))
     axes = tuple(range(1, squared.ndim))
     total = jnp.sum(squared * weight, axis=axes)
@@ -161,14 +178,12 @@ def clips_with_condition(
             condition_mask=np.zeros_like(clips.condition_mask),
         )
     if kind == ConditionKind.PREFIX:
-        count, frames, map_size = clips.target_map.shape[:3]
+        count, frames, *hw = clips.target_map.shape[:4]
         if known_frames is None or not 1 <= known_frames < frames:
             raise ValueError(
                 f"a prefix condition needs known_frames in 1 .. {frames - 1}, got {known_frames}"
             )
-        mask = np.broadcast_to(
-            prefix_mask(frames, known_frames, map_size), (count, frames, map_size, map_size, 1)
-        )
+        mask = np.broadcast_to(prefix_mask(frames, known_frames, hw), (count, frames, *hw, 1))
         return dataclasses.replace(
             clips, condition_map=clips.target_map * mask, condition_mask=np.array(mask)
         )
@@ -210,14 +225,8 @@ def outpainting_error(
     `model`: an NNX module `model(x, t, context)` or its `(graphdef, params)`. `settings.seed` is
     not used: `seeds` are, so every model compared gets the same noise.
     """
-    if not seeds:
-        raise ValueError("outpainting_error needs at least one seed")
-    conditions = clip_conditions(autoencoder, text_encoder, clips)
     errors, first_maps = [], None
-    for seed in seeds:
-        latents = sampler.sample(model, conditions, jax.random.key(int(seed)), settings)
-        latents = sampler.impose_known_frames(latents, conditions)
-        maps = sampler.decode_latents(autoencoder, latents)
+    for maps in sampled_maps(model, autoencoder, text_encoder, clips, settings, seeds):
         errors.append(np.asarray(outpainted_mse(maps, clips.target_map, clips.condition_mask)))
         if first_maps is None:
             first_maps = np.asarray(maps)
@@ -226,10 +235,102 @@ def outpainting_error(
     )
 
 
+def sampled_maps(
+    model: Any,
+    autoencoder: Any,
+    text_encoder: Any,
+    clips: EvalClips,
+    settings: sampler.SampleSettings,
+    seeds: Sequence[int],
+) -> Iterator[jax.Array]:
+    """For each seed, the maps `(N, F, Hm, Wm, 3)` in [-1, 1] sampled from every clip's condition
+    (all clips in one batch, noise from `jax.random.key(seed)`, wholly known latent frames
+    re-imposed, as `sample.generate` does)."""
+    if not seeds:
+        raise ValueError("an evaluation needs at least one seed")
+    conditions = clip_conditions(autoencoder, text_encoder, clips)
+    for seed in seeds:
+        latents = sampler.sample(model, conditions, jax.random.key(int(seed)), settings)
+        latents = sampler.impose_known_frames(latents, conditions)
+        yield sampler.decode_latents(autoencoder, latents)
+
+
 def constant_fill_mse(clips: EvalClips) -> np.ndarray:
     """A reference: the error when the outpainted region is filled with mid-grey (0), `(N,)`."""
     return np.asarray(
         outpainted_mse(np.zeros_like(clips.target_map), clips.target_map, clips.condition_mask)
+    )
+
+
+# --- Across representations: the error in ERP space ------------------------------------------------
+
+
+def erp_area_weights(height: int) -> np.ndarray:
+    """`(H, 1, 1)` cos latitude of each ERP row: the solid angle of its pixels, up to a constant
+    (an ERP repeats the poles over whole rows; on the sphere they are small)."""
+    return np.cos(np.pi * (0.5 - (np.arange(height) + 0.5) / height))[:, None, None]
+
+
+def erp_condition_masks(clips: EvalClips) -> np.ndarray:
+    """`(N, 1, H, W, 1)` float32: the ERP pixels each clip's condition view covers (its camera
+    `view`, the size of its `perspective` clip), at the size of `clips.erp`."""
+    height = clips.erp.shape[2]
+    masks = []
+    for view, perspective in zip(clips.view, clips.perspective):
+        _, mask = geometry.perspective_to_erp(
+            np.zeros((*perspective.shape[1:3], 1), np.float32), *map(float, view), height=height
+        )
+        masks.append(np.asarray(mask))
+    return np.stack(masks)[:, None]
+
+
+@dataclasses.dataclass(frozen=True)
+class PanoramaOutpainting:
+    """`panorama_outpainting`'s result: per-clip errors `(N,)` (mean over the seeds) and, for
+    every seed, the panoramas `(S, N, F, H, W, 3)` and the model's own frames
+    `(S, N, F, Hm, Wm, 3)`, uint8."""
+
+    mse: np.ndarray
+    panoramas: np.ndarray
+    maps: np.ndarray
+    seeds: tuple[int, ...]
+
+
+def erp_outpainted_mse(erp: np.ndarray, clips: EvalClips, masks: np.ndarray) -> np.ndarray:
+    """`(N,)` error of ERP videos `(N, F, H, W, 3)` in [-1, 1] against `clips.erp` outside the
+    condition views (`erp_condition_masks`), each pixel weighted by its solid angle."""
+    weights = erp_area_weights(clips.erp.shape[2])
+    return np.asarray(outpainted_mse(erp, clips.erp, masks, weights))
+
+
+def panorama_outpainting(
+    model: Any,
+    autoencoder: Any,
+    text_encoder: Any,
+    clips: EvalClips,
+    settings: sampler.SampleSettings,
+    seeds: Sequence[int],
+    representation: Representation,
+) -> PanoramaOutpainting:
+    """Samples every clip once per seed (`sampled_maps`), converts the model's frames of
+    `representation` to ERP at the clips' ERP size (`sampler.map_to_panorama`) and measures the
+    error outside the condition view there (`erp_outpainted_mse`): a number comparable across
+    representations. `clips` must hold their ERP clips (`load_eval_clips` loads them)."""
+    if clips.erp is None:
+        raise ValueError("panorama_outpainting needs the clips' ERP videos (clips.erp)")
+    height, width = clips.erp.shape[2:4]
+    masks = erp_condition_masks(clips)
+    errors, panoramas, maps = [], [], []
+    for layout in sampled_maps(model, autoencoder, text_encoder, clips, settings, seeds):
+        erp = sampler.map_to_panorama(layout, height, width, representation)
+        errors.append(erp_outpainted_mse(np.asarray(erp), clips, masks))
+        panoramas.append(video_io.to_uint8(erp))
+        maps.append(video_io.to_uint8(layout))
+    return PanoramaOutpainting(
+        mse=np.mean(errors, axis=0),
+        panoramas=np.stack(panoramas),
+        maps=np.stack(maps),
+        seeds=tuple(int(s) for s in seeds),
     )
 
 
@@ -373,8 +474,7 @@ def pole_spread(erp: Any, cap_deg: float = 3.0) -> float:
     erp = _check_erp_video(erp)
     height = erp.shape[1]
     rows = _cap_rows(height, cap_deg)
-    latitude = np.pi * (0.5 - (np.arange(rows) + 0.5) / height)
-    weights = np.cos(latitude)  # the same for the mirrored rows of the south cap
+    weights = erp_area_weights(height)[:rows, 0, 0]  # the same for the mirrored south cap
     north = _weighted_std(erp[:, :rows].astype(np.float64), weights)
     south = _weighted_std(erp[:, ::-1][:, :rows].astype(np.float64), weights)
     return (north + south) / 2

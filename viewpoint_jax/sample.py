@@ -6,7 +6,8 @@
 
 writes, atomically (the directory appears complete or not at all):
   pano.mp4       the equirectangular video, H.264, tagged as 360 (Spherical Video V1 + V2)
-  viewpoint.mp4  the ViewPoint map the model generated
+  viewpoint.mp4  the ViewPoint map the model generated (a model of another
+                 config.data.representation: erp.mp4 or cube_2x3.mp4, its own frames)
   faces.png      the six 90-degree views (F R B L U D) at a few times
   viewer.html    a self-contained page that plays the panorama; drag to look around
   settings.json  prompt, condition, sampler settings and seed, config and checkpoint used
@@ -39,6 +40,7 @@ from viewpoint_jax import build, distributed, geometry, sharding, video_io, view
 from viewpoint_jax import config as config_lib
 from viewpoint_jax.cli import UserError, refuse_positional, run
 from viewpoint_jax.diffusion import sampler
+from viewpoint_jax.geometry import Representation
 from viewpoint_jax.io_utils import (
     atomic_directory,
     atomic_path,
@@ -119,12 +121,14 @@ class Models:
 
 @dataclasses.dataclass
 class Generation:
-    """One result: uint8 RGB videos of the map `(F, M, M, 3)` and of the ERP `(F, H, W, 3)`."""
+    """One result: uint8 RGB videos of the map `(F, M, M, 3)` (the frames of `representation`
+    the model generated, `(F, Hm, Wm, 3)`) and of the ERP `(F, H, W, 3)`."""
 
     map_video: np.ndarray
     panorama: np.ndarray
     latents: np.ndarray
     settings: sampler.SampleSettings
+    representation: Representation = Representation.VIEWPOINT
 
 
 # --- Loading -------------------------------------------------------------------------------------
@@ -149,10 +153,10 @@ def sampling_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.M
 
 
 def latent_shape(config, num_frames: int | None = None) -> tuple[int, int, int, int, int]:
-    """The `(1, f, h, w, C)` map latent of one sample of `config.data` (from the autoencoder's
-    shapes only: no weights are read)."""
+    """The `(1, f, h, w, C)` map latent (of the frames of `config.data.representation`) of one
+    sample of `config.data` (from the autoencoder's shapes only: no weights are read)."""
     data = config.data
-    video = (1, num_frames or data.num_frames, data.map_size, data.map_size, 3)
+    video = (1, num_frames or data.num_frames, *config_lib.layout_hw(data), 3)
     return autoencoder_lib.latent_shape(build.abstract_autoencoder(config), video)
 
 
@@ -230,6 +234,7 @@ def generate(
     (`sampler.impose_known_frames`), so they are exactly the condition's latents.
     """
     data = models.config.data
+    representation = config_lib.data_representation(data)
     context, negative_context = _contexts(models, prompt, negative_prompt)
     conditions = sampler.make_conditions(
         models.autoencoder,
@@ -244,6 +249,7 @@ def generate(
         roll_deg=roll_deg,
         image=image,
         prefix_map=prefix_map,
+        representation=representation,
     )
     with contextlib.ExitStack() as stack:
         if models.mesh is not None:
@@ -253,13 +259,19 @@ def generate(
         )
         latents = sampler.impose_known_frames(latents, conditions)
     map_video, panorama = sampler.decode_to_panorama(
-        models.autoencoder, latents, data.erp_height, data.erp_width, mesh=models.mesh
+        models.autoencoder,
+        latents,
+        data.erp_height,
+        data.erp_width,
+        representation,
+        mesh=models.mesh,
     )
     return Generation(
         map_video=video_io.to_uint8(map_video[0]),
         panorama=video_io.to_uint8(panorama[0]),
         latents=np.asarray(latents),
         settings=settings,
+        representation=representation,
     )
 
 
@@ -274,10 +286,10 @@ def _contexts(models: Models, prompt: str, negative_prompt: str) -> tuple[jax.Ar
 class LongGeneration:
     """A video generated window by window (`generate_long`, `continue_video`).
 
-    map_video `(N, M, M, 3)` and panorama `(N, H, W, 3)` uint8; window_latents: each window's
-    sampled latents `(1, f, h, w, C)` (known frames re-imposed); window_starts: the output frame
-    at which each window's frame 0 lies; settings: the first window's (window i is seeded with
-    `fold_in(key(seed), i)`).
+    map_video `(N, M, M, 3)` (the frames of `representation`) and panorama `(N, H, W, 3)` uint8;
+    window_latents: each window's sampled latents `(1, f, h, w, C)` (known frames re-imposed);
+    window_starts: the output frame at which each window's frame 0 lies; settings: the first
+    window's (window i is seeded with `fold_in(key(seed), i)`).
     """
 
     map_video: np.ndarray
@@ -285,6 +297,7 @@ class LongGeneration:
     window_latents: list[np.ndarray]
     window_starts: list[int]
     settings: sampler.SampleSettings
+    representation: Representation = Representation.VIEWPOINT
 
 
 def _window_frames(temporal: int, window: int, overlap_latent_frames: int) -> tuple[int, int]:
@@ -312,10 +325,11 @@ def _extend_windows(
     first_window_index: int,
     progress=None,
 ) -> tuple[jax.Array, list[np.ndarray], list[int]]:
-    """Extends the map video `known_map` `(T, M, M, 3)` in [-1, 1] to `num_frames` frames, one
+    """Extends the map video `known_map` `(T, Hm, Wm, 3)` in [-1, 1] to `num_frames` frames, one
     window at a time: each window knows its first `overlap_frames` frames (the last ones so far,
     as a prefix condition) and appends the rest; the last window is cut at `num_frames`."""
     data = models.config.data
+    representation = config_lib.data_representation(data)
     frames, all_latents, starts = [known_map], [], []
     total = known_map.shape[0]
     index = first_window_index
@@ -327,6 +341,7 @@ def _extend_windows(
             map_size=data.map_size,
             num_frames=window,
             prefix_map=prefix,
+            representation=representation,
         )
         rng = jax.random.fold_in(jax.random.key(settings.seed), index)
         latents = sampler.sample(models.model, conditions, rng, settings, progress=progress)
@@ -381,6 +396,7 @@ def generate_long(
     _, overlap_frames = _window_frames(temporal, window, overlap_latent_frames)
     if num_frames < 1 or (num_frames - 1) % temporal:
         raise ValueError(f"num_frames must be 1 + {temporal}m, got {num_frames}")
+    representation = config_lib.data_representation(data)
     contexts = _contexts(models, prompt, negative_prompt)
     conditions = sampler.make_conditions(
         models.autoencoder,
@@ -392,6 +408,7 @@ def generate_long(
         pitch_deg=pitch_deg,
         roll_deg=roll_deg,
         image=image,
+        representation=representation,
     )
     rng = jax.random.fold_in(jax.random.key(settings.seed), 0)
     first = sampler.sample(models.model, conditions, rng, settings, progress=progress)
@@ -400,13 +417,14 @@ def generate_long(
     map_video, window_latents, starts = _extend_windows(
         models, contexts, settings, first_map, num_frames, window, overlap_frames, 1, progress
     )
-    panorama = sampler.map_to_panorama(map_video, data.erp_height, data.erp_width)
+    panorama = sampler.map_to_panorama(map_video, data.erp_height, data.erp_width, representation)
     return LongGeneration(
         map_video=video_io.to_uint8(map_video),
         panorama=video_io.to_uint8(panorama),
         window_latents=[np.asarray(first), *window_latents],
         window_starts=[0, *starts],
         settings=settings,
+        representation=representation,
     )
 
 
@@ -436,7 +454,10 @@ def continue_video(
     temporal = models.autoencoder.temporal_factor
     window = int(window or data.num_frames)
     _, overlap_frames = _window_frames(temporal, window, overlap_latent_frames)
-    source_map = sampler.panorama_to_map(pano_erp_video, data.map_size, "pano_erp_video")
+    representation = config_lib.data_representation(data)
+    source_map = sampler.panorama_to_map(
+        pano_erp_video, data.map_size, "pano_erp_video", representation=representation
+    )
     source_frames = source_map.shape[0]
     if num_frames < 1 or (num_frames - 1) % temporal or num_frames <= source_frames:
         raise ValueError(
@@ -453,14 +474,14 @@ def continue_video(
         models, contexts, settings, source_map, num_frames, window, overlap_frames, 1, progress
     )
     new_panorama = sampler.map_to_panorama(
-        map_video[source_frames:], data.erp_height, data.erp_width
+        map_video[source_frames:], data.erp_height, data.erp_width, representation
     )
     source = np.asarray(pano_erp_video)
     if source.dtype != np.uint8:
         source = video_io.to_uint8(source)
     if source.shape[1:3] != (data.erp_height, data.erp_width):  # other sizes: through its map
         source = video_io.to_uint8(
-            sampler.map_to_panorama(source_map, data.erp_height, data.erp_width)
+            sampler.map_to_panorama(source_map, data.erp_height, data.erp_width, representation)
         )
     return LongGeneration(
         map_video=video_io.to_uint8(map_video),
@@ -468,6 +489,7 @@ def continue_video(
         window_latents=window_latents,
         window_starts=starts,
         settings=settings,
+        representation=representation,
     )
 
 
@@ -526,8 +548,15 @@ def settings_record(
         "fps": fps,
         "panorama_size": list(generation.panorama.shape[1:3]),
         "map_size": int(generation.map_video.shape[1]),
+        "representation": generation.representation.value,
         **extra,
     }
+
+
+def layout_video_name(representation: Representation) -> str:
+    """The file of the frames the model generated: viewpoint.mp4 (the map), erp.mp4,
+    cube_2x3.mp4."""
+    return f"{Representation(representation).value}.mp4"
 
 
 def write_outputs(
@@ -540,7 +569,8 @@ def write_outputs(
     """Writes the five outputs into `out` (one atomic directory rename)."""
     with atomic_directory(out, overwrite=overwrite) as tmp:
         video_io.write_video(tmp / "pano.mp4", generation.panorama, fps, spherical=True)
-        video_io.write_video(tmp / "viewpoint.mp4", generation.map_video, fps)
+        layout_video = tmp / layout_video_name(generation.representation)
+        video_io.write_video(layout_video, generation.map_video, fps)
         sheet = faces_contact_sheet(generation.panorama)
         with atomic_path(tmp / "faces.png") as path:
             if not cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
@@ -1053,6 +1083,12 @@ def main(argv: list[str]) -> int:
         seed=args.seed,
         fuse_every_step=args.fuse_every_step or None,
     )
+    representation = config_lib.data_representation(config.data)
+    if settings.fuse_every_step and representation != Representation.VIEWPOINT:
+        raise UserError(
+            "--fuse_every_step fuses the ViewPoint map's overlapping subregions; "
+            f"config.data.representation {representation.value!r} has none"
+        )
     if args.prompts:
         return run_prompt_file(args, config, settings)
     request = request_from_flags(args)
@@ -1066,7 +1102,8 @@ def main(argv: list[str]) -> int:
         models, config, request, settings, args.out,
         checkpoint=str(args.checkpoint), overwrite=args.overwrite, inputs=inputs,
     )  # fmt: skip
-    print(f"wrote {out}/pano.mp4, viewpoint.mp4, faces.png, viewer.html, settings.json")
+    layout_video = layout_video_name(representation)
+    print(f"wrote {out}/pano.mp4, {layout_video}, faces.png, viewer.html, settings.json")
     return 0
 
 

@@ -9,6 +9,11 @@ projected back onto the ViewPoint map with the mask of the pixels it covers
 The sampling of a view is a pure function of a `np.random.Generator`; the rendering is a pure
 jax function of the clip and the (traced) angles, so one compiled program serves every view.
 
+`representation` (`config.data.representation`, geometry/layouts.py) chooses the frames the DiT
+sees: the ViewPoint map (default), the ERP or the cube raster. Target, condition and mask are
+rendered straight into it, at `layouts.layout_size(representation, map_size)`; "map" in the names
+below is that frame, whatever the representation.
+
 One model serves every condition: training draws a `ConditionKind` per example from
 `config.data.condition_mixture` (perspective video, none, perspective image at frame 0, a known
 prefix of latent frames, several views), all expressed by the same condition map and mask.
@@ -26,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from viewpoint_jax import geometry
+from viewpoint_jax.geometry import Representation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,39 +81,53 @@ def condition_size(erp_height: int, aspect: float = 16 / 9) -> tuple[int, int]:
 
 
 def render_condition(
-    erp: jax.Array, view: jax.Array, map_size: int, out_hw: tuple[int, int]
+    erp: jax.Array,
+    view: jax.Array,
+    map_size: int,
+    out_hw: tuple[int, int],
+    representation: Representation = Representation.VIEWPOINT,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Perspective clip of the ERP clip and its projection onto the map.
 
     Args:
       erp: `(..., H, 2H, C)` float ERP frames (any leading dims, e.g. frames).
       view: `(4,)` fov, yaw, pitch, roll in degrees (may be traced).
-      map_size: M, the side of the ViewPoint map.
+      map_size: M, the side of the ViewPoint map (it sizes every representation's frame).
       out_hw: (h, w) of the perspective clip.
+      representation: the frames it is projected onto (module docstring).
 
     Returns:
-      perspective `(..., h, w, C)`, condition map `(..., M, M, C)` (0 outside the mask), mask
-      `(..., M, M, 1)` (1 where the view covers the map pixel, else 0).
+      perspective `(..., h, w, C)`, condition map `(..., Hm, Wm, C)` (0 outside the mask), mask
+      `(..., Hm, Wm, 1)` (1 where the view covers the pixel, else 0); (Hm, Wm) = (M, M) for the
+      ViewPoint map, `layouts.layout_size(representation, M)` in general.
     """
     fov, yaw, pitch, roll = (view[i] for i in range(4))
     perspective = geometry.erp_to_perspective(erp, fov, yaw, pitch, roll, out_hw=out_hw)
-    condition, mask = geometry.perspective_to_viewpoint(
-        perspective, fov, yaw, pitch, roll, map_size
+    layout_hw = geometry.layout_size(representation, map_size)
+    condition, mask = geometry.perspective_to_layout(
+        perspective, fov, yaw, pitch, roll, representation, layout_hw
     )
     return perspective, condition, mask
 
 
-@functools.partial(jax.jit, static_argnames=("map_size", "out_hw"))
+@functools.partial(jax.jit, static_argnames=("map_size", "out_hw", "representation"))
 def target_and_condition(
-    erp: jax.Array, view: jax.Array, map_size: int, out_hw: tuple[int, int]
+    erp: jax.Array,
+    view: jax.Array,
+    map_size: int,
+    out_hw: tuple[int, int],
+    representation: Representation = Representation.VIEWPOINT,
 ) -> dict[str, jax.Array]:
     """ERP clip `(F, H, 2H, 3)` float -> target map, perspective clip, condition map and mask.
 
-    Returns a dict: target_map `(F, M, M, 3)`, perspective `(F, h, w, 3)`, condition_map
-    `(F, M, M, 3)`, condition_mask `(F, M, M, 1)`; one compiled program per clip shape.
+    Returns a dict: target_map `(F, Hm, Wm, 3)`, perspective `(F, h, w, 3)`, condition_map
+    `(F, Hm, Wm, 3)`, condition_mask `(F, Hm, Wm, 1)` ((Hm, Wm) as in `render_condition`); one
+    compiled program per clip shape.
     """
-    target = geometry.erp_to_viewpoint(erp, map_size)
-    perspective, condition, mask = render_condition(erp, view, map_size, out_hw)
+    target = geometry.erp_to_layout(
+        erp, representation, geometry.layout_size(representation, map_size)
+    )
+    perspective, condition, mask = render_condition(erp, view, map_size, out_hw, representation)
     return {
         "target_map": target,
         "perspective": perspective,
@@ -242,16 +262,21 @@ def prefix_pixel_frames(known_latent_frames: int, temporal_factor: int) -> int:
     return 1 + temporal_factor * (known_latent_frames - 1)
 
 
-def prefix_mask(num_frames: int, known_pixel_frames: int, map_size: int) -> np.ndarray:
-    """`(F, M, M, 1)` float32: 1 on the first `known_pixel_frames` frames, 0 after."""
-    mask = np.zeros((num_frames, map_size, map_size, 1), np.float32)
+def prefix_mask(num_frames: int, known_pixel_frames: int, hw: tuple[int, int]) -> np.ndarray:
+    """`(F, H, W, 1)` float32: 1 on the first `known_pixel_frames` frames, 0 after."""
+    mask = np.zeros((num_frames, *hw, 1), np.float32)
     mask[:known_pixel_frames] = 1.0
     return mask
 
 
-@functools.partial(jax.jit, static_argnames=("map_size", "out_hw"))
+@functools.partial(jax.jit, static_argnames=("map_size", "out_hw", "representation"))
 def target_and_views(
-    erp: jax.Array, views: jax.Array, active: jax.Array, map_size: int, out_hw: tuple[int, int]
+    erp: jax.Array,
+    views: jax.Array,
+    active: jax.Array,
+    map_size: int,
+    out_hw: tuple[int, int],
+    representation: Representation = Representation.VIEWPOINT,
 ) -> dict[str, jax.Array]:
     """ERP clip `(F, H, 2H, 3)` -> target map and the union of up to V perspective views.
 
@@ -260,14 +285,21 @@ def target_and_views(
       views: `(V, 4)` fov, yaw, pitch, roll (degrees) of each view.
       active: `(V,)` float, 1 for the views that count, 0 for padding (V is fixed, so one
         compiled program serves every kind).
-      map_size: M; out_hw: (h, w) of the perspective clips.
+      map_size: M; out_hw: (h, w) of the perspective clips; representation: the frames the
+        target and condition are rendered into (module docstring).
 
-    Returns a dict: target_map `(F, M, M, 3)`, perspective `(F, h, w, 3)` (view 0's clip),
-    condition_map `(F, M, M, 3)` (where views overlap, the mean of their projections; 0 outside
-    the union), condition_mask `(F, M, M, 1)` (the union of the active views' masks).
+    Returns a dict: target_map `(F, Hm, Wm, 3)`, perspective `(F, h, w, 3)` (view 0's clip),
+    condition_map `(F, Hm, Wm, 3)` (where views overlap, the mean of their projections; 0 outside
+    the union), condition_mask `(F, Hm, Wm, 1)` (the union of the active views' masks);
+    (Hm, Wm) = `layouts.layout_size(representation, map_size)`.
     """
-    target = geometry.erp_to_viewpoint(erp, map_size)
-    rendered = [render_condition(erp, views[i], map_size, out_hw) for i in range(views.shape[0])]
+    target = geometry.erp_to_layout(
+        erp, representation, geometry.layout_size(representation, map_size)
+    )
+    rendered = [
+        render_condition(erp, views[i], map_size, out_hw, representation)
+        for i in range(views.shape[0])
+    ]
     masks = jnp.stack([mask * active[i] for i, (_, _, mask) in enumerate(rendered)])
     projections = jnp.stack([condition for _, condition, _ in rendered])
     coverage = masks.sum(axis=0)

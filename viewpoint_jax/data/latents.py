@@ -26,7 +26,8 @@ The trade-off: the in-step path draws a fresh clip, yaw turn and view each time 
 record; precomputed latents repeat `samples` fixed draws per record (plus `image_samples`
 1-frame draws). What they save is the autoencoder's forward pass and memory in every step.
 `info.metadata` records the sizes and the autoencoder, and `check_matches_config` refuses a
-training config that would read latents of another map size, clip length or autoencoder.
+training config that would read latents of another map size, representation, clip length or
+autoencoder.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ LATENTS_DATASET = "panoramic_latents"
 LATENT_KEYS = ("latents", "condition_latents", "latent_mask")
 STORAGE_DTYPES = ("float16", "float32")
 # Keys of config.data that decide what the stored tensors are: a mismatch is an error.
-MATCHING_DATA_KEYS = ("map_size", "num_frames")
+MATCHING_DATA_KEYS = ("map_size", "representation", "num_frames")
 # Keys that only decide how samples were drawn: recorded, reported when they differ.
 DRAW_DATA_KEYS = (
     "erp_height",
@@ -97,11 +98,13 @@ def open_latents(data_dir: str | os.PathLike, name: str, split: str) -> Any:
 
 def check_matches_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """ValueError naming the key when `config.data.precomputed_latents` was written for another
-    map size, clip length or autoencoder; logs the draw settings that differ. Returns metadata."""
+    map size, representation, clip length or autoencoder; logs the draw settings that differ.
+    Returns metadata."""
     data = config.data
     metadata = read_metadata(data.data_dir, data.precomputed_latents)
     where = f"precomputed latents {data.precomputed_latents!r} ({data.data_dir})"
-    stored = metadata.get("data", {})
+    # Datasets written before representations hold ViewPoint-map latents.
+    stored = {"representation": "viewpoint", **metadata.get("data", {})}
     for key in MATCHING_DATA_KEYS:
         if key in stored and stored[key] != jsonable(data[key]):
             raise ValueError(

@@ -2,7 +2,8 @@
 
 Per record (in grain workers): a random clip of `num_frames` frames every `frame_stride` frames
 is decoded (OpenCV) and resized to the ERP size; a random yaw turn (a horizontal roll of the
-ERP, exact) augments it; the jitted geometry maps it onto the ViewPoint map and renders the
+ERP, exact) augments it; the jitted geometry maps it onto the ViewPoint map (or the frames of
+`config.representation`: ERP or cube raster, see geometry/layouts.py) and renders the
 condition of a kind drawn from `condition_mixture` (by default mostly the paper's: a random
 perspective view of the clip projected back onto the map with its mask; see conditions.py);
 the caption is dropped (set to "") at rate `caption_dropout` for
@@ -15,11 +16,12 @@ any record (an image, or a frame of a video). Records are sharded per host, shuf
 every epoch), processed in `worker_count` processes, and the iterator state is checkpointable.
 
 Training batches (`make_train_iterator`), host-local batch B = batch_size // process_count,
-F = num_frames for video batches and 1 for image batches, M = map_size:
+F = num_frames for video batches and 1 for image batches, (Hm, Wm) = (M, M) with M = map_size
+for the ViewPoint map, `config.layout_hw(config)` for any representation:
 
-    target_map       (B, F, M, M, 3) float32 in [-1, 1]
-    condition_map    (B, F, M, M, 3) float32 in [-1, 1], 0 outside the mask
-    condition_mask   (B, F, M, M, 1) float32 in {0, 1}
+    target_map       (B, F, Hm, Wm, 3) float32 in [-1, 1]
+    condition_map    (B, F, Hm, Wm, 3) float32 in [-1, 1], 0 outside the mask
+    condition_mask   (B, F, Hm, Wm, 1) float32 in {0, 1}
     condition_kind   (B,) int32: the `conditions.ConditionKind` of each example, drawn from
                      config.condition_mixture (which decides what the mask covers: a view over
                      every frame, nothing, a view at frame 0, a prefix of frames, several views)
@@ -29,14 +31,15 @@ F = num_frames for video batches and 1 for image batches, M = map_size:
 
 With `config.precomputed_latents` (a dataset written by tools/precompute_latents.py, see
 latents.py) the records are fixed draws already encoded, and training batches carry, instead of
-the three maps, with f latent frames and m = M / spatial factor:
+the three maps, with f latent frames and (h, w) = (Hm, Wm) / spatial factor:
 
-    latents            (B, f, m, m, C) float32
-    condition_latents  (B, f, m, m, C) float32
-    latent_mask        (B, f, m, m, 1) float32
+    latents            (B, f, h, w, C) float32
+    condition_latents  (B, f, h, w, C) float32
+    latent_mask        (B, f, h, w, 1) float32
 
 Eval batches (`make_eval_iterator`) add perspective (B, F, h, w, 3) float32 (the condition
-clip), view (B, 4) float32 (fov, yaw, pitch, roll in degrees) and source (B,) str.
+clip), view (B, 4) float32 (fov, yaw, pitch, roll in degrees), erp (B, F, H, W, 3) float32 in
+[-1, 1] (the clip the maps come from, at the ERP size) and source (B,) str.
 
 A record that cannot be read (a corrupt ArrayRecord chunk: `ReadGuardedSource`, warned with
 its index) or decoded is skipped with a warning and counted in `skipped_records`; the run never
@@ -60,7 +63,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from viewpoint_jax.config import validate_data_config
+from viewpoint_jax.config import data_representation, layout_hw, validate_data_config
 from viewpoint_jax.data import builder, conditions, latents
 from viewpoint_jax.data.builder import as_text
 
@@ -141,9 +144,9 @@ class ExampleMaker:
     `mode`: "video" (clips of num_frames; image records are skipped), "image" (one random frame
     of any record) or "eval" (videos, no caption dropout nor yaw turn, extra keys).
     `caption_dropout` overrides the config's rate; `with_view` adds the condition camera
-    (`view`, as in eval) to every example; `with_images` adds the ERP clip the maps come from
-    (`erp`, (F, H, W, 3) float32 in [-1, 1], after the yaw turn) and the condition view
-    (`perspective`), for looking at examples (data/inspection.py).
+    (`view`, as in eval) to every example; `with_images` adds (as eval does) the ERP clip the
+    maps come from (`erp`, (F, H, W, 3) float32 in [-1, 1], after the yaw turn) and the
+    condition view (`perspective`), for looking at examples (data/inspection.py).
 
     The condition kind of each example is drawn from `config.condition_mixture` (eval always
     uses the paper's perspective video); `temporal_factor` is the autoencoder's frame grouping,
@@ -168,6 +171,8 @@ class ExampleMaker:
         self.stride = int(config.frame_stride)
         self.erp_hw = (int(config.erp_height), int(config.erp_width))
         self.map_size = int(config.map_size)
+        self.representation = data_representation(config)
+        self.layout_hw = layout_hw(config)
         self.condition_hw = _condition_hw(config)
         self.view_ranges = {
             "fov_range": tuple(config.condition_fov_range),
@@ -217,7 +222,12 @@ class ExampleMaker:
         erp = clip.astype(np.float32) / 127.5 - 1.0
         with jax.default_device(_cpu_device()):
             maps = conditions.target_and_views(
-                erp, views, active, map_size=self.map_size, out_hw=self.condition_hw
+                erp,
+                views,
+                active,
+                map_size=self.map_size,
+                out_hw=self.condition_hw,
+                representation=self.representation,
             )
             maps = {key: np.asarray(value, np.float32) for key, value in maps.items()}
         condition_map, condition_mask = self._known_region(kind, maps, rng)
@@ -234,7 +244,6 @@ class ExampleMaker:
             example["view"] = views[0] * active[0]
         if self.mode == "eval" or self.with_images:
             example["perspective"] = maps["perspective"]
-        if self.with_images:
             example["erp"] = erp
         if self.mode == "eval":
             example["source"] = as_text(record.get("source", ""))
@@ -258,7 +267,7 @@ class ExampleMaker:
     def _known_region(
         self, kind: int, maps: dict[str, np.ndarray], rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The condition map `(F, M, M, 3)` and mask `(F, M, M, 1)` of this kind."""
+        """The condition map `(F, Hm, Wm, 3)` and mask `(F, Hm, Wm, 1)` of this kind."""
         condition, mask = maps["condition_map"], maps["condition_mask"]
         if kind == conditions.ConditionKind.PERSPECTIVE_IMAGE:
             # The view is known at frame 0 only: an image that seeds the video.
@@ -267,7 +276,7 @@ class ExampleMaker:
         elif kind == conditions.ConditionKind.PREFIX:
             known = int(rng.integers(1, self.latent_frames))  # k in [1, latent frames - 1]
             frames = conditions.prefix_pixel_frames(known, self.temporal_factor)
-            mask = conditions.prefix_mask(self.num_frames, frames, self.map_size)
+            mask = conditions.prefix_mask(self.num_frames, frames, self.layout_hw)
             condition = maps["target_map"] * mask
         return condition, mask
 

@@ -22,6 +22,7 @@ import tensorflow_datasets as tfds
 from flax import nnx
 
 from viewpoint_jax import build
+from viewpoint_jax.config import layout_hw
 from viewpoint_jax.data import builder, latents, pipeline
 from viewpoint_jax.data.latents import (
     DRAW_DATA_KEYS,
@@ -71,7 +72,8 @@ class LatentsConfig(tfds.core.BuilderConfig):
     """Shapes of the stored tensors: latent frames of a video sample, latent grid, channels."""
 
     latent_frames: int = 1
-    latent_size: int = 1
+    latent_height: int = 1
+    latent_width: int = 1
     latent_channels: int = 1
     dtype: str = "float16"
 
@@ -99,7 +101,7 @@ class PanoramicLatents(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         c = self.builder_config
-        grid = (c.latent_size, c.latent_size)
+        grid = (c.latent_height, c.latent_width)
         features = tfds.features.FeaturesDict(
             {
                 "latents": tfds.features.Tensor(
@@ -307,11 +309,12 @@ def precompute(
         "data": {key: latents.jsonable(data[key]) for key in MATCHING_DATA_KEYS + DRAW_DATA_KEYS},
         "draws": {"samples": samples, "image_samples": image_samples, "seed": seed},
     }
-    latent = latent_shape(autoencoder, (1, data.num_frames, data.map_size, data.map_size, 3))
+    latent = latent_shape(autoencoder, (1, data.num_frames, *layout_hw(data), 3))
     builder_config = LatentsConfig(
         name=name,
         latent_frames=latent[1],
-        latent_size=latent[2],
+        latent_height=latent[2],
+        latent_width=latent[3],
         latent_channels=latent[4],
         dtype=dtype,
     )

@@ -17,6 +17,11 @@ perspective video/image onto the map with its coverage mask; `image_condition` k
 frame 0 only; `prefix_condition` knows the first frames of a panorama in full (continuation);
 `encode_condition` encodes a condition with the autoencoder and brings the mask to latent
 resolution. `impose_known_frames` pastes wholly known latent frames back after sampling.
+
+`representation` (`config.data.representation`, geometry/layouts.py): the "map" here is the frame
+the model denoises, the ViewPoint map by default or the ERP / cube raster of about as many
+pixels (`geometry.layout_size(representation, map_size)`); conditions are projected onto it
+and `map_to_panorama` converts it to ERP. Per-step fusion needs the ViewPoint map.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from flax import nnx
 
 from viewpoint_jax import geometry, io_utils, sharding
 from viewpoint_jax.diffusion import schedulers
+from viewpoint_jax.geometry import Representation
 from viewpoint_jax.models import autoencoder as autoencoder_lib
 from viewpoint_jax.models import vae as vae_lib
 
@@ -320,19 +326,23 @@ def perspective_condition(
     yaw_deg: float = 0.0,
     pitch_deg: float = 0.0,
     roll_deg: float = 0.0,
+    *,
+    representation: Representation = Representation.VIEWPOINT,
 ) -> tuple[jax.Array, jax.Array]:
-    """Projects a perspective video `(F, h, w, 3)` (uint8, or float in [-1, 1]) onto the map.
+    """Projects a perspective video `(F, h, w, 3)` (uint8, or float in [-1, 1]) onto the map
+    (the frames of `representation`, (Hm, Wm) = `geometry.layout_size(representation, map_size)`).
 
-    Returns the condition video `(F, M, M, 3)` in [-1, 1], 0 outside the covered area, and the
-    coverage mask `(F, M, M, 1)` in [0, 1]. `fov_deg` is the horizontal field of view.
+    Returns the condition video `(F, Hm, Wm, 3)` in [-1, 1], 0 outside the covered area, and the
+    coverage mask `(F, Hm, Wm, 1)` in [0, 1]. `fov_deg` is the horizontal field of view.
     """
     if not 0 < fov_deg < 180:
         raise ValueError(f"field of view must be in (0, 180) degrees, got {fov_deg}")
     video = jnp.asarray(video)
     if video.dtype == jnp.uint8:
         video = video.astype(jnp.float32) / 127.5 - 1.0
-    projected, mask = geometry.perspective_to_viewpoint(
-        video, fov_deg, yaw_deg, pitch_deg, roll_deg, map_size
+    layout_hw = geometry.layout_size(representation, map_size)
+    projected, mask = geometry.perspective_to_layout(
+        video, fov_deg, yaw_deg, pitch_deg, roll_deg, representation, layout_hw
     )
     mask = mask.astype(jnp.float32)
     return projected * mask, mask
@@ -417,11 +427,14 @@ def image_condition(
     yaw_deg: float = 0.0,
     pitch_deg: float = 0.0,
     roll_deg: float = 0.0,
+    *,
+    representation: Representation = Representation.VIEWPOINT,
 ) -> tuple[jax.Array, jax.Array]:
     """A perspective image `(h, w, 3)` known at frame 0 only (image-to-360 video).
 
-    Returns the condition video `(F, M, M, 3)` (the projected image at frame 0, 0 elsewhere) and
-    its mask `(F, M, M, 1)` (the image's coverage at frame 0, 0 on frames 1 .. F-1).
+    Returns the condition video `(F, Hm, Wm, 3)` (the projected image at frame 0, 0 elsewhere)
+    and its mask `(F, Hm, Wm, 1)` (the image's coverage at frame 0, 0 on frames 1 .. F-1);
+    (Hm, Wm) as in `perspective_condition`.
     """
     image = jnp.asarray(image)
     if image.ndim == 4 and image.shape[0] == 1:
@@ -429,7 +442,7 @@ def image_condition(
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"image must be (h, w, 3), got shape {tuple(image.shape)}")
     projected, mask = perspective_condition(
-        image[None], map_size, fov_deg, yaw_deg, pitch_deg, roll_deg
+        image[None], map_size, fov_deg, yaw_deg, pitch_deg, roll_deg, representation=representation
     )
     later = num_frames - 1
     condition = jnp.concatenate([projected, jnp.zeros((later, *projected.shape[1:]))], axis=0)
@@ -437,16 +450,22 @@ def image_condition(
 
 
 def panorama_to_map(
-    pano_erp_video: np.ndarray | jax.Array, map_size: int, name: str = "pano_erp_video"
+    pano_erp_video: np.ndarray | jax.Array,
+    map_size: int,
+    name: str = "pano_erp_video",
+    *,
+    representation: Representation = Representation.VIEWPOINT,
 ) -> jax.Array:
     """An equirectangular video `(F, H, 2H, 3)` (uint8, or float in [-1, 1]) -> its ViewPoint
-    map video `(F, M, M, 3)` float32 in [-1, 1]. ValueError naming `name` unless it is 2:1 ERP."""
+    map video `(F, M, M, 3)` (the frames of `representation`, `(F, Hm, Wm, 3)`) float32 in
+    [-1, 1]. ValueError naming `name` unless it is 2:1 ERP."""
     shape = tuple(np.shape(pano_erp_video))
     if len(shape) != 4 or shape[-1] != 3 or shape[2] != 2 * shape[1] or shape[0] < 1:
         raise ValueError(
             f"{name} must be a 2:1 equirectangular video (F, H, 2H, 3), got shape {shape}"
         )
-    return geometry.erp_to_viewpoint(_as_unit_range(pano_erp_video), map_size)
+    layout_hw = geometry.layout_size(representation, map_size)
+    return geometry.erp_to_layout(_as_unit_range(pano_erp_video), representation, layout_hw)
 
 
 def prefix_condition(
@@ -454,17 +473,17 @@ def prefix_condition(
 ) -> tuple[jax.Array, jax.Array]:
     """The first P frames of the map known in full (continuation, long videos).
 
-    `prefix_map` `(P, M, M, 3)` (uint8, or float in [-1, 1]) holds the known frames, with
+    `prefix_map` `(P, Hm, Wm, 3)` (uint8, or float in [-1, 1]) holds the known frames, with
     P = 1 + t (k - 1): exactly the pixel frames of the first k latent frames (latent frame 0 is
     frame 0, latent frame j >= 1 frames t j - t + 1 .. t j), so the pooled latent mask is 1 on the
-    first k latent frames and 0 on the rest. Returns the condition video `(F, M, M, 3)` (the
-    prefix, then 0) and its mask `(F, M, M, 1)` (1 on the prefix, 0 after).
+    first k latent frames and 0 on the rest. Returns the condition video `(F, Hm, Wm, 3)` (the
+    prefix, then 0) and its mask `(F, Hm, Wm, 1)` (1 on the prefix, 0 after).
     """
     prefix = _as_unit_range(prefix_map)
     known = prefix.shape[0]
     if prefix.ndim != 4 or (known - 1) % temporal_factor or not 1 <= known < num_frames:
         raise ValueError(
-            f"prefix_map must be (P, M, M, 3) with P = 1 + {temporal_factor}j frames, fewer than "
+            f"prefix_map must be (P, Hm, Wm, 3) with P = 1 + {temporal_factor}j frames, fewer than "
             f"num_frames = {num_frames}, got shape {tuple(prefix.shape)}"
         )
     later = num_frames - known
@@ -501,17 +520,19 @@ def make_conditions(
     *,
     image: np.ndarray | None = None,
     prefix_map: np.ndarray | jax.Array | None = None,
+    representation: Representation = Representation.VIEWPOINT,
 ) -> Conditions:
     """Conditions for one sample: text `(1, L, D)` embeddings and at most one of
     - `video`: a perspective video or image `(F, h, w, 3)` uint8 over every frame, placed at
       (yaw, pitch, roll) with horizontal `fov_deg`; its frame count is used (it must be 1 + 4k);
     - `image`: a perspective image `(h, w, 3)` known at frame 0 only (`image_condition`), same
       placement, `num_frames` frames;
-    - `prefix_map`: the first P = 1 + 4j frames of the map `(P, M, M, 3)` known in full
+    - `prefix_map`: the first P = 1 + 4j frames of the map `(P, Hm, Wm, 3)` known in full
       (`prefix_condition`), `num_frames` frames.
 
     With none of them the map is all unknown (text-to-360): the condition is an all-zero video
-    with mask 0, for `num_frames` frames.
+    with mask 0, for `num_frames` frames. The map is the frame of `representation`, (Hm, Wm) =
+    `geometry.layout_size(representation, map_size)` ((M, M) for the ViewPoint map).
     """
     temporal = autoencoder.temporal_factor
     given = [
@@ -525,26 +546,29 @@ def make_conditions(
         frames = valid_frame_count(num_frames, temporal)
         if frames != num_frames:
             raise ValueError(f"num_frames must be 1 + {temporal}k, got {num_frames}")
+    layout_hw = geometry.layout_size(representation, map_size)
+    place = dict(fov_deg=fov_deg, yaw_deg=yaw_deg, pitch_deg=pitch_deg, roll_deg=roll_deg)
     if image is not None:
         condition, mask = image_condition(
-            image, map_size, num_frames, fov_deg, yaw_deg, pitch_deg, roll_deg
+            image, map_size, num_frames, **place, representation=representation
         )
     elif prefix_map is not None:
-        if tuple(np.shape(prefix_map))[1:] != (map_size, map_size, 3):
+        if tuple(np.shape(prefix_map))[1:] != (*layout_hw, 3):
             raise ValueError(
-                f"prefix_map must be (P, {map_size}, {map_size}, 3), got {np.shape(prefix_map)}"
+                f"prefix_map must be (P, {layout_hw[0]}, {layout_hw[1]}, 3), got "
+                f"{np.shape(prefix_map)}"
             )
         condition, mask = prefix_condition(prefix_map, num_frames, temporal)
     elif video is None:
-        condition = jnp.zeros((num_frames, map_size, map_size, 3), jnp.float32)
-        mask = jnp.zeros((num_frames, map_size, map_size, 1), jnp.float32)
+        condition = jnp.zeros((num_frames, *layout_hw, 3), jnp.float32)
+        mask = jnp.zeros((num_frames, *layout_hw, 1), jnp.float32)
     else:
         if (len(video) - 1) % temporal:
             raise ValueError(
                 f"the condition video has {len(video)} frames; frame counts must be 1 + {temporal}k"
             )
         condition, mask = perspective_condition(
-            video, map_size, fov_deg, yaw_deg, pitch_deg, roll_deg
+            video, map_size, **place, representation=representation
         )
     latent, mask = encode_condition(autoencoder, condition[None], mask[None])
     return Conditions(
@@ -597,11 +621,17 @@ def decode_latents(
     return jnp.clip(decoded.astype(jnp.float32), -1.0, 1.0)
 
 
-@functools.partial(jax.jit, static_argnames=("height", "width"))
-def map_to_panorama(map_video: jax.Array, height: int, width: int) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("height", "width", "representation"))
+def map_to_panorama(
+    map_video: jax.Array,
+    height: int,
+    width: int,
+    representation: Representation = Representation.VIEWPOINT,
+) -> jax.Array:
     """Map video `(..., M, M, 3)` -> ERP `(..., height, width, 3)`, blending the overlapping
-    copies of each sphere region (the final pixel-space fusion)."""
-    return geometry.viewpoint_to_erp(map_video, height, width)
+    copies of each sphere region (the final pixel-space fusion); frames of another
+    `representation` `(..., Hm, Wm, 3)` -> ERP by `geometry.layout_to_erp`."""
+    return geometry.layout_to_erp(map_video, representation, height, width)
 
 
 def decode_to_panorama(
@@ -609,11 +639,13 @@ def decode_to_panorama(
     latents: jax.Array,
     height: int,
     width: int,
+    representation: Representation = Representation.VIEWPOINT,
     *,
     mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Map latents `(B, f, h, w, C)` -> (map video `(B, F, M, M, 3)`, ERP video
-    `(B, F, height, width, 3)`), both in [-1, 1]; the ERP blends the overlapping copies. The
-    decode is spread over `mesh` (`decode_latents`)."""
+    """Map latents `(B, f, h, w, C)` -> (map video `(B, F, Hm, Wm, 3)`, ERP video
+    `(B, F, height, width, 3)`), both in [-1, 1]; the ERP blends the overlapping copies (of the
+    ViewPoint map; other representations: `map_to_panorama`). The decode is spread over `mesh`
+    (`decode_latents`)."""
     map_video = decode_latents(autoencoder, latents, mesh=mesh)
-    return map_video, map_to_panorama(map_video, height, width)
+    return map_video, map_to_panorama(map_video, height, width, representation)

@@ -1,15 +1,20 @@
-"""Panoramic geometry in pure jax.numpy: ERP, cube faces, perspective views, the ViewPoint map.
+"""Panoramic geometry in pure jax.numpy: ERP, cube faces, perspective views, the ViewPoint map,
+and the representations the DiT can see (layouts.py).
 
 Conventions and layout: docs/viewpoint-map.md.
 """
 
+from viewpoint_jax.geometry.layouts import Representation, layout_size
 from viewpoint_jax.geometry.projections import (
     cubemap_to_erp,
     erp_to_cubemap,
+    erp_to_layout,
     erp_to_perspective,
     erp_to_viewpoint,
     fuse_overlaps,
+    layout_to_erp,
     perspective_to_erp,
+    perspective_to_layout,
     perspective_to_viewpoint,
     viewpoint_directions,
     viewpoint_to_erp,
@@ -26,16 +31,21 @@ from viewpoint_jax.geometry.viewpoint_map import SUBREGIONS, subregion_index, su
 __all__ = [
     "FACE_NAMES",
     "SUBREGIONS",
+    "Representation",
     "camera_basis",
     "cube_face_directions",
     "cubemap_to_erp",
     "erp_directions",
     "erp_to_cubemap",
+    "erp_to_layout",
     "erp_to_perspective",
     "erp_to_viewpoint",
     "fuse_overlaps",
+    "layout_size",
+    "layout_to_erp",
     "perspective_directions",
     "perspective_to_erp",
+    "perspective_to_layout",
     "perspective_to_viewpoint",
     "subregion_index",
     "subregion_slices",
