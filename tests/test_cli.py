@@ -24,8 +24,18 @@ ENTRY_POINTS = {
     ),
     "memory_plan": (["tools/memory_plan.py"], "hbm_gb", "--hbm_bg=40", "--hbm_gb"),
     "show_projection": (["tools/show_projection.py"], "map_size", "--map-size=64", None),
+    "prepare_dataset": (["tools/prepare_dataset.py"], "workers", "--dry-run", "--dry_run"),
+    "inspect_dataset": (["tools/inspect_dataset.py"], "num_batches", "--num_batch=2", None),
+    "condition_ablation": (["tools/condition_ablation.py"], "seeds", "--seds=1", "--seeds"),
+    "evaluate": (["-m", "viewpoint_jax.evaluate"], "view_size", "--view_sise=4", "--view_size"),
+    "demo_dataset": (
+        ["-m", "viewpoint_jax.data.demo_dataset"],
+        "num_train",
+        "--num-train=3",
+        "--num_train",
+    ),
 }
-CONFIG_TAKING = ("train", "sample", "precompute_text", "precompute_latents")
+CONFIG_TAKING = ("train", "sample", "precompute_text", "precompute_latents", "inspect_dataset")
 
 
 def run_entry_point(command: list[str], *args: str) -> subprocess.CompletedProcess:

@@ -38,19 +38,20 @@ from viewpoint_jax.models.dit import PRESETS, DiTConfig
 from viewpoint_jax.models.vae import WanVAEConfig
 from viewpoint_jax.sharding import DEFAULT_RULES, MESH_AXES
 
-# The DiTConfig fields a config may set (None keeps the preset's value).
-DIT_FIELDS = (
-    "dim",
-    "ffn_dim",
-    "num_heads",
-    "num_layers",
-    "freq_dim",
-    "attention_pattern",
-    "attention_backend",
-    "remat_policy",
-    "dtype",
-    "param_dtype",
-)
+# The DiTConfig fields a config may set, with their types: None keeps the preset's value, as a
+# typed placeholder, so that the command line can set it too (`--config.model.dim=48`).
+DIT_FIELDS = {
+    "dim": int,
+    "ffn_dim": int,
+    "num_heads": int,
+    "num_layers": int,
+    "freq_dim": int,
+    "attention_pattern": object,  # a name or a tuple of block kinds
+    "attention_backend": str,
+    "remat_policy": str,
+    "dtype": str,
+    "param_dtype": str,
+}
 
 
 def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -108,8 +109,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.preset = "tiny"
     # DiTConfig fields; None keeps the preset's value. in_dim, out_dim and text_dim follow the
     # autoencoder and text encoder (2 C + 1 in, C out) and are not set here.
-    for field in DIT_FIELDS:
-        config.model[field] = None
+    for field, kind in DIT_FIELDS.items():
+        config.model[field] = ml_collections.config_dict.placeholder(kind)
     config.model.init_checkpoint = ""
 
     config.autoencoder = ml_collections.ConfigDict()

@@ -44,6 +44,7 @@ from viewpoint_jax.io_utils import (
     check_writable,
 )
 from viewpoint_jax.models import autoencoder as autoencoder_lib
+from viewpoint_jax.progress import Progress
 
 DEFAULT_FPS = 16.0  # Wan2.1's frame rate
 
@@ -225,9 +226,9 @@ def generate(
         latents = sampler.sample(
             models.model, conditions, jax.random.key(settings.seed), settings, progress=progress
         )
-        latents = sampler.impose_known_frames(latents, conditions)
-    # To the host: the autoencoder decodes on its own device, not on the DiT's mesh.
-    latents = jax.device_get(latents)
+    # To the host: the autoencoder decodes on its own device, not on the DiT's mesh (and the
+    # conditions it encoded are there too).
+    latents = jax.device_get(sampler.impose_known_frames(jax.device_get(latents), conditions))
     map_video, panorama = sampler.decode_to_panorama(
         models.autoencoder, latents, data.erp_height, data.erp_width
     )
@@ -306,7 +307,8 @@ def _extend_windows(
         )
         rng = jax.random.fold_in(jax.random.key(settings.seed), index)
         latents = sampler.sample(models.model, conditions, rng, settings, progress=progress)
-        latents = sampler.impose_known_frames(latents, conditions)
+        # On the autoencoder's device, with the conditions it encoded (not the DiT's mesh).
+        latents = sampler.impose_known_frames(jax.device_get(latents), conditions)
         new = sampler.decode_latents(models.autoencoder, latents)[0, overlap_frames:]
         frames.append(new[: num_frames - total])
         starts.append(total - overlap_frames)
@@ -891,14 +893,14 @@ def run_request(
 ) -> Path:
     """Generates a request (its condition files read here unless `inputs` holds them) and
     writes its outputs into `out` (atomically)."""
-    from tqdm import tqdm  # lazy: a progress bar only for the command line
-
     inputs = read_inputs(request, config) if inputs is None else inputs
     settings = dataclasses.replace(settings, seed=request.seed)
     started = time.time()
-    # One window: a bar of the sampling steps; window by window: a running count of steps.
+    # One window: a bar of the sampling steps; window by window: a running count of steps (in a
+    # log, a line a window).
     total = None if is_long(request, config) else settings.num_steps
-    with tqdm(total=total, desc="sampling", unit="step", file=sys.stderr) as bar:
+    every = None if total else settings.num_steps
+    with Progress(total, "sampling", unit="step", every=every) as bar:
         generation = generate_request(
             models, request, settings, inputs, progress=lambda step: bar.update(1)
         )
