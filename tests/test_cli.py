@@ -4,6 +4,7 @@ these fail during flag parsing, before any JAX work."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from test_train import REPO, subprocess_env
@@ -28,6 +29,12 @@ ENTRY_POINTS = {
     "inspect_dataset": (["tools/inspect_dataset.py"], "num_batches", "--num_batch=2", None),
     "condition_ablation": (["tools/condition_ablation.py"], "seeds", "--seds=1", "--seeds"),
     "evaluate": (["-m", "viewpoint_jax.evaluate"], "view_size", "--view_sise=4", "--view_size"),
+    "bench_convert": (["tools/bench_convert.py"], "sizes_gb", "--sizes-gb=1", "--sizes_gb"),
+    "bench_dit": (["tools/bench_dit.py"], "compile_layers", "--peak-tflops=1", "--peak_tflops"),
+    "bench_prepare": (["tools/bench_prepare.py"], "seconds", "--repeat=1", "--repeats"),
+    "bench_projection": (["tools/bench_projection.py"], "map_size", "--map-size=64", "--map_size"),
+    "bench_sample": (["tools/bench_sample.py"], "devices", "--map-size=64", "--map_size"),
+    "bench_vae": (["tools/bench_vae.py"], "tiled_size", "--skip-tiled", "--skip_tiled"),
     "demo_dataset": (
         ["-m", "viewpoint_jax.data.demo_dataset"],
         "num_train",
@@ -93,3 +100,8 @@ def test_a_config_file_that_does_not_load_is_one_line():
 def test_a_stray_positional_argument_is_refused():
     result = run_entry_point(["-m", "viewpoint_jax.demo"], "quick")
     assert_one_error_line(result, "unexpected argument 'quick'")
+
+
+def test_every_tool_is_checked():
+    tools = {Path(command[0]).name for command, *_ in ENTRY_POINTS.values()}
+    assert {path.name for path in (REPO / "tools").glob("*.py")} <= tools

@@ -141,9 +141,7 @@ def stand_in_command(command: list[str], root: Path) -> list[str]:
     return [sys.executable, *arguments, *STAND_IN_FLAGS[name]]
 
 
-def run_readme_command(
-    command: list[str], root: Path, cwd: Path
-) -> subprocess.CompletedProcess:
+def run_readme_command(command: list[str], root: Path, cwd: Path) -> subprocess.CompletedProcess:
     """Runs one README command on the stand-ins (its output is no terminal: plain progress lines,
     no carriage-return bars); an AssertionError quotes the README's command and the error."""
     result = subprocess.run(

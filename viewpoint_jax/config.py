@@ -177,6 +177,18 @@ TIMESTEP_SAMPLERS = ("logit_normal", "shifted_uniform")
 SCHEDULES = ("constant", "cosine")
 
 
+def packaged_config(name: str) -> Path:
+    """A config file of this installation by name ("tiny.py"): inside the package where a wheel
+    installs `configs/` (pyproject.toml ships it as viewpoint_jax/configs), else `configs/`
+    beside the package (a checkout, an editable install)."""
+    package = Path(__file__).resolve().parent
+    folders = (package / "configs", package.parent / "configs")
+    for folder in folders:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"no config {name} in {folders[0]} or {folders[1]}")
+
+
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
     """`path/to/config.py[:arg]` -> that file's `get_config(arg)`; UserError naming a bad file."""
     path, _, arg = spec.partition(":")
