@@ -289,8 +289,9 @@ def test_kill_9_then_rerun_resumes_and_equals_an_uninterrupted_build(tmp_path):
     )
     assert rerun.returncode == 0, rerun.stderr
     assert "resuming: 1 of 3 files already encoded" in rerun.stdout
-    assert "a.mp4:" not in rerun.stdout  # not encoded again
-    assert "[2/3] b.mp4" in rerun.stdout and "[3/3] c.mp4" in rerun.stdout
+    assert "a.mp4:" not in rerun.stderr  # not encoded again
+    assert "file 2/3 (" in rerun.stderr and "b.mp4: 1 records" in rerun.stderr
+    assert "file 3/3 (" in rerun.stderr and "c.mp4: 1 records" in rerun.stderr
     shard = (
         data_dir
         / "panoramic_videos"
