@@ -4,6 +4,7 @@ these fail during flag parsing, before any JAX work."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from test_train import REPO, subprocess_env
@@ -24,8 +25,24 @@ ENTRY_POINTS = {
     ),
     "memory_plan": (["tools/memory_plan.py"], "hbm_gb", "--hbm_bg=40", "--hbm_gb"),
     "show_projection": (["tools/show_projection.py"], "map_size", "--map-size=64", None),
+    "prepare_dataset": (["tools/prepare_dataset.py"], "workers", "--dry-run", "--dry_run"),
+    "inspect_dataset": (["tools/inspect_dataset.py"], "num_batches", "--num_batch=2", None),
+    "condition_ablation": (["tools/condition_ablation.py"], "seeds", "--seds=1", "--seeds"),
+    "evaluate": (["-m", "viewpoint_jax.evaluate"], "view_size", "--view_sise=4", "--view_size"),
+    "bench_convert": (["tools/bench_convert.py"], "sizes_gb", "--sizes-gb=1", "--sizes_gb"),
+    "bench_dit": (["tools/bench_dit.py"], "compile_layers", "--peak-tflops=1", "--peak_tflops"),
+    "bench_prepare": (["tools/bench_prepare.py"], "seconds", "--repeat=1", "--repeats"),
+    "bench_projection": (["tools/bench_projection.py"], "map_size", "--map-size=64", "--map_size"),
+    "bench_sample": (["tools/bench_sample.py"], "devices", "--map-size=64", "--map_size"),
+    "bench_vae": (["tools/bench_vae.py"], "tiled_size", "--skip-tiled", "--skip_tiled"),
+    "demo_dataset": (
+        ["-m", "viewpoint_jax.data.demo_dataset"],
+        "num_train",
+        "--num-train=3",
+        "--num_train",
+    ),
 }
-CONFIG_TAKING = ("train", "sample", "precompute_text", "precompute_latents")
+CONFIG_TAKING = ("train", "sample", "precompute_text", "precompute_latents", "inspect_dataset")
 
 
 def run_entry_point(command: list[str], *args: str) -> subprocess.CompletedProcess:
@@ -83,3 +100,8 @@ def test_a_config_file_that_does_not_load_is_one_line():
 def test_a_stray_positional_argument_is_refused():
     result = run_entry_point(["-m", "viewpoint_jax.demo"], "quick")
     assert_one_error_line(result, "unexpected argument 'quick'")
+
+
+def test_every_tool_is_checked():
+    tools = {Path(command[0]).name for command, *_ in ENTRY_POINTS.values()}
+    assert {path.name for path in (REPO / "tools").glob("*.py")} <= tools

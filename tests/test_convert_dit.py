@@ -1,93 +1,27 @@
 """DiT conversion: parity with diffusers' WanTransformer3DModel through both key layouts."""
 
-import json
-
 import jax
 import numpy as np
 import pytest
 import torch
 from flax import nnx
+from wan_release import (
+    DIT_TINY,
+    dit_reference,
+    original_dit_config,
+    save_dit,
+    to_original_dit_layout,
+)
 
 import viewpoint_jax  # noqa: F401  (flax config)
 from viewpoint_jax.convert import core
 from viewpoint_jax.convert import dit as convert_dit_lib
 from viewpoint_jax.models import dit as dit_lib
 
-TINY = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=2,
-    attention_head_dim=24,
-    in_channels=16,
-    out_channels=16,
-    text_dim=32,
-    freq_dim=32,
-    ffn_dim=96,
-    num_layers=2,
-    cross_attn_norm=True,
-    eps=1e-6,
-    rope_max_seq_len=1024,
-)
-
-# diffusers -> original Wan2.1 names (Wan's norm3 is diffusers' norm2: the cross-attn LayerNorm).
-_RENAMES = [
-    ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
-    ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
-    ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
-    ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
-    ("condition_embedder.time_proj", "time_projection.1"),
-    ("attn1.to_out.0", "self_attn.o"),
-    ("attn2.to_out.0", "cross_attn.o"),
-    ("attn1.to_", "self_attn."),
-    ("attn2.to_", "cross_attn."),
-    ("attn1.", "self_attn."),
-    ("attn2.", "cross_attn."),
-    (".norm2.", ".norm3."),
-    ("ffn.net.0.proj", "ffn.0"),
-    ("ffn.net.2", "ffn.2"),
-    ("proj_out", "head.head"),
-]
-
-
-def to_original_layout(state: dict) -> dict:
-    out = {}
-    for key, value in state.items():
-        if key == "scale_shift_table":
-            out["head.modulation"] = value
-            continue
-        new = key.replace("scale_shift_table", "modulation")
-        for old, repl in _RENAMES:
-            new = new.replace(old, repl)
-        out[new] = value
-    return out
-
-
-def original_config(cfg: dict) -> dict:
-    return dict(
-        dim=cfg["num_attention_heads"] * cfg["attention_head_dim"],
-        ffn_dim=cfg["ffn_dim"],
-        num_heads=cfg["num_attention_heads"],
-        num_layers=cfg["num_layers"],
-        in_dim=cfg["in_channels"],
-        out_dim=cfg["out_channels"],
-        freq_dim=cfg["freq_dim"],
-        text_len=512,
-        eps=cfg["eps"],
-        model_type="t2v",
-        text_dim=cfg["text_dim"],
-    )
-
 
 @pytest.fixture(scope="module")
 def reference():
-    from diffusers import WanTransformer3DModel
-
-    torch.manual_seed(0)
-    model = WanTransformer3DModel(**TINY).eval()
-    # Random non-trivial norms and modulation tables (the defaults are ones/zeros).
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.add_(0.1 * torch.randn_like(p))
+    model = dit_reference()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 16, 3, 8, 8)).astype(np.float32)  # torch (B, C, F, H, W)
     t = np.array([10.0, 700.0], np.float32)
@@ -108,27 +42,6 @@ def _jax_forward(model, x, t, ctx):
     return np.moveaxis(np.asarray(y), -1, 1)
 
 
-def _save(state, folder, fmt, config):
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps(config))
-    if fmt == "safetensors":
-        save_file(state, folder / "diffusion_pytorch_model.safetensors")
-    elif fmt == "sharded":
-        keys = sorted(state)
-        halves = [keys[: len(keys) // 2], keys[len(keys) // 2 :]]
-        weight_map = {}
-        for i, part in enumerate(halves):
-            name = f"model-{i + 1:05d}-of-00002.safetensors"
-            save_file({k: state[k] for k in part}, folder / name)
-            weight_map.update({k: name for k in part})
-        index = {"metadata": {}, "weight_map": weight_map}
-        (folder / "model.safetensors.index.json").write_text(json.dumps(index))
-    else:
-        torch.save(state, folder / "model.pth")
-
-
 @pytest.mark.parametrize(
     "layout,fmt",
     [
@@ -141,10 +54,10 @@ def _save(state, folder, fmt, config):
 def test_parity_with_diffusers(reference, tmp_path, layout, fmt):
     state, (x, t, ctx), expected = reference
     if layout == "original":
-        state, config = to_original_layout(state), original_config(TINY)
+        state, config = to_original_dit_layout(state), original_dit_config(DIT_TINY)
     else:
-        config = {"_class_name": "WanTransformer3DModel", **TINY, "image_dim": None}
-    _save(state, tmp_path / "src", fmt, config)
+        config = {"_class_name": "WanTransformer3DModel", **DIT_TINY, "image_dim": None}
+    save_dit(state, tmp_path / "src", fmt, config)
     written = convert_dit_lib.convert_dit(
         tmp_path / "src", tmp_path / "dst", attention_pattern="pano"
     )
@@ -158,7 +71,12 @@ def test_parity_with_diffusers(reference, tmp_path, layout, fmt):
 
 def test_inflation_ignores_condition_channels(reference, tmp_path):
     state, (x, t, ctx), expected = reference
-    _save(to_original_layout(state), tmp_path / "src", "safetensors", original_config(TINY))
+    save_dit(
+        to_original_dit_layout(state),
+        tmp_path / "src",
+        "safetensors",
+        original_dit_config(DIT_TINY),
+    )
     convert_dit_lib.convert_dit(
         tmp_path / "src", tmp_path / "dst", in_dim=33, attention_pattern="pano"
     )
@@ -171,11 +89,11 @@ def test_inflation_ignores_condition_channels(reference, tmp_path):
 
 def test_bad_tensors_listed_in_one_error(reference, tmp_path):
     state, _, _ = reference
-    state = to_original_layout(state)
+    state = to_original_dit_layout(state)
     del state["blocks.1.ffn.0.weight"]
     state["blocks.0.self_attn.q.weight"] = torch.zeros(48, 40)
     state["blocks.7.extra.weight"] = torch.zeros(3)
-    _save(state, tmp_path / "src", "safetensors", original_config(TINY))
+    save_dit(state, tmp_path / "src", "safetensors", original_dit_config(DIT_TINY))
     with pytest.raises(core.ConversionError) as info:
         convert_dit_lib.convert_dit(tmp_path / "src", tmp_path / "dst")
     message = str(info.value)
@@ -195,7 +113,12 @@ def test_unknown_layout_names_supported_ones(tmp_path):
 
 def test_failure_while_writing_leaves_nothing(reference, tmp_path, monkeypatch):
     state, _, _ = reference
-    _save(to_original_layout(state), tmp_path / "src", "safetensors", original_config(TINY))
+    save_dit(
+        to_original_dit_layout(state),
+        tmp_path / "src",
+        "safetensors",
+        original_dit_config(DIT_TINY),
+    )
     real_get = core.TensorSource.get
 
     def failing_get(self, key):
@@ -215,7 +138,12 @@ def test_cli_converts(reference, tmp_path):
     import sys
 
     state, _, _ = reference
-    _save(to_original_layout(state), tmp_path / "src", "safetensors", original_config(TINY))
+    save_dit(
+        to_original_dit_layout(state),
+        tmp_path / "src",
+        "safetensors",
+        original_dit_config(DIT_TINY),
+    )
     cmd = [
         sys.executable,
         "tools/convert_wan.py",
@@ -244,7 +172,12 @@ def test_load_into_mesh_shardings(reference, tmp_path):
     from viewpoint_jax import sharding
 
     state, _, _ = reference
-    _save(to_original_layout(state), tmp_path / "src", "safetensors", original_config(TINY))
+    save_dit(
+        to_original_dit_layout(state),
+        tmp_path / "src",
+        "safetensors",
+        original_dit_config(DIT_TINY),
+    )
     convert_dit_lib.convert_dit(tmp_path / "src", tmp_path / "dst")
     mesh = sharding.make_mesh({"fsdp": 2, "tensor": 4})
     sharded = nnx.state(dit_lib.load_dit(tmp_path / "dst", mesh=mesh), nnx.Param)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from transformers import UMT5Config as HFConfig
-from transformers import UMT5EncoderModel
+from wan_release import to_wan_umt5_layout, umt5_reference
 
 from viewpoint_jax.convert import core
 from viewpoint_jax.convert.umt5 import convert_umt5, detect_layout
@@ -20,54 +20,12 @@ from viewpoint_jax.sharding import make_mesh, use_mesh
 REPO = Path(__file__).resolve().parent.parent
 VOCAB, LENGTH = 96, 512
 
-# transformers key (relative to encoder.block.N.) -> Wan key (relative to blocks.N.)
-_WAN_NAMES = {
-    "layer.0.layer_norm": "norm1",
-    "layer.0.SelfAttention.q": "attn.q",
-    "layer.0.SelfAttention.k": "attn.k",
-    "layer.0.SelfAttention.v": "attn.v",
-    "layer.0.SelfAttention.o": "attn.o",
-    "layer.0.SelfAttention.relative_attention_bias": "pos_embedding.embedding",
-    "layer.1.layer_norm": "norm2",
-    "layer.1.DenseReluDense.wi_0": "ffn.gate.0",
-    "layer.1.DenseReluDense.wi_1": "ffn.fc1",
-    "layer.1.DenseReluDense.wo": "ffn.fc2",
-}
-
-
-def to_wan_layout(state: dict) -> dict:
-    """A transformers UMT5EncoderModel state dict renamed to Wan's T5Encoder keys."""
-    out = {}
-    for key, value in state.items():
-        if key == "encoder.embed_tokens.weight":
-            continue  # tied to shared.weight
-        if key == "shared.weight":
-            new = "token_embedding.weight"
-        elif key == "encoder.final_layer_norm.weight":
-            new = "norm.weight"
-        else:
-            _, _, index, rest = key.split(".", 3)
-            new = f"blocks.{index}.{_WAN_NAMES[rest.removesuffix('.weight')]}.weight"
-        out[new] = value.clone()
-    return out
-
 
 @pytest.fixture(scope="module")
 def reference():
     """A tiny random UMT5EncoderModel (3 layers, non-trivial norms and biases), its inputs and
-    its fp32 outputs, saved in the transformers folder layout and in Wan's .pth layout."""
-    torch.manual_seed(0)
-    config = HFConfig(
-        vocab_size=VOCAB, d_model=32, d_kv=8, num_heads=4, d_ff=48, num_layers=3,
-        relative_attention_num_buckets=32, relative_attention_max_distance=128, dropout_rate=0.0,
-    )  # fmt: skip
-    model = UMT5EncoderModel(config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "layer_norm" in name:
-                param.copy_(1 + 0.3 * torch.randn_like(param))
-            elif "relative_attention_bias" in name:
-                param.copy_(torch.randn_like(param))
+    its fp32 outputs."""
+    model = umt5_reference(VOCAB)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, VOCAB, (3, LENGTH))
     mask = np.zeros((3, LENGTH), np.int64)
@@ -105,7 +63,7 @@ def test_transformers_folder_matches_reference(reference, converted_hf):
 
 
 def test_wan_pth_matches_reference(reference, tmp_path):
-    torch.save(to_wan_layout(reference["model"].state_dict()), tmp_path / "umt5.pth")
+    torch.save(to_wan_umt5_layout(reference["model"].state_dict()), tmp_path / "umt5.pth")
     config = convert_umt5(tmp_path / "umt5.pth", tmp_path / "out", dtype="float32")
     assert (config.num_layers, config.eps, config.max_distance) == (3, 1e-6, 128)
     out = _run(tmp_path / "out", reference["ids"], reference["mask"])
@@ -114,7 +72,9 @@ def test_wan_pth_matches_reference(reference, tmp_path):
 
 def test_bf16_wan_checkpoint_keeps_bf16(reference, tmp_path):
     """Wan ships bf16 weights: dtype=None keeps them (and computes in bf16)."""
-    state = {k: v.bfloat16() for k, v in to_wan_layout(reference["model"].state_dict()).items()}
+    state = {
+        k: v.bfloat16() for k, v in to_wan_umt5_layout(reference["model"].state_dict()).items()
+    }
     torch.save(state, tmp_path / "umt5.pth")
     config = convert_umt5(tmp_path / "umt5.pth", tmp_path / "out")
     assert (config.param_dtype, config.dtype) == ("bfloat16", "bfloat16")
@@ -172,7 +132,7 @@ def test_load_into_mesh(reference, converted_hf):
 
 
 def test_cli_dispatches_to_convert_umt5(reference, tmp_path, monkeypatch, capsys):
-    torch.save(to_wan_layout(reference["model"].state_dict()), tmp_path / "umt5.pth")
+    torch.save(to_wan_umt5_layout(reference["model"].state_dict()), tmp_path / "umt5.pth")
     argv = [
         "convert_wan.py",
         "umt5",

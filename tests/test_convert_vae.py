@@ -7,47 +7,28 @@ import sys
 import numpy as np
 import pytest
 import torch
+from wan_release import to_original_vae_layout, vae_reference
 
 import viewpoint_jax  # noqa: F401  (flax config)
 from viewpoint_jax.convert import core
 from viewpoint_jax.convert import vae as convert_lib
 from viewpoint_jax.models import vae as vae_lib
 
-# The released Wan2.1 VAE's structure (4 stages, 2 residual blocks) at a tiny width.
-TINY = dict(base_dim=4, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2)
-
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    from diffusers import AutoencoderKLWan
-
-    torch.manual_seed(0)
-    ref = AutoencoderKLWan(**TINY)
+    ref = vae_reference()
     folder = tmp_path_factory.mktemp("vae_src")
     ref.save_pretrained(folder / "diffusers")
     state = {k: v.detach().clone() for k, v in ref.state_dict().items()}
     return {"folder": folder, "state": state}
 
 
-def to_original_layout(state: dict) -> dict:
-    """diffusers keys -> Wan's original keys (module by module, as our converter names them)."""
-    config = vae_lib.WanVAEConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                      for k, v in TINY.items()})  # fmt: skip
-    diffusers = convert_lib.torch_module_names(config, convert_lib.DIFFUSERS)
-    original = convert_lib.torch_module_names(config, convert_lib.ORIGINAL)
-    rename = {d: o for (_, d, _), (_, o, _) in zip(diffusers, original)}
-    out = {}
-    for key, value in state.items():
-        module, leaf = key.rsplit(".", 1)
-        out[f"{rename[module]}.{leaf}"] = value
-    return out
-
-
 def test_original_names_agree_with_diffusers_own_mapping(reference):
     """diffusers' independent Wan -> diffusers key map turns our original names back exactly."""
     from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
-    original = to_original_layout(reference["state"])
+    original = to_original_vae_layout(reference["state"])
     assert "encoder.downsamples.2.resample.1.weight" in original
     assert "decoder.upsamples.4.shortcut.weight" in original
     assert "conv1.weight" in original and "encoder.head.2.weight" in original
@@ -58,7 +39,7 @@ def test_original_names_agree_with_diffusers_own_mapping(reference):
 
 
 def test_both_layouts_give_the_same_model(reference, tmp_path):
-    torch.save(to_original_layout(reference["state"]), tmp_path / "Wan2.1_VAE.pth")
+    torch.save(to_original_vae_layout(reference["state"]), tmp_path / "Wan2.1_VAE.pth")
     convert_lib.convert_vae(tmp_path / "Wan2.1_VAE.pth", tmp_path / "from_pth")
     convert_lib.convert_vae(reference["folder"] / "diffusers", tmp_path / "from_diffusers")
     config = json.loads((tmp_path / "from_pth" / "config.json").read_text())

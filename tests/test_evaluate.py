@@ -196,7 +196,7 @@ def test_cli_metrics_only_with_a_condition_flag(inputs, tmp_path):
     "args,code,message",
     [
         (["--help"], 0, None),
-        (["--view_sise", "3"], 2, "Unknown command line flag 'view_sise'"),
+        (["--view_sise", "3"], 2, "unknown flag --view_sise (did you mean --view_size?)"),
         (["--inputs", "notes.mp4", "--out", "o"], 2, "cannot read video notes.mp4"),
     ],
 )

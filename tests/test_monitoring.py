@@ -52,4 +52,5 @@ def test_logger_writes_every_step_and_plain_progress_lines_off_a_terminal(tmp_pa
     assert logger.losses == {1: 1.0, 2: 0.5, 3: pytest.approx(1 / 3)}
     progress = capsys.readouterr().err.splitlines()
     # pytest's stderr is no terminal: no bar, a line every log.every_steps steps.
-    assert [line.split()[1] for line in progress if line.startswith("step ")] == ["2/8"]
+    assert [line.split()[2] for line in progress if line.startswith("train: step ")] == ["2/8"]
+    assert not any("\r" in line for line in progress)

@@ -119,7 +119,7 @@ def test_preflight_lists_everything_and_refuses_bad_files(footage, tmp_path):
 
     # --dry-run prints the same summary and writes nothing; a build stops before it starts.
     command = [*PREPARE, "--src", str(footage), "--out", str(tmp_path / "data")]
-    dry = subprocess.run([*command, "--dry-run"], capture_output=True, text=True, timeout=120)
+    dry = subprocess.run([*command, "--dry_run"], capture_output=True, text=True, timeout=120)
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.strip() == summary
     assert not (tmp_path / "data").exists()
@@ -174,8 +174,8 @@ def built(footage, tmp_path_factory):
     )
     result = subprocess.run(
         [sys.executable, "-c", measure, *PREPARE[1:], "--src", str(footage),
-         "--out", str(data_dir), "--name", "real", "--max-frames", "20", "--workers", "2",
-         "--skip-unreadable"],
+         "--out", str(data_dir), "--name", "real", "--max_frames", "20", "--workers", "2",
+         "--skip_unreadable"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -289,8 +289,9 @@ def test_kill_9_then_rerun_resumes_and_equals_an_uninterrupted_build(tmp_path):
     )
     assert rerun.returncode == 0, rerun.stderr
     assert "resuming: 1 of 3 files already encoded" in rerun.stdout
-    assert "a.mp4:" not in rerun.stdout  # not encoded again
-    assert "[2/3] b.mp4" in rerun.stdout and "[3/3] c.mp4" in rerun.stdout
+    assert "a.mp4:" not in rerun.stderr  # not encoded again
+    assert "file 2/3 (" in rerun.stderr and "b.mp4: 1 records" in rerun.stderr
+    assert "file 3/3 (" in rerun.stderr and "c.mp4: 1 records" in rerun.stderr
     shard = (
         data_dir
         / "panoramic_videos"

@@ -5,12 +5,11 @@ dim 1536 / ffn 8960 like the 1.3B model, the depth chosen to reach each size) un
 directory, converts each in a fresh subprocess, and reports that process's peak RSS. A tiny
 checkpoint gives the baseline (Python + JAX + Orbax). Everything is deleted afterwards.
 
-  python tools/bench_convert.py [--sizes-gb 1 4] [--dtype bfloat16] [--scratch /tmp]
+  python tools/bench_convert.py [--sizes_gb=1,4] [--dtype bfloat16] [--scratch /tmp]
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import shutil
@@ -20,9 +19,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from absl import flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from viewpoint_jax.cli import refuse_positional, run
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 DIM, FFN, HEADS, TEXT, FREQ, IN, OUT = 1536, 8960, 12, 4096, 256, 16, 16
 
@@ -119,12 +122,16 @@ def convert_in_subprocess(src: Path, dst: Path, dtype: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes-gb", type=float, nargs="+", default=[1.0, 4.0])
-    parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
-    parser.add_argument("--scratch", default=tempfile.gettempdir())
-    args = parser.parse_args()
+def define_flags() -> None:
+    flags.DEFINE_list("sizes_gb", ["1", "4"], "checkpoint sizes to convert, GB")
+    flags.DEFINE_enum("dtype", "bfloat16", ["float32", "bfloat16"], "stored dtype")
+    flags.DEFINE_string("scratch", tempfile.gettempdir(), "where the checkpoints are written")
+
+
+def main(argv: list[str]) -> int:
+    refuse_positional(argv)
+    args = flags.FLAGS
+    sizes_gb = [float(size) for size in args.sizes_gb]
 
     per_layer = 4 * sum(
         int(np.prod(s)) for k, s in wan_shapes(1).items() if k.startswith("blocks.")
@@ -136,7 +143,7 @@ def main() -> None:
         cases = [("baseline (tiny)", 1, 64, 128)]
         cases += [
             (f"{gb:g} GB", max(1, round((gb * 1e9 - fixed) / per_layer)), DIM, FFN)
-            for gb in args.sizes_gb
+            for gb in sizes_gb
         ]
         for name, layers, dim, ffn in cases:
             src, dst = scratch / "src", scratch / "dst"
@@ -163,7 +170,8 @@ def main() -> None:
             f"| {name} | {layers} | {src_gb:.2f} | {out_gb:.2f} | {r['seconds']:.1f} | "
             f"{r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] - base:.0f} |"
         )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run(main, define_flags)

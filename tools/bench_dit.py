@@ -6,7 +6,6 @@ python tools/bench_dit.py --gpu           # 1.3B fwd+bwd, 13x80x80 latent, bf16,
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import functools
 import sys
@@ -19,9 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import jax
 import jax.numpy as jnp
+from absl import flags
 from flax import nnx
 
 import viewpoint_jax  # noqa: F401
+from viewpoint_jax.cli import refuse_positional, run
 from viewpoint_jax.models import dit as dit_lib
 from viewpoint_jax.models.dit import DiTConfig
 
@@ -153,7 +154,7 @@ def model_flops(config: DiTConfig, latent: tuple[int, ...], text_len: int) -> fl
     return float(b * flops)
 
 
-def bench_gpu(args: argparse.Namespace) -> None:
+def bench_gpu(args: flags.FlagValues) -> None:
     config = DiTConfig.wan_1_3b(
         in_dim=33,
         attention_backend=args.attention,
@@ -195,30 +196,34 @@ def bench_gpu(args: argparse.Namespace) -> None:
     )
     print("| step s | model TFLOP/step | TFLOP/s | MFU | compile s | peak HBM GB |")
     print("|---|---|---|---|---|---|")
-    mfu = f"{100 * flops / seconds / (peak * 1e12):.1f}%" if peak else "n/a (pass --peak-tflops)"
+    mfu = f"{100 * flops / seconds / (peak * 1e12):.1f}%" if peak else "n/a (pass --peak_tflops)"
     print(
         f"| {seconds:.3f} | {flops / 1e12:.1f} | {flops / seconds / 1e12:.0f} | {mfu} | "
         f"{compile_s:.0f} | {memory.get('peak_bytes_in_use', 0) / 1e9:.1f} |"
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--gpu", action="store_true", help="the 1.3B training-step benchmark")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--compile-layers", type=int, nargs="+", default=[4, 40])
-    parser.add_argument("--attention", default="cudnn", help="GPU mode: attention backend")
-    parser.add_argument("--remat", default="none", choices=list(dit_lib.REMAT_POLICIES))
-    parser.add_argument("--pattern", default="alternate")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--peak-tflops", type=float, help="device bf16 peak, for MFU")
-    args = parser.parse_args()
+def define_flags() -> None:
+    flags.DEFINE_bool("gpu", False, "the 1.3B training-step benchmark")
+    flags.DEFINE_integer("repeats", 5, "timed calls (the fastest counts)")
+    flags.DEFINE_list("compile_layers", ["4", "40"], "depths whose compile time is measured")
+    flags.DEFINE_string("attention", "cudnn", "GPU mode: attention backend")
+    flags.DEFINE_enum("remat", "none", list(dit_lib.REMAT_POLICIES), "GPU mode: remat policy")
+    flags.DEFINE_string("pattern", "alternate", "GPU mode: attention pattern")
+    flags.DEFINE_integer("batch", 1, "GPU mode: batch size")
+    flags.DEFINE_float("peak_tflops", None, "device bf16 peak, for MFU")
+
+
+def main(argv: list[str]) -> int:
+    refuse_positional(argv)
+    args = flags.FLAGS
     if args.gpu:
         bench_gpu(args)
-        return
+        return 0
     bench_cpu(args.repeats)
-    bench_compile(args.compile_layers)
+    bench_compile([int(layers) for layers in args.compile_layers])
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run(main, define_flags)

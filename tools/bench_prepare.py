@@ -17,7 +17,6 @@ measured in a child process (ru_maxrss), with its RSS after the imports for refe
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import subprocess
@@ -28,8 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from absl import flags
+
 from viewpoint_jax import video_io
-from viewpoint_jax.cli import run_main
+from viewpoint_jax.cli import refuse_positional, run
 
 
 def make_clip(path: Path, seconds: float) -> Path:
@@ -73,23 +74,26 @@ def child(src: Path, out: Path, height: int, fps: float, workers: int) -> None:
     print(json.dumps(result))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--src", type=Path, default=None, help="a video (default: make one)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of the made clip")
-    parser.add_argument("--repeats", type=int, default=2, help="best of this many runs")
-    parser.add_argument("--height", type=int, default=512)
-    parser.add_argument("--fps", type=float, default=16.0)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+def define_flags() -> None:
+    flags.DEFINE_string("src", None, "a video (default: make one)")
+    flags.DEFINE_float("seconds", 10.0, "length of the made clip")
+    flags.DEFINE_integer("repeats", 2, "best of this many runs", lower_bound=1)
+    flags.DEFINE_integer("height", 512, "stored ERP height")
+    flags.DEFINE_float("fps", 16.0, "stored frame rate")
+    flags.DEFINE_integer("workers", 1, "files encoded at once")
+    flags.DEFINE_string("workdir", None, "where the clip and the builds go (default: a temp dir)")
+    flags.DEFINE_string("child", None, "(internal) one build into this folder, as JSON")
+
+
+def main(argv: list[str]) -> int:
+    refuse_positional(argv)
+    args = flags.FLAGS
     if args.child is not None:
-        child(args.src, args.child, args.height, args.fps, args.workers)
+        child(Path(args.src), Path(args.child), args.height, args.fps, args.workers)
         return 0
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_prepare-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    src = args.src or make_clip(workdir / "erp_4k.mp4", args.seconds)
+    src = Path(args.src) if args.src else make_clip(workdir / "erp_4k.mp4", args.seconds)
     media = video_io.probe_media(src)
     frames = round(media.duration * media.fps)
     print(
@@ -133,4 +137,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run(main, define_flags)

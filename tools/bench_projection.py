@@ -5,21 +5,21 @@ the whole clip), py360convert e2c + c2e (its nearest equivalent: cube faces and 
 and cv2.remap on precomputed fixed-point maps (a floor for CPU resampling: forward map, then the
 back map reading one copy per ERP pixel, without overlap blending).
 
-  python tools/bench_projection.py [--frames 49] [--height 512] [--map-size 640] [--repeats 3]
+  python tools/bench_projection.py [--frames 49] [--height 512] [--map_size 640] [--repeats 3]
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import cv2
 import jax
 import numpy as np
 import py360convert
+from absl import flags
 
 from viewpoint_jax import geometry
-from viewpoint_jax.cli import run_main
+from viewpoint_jax.cli import refuse_positional, run
 from viewpoint_jax.data import scenes
 from viewpoint_jax.geometry import sphere
 from viewpoint_jax.geometry import viewpoint_map as layout
@@ -48,13 +48,16 @@ def cv2_maps(height: int, width: int, map_size: int):
     return forward, backward
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--frames", type=int, default=49)
-    parser.add_argument("--height", type=int, default=512)
-    parser.add_argument("--map-size", type=int, default=640)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args(argv)
+def define_flags() -> None:
+    flags.DEFINE_integer("frames", 49, "frames of the clip")
+    flags.DEFINE_integer("height", 512, "ERP height (width 2 x height)")
+    flags.DEFINE_integer("map_size", 640, "ViewPoint map side")
+    flags.DEFINE_integer("repeats", 3, "best of this many runs", lower_bound=1)
+
+
+def main(argv: list[str]) -> int:
+    refuse_positional(argv)
+    args = flags.FLAGS
     height, width, m = args.height, 2 * args.height, args.map_size
     frame = scenes.to_uint8(scenes.render_erp(height, 0.0, "room"))
     clip = np.stack([np.roll(frame, 7 * f, axis=1) for f in range(args.frames)])
@@ -103,4 +106,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run(main, define_flags)

@@ -24,32 +24,29 @@ sharding), not a speed-up.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import time
 
 import jax
 import jax.numpy as jnp
+from absl import flags
 from flax import nnx
 
+from viewpoint_jax.cli import UserError, refuse_positional, run
 from viewpoint_jax.diffusion import sampler, schedulers
 from viewpoint_jax.models.dit import DiTConfig, WanDiT
 
 
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", choices=("tiny", "1.3b"), default="tiny")
-    parser.add_argument("--map-size", type=int, default=128, help="pixels; latent = map / 8")
-    parser.add_argument("--frames", type=int, default=9, help="pixel frames (1 + 4k)")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--gpu", action="store_true", help="require an accelerator backend")
-    parser.add_argument(
-        "--devices", help="comma-separated device counts, e.g. 1,2,4,8: sharded sampling"
-    )
-    return parser.parse_args()
+def define_flags() -> None:
+    flags.DEFINE_enum("preset", "tiny", ["tiny", "1.3b"], "DiT size")
+    flags.DEFINE_integer("map_size", 128, "pixels; latent = map / 8")
+    flags.DEFINE_integer("frames", 9, "pixel frames (1 + 4k)")
+    flags.DEFINE_integer("steps", 20, "sampling steps")
+    flags.DEFINE_integer("repeats", 5, "best of this many rounds", lower_bound=1)
+    flags.DEFINE_string("dtype", "float32", "DiT compute dtype")
+    flags.DEFINE_bool("gpu", False, "require an accelerator backend")
+    flags.DEFINE_string("devices", None, "comma-separated device counts, e.g. 1,2,4,8: sharded")
 
 
 def simulate_devices(args) -> None:
@@ -71,7 +68,7 @@ def bench_devices(args, config, conditions, backend: str) -> None:
 
     counts = [int(n) for n in args.devices.split(",")]
     if max(counts) > jax.device_count():
-        raise SystemExit(f"--devices {args.devices}: only {jax.device_count()} devices")
+        raise UserError(f"--devices {args.devices}: only {jax.device_count()} devices")
     settings = sampler.SampleSettings(num_steps=args.steps, scheduler="unipc", guidance_scale=5.0)
     schedule = schedulers.make_schedule("unipc", args.steps, 5.0)
     model = WanDiT(config, rngs=nnx.Rngs(0))
@@ -132,12 +129,13 @@ def timed(fn, clock):
     return clock() - start
 
 
-def main():
-    args = parse_args()
+def main(argv: list[str]) -> int:
+    refuse_positional(argv)
+    args = flags.FLAGS
     simulate_devices(args)
     backend = jax.default_backend()
     if args.gpu and backend == "cpu":
-        raise SystemExit("--gpu given but JAX sees only the CPU")
+        raise UserError("--gpu given but JAX sees only the CPU")
     overrides = dict(in_dim=33, dtype=args.dtype)
     config = (
         DiTConfig.tiny(**overrides) if args.preset == "tiny" else DiTConfig.wan_1_3b(**overrides)
@@ -156,7 +154,7 @@ def main():
     guidance = jnp.float32(5.0)
     if args.devices:
         bench_devices(args, config, conditions, backend)
-        return
+        return 0
     model = WanDiT(config, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model)
 
@@ -228,7 +226,8 @@ def main():
     for name, seconds in best.items():
         per_step = seconds / args.steps
         print(f"| {name} | {1e3 * per_step:.2f} | {per_step / reference:.3f} |")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run(main, define_flags)

@@ -1,7 +1,7 @@
 """Benchmarks the JAX Wan VAE against diffusers' AutoencoderKLWan on CPU, in one run.
 
   python tools/bench_vae.py                       # 17 frames at 256x256, full-size VAE
-  python tools/bench_vae.py --frames 5 --size 128 --skip-tiled  # the ratio in a few minutes
+  python tools/bench_vae.py --frames 5 --size 128 --skip_tiled  # the ratio in a few minutes
 
 Both sides use the real Wan2.1 VAE size (base_dim 96) with the same random weights (diffusers'
 init, seed 0, copied into the JAX model). Each (framework, op) runs in its own subprocess so that
@@ -10,7 +10,7 @@ peak RSS during the op (sampled every 5 ms) minus its RSS just before (weights a
 resident). "CPU s" is the process's CPU time (user + system, all threads) over the op: on a
 shared machine it moves less than the wall time when other jobs take cores. diffusers is warmed up
 on one frame first; JAX is compiled ahead of time (compile time listed apart) with
-`vae.compiler_options()` (Eigen convolutions instead of YNNPACK on CPU; `--xla-default` keeps
+`vae.compiler_options()` (Eigen convolutions instead of YNNPACK on CPU; `--xla_default` keeps
 XLA's defaults). `--repeats N` times N calls of each and reports the fastest.
 
 The second table times one causal 3x3x3 conv layer (a 96-channel res-block conv on a chunk of 4
@@ -29,7 +29,6 @@ the full-resolution decode twice is too heavy for this shared 2-core machine.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -39,6 +38,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from absl import flags
+
+from viewpoint_jax.cli import refuse_positional, run
 
 
 def _rss_bytes() -> int:
@@ -187,12 +190,12 @@ def layer_worker(frames: int, size: int, channels: int, rounds: int) -> dict:
         "taps_2d_options": compiled(taps, vae.compiler_options()),
     }
     best = {}
-    for run in runs.values():
-        run()  # first-call set-up stays out of the timing
+    for call in runs.values():
+        call()  # first-call set-up stays out of the timing
     for _ in range(rounds):
-        for name, run in runs.items():
+        for name, call in runs.items():
             start = time.perf_counter()
-            run()
+            call()
             best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
     return best
 
@@ -233,50 +236,47 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--frames", type=int, default=17)
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--tiled-frames", type=int, default=49)
-    parser.add_argument("--tiled-size", type=int, default=640)
-    parser.add_argument("--tile", type=int, default=32, help="latent pixels (32 = 256 px)")
-    parser.add_argument("--overlap", type=int, default=8, help="latent pixels")
-    parser.add_argument("--skip-tiled", action="store_true")
-    parser.add_argument("--layer-frames", type=int, default=4, help="new frames (+2 cached)")
-    parser.add_argument("--layer-size", type=int, default=256)
-    parser.add_argument("--layer-channels", type=int, default=96)
-    parser.add_argument("--skip-layer", action="store_true")
-    parser.add_argument("--skip-model", action="store_true")
-    parser.add_argument("--repeats", type=int, default=1, help="timed calls per op (fastest)")
-    parser.add_argument("--xla-default", action="store_true",
-                        help="compile the JAX VAE without vae.compiler_options()")  # fmt: skip
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=1,
-        help="alternate diffusers/JAX subprocesses this many times (fastest)",
-    )
-    parser.add_argument("--layer-rounds", type=int, default=5)
-    parser.add_argument("--layer-worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--worker", nargs=2, metavar=("FRAMEWORK", "OP"), help=argparse.SUPPRESS)
-    parser.add_argument("--tiled-worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+def define_flags() -> None:
+    flags.DEFINE_integer("frames", 17, "frames of the encoded/decoded video")
+    flags.DEFINE_integer("size", 256, "its side, pixels")
+    flags.DEFINE_integer("tiled_frames", 49, "frames of the tiled-decode comparison")
+    flags.DEFINE_integer("tiled_size", 640, "its side, pixels")
+    flags.DEFINE_integer("tile", 32, "latent pixels (32 = 256 px)")
+    flags.DEFINE_integer("overlap", 8, "latent pixels")
+    flags.DEFINE_bool("skip_tiled", False, "skip the tiled-decode table")
+    flags.DEFINE_integer("layer_frames", 4, "new frames (+2 cached)")
+    flags.DEFINE_integer("layer_size", 256, "the conv layer's side, pixels")
+    flags.DEFINE_integer("layer_channels", 96, "the conv layer's channels")
+    flags.DEFINE_bool("skip_layer", False, "skip the conv-layer table")
+    flags.DEFINE_bool("skip_model", False, "skip the whole-VAE table")
+    flags.DEFINE_integer("repeats", 1, "timed calls per op (fastest)")
+    flags.DEFINE_bool("xla_default", False, "compile the JAX VAE without vae.compiler_options()")
+    flags.DEFINE_integer("rounds", 1, "alternate diffusers/JAX subprocesses this many times")
+    flags.DEFINE_integer("layer_rounds", 5, "rounds of the conv-layer table")
+    flags.DEFINE_bool("layer_worker", False, "(internal) the conv-layer table's process")
+    flags.DEFINE_list("worker", None, "(internal) FRAMEWORK,OP: one op's process")
+    flags.DEFINE_bool("tiled_worker", False, "(internal) the tiled-decode table's process")
+
+
+def main(argv: list[str]) -> int:
+    refuse_positional(argv)
+    args = flags.FLAGS
     if args.worker:
         print(json.dumps(worker(*args.worker, args.frames, args.size, args.repeats,
                                 args.xla_default)))  # fmt: skip
-        return
+        return 0
     if args.layer_worker:
         print(json.dumps(layer_worker(args.layer_frames, args.layer_size, args.layer_channels,
                                       args.layer_rounds)))  # fmt: skip
-        return
+        return 0
     if args.tiled_worker:
         print(json.dumps(tiled_memory(args.tiled_frames, args.tiled_size, args.tile,
                                       args.overlap)))  # fmt: skip
-        return
+        return 0
 
     if not args.skip_model:
         sizes = ["--frames", str(args.frames), "--size", str(args.size), "--repeats",
-                 str(args.repeats), *(["--xla-default"] if args.xla_default else [])]  # fmt: skip
+                 str(args.repeats), *(["--xla_default"] if args.xla_default else [])]  # fmt: skip
         print(f"Wan2.1 VAE (base_dim 96, random weights), {args.frames} frames {args.size}x"
               f"{args.size}, CPU ({os.cpu_count()} cores), fp32, JAX compiler options: "
               f"{'XLA defaults' if args.xla_default else 'vae.compiler_options()'}, "
@@ -290,8 +290,8 @@ def main() -> None:
         for op in ("encode", "decode"):
             torch_runs, jax_runs = [], []
             for _ in range(args.rounds):
-                torch_runs.append(_spawn("--worker", "torch", op, *sizes))
-                jax_runs.append(_spawn("--worker", "jax", op, *sizes))
+                torch_runs.append(_spawn(f"--worker=torch,{op}", *sizes))
+                jax_runs.append(_spawn(f"--worker=jax,{op}", *sizes))
             t = min(torch_runs, key=lambda r: r["seconds"])
             j = min(jax_runs, key=lambda r: r["seconds"])
             print(f"| {op} | {t['seconds']:.1f} | {j['seconds']:.1f} | "
@@ -301,25 +301,25 @@ def main() -> None:
                   f"{_gib(j['peak_rss'])} | {_gib(j['xla_temp'])} | "
                   f"{j['compile_seconds']:.1f} |", flush=True)  # fmt: skip
     if not args.skip_layer:
-        layer = ["--layer-frames", str(args.layer_frames), "--layer-size", str(args.layer_size),
-                 "--layer-channels", str(args.layer_channels), "--layer-rounds",
+        layer = ["--layer_frames", str(args.layer_frames), "--layer_size", str(args.layer_size),
+                 "--layer_channels", str(args.layer_channels), "--layer_rounds",
                  str(args.layer_rounds)]  # fmt: skip
         print(f"\nOne causal 3x3x3 conv, {args.layer_channels} -> {args.layer_channels} channels, "
               f"{args.layer_frames} (+2 cached) frames {args.layer_size}x{args.layer_size}, "
               f"one process, best of {args.layer_rounds} rounds\n")  # fmt: skip
         print("| formulation | s | speed (torch s / s) |")
         print("|---|---|---|")
-        seconds = _spawn("--layer-worker", *layer)
+        seconds = _spawn("--layer_worker", *layer)
         for name, label in LAYER_FORMULATIONS.items():
             ratio = seconds["torch"] / seconds[name]
             print(f"| {label} | {seconds[name]:.3f} | {ratio:.2f}x |", flush=True)
     if args.skip_tiled:
-        return
+        return 0
     m = _spawn(
-        "--tiled-worker",
-        "--tiled-frames",
+        "--tiled_worker",
+        "--tiled_frames",
         str(args.tiled_frames),
-        "--tiled-size",
+        "--tiled_size",
         str(args.tiled_size),
         "--tile",
         str(args.tile),
@@ -335,7 +335,8 @@ def main() -> None:
     for name in ("untiled", "tiled"):
         r = m[name]
         print(f"| {name} | {_gib(r['temp'])} | {_gib(r['output'])} | {r['temp'] / base:.2f} |")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run(main, define_flags)

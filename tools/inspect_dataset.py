@@ -16,32 +16,37 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from absl import flags
+from ml_collections import config_flags
 
-def main(argv: list[str] | None = None) -> int:
-    from absl import flags
-    from ml_collections import config_flags
+from viewpoint_jax.cli import refuse_positional, run
 
-    from viewpoint_jax.data import inspection
 
-    config_flag = config_flags.DEFINE_config_file(
+def define_flags() -> None:
+    config_flags.DEFINE_config_file(
         "config", None, "a configs/*.py file (`path[:arg]`)", lock_config=True
     )
-    num_batches = flags.DEFINE_integer("num_batches", 1, "training batches to render")
-    out = flags.DEFINE_string("out", "dataset_sheet.png", "PNG sheet to write")
-    split = flags.DEFINE_string("split", None, "split to draw from (default: the train split)")
-    seed = flags.DEFINE_integer("seed", 0, "seed of the draws")
-    flags.FLAGS(sys.argv if argv is None else argv)
-    if config_flag.value is None:
-        raise ValueError("--config is required (e.g. --config configs/wan14b.py)")
-    data = config_flag.value.data
+    flags.DEFINE_integer("num_batches", 1, "training batches to render (0: statistics only)")
+    flags.DEFINE_string("out", "dataset_sheet.png", "PNG sheet to write")
+    flags.DEFINE_string("split", None, "split to draw from (default: the train split)")
+    flags.DEFINE_integer("seed", 0, "seed of the draws")
+    flags.mark_flag_as_required("config")
+
+
+def main(argv: list[str]) -> int:
+    from viewpoint_jax.data import inspection  # lazy: --help answers before JAX loads
+
+    refuse_positional(argv)
+    values = flags.FLAGS
+    data = values.config.data
     print(inspection.format_statistics(inspection.split_statistics(data.data_dir, data.name)))
-    if num_batches.value > 0:
-        path = inspection.render_sheet(data, out.value, num_batches.value, split.value, seed.value)
+    if values.num_batches > 0:
+        path = inspection.render_sheet(
+            data, values.out, values.num_batches, values.split, values.seed
+        )
         print(f"wrote {path}")
     return 0
 
 
 if __name__ == "__main__":
-    from viewpoint_jax.cli import run_main
-
-    run_main(main)
+    run(main, define_flags)

@@ -54,7 +54,11 @@ def main(argv: list[str]) -> int:
     start = time.time()
     path = Path(directory) / text_lib.SHARED_TEXT_CACHE
     cache = text_lib.cache_text_embeddings(
-        build.build_text_encoder(config), captions, path, batch_size=values.batch_size
+        build.build_text_encoder(config),
+        captions,
+        path,
+        batch_size=values.batch_size,
+        progress=True,
     )
     print(f"{len(cache)} captions in {path} ({time.time() - start:.1f} s)")
     print(

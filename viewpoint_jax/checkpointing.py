@@ -21,6 +21,7 @@ by array before Orbax reads anything (`check_matches`).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -35,6 +36,7 @@ from flax import nnx
 from jax.experimental.multihost_utils import sync_global_devices
 
 from viewpoint_jax import sharding
+from viewpoint_jax.progress import BYTES, Progress
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> Path:
@@ -281,8 +283,13 @@ def restore_params(path: str | os.PathLike, abstract_tree: Any, *, partial: bool
     if not path.is_dir():
         raise FileNotFoundError(f"no Orbax checkpoint at {path}")
     check_matches(saved_tree(path), abstract_tree, f"checkpoint {path}", partial=partial)
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        return checkpointer.restore(
+    nbytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(abstract_tree))
+    # Orbax reads the whole tree in one call: a line when it starts and one when it is done.
+    reading = Progress(
+        nbytes, f"reading {path}", unit=BYTES, announce=True, enabled=jax.process_index() == 0
+    )
+    with reading, ocp.PyTreeCheckpointer() as checkpointer:
+        restored = checkpointer.restore(
             path,
             args=ocp.args.PyTreeRestore(
                 item=abstract_tree,
@@ -290,6 +297,8 @@ def restore_params(path: str | os.PathLike, abstract_tree: Any, *, partial: bool
                 partial_restore=partial,
             ),
         )
+        reading.update(nbytes)
+    return restored
 
 
 def restore_run_params(

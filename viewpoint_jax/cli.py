@@ -43,11 +43,6 @@ def _run_with_user_errors(main: Callable[[], int | None]) -> int:
         sys.exit(130)
 
 
-def run_main(main: Callable[[], int | None]) -> None:
-    """Runs a CLI `main` (no absl flags), exiting with its status; see `_run_with_user_errors`."""
-    sys.exit(_run_with_user_errors(main))
-
-
 def _close_match(name: str, flag_values: flags.FlagValues) -> str:
     """` (did you mean --x?)` for the defined flag nearest to `name`, or ``."""
     # A config key (config.data.nmae) is compared with the keys, which are flags once the config
@@ -64,12 +59,7 @@ def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
     if "--" in arguments:
         arguments = arguments[: arguments.index("--")]
     if any(argument in HELP_ARGUMENTS for argument in arguments):
-        usage = getattr(sys.modules.get("__main__"), "__doc__", None)
-        # The flags of the program's own modules (a console script or a wrapper defines them in
-        # another module than __main__), not absl's.
-        modules = [m for m in flag_values.flags_by_module_dict() if not m.startswith("absl.")]
-        listing = "\n".join(flag_values.module_help(m) for m in modules)
-        print((usage or "").strip() + "\n\nflags:\n" + listing)
+        print(_help(flag_values))
         sys.exit(0)
     try:
         positional = flag_values(list(argv))
@@ -86,6 +76,22 @@ def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
         lines = str(error).strip().splitlines() or [type(error).__name__]
         print(f"error: {lines[0]}", file=sys.stderr)
     sys.exit(2)
+
+
+def _help(flag_values: flags.FlagValues) -> str:
+    """The program's usage (its docstring) and its flags: those of the entry point (absl names a
+    script's by its path) and of the package's modules, not the libraries' (absl, TFDS)."""
+    program = ("__main__", sys.argv[0])
+    modules = [
+        m
+        for m in flag_values.flags_by_module_dict()
+        if m.startswith("viewpoint_jax") or m in program
+    ]
+    # A console script's __main__ is pip's stub: the usage is then the module defining the flags.
+    documented = [sys.modules.get("__main__")] + [sys.modules.get(m) for m in modules]
+    usage = next((module.__doc__ for module in documented if module and module.__doc__), "")
+    listing = "\n".join(flag_values.module_help(m) for m in modules)
+    return usage.strip() + "\n\nflags:\n" + listing
 
 
 def _unknown_config_key(error: Exception, arguments: Sequence[str]) -> str:

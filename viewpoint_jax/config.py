@@ -40,19 +40,20 @@ from viewpoint_jax.models.dit import PRESETS, BlockKind, DiTConfig
 from viewpoint_jax.models.vae import WanVAEConfig
 from viewpoint_jax.sharding import DEFAULT_RULES, MESH_AXES
 
-# The DiTConfig fields a config may set (None keeps the preset's value).
-DIT_FIELDS = (
-    "dim",
-    "ffn_dim",
-    "num_heads",
-    "num_layers",
-    "freq_dim",
-    "attention_pattern",
-    "attention_backend",
-    "remat_policy",
-    "dtype",
-    "param_dtype",
-)
+# The DiTConfig fields a config may set, with their types: None keeps the preset's value, as a
+# typed placeholder, so that the command line can set it too (`--config.model.dim=48`).
+DIT_FIELDS = {
+    "dim": int,
+    "ffn_dim": int,
+    "num_heads": int,
+    "num_layers": int,
+    "freq_dim": int,
+    "attention_pattern": object,  # a name or a tuple of block kinds
+    "attention_backend": str,
+    "remat_policy": str,
+    "dtype": str,
+    "param_dtype": str,
+}
 
 
 def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -113,8 +114,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.preset = "tiny"
     # DiTConfig fields; None keeps the preset's value. in_dim, out_dim and text_dim follow the
     # autoencoder and text encoder (2 C + 1 in, C out) and are not set here.
-    for field in DIT_FIELDS:
-        config.model[field] = None
+    for field, kind in DIT_FIELDS.items():
+        config.model[field] = ml_collections.config_dict.placeholder(kind)
     config.model.init_checkpoint = ""
 
     config.autoencoder = ml_collections.ConfigDict()
@@ -179,6 +180,18 @@ AUTOENCODERS = ("space_to_depth", "wan_vae")
 TEXT_ENCODERS = ("tiny_random", "umt5")
 TIMESTEP_SAMPLERS = ("logit_normal", "shifted_uniform")
 SCHEDULES = ("constant", "cosine")
+
+
+def packaged_config(name: str) -> Path:
+    """A config file of this installation by name ("tiny.py"): inside the package where a wheel
+    installs `configs/` (pyproject.toml ships it as viewpoint_jax/configs), else `configs/`
+    beside the package (a checkout, an editable install)."""
+    package = Path(__file__).resolve().parent
+    folders = (package / "configs", package.parent / "configs")
+    for folder in folders:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"no config {name} in {folders[0]} or {folders[1]}")
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:

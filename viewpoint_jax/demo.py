@@ -37,6 +37,7 @@ from absl import flags
 from flax import nnx
 
 from viewpoint_jax import build, evaluation, video_io
+from viewpoint_jax import config as config_lib
 from viewpoint_jax import sample as sample_lib
 from viewpoint_jax import train as train_lib
 from viewpoint_jax.cli import UserError, refuse_positional, run
@@ -45,7 +46,7 @@ from viewpoint_jax.diffusion import sampler
 from viewpoint_jax.io_utils import atomic_write_text
 from viewpoint_jax.models import dit as dit_lib
 
-CONFIG_FILE = Path(__file__).resolve().parent.parent / "configs" / "tiny.py"
+CONFIG_FILE = config_lib.packaged_config("tiny.py")
 DATASET_NAME = "demo"
 DATASET_FPS = 8.0
 # Full: every test clip; quick: the test size (see tests/test_demo.py).

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from viewpoint_jax import evaluation, geometry, video_io
-from viewpoint_jax.cli import UserError, run_main
+from viewpoint_jax.cli import UserError, run
 from viewpoint_jax.io_utils import atomic_directory, atomic_write_text
 
 DEFAULT_FPS = 16.0  # Wan2.1's frame rate, for inputs whose frame rate is unknown
@@ -403,8 +403,6 @@ def evaluate(
 
 # --- Command line --------------------------------------------------------------------------------
 
-HELP_ARGS = {"-h", "-?", "--help", "-help", "--helpshort", "--helpfull"}
-
 
 def define_flags() -> None:
     from absl import flags
@@ -429,32 +427,7 @@ def define_flags() -> None:
     flags.DEFINE_boolean("overwrite", False, "replace an existing --out")
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing with the project's CLI manners: --help prints the usage and exits 0; a
-    bad flag is one `error:` line and exit 2."""
-    from absl import flags
-
-    if any(arg in HELP_ARGS for arg in argv[1:]):
-        print(__doc__)
-        # module_help heads the list with the module's name (`__main__:`): not for users.
-        flag_lines = flags.FLAGS.module_help(__name__).strip().splitlines()[1:]
-        print("flags:\n" + "\n".join(flag_lines))
-        sys.exit(0)
-    try:
-        remaining = flags.FLAGS(argv)
-    except flags.Error as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        sys.exit(2)
-    # app.run routes Python logging through absl at INFO: JAX's backend probing ("Unable to
-    # initialize backend 'tpu'") would then reach the terminal. Warnings and up, unless -v is set.
-    if not flags.FLAGS["verbosity"].present:
-        from absl import logging
-
-        logging.set_verbosity(logging.WARNING)
-    return remaining
-
-
-def run(argv: list[str]) -> int:
+def evaluate_main(argv: list[str]) -> int:
     from absl import flags
 
     values = flags.FLAGS
@@ -491,13 +464,10 @@ def run(argv: list[str]) -> int:
 
 
 def main() -> None:
-    from absl import app
-
     # OpenCV's FFmpeg backend prints its own line for an unreadable file ("moov atom not
     # found") before video_io's error names it: one line is enough. Read at the first capture.
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-    define_flags()
-    app.run(lambda argv: run_main(lambda: run(argv)), flags_parser=parse_flags)
+    run(evaluate_main, define_flags)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ import ml_collections
 import numpy as np
 
 from viewpoint_jax.models.dit import BlockKind, DiTConfig, abstract_model, count_params
+from viewpoint_jax.progress import Progress
 from viewpoint_jax.video_io import to_uint8, write_png
 
 # Dense bf16 peak per device, FLOP/s (vendor figures, no sparsity).
@@ -163,8 +163,8 @@ class TrainLogger:
     """One run's telemetry: every host appends its view of each step to its own metrics file
     (`metrics.jsonl` on the first host, `metrics.<i>.jsonl` on the others; they agree, the
     metrics are replicated); the first host also writes TensorBoard scalars every
-    `config.log.every_steps` steps, preview images, and progress: a bar on a terminal, a plain
-    line every `log.every_steps` steps in a log file.
+    `config.log.every_steps` steps, preview images, and progress (`progress.Progress`: a bar on
+    a terminal, a plain line every `log.every_steps` steps in a log file).
     """
 
     def __init__(
@@ -186,12 +186,14 @@ class TrainLogger:
         self.peak = peak_flops_per_device(jax.devices()[0].device_kind, config.log.peak_tflops)
         self.timer = StepTimer()
         self.losses: dict[int, float] = {}
-        self.progress = progress and self.is_main
-        self.bar = None
-        if self.progress and sys.stderr.isatty():
-            from tqdm import tqdm  # only for a terminal
-
-            self.bar = tqdm(total=config.num_steps, initial=start_step, desc="train", unit="step")
+        self.progress = Progress(
+            config.num_steps,
+            "train",
+            unit="step",
+            every=config.log.every_steps,
+            initial=start_step,
+            enabled=progress and self.is_main,
+        )
 
     def log(
         self, step: int, step_metrics: dict[str, Any], latent_grid: tuple[int, int, int], skipped
@@ -213,15 +215,8 @@ class TrainLogger:
         every = self.config.log.every_steps
         if self.is_main and (step % every == 0 or step == self.config.num_steps):
             self.writer.scalars(step, values)
-            if self.progress and self.bar is None:
-                print(
-                    f"step {step}/{self.config.num_steps} loss {values['loss']:.4f}"
-                    + (f" {seconds:.2f} s/step" if seconds else ""),
-                    file=sys.stderr,
-                )
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix_str(f"loss={values['loss']:.4f}")
+        detail = f"loss {values['loss']:.4f}" + (f", {seconds:.2f} s/step" if seconds else "")
+        self.progress.update(1, detail)
         return values
 
     def preview(self, step: int, preview: dict[str, np.ndarray]) -> None:
@@ -232,8 +227,7 @@ class TrainLogger:
 
     def close(self) -> None:
         self.writer.close()
-        if self.bar is not None:
-            self.bar.close()
+        self.progress.close()
 
 
 def startup_summary(

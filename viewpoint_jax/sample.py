@@ -48,6 +48,7 @@ from viewpoint_jax.io_utils import (
     check_writable,
 )
 from viewpoint_jax.models import autoencoder as autoencoder_lib
+from viewpoint_jax.progress import Progress
 
 DEFAULT_FPS = 16.0  # Wan2.1's frame rate
 
@@ -978,15 +979,15 @@ def run_request(
     """Generates a request (its condition files read here unless `inputs` holds them) and
     writes its outputs into `out` (atomically). Pass the same `progress` for every request of
     a model (see `StepProgress`)."""
-    from tqdm import tqdm  # lazy: a progress bar only for the command line
-
     inputs = read_inputs(request, config) if inputs is None else inputs
     settings = dataclasses.replace(settings, seed=request.seed)
     progress = StepProgress() if progress is None else progress
     started = time.time()
-    # One window: a bar of the sampling steps; window by window: a running count of steps.
+    # One window: a bar of the sampling steps; window by window: a running count of steps (in a
+    # log, a line a window).
     total = None if is_long(request, config) else settings.num_steps
-    with tqdm(total=total, desc=f"sampling {request.name}", unit="step", file=sys.stderr) as bar:
+    every = None if total else settings.num_steps
+    with Progress(total, "sampling", unit="step", every=every) as bar:
         progress.bar = bar
         generation = generate_request(models, request, settings, inputs, progress=progress)
     extra = {}

@@ -50,6 +50,7 @@ import ml_dtypes
 import numpy as np
 
 from viewpoint_jax import checkpointing, io_utils
+from viewpoint_jax.progress import BYTES, Progress
 
 SUPPORTED_FORMATS = (
     "a single .safetensors file",
@@ -408,9 +409,15 @@ class _StreamedLeaf:
     """A target leaf that Orbax writes piece by piece, reading each torch tensor on demand."""
 
     def __init__(
-        self, name: str, struct: jax.ShapeDtypeStruct, rules: list[TensorRule], source: TensorSource
+        self,
+        name: str,
+        struct: jax.ShapeDtypeStruct,
+        rules: list[TensorRule],
+        source: TensorSource,
+        progress: Progress,
     ):
         self.name = name
+        self.progress = progress  # told the bytes of each written piece
         self.shape = tuple(struct.shape)
         self.dtype = np.dtype(struct.dtype)
         self.ndim = len(self.shape)
@@ -456,6 +463,7 @@ def _streaming_handler():
                 )
                 for index, piece in leaf.pieces():
                     await store[index].write(piece)
+                    leaf.progress.update(piece.nbytes)
 
         async def serialize(self, values, infos, args=None):
             args = args or [None] * len(values)
@@ -477,6 +485,7 @@ def convert_checkpoint(
     ignore: Callable[[str], bool] | Iterable[str] = (),
     extra_files: Mapping[str, str] | None = None,
     overwrite: bool = False,
+    progress: bool = True,
 ) -> Path:
     """Validates, then streams `source` into an Orbax checkpoint at `dst/params`.
 
@@ -488,6 +497,7 @@ def convert_checkpoint(
       ignore: source keys (or a predicate) that may be present without a rule.
       extra_files: file name -> text, written beside `params/` (e.g. config.json).
       overwrite: replace an existing `dst`.
+      progress: report the bytes written on stderr (`progress.Progress`).
     Returns:
       `dst` as an absolute Path.
     Raises:
@@ -499,15 +509,19 @@ def convert_checkpoint(
     validate_rules(source, rules, targets, ignore)
     dst = Path(dst).absolute()  # Orbax refuses relative paths ("should be absolute")
     # Before streaming gigabytes: an unwritable or too-full destination fails now, named.
-    io_utils.check_writable(dst, expected_bytes=sum(_nbytes(t) for t in targets.values()))
+    total_bytes = sum(_nbytes(t) for t in targets.values())
+    io_utils.check_writable(dst, expected_bytes=total_bytes)
     _return_freed_tensors_to_the_os()
     by_target: dict[str, list[TensorRule]] = {name: [] for name in targets}
     for rule in rules:
         by_target[rule.target].append(rule)
     tree: dict[str, Any] = {}
     save_args: dict[str, Any] = {}
+    written = Progress(
+        total_bytes, f"converting {dst.name}", unit=BYTES, announce=True, enabled=progress
+    )
     for name, target in targets.items():
-        leaf = _StreamedLeaf(name, target, by_target[name], source)
+        leaf = _StreamedLeaf(name, target, by_target[name], source, written)
         # One chunk per stacked slot (or per leaf), so each written piece fills whole chunks and
         # tensorstore never holds a partially written chunk of a big stacked array.
         stacked = len(by_target[name]) > 1 or by_target[name][0].index is not None
@@ -521,7 +535,7 @@ def convert_checkpoint(
         (_StreamedLeaf, _streaming_handler()), (jax.Array, jax_array_handlers.ArrayHandler())
     )
     tree, save_args = checkpointing.unflatten_paths(tree), checkpointing.unflatten_paths(save_args)
-    with io_utils.atomic_directory(dst, overwrite=overwrite) as tmp:
+    with written, io_utils.atomic_directory(dst, overwrite=overwrite) as tmp:
         handler = ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
         with ocp.Checkpointer(handler) as checkpointer:
             checkpointer.save(tmp / "params", args=ocp.args.PyTreeSave(tree, save_args=save_args))

@@ -99,7 +99,8 @@ def config_from_source(source: core.TensorSource, layout: int) -> dict[str, Any]
             "eps",
         )
         out = {k: cfg[k] for k in fields if k in cfg}
-        out["text_dim"] = cfg.get("text_dim", 4096)
+        # Wan's config.json has no text_dim (its text encoder is umT5-XXL): the embedding has it.
+        out["text_dim"] = cfg.get("text_dim") or source.shape("text_embedding.0.weight")[1]
         out["patch_size"] = tuple(cfg.get("patch_size", (1, 2, 2)))
         return out
     # No config.json: read the sizes off the tensors (Wan's head dim is always 128).

@@ -53,7 +53,6 @@ import re
 import shutil
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -64,6 +63,7 @@ import tensorflow_datasets as tfds
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from viewpoint_jax.io_utils import atomic_directory, atomic_path, atomic_write_text
+from viewpoint_jax.progress import Progress
 from viewpoint_jax.video_io import (
     IMAGE_SUFFIXES,
     STEREO_LAYOUTS,
@@ -423,7 +423,7 @@ class Preflight:
         listed = "\n".join(f"  {entry.where}: {reason}" for entry, reason in self.rejected)
         return (
             f"{len(self.rejected)} files rejected (fix or drop them, or skip them with "
-            f"--skip-unreadable):\n{listed}"
+            f"--skip_unreadable):\n{listed}"
         )
 
 
@@ -580,7 +580,8 @@ def prepare(
     (`data_dir/panoramic_videos/<name>/.staging`), `workers` files at a time; a rerun after a
     crash reuses the finished shards. Last the shards are assembled into a dataset that
     replaces any previous one of the same name and version in one rename. `config`: the fields
-    of `PanoramaConfig`. `progress` prints the preflight summary and a line per file.
+    of `PanoramaConfig`. `progress` prints the preflight summary and the files encoded
+    (`progress.Progress`: a bar on a terminal, else a line per file).
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -608,21 +609,30 @@ def prepare(
     }
     if summaries:
         report(f"resuming: {len(summaries)} of {len(jobs)} files already encoded")
-    _encode_files(jobs, summaries, config, features, workers, report)
+    files = Progress(
+        len(jobs), "encoding", unit="file", every=1, initial=len(summaries), enabled=progress
+    )
+    with files:
+        _encode_files(jobs, summaries, config, features, workers, files)
     out = _assemble(version_dir, config, check, jobs, summaries)
     shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
 def _encode_files(
-    jobs: list, summaries: dict, config: PanoramaConfig, features: Any, workers: int, report
+    jobs: list,
+    summaries: dict,
+    config: PanoramaConfig,
+    features: Any,
+    workers: int,
+    files: Progress,
 ) -> None:
     """Encodes every job whose shard is not finished yet, `workers` files at a time; adds each
-    file's summary to `summaries` (a skipped file's too, when config.skip_unreadable)."""
+    file's summary to `summaries` (a skipped file's too, when config.skip_unreadable) and
+    counts it in `files`."""
     # Files are decoded `workers` at a time; ffmpeg's own threads share the cores among them.
     threads = 0 if workers == 1 else max(1, (os.cpu_count() or 1) // workers)
     stop = threading.Event()
-    start = time.time()
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         futures = {
             pool.submit(_encode_file, plan, shard, config, features, threads, stop): (plan, shard)
@@ -646,14 +656,14 @@ def _encode_files(
                     log.warning("skipping %s: %s", plan.entry.where, summary["skipped"])
                     atomic_write_text(shard.with_suffix(".json"), json.dumps(summary))
                 summaries[shard] = summary
-                report(
-                    f"[{len(summaries)}/{len(jobs)}] {plan.entry.file}: "
+                files.update(
+                    1,
+                    f"{plan.entry.file}: "
                     + (
                         f"skipped ({summary['skipped']})"
                         if "skipped" in summary
                         else f"{summary['records']} records, {summary['frames']} frames"
-                    )
-                    + f" ({time.time() - start:.1f} s)"
+                    ),
                 )
         except BaseException:
             stop.set()  # running workers stop at their next frame; queued ones never start
@@ -726,13 +736,13 @@ def build_atomically(
     data_dir: str | os.PathLike,
     *,
     download_config: tfds.download.DownloadConfig | None = None,
-    progress: bool = True,
 ) -> Path:
     """Runs `make(staging_data_dir).download_and_prepare()` and moves the result into `data_dir`
-    in one rename (replacing the same name and version); returns the dataset's directory."""
+    in one rename (replacing the same name and version); returns the dataset's directory.
+    TFDS's own bars (redrawn even in a log file) are off: the examples' generator reports its
+    progress (`progress.Progress`)."""
     Path(data_dir).mkdir(parents=True, exist_ok=True)
-    if not progress:
-        tfds.disable_progress_bar()
+    tfds.disable_progress_bar()
     staging = Path(tempfile.mkdtemp(prefix=".build-", dir=data_dir))
     try:
         with quiet_tfds():

@@ -18,7 +18,6 @@ runs the TFDS builder into `out_dir/data` as dataset "demo" with splits "train" 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -29,8 +28,9 @@ import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
-from viewpoint_jax.cli import run_main
+from viewpoint_jax.cli import refuse_positional, run
 from viewpoint_jax.data import builder, scenes
 from viewpoint_jax.geometry import sphere
 from viewpoint_jax.io_utils import atomic_write_text
@@ -286,30 +286,34 @@ def build_demo_dataset(
     return data_dir, name
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="demo_output", help="output folder (source/ and data/)")
-    parser.add_argument("--name", default="demo")
-    parser.add_argument("--num-train", type=int, default=48)
-    parser.add_argument("--num-test", type=int, default=8)
-    parser.add_argument("--num-images", type=int, default=8)
-    parser.add_argument("--height", type=int, default=64)
-    parser.add_argument("--num-frames", type=int, default=17)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+def define_flags() -> None:
+    flags.DEFINE_string("out", "demo_output", "output folder (source/ and data/)")
+    flags.DEFINE_string("name", "demo", "dataset name (config.data.name)")
+    flags.DEFINE_integer("num_train", 48, "training clips", lower_bound=1)
+    flags.DEFINE_integer("num_test", 8, "held-out clips", lower_bound=0)
+    flags.DEFINE_integer("num_images", 8, "still images (training split)", lower_bound=0)
+    flags.DEFINE_integer("height", 64, "ERP height (width 2 x height)", lower_bound=8)
+    flags.DEFINE_integer("num_frames", 17, "frames per clip", lower_bound=1)
+    flags.DEFINE_integer("seed", 0, "seed of every scene")
+
+
+def main(argv: list[str]) -> int:
+    refuse_positional(argv)
+    values = flags.FLAGS
     start = time.time()
     data_dir, name = build_demo_dataset(
-        args.out,
-        args.name,
-        num_train=args.num_train,
-        num_test=args.num_test,
-        num_images=args.num_images,
-        height=args.height,
-        num_frames=args.num_frames,
-        seed=args.seed,
+        values.out,
+        values.name,
+        num_train=values.num_train,
+        num_test=values.num_test,
+        num_images=values.num_images,
+        height=values.height,
+        num_frames=values.num_frames,
+        seed=values.seed,
     )
     print(f"demo dataset {name!r} written to {data_dir} in {time.time() - start:.1f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    run_main(main)
+    run(main, define_flags)

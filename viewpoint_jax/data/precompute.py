@@ -31,6 +31,7 @@ from viewpoint_jax.data.latents import (
     STORAGE_DTYPES,
 )
 from viewpoint_jax.models.autoencoder import compiler_options, encode_maps, latent_shape
+from viewpoint_jax.progress import Progress
 
 
 def jitted_encoder(
@@ -158,11 +159,19 @@ def _sample_rng(seed: int, split: str, index: int, kind: int, sample: int) -> np
 
 
 def _draws(
-    source: Any, split: str, makers: dict[str, Any], counts: dict[str, int], seed: int
+    source: Any,
+    split: str,
+    makers: dict[str, Any],
+    counts: dict[str, int],
+    seed: int,
+    records: Progress,
 ) -> Iterator[tuple[str, dict | None]]:
     """(key, pipeline example with `source`/`segment`/`sample`) for every draw of every record;
-    (key, None) once for an unreadable record (ExampleMaker logs why)."""
+    (key, None) once for an unreadable record (ExampleMaker logs why). Counts each record drawn
+    in `records`."""
     for index in range(len(source)):
+        if index:
+            records.update(1)
         record = source[index]
         for kind, mode in enumerate(("video", "image")):
             for sample in range(counts[mode]):
@@ -179,6 +188,7 @@ def _draws(
                     sample=sample,
                 )
                 yield f"{index}:{mode}:{sample}", example
+    records.update(1)
 
 
 def _encoded(
@@ -274,6 +284,7 @@ def precompute(
       seed: the draws' seed.
       batch_size: samples encoded at once, split over this host's devices (default: one per
         device); a multiple of the local device count.
+      progress: report the source records drawn, per split (`progress.Progress`).
 
     Unreadable source records are skipped with a warning and counted. The dataset is written
     to a staging directory and moved into place in one rename.
@@ -299,8 +310,15 @@ def precompute(
     counts = {"video": samples, "image": image_samples}
 
     def generator(split: str) -> Callable[[], Iterator[tuple[str, dict | None]]]:
-        draws = functools.partial(_draws, sources[split], split, makers, counts, seed)
-        return lambda: _encoded(draws(), encode, batch_size, dtype)
+        def encoded() -> Iterator[tuple[str, dict | None]]:
+            source = sources[split]
+            with Progress(
+                len(source), f"encoding {split}", unit="record", enabled=progress
+            ) as done:
+                draws = _draws(source, split, makers, counts, seed, done)
+                yield from _encoded(draws, encode, batch_size, dtype)
+
+        return encoded
 
     generators = {split: generator(split) for split in splits}
     metadata = {
@@ -327,5 +345,4 @@ def precompute(
             file_format="array_record",
         ),
         data.data_dir,
-        progress=progress,
     )

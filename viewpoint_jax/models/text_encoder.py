@@ -19,6 +19,7 @@ from flax import nnx
 
 from viewpoint_jax import io_utils
 from viewpoint_jax.models.umt5 import UMT5Encoder
+from viewpoint_jax.progress import Progress
 
 
 def masked_embeddings(encoder: nnx.Module, ids: jax.Array, mask: jax.Array) -> jax.Array:
@@ -168,12 +169,14 @@ def cache_text_embeddings(
     path: str | os.PathLike,
     *,
     batch_size: int = 8,
+    progress: bool = False,
 ) -> TextEmbeddingCache:
     """Embeddings of every distinct caption, computed once and kept in an `.npz` at `path`.
 
     An existing cache is reloaded and only the captions it lacks are encoded (then the file is
     rewritten atomically with all of them). Batches have a fixed size (the last one is filled by
-    repeating captions), so the encoder compiles once.
+    repeating captions), so the encoder compiles once. `progress`: report the captions encoded
+    (`progress.Progress`).
 
     Raises:
       ValueError if the existing file was written for another width or max_length (delete it to
@@ -195,7 +198,7 @@ def cache_text_embeddings(
         _check_compatible(cache, text_encoder, path)
         return cache
 
-    new = encode_captions(text_encoder, todo, batch_size=batch_size)
+    new = encode_captions(text_encoder, todo, batch_size=batch_size, progress=progress)
     if cache is not None:
         _check_compatible(cache, text_encoder, path, new)
         new = cache.merged(new)
@@ -205,20 +208,26 @@ def cache_text_embeddings(
 
 
 def encode_captions(
-    text_encoder: TextEncoder, captions: Sequence[str], *, batch_size: int = 8
+    text_encoder: TextEncoder,
+    captions: Sequence[str],
+    *,
+    batch_size: int = 8,
+    progress: bool = False,
 ) -> TextEmbeddingCache:
     """An in-memory cache of `captions` (distinct), encoded in fixed-size batches (the last one
-    filled by repeating captions) so the encoder compiles once."""
+    filled by repeating captions) so the encoder compiles once; `progress` reports them."""
     lengths, tokens, mask = [], [], None
-    for start in range(0, len(captions), batch_size):
-        batch = list(captions[start : start + batch_size])
-        padded = batch + [batch[-1]] * (batch_size - len(batch))
-        embeddings, mask = text_encoder.encode_text(padded)
-        embeddings, mask = np.asarray(embeddings), np.asarray(mask)
-        for row in range(len(batch)):
-            n = int(mask[row].sum())
-            lengths.append(n)
-            tokens.append(embeddings[row, :n])
+    with Progress(len(captions), "embedding", unit="caption", enabled=progress) as done:
+        for start in range(0, len(captions), batch_size):
+            batch = list(captions[start : start + batch_size])
+            padded = batch + [batch[-1]] * (batch_size - len(batch))
+            embeddings, mask = text_encoder.encode_text(padded)
+            embeddings, mask = np.asarray(embeddings), np.asarray(mask)
+            for row in range(len(batch)):
+                n = int(mask[row].sum())
+                lengths.append(n)
+                tokens.append(embeddings[row, :n])
+            done.update(len(batch))
     return TextEmbeddingCache(
         captions,
         np.array(lengths, np.int64),
