@@ -24,6 +24,7 @@ ENTRY_POINTS = {
     ),
     "memory_plan": (["tools/memory_plan.py"], "hbm_gb", "--hbm_bg=40", "--hbm_gb"),
     "show_projection": (["tools/show_projection.py"], "map_size", "--map-size=64", None),
+    "ablation": (["tools/ablation.py"], "arms", "--train_stpes=3", "--train_steps"),
 }
 CONFIG_TAKING = ("train", "sample", "precompute_text", "precompute_latents")
 
