@@ -41,6 +41,7 @@ ENTRY_POINTS = {
         "--num-train=3",
         "--num_train",
     ),
+    "ablation": (["tools/ablation.py"], "arms", "--train_stpes=3", "--train_steps"),
 }
 CONFIG_TAKING = ("train", "sample", "precompute_text", "precompute_latents", "inspect_dataset")
 

@@ -137,6 +137,18 @@ def test_more_bad_input_in_process(config_file, tmp_path, monkeypatch, capsys, e
     assert not (tmp_path / "out").exists()
 
 
+def test_fusing_every_step_is_refused_without_a_viewpoint_map(tmp_path, capsys):
+    path = tmp_path / "erp_config.py"
+    path.write_text(CONFIG_FILE.replace("num_frames=5", "num_frames=5, representation='erp'"))
+    argv = bad_input_args(path, tmp_path, ["--fuse_every_step"])
+    code, stderr = run_in_process(argv, capsys)
+    assert code == 2 and len(stderr.splitlines()) == 1
+    assert stderr.startswith(
+        "error: --fuse_every_step fuses the ViewPoint map's overlapping subregions; "
+        "config.data.representation 'erp' has none"
+    )
+
+
 def test_existing_output_and_missing_config_are_reported(config_file, tmp_path, capsys):
     (tmp_path / "out").mkdir()
     code, stderr = run_in_process(bad_input_args(config_file, tmp_path, []), capsys)
