@@ -4,7 +4,7 @@ import math
 
 import jax
 from flax import nnx
-from test_train import ONE_DEVICE, micro_config
+from test_train import ONE_DEVICE, micro_config, write_dataset
 
 from viewpoint_jax import build, monitoring
 from viewpoint_jax.config import mesh_and_rules
@@ -23,3 +23,16 @@ def test_summary_names_devices_mesh_batch_and_parameters():
     batch = config.data.batch_size
     assert f"batch: {batch} global, {batch} per data shard (1 shards)" in summary
     assert "devices: 1 x " in summary
+
+
+def test_summary_counts_the_training_split(tmp_path):
+    config = micro_config()
+    config.data.data_dir, config.data.name = (str(p) for p in write_dataset(tmp_path, count=2))
+    line = monitoring.dataset_summary(config.data)
+    assert line == f"dataset: micro/train in {tmp_path / 'data'}: 2 videos (2 records), 0 images"
+    config.data.precomputed_latents = "micro_640"
+    assert monitoring.dataset_summary(config.data).endswith(
+        "read as the precomputed latents micro_640"
+    )
+    config.data.name = "missing"
+    assert monitoring.dataset_summary(config.data).startswith("dataset: ")

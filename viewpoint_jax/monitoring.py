@@ -32,6 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from viewpoint_jax.data import builder
 from viewpoint_jax.models.dit import BlockKind, DiTConfig, abstract_model, count_params
 from viewpoint_jax.progress import Progress
 from viewpoint_jax.video_io import to_uint8, write_png
@@ -245,5 +246,24 @@ def startup_summary(
         f"batch: {batch} global, {batch // batch_shards} per data shard ({batch_shards} shards)",
         f"parameters: {count:,} ({count * 4 / 1e9:.2f} GB as fp32 master weights)",
         f"steps: {config.num_steps}, checkpoint every {config.checkpoint.every_steps}",
+        dataset_summary(config.data),
     ]
     return "\n".join(lines)
+
+
+def dataset_summary(data: ml_collections.ConfigDict) -> str:
+    """The training split as its builder counted it (one line), and the latents it reads instead
+    if precomputed."""
+    try:
+        counts = builder.split_counts(data.data_dir, data.name).get(data.train_split)
+    except ValueError as error:  # not built: the input pipeline says so, in its own words
+        return f"dataset: {error}"
+    line = f"dataset: {data.name}/{data.train_split} in {data.data_dir}"
+    if counts:
+        line += (
+            f": {counts['videos']} videos ({counts['video_segments']} records), "
+            f"{counts['images']} images"
+        )
+    if data.precomputed_latents:
+        line += f"; read as the precomputed latents {data.precomputed_latents}"
+    return line
