@@ -259,6 +259,32 @@ def _check_arguments(name: str, samples: int, image_samples: int, dtype: str) ->
         raise ValueError(f"latents name must be letters, digits and '_', got {name!r}")
 
 
+def _check_batch_size(batch_size: int | None, local_devices: int) -> int:
+    """The encode batch: one sample per local device unless given; a multiple of them."""
+    batch_size = local_devices if batch_size is None else int(batch_size)
+    if batch_size < 1 or batch_size % local_devices:
+        raise ValueError(
+            f"batch_size must be a positive multiple of the {local_devices} local devices, got "
+            f"{batch_size}"
+        )
+    return batch_size
+
+
+def _latents_config(
+    name: str, autoencoder: Any, data: ml_collections.ConfigDict, dtype: str
+) -> LatentsConfig:
+    """The latents dataset's builder config: the latent shape of one clip of `data`."""
+    latent = latent_shape(autoencoder, (1, data.num_frames, *layout_hw(data), 3))
+    return LatentsConfig(
+        name=name,
+        latent_frames=latent[1],
+        latent_height=latent[2],
+        latent_width=latent[3],
+        latent_channels=latent[4],
+        dtype=dtype,
+    )
+
+
 def precompute(
     config: ml_collections.ConfigDict,
     name: str,
@@ -296,12 +322,7 @@ def precompute(
     if autoencoder is None:
         autoencoder = build.build_autoencoder(config)
     devices = jax.local_devices()
-    batch_size = len(devices) if batch_size is None else int(batch_size)
-    if batch_size < 1 or batch_size % len(devices):
-        raise ValueError(
-            f"batch_size must be a positive multiple of the {len(devices)} local devices, got "
-            f"{batch_size}"
-        )
+    batch_size = _check_batch_size(batch_size, len(devices))
     encode = jitted_encoder(autoencoder, devices)
     makers = {
         mode: pipeline.ExampleMaker(data, mode, caption_dropout=0.0, with_view=True)
@@ -327,15 +348,7 @@ def precompute(
         "data": {key: latents.jsonable(data[key]) for key in MATCHING_DATA_KEYS + DRAW_DATA_KEYS},
         "draws": {"samples": samples, "image_samples": image_samples, "seed": seed},
     }
-    latent = latent_shape(autoencoder, (1, data.num_frames, *layout_hw(data), 3))
-    builder_config = LatentsConfig(
-        name=name,
-        latent_frames=latent[1],
-        latent_height=latent[2],
-        latent_width=latent[3],
-        latent_channels=latent[4],
-        dtype=dtype,
-    )
+    builder_config = _latents_config(name, autoencoder, data, dtype)
     return builder.build_atomically(
         lambda staging: PanoramicLatents(
             generators=generators,
