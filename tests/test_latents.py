@@ -251,3 +251,32 @@ def test_wan_vae_encoder_split_over_devices_equals_one_device():
             split[key].shape == whole[key].shape == (8, 1, 2, 2, 16 if key != "latent_mask" else 1)
         )
         np.testing.assert_allclose(split[key], whole[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_an_unreadable_record_is_skipped_and_the_rest_still_drawn():
+    """A bad record in the middle yields one `bad` key; the records after it are still drawn."""
+    from viewpoint_jax.progress import Progress
+
+    def maker(record, rng):
+        return {"_status": pipeline.BAD} if record["bad"] else {"value": record["value"]}
+
+    source = [{"bad": False, "value": 0}, {"bad": True, "value": 1}, {"bad": False, "value": 2}]
+    with Progress(len(source), "drawing", enabled=False) as records:
+        draws = list(
+            precompute._draws(
+                source,
+                "train",
+                {"video": maker, "image": maker},
+                {"video": 2, "image": 0},
+                0,
+                records,
+            )
+        )
+    assert [key for key, _ in draws] == [
+        "0:video:0",
+        "0:video:1",
+        "1:bad",
+        "2:video:0",
+        "2:video:1",
+    ]
+    assert [example["value"] for _, example in draws if example is not None] == [0, 0, 2, 2]

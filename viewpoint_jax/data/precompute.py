@@ -172,23 +172,34 @@ def _draws(
     for index in range(len(source)):
         if index:
             records.update(1)
-        record = source[index]
-        for kind, mode in enumerate(("video", "image")):
-            for sample in range(counts[mode]):
-                example = makers[mode](record, _sample_rng(seed, split, index, kind, sample))
-                status = example.get("_status")
-                if status == pipeline.SKIP:  # an image record has no video draws
-                    break
-                if status == pipeline.BAD:
-                    yield f"{index}:bad", None
-                    return
-                example.update(
-                    source=builder.as_text(record.get("source", "")),
-                    segment=int(record.get("segment", 0)),
-                    sample=sample,
-                )
-                yield f"{index}:{mode}:{sample}", example
+        yield from _record_draws(source[index], index, split, makers, counts, seed)
     records.update(1)
+
+
+def _record_draws(
+    record: dict,
+    index: int,
+    split: str,
+    makers: dict[str, Any],
+    counts: dict[str, int],
+    seed: int,
+) -> Iterator[tuple[str, dict | None]]:
+    """The draws of one record (`_draws`); a bad record ends its own draws, not the split's."""
+    for kind, mode in enumerate(("video", "image")):
+        for sample in range(counts[mode]):
+            example = makers[mode](record, _sample_rng(seed, split, index, kind, sample))
+            status = example.get("_status")
+            if status == pipeline.SKIP:  # an image record has no video draws
+                break
+            if status == pipeline.BAD:
+                yield f"{index}:bad", None
+                return
+            example.update(
+                source=builder.as_text(record.get("source", "")),
+                segment=int(record.get("segment", 0)),
+                sample=sample,
+            )
+            yield f"{index}:{mode}:{sample}", example
 
 
 def _encoded(
