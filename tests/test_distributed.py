@@ -1,5 +1,7 @@
 """Multi-process start-up: explicit flags, or a cluster launcher's environment, or nothing."""
 
+import importlib.util
+
 import jax
 import pytest
 
@@ -13,6 +15,8 @@ CLUSTER_VARIABLES = (
     "SLURM_NTASKS",
     "OMPI_COMM_WORLD_SIZE",
     "TPU_WORKER_HOSTNAMES",
+    "KUBERNETES_SERVICE_HOST",
+    "JOB_COMPLETION_INDEX",
 )
 
 
@@ -42,6 +46,7 @@ def test_a_single_process_initializes_nothing(initialize_calls, monkeypatch):
         ({"OMPI_COMM_WORLD_SIZE": "4"}, "Open MPI"),
         ({"TPU_WORKER_HOSTNAMES": "t0,t1,t2,t3"}, "TPU pod"),
         ({"JAX_COORDINATOR_ADDRESS": "head:1234"}, "JAX_COORDINATOR_ADDRESS"),
+        ({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "JOB_COMPLETION_INDEX": "3"}, "Kubernetes"),
     ],
 )
 def test_a_cluster_launcher_initializes_without_arguments(
@@ -49,6 +54,11 @@ def test_a_cluster_launcher_initializes_without_arguments(
 ):
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
+    # JAX asks the Kubernetes API for the peers: the package is found (not imported) first.
+    found = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: object() if name == "kubernetes" else found(name)
+    )
     assert distributed.maybe_initialize_distributed(None, None, None) == launcher
     assert initialize_calls == [()]
 
@@ -64,3 +74,17 @@ def test_explicit_processes_need_a_process_id(initialize_calls):
     with pytest.raises(ValueError, match="--process_id"):
         distributed.maybe_initialize_distributed("head:1234", 2, None)
     assert initialize_calls == []
+
+
+def test_kubernetes_without_its_package_is_refused_with_the_fix(initialize_calls, monkeypatch):
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "0")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match=r"viewpoint_jax\[k8s\]"):
+        distributed.maybe_initialize_distributed(None, None, None)
+    assert initialize_calls == []
+
+
+def test_a_pod_outside_an_indexed_job_is_one_process(initialize_calls, monkeypatch):
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")  # every pod has this
+    assert distributed.maybe_initialize_distributed(None, None, None) is None

@@ -7,6 +7,7 @@ at the same step.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import sys
@@ -17,6 +18,8 @@ import jax
 import numpy as np
 from absl import flags
 from jax.experimental import multihost_utils
+
+KUBERNETES = "Kubernetes"
 
 
 def cluster_environment(env: Mapping[str, str] | None = None) -> str | None:
@@ -39,6 +42,9 @@ def cluster_environment(env: Mapping[str, str] | None = None) -> str | None:
     # A multi-host TPU slice lists its workers (a single host lists one, or none).
     if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
         return "TPU pod"
+    # An Indexed Job's pods (JAX reads the peers from the Kubernetes API; needs `kubernetes`).
+    if env.get("KUBERNETES_SERVICE_HOST") and env.get("JOB_COMPLETION_INDEX"):
+        return KUBERNETES
     return None
 
 
@@ -62,7 +68,8 @@ def maybe_initialize_distributed(
 ) -> str | None:
     """`jax.distributed.initialize` when several processes are asked for: by flags or the
     JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID variables (explicit), or by a
-    cluster launcher (SLURM, Open MPI, a TPU pod: JAX reads the rest itself). Returns how the
+    cluster launcher (SLURM, Open MPI, a TPU pod, a Kubernetes Indexed Job: JAX reads the rest
+    itself). Returns how the
     processes were found, or None for a single process."""
     env = os.environ
     coordinator_address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
@@ -75,6 +82,12 @@ def maybe_initialize_distributed(
         return None
     if explicit and process_id is None:
         raise ValueError("--process_id (or JAX_PROCESS_ID) is needed with several processes")
+    if launcher == KUBERNETES and importlib.util.find_spec("kubernetes") is None:
+        raise ValueError(
+            "a Kubernetes Indexed Job starts JAX through the Kubernetes API, which needs the "
+            "`kubernetes` package: pip install 'viewpoint_jax[k8s]' (or pass --coordinator_address, "
+            "--num_processes and --process_id)"
+        )
     # CPU processes exchange their collectives over gloo (GPU/TPU use their own transports).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if explicit:
