@@ -6,7 +6,7 @@ import jax
 from flax import nnx
 from test_train import ONE_DEVICE, micro_config, write_dataset
 
-from viewpoint_jax import build, monitoring
+from viewpoint_jax import build, memory, monitoring
 from viewpoint_jax.config import mesh_and_rules
 from viewpoint_jax.models.dit import WanDiT
 
@@ -23,6 +23,22 @@ def test_summary_names_devices_mesh_batch_and_parameters():
     batch = config.data.batch_size
     assert f"batch: {batch} global, {batch} per data shard (1 shards)" in summary
     assert "devices: 1 x " in summary
+    plan = memory.training_plan(config, dict(mesh.shape))
+    assert monitoring.memory_summary(config, dict(mesh.shape)) in summary.splitlines()
+    assert f"total {plan['total_bytes'] / 2**30:.2f}" in summary
+
+
+def test_memory_line_is_the_plan_and_shards_with_the_mesh():
+    """The summary's per-device figures are the analytic plan's; FSDP over 8 devices divides the
+    fp32 weights (every matrix of the micro model shards over fsdp) by about 8."""
+    config = micro_config()
+    one = memory.training_plan(config, {"data": 1, "fsdp": 1, "sequence": 1, "tensor": 1})
+    eight = memory.training_plan(config, {"data": 1, "fsdp": 8, "sequence": 1, "tensor": 1})
+    assert one["param_bytes"] == 4 * one["parameters"]  # fp32 master weights, unsharded
+    assert one["gradient_bytes"] == one["param_bytes"]
+    assert one["param_bytes"] / 8 <= eight["param_bytes"] < one["param_bytes"] / 4
+    line = monitoring.memory_summary(config, {"data": 1, "fsdp": 8, "sequence": 1, "tensor": 1})
+    assert f"weights {eight['param_bytes'] / 2**30:.2f}" in line
 
 
 def test_summary_counts_the_training_split(tmp_path):

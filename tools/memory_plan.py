@@ -48,117 +48,23 @@ def _resolved_mesh(config, devices: int) -> dict[str, int]:
 
 
 def _sharded_bytes(abstract_tree, mesh_sizes: dict[str, int], rules, dtype_bytes=None) -> int:
-    """Bytes one device holds of a tree of annotated variables, sharded by the rules."""
-    import jax
-    import numpy as np
-    from flax import nnx
+    from viewpoint_jax import memory
 
-    from viewpoint_jax import sharding as sharding_lib
-
-    mesh = jax.sharding.AbstractMesh(
-        tuple(mesh_sizes[a] for a in sharding_lib.MESH_AXES), sharding_lib.MESH_AXES
-    )
-    total = 0
-    for variable in jax.tree.leaves(abstract_tree, is_leaf=lambda x: isinstance(x, nnx.Variable)):
-        value = variable.get_value() if isinstance(variable, nnx.Variable) else variable
-        logical = (
-            variable.get_metadata().get("out_sharding")
-            if isinstance(variable, nnx.Variable)
-            else None
-        )
-        spec = sharding_lib._fit_spec_to_shape(
-            sharding_lib.logical_to_mesh_spec(logical, rules), value.shape, mesh
-        )
-        shards = 1
-        for entry in spec:
-            for axis in () if entry is None else (entry,) if isinstance(entry, str) else entry:
-                shards *= mesh_sizes[axis]
-        itemsize = dtype_bytes or np.dtype(value.dtype).itemsize
-        total += math.prod(value.shape) // shards * itemsize
-    return total
+    return memory.sharded_bytes(abstract_tree, mesh_sizes, rules, dtype_bytes)
 
 
 def activation_bytes(config, model_config, mesh_sizes: dict[str, int]) -> dict[str, float]:
-    """Estimated activation bytes per device for one step.
+    """`viewpoint_jax.memory.activation_bytes` (its docstring has the formula)."""
+    from viewpoint_jax import memory
 
-    N tokens per sample (split over the `sequence` axis), b samples per device, c bytes per
-    compute element, D width, Dff FFN width, G blocks per scan group:
-      carry per saved scan step  b N D 4         (the residual stream is fp32, as in Wan; remat
-                                                  keeps one per group of G blocks)
-      one block's live tensors   b N (12 D + 3 Dff) c  (norms, q k v o, attention output, FFN)
-      attention scores (only with the plain XLA backend; flash backends keep O(N)):
-                                 b heads N_q N_k 4  (fp32 softmax), N_k = N (pano) or N/4 (subregion)
-    remat "full": all carries + one group recomputed; "save_dots": all carries and the matmul
-    outputs of every block (~ b N (6 D + 2 Dff) c per block); "none": every block's live tensors.
-    The scores term is a floor: the compiled CPU program of configs/wan14b.py with the xla
-    backend holds ~3.5 fp32 score-sized buffers at its backward peak (logits, probabilities,
-    their gradients), so `--method compiled` is the number to trust for the xla backend.
-    """
-    import numpy as np
-
-    from viewpoint_jax import config as config_lib
-    from viewpoint_jax.models import dit as dit_lib
-
-    data = config.data
-    spatial, temporal = config_lib.autoencoder_factors(config)
-    height, width = config_lib.layout_hw(data)  # the map's, or another representation's frames
-    latent = (1 + (data.num_frames - 1) // temporal, height // spatial, width // spatial)
-    pt, ph, pw = model_config.patch_size
-    tokens = (latent[0] // pt) * (latent[1] // ph) * (latent[2] // pw)
-    n = tokens / mesh_sizes["sequence"]
-    b = data.batch_size / (mesh_sizes["data"] * mesh_sizes["fsdp"])
-    c = np.dtype(model_config.dtype).itemsize
-    d, dff = model_config.dim, model_config.ffn_dim
-    layers = model_config.num_layers
-    group = len(model_config.scan_group)
-    block = b * n * (12 * d + 3 * dff) * c
-    scores = 0.0
-    if model_config.attention_backend == "xla":
-        heads = model_config.num_heads / mesh_sizes["tensor"]
-        pano = b * heads * n * tokens * 4
-        scores = pano if dit_lib.BlockKind.PANO in model_config.scan_group else pano / 4
-    policy = model_config.remat_policy
-    carries = layers / group * b * n * d * 4
-    if policy == "full":
-        total = carries + group * block + scores
-    elif policy in ("save_dots", "save_all_dots"):
-        total = carries + layers * b * n * (6 * d + 2 * dff) * c + block + scores
-    else:
-        total = layers * (block + scores)
-    return {"tokens_per_sample": tokens, "samples_per_device": b, "activations": total}
+    return memory.activation_bytes(config, model_config, mesh_sizes)
 
 
 def analytic_plan(config, devices: int) -> dict[str, float]:
-    import jax
-    import numpy as np
-    from flax import nnx
+    """`viewpoint_jax.memory.training_plan` on the config's mesh over `devices`."""
+    from viewpoint_jax import memory
 
-    from viewpoint_jax import build
-    from viewpoint_jax.models import dit as dit_lib
-
-    model_config = build.dit_config(config)
-    mesh_sizes = _resolved_mesh(config, devices)
-    rules = tuple(tuple(r) for r in config.sharding_rules)
-    _, params = nnx.split(dit_lib.abstract_model(model_config), nnx.Param)
-    param_bytes = _sharded_bytes(params, mesh_sizes, rules)
-    mu_bytes = np.dtype(config.optim.mu_dtype).itemsize
-    opt_bytes = _sharded_bytes(params, mesh_sizes, rules, mu_bytes) + _sharded_bytes(
-        params, mesh_sizes, rules, 4
-    )
-    if config.optim.ema_decay > 0:
-        opt_bytes += param_bytes
-    plan = {
-        "parameters": dit_lib.count_params(params),
-        "param_bytes": param_bytes,
-        "optimizer_bytes": opt_bytes,
-        "gradient_bytes": _sharded_bytes(params, mesh_sizes, rules, 4),
-        **activation_bytes(config, model_config, mesh_sizes),
-    }
-    del jax
-    plan["total_bytes"] = (
-        plan["param_bytes"] + plan["optimizer_bytes"] + plan["gradient_bytes"] + plan["activations"]
-    )
-    return plan
+    return memory.training_plan(config, _resolved_mesh(config, devices))
 
 
 # --- Sampling -----------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from viewpoint_jax import memory
 from viewpoint_jax.data import builder
 from viewpoint_jax.models.dit import BlockKind, DiTConfig, abstract_model, count_params
 from viewpoint_jax.progress import Progress
@@ -245,10 +246,27 @@ def startup_summary(
         "mesh: " + ", ".join(f"{axis}={size}" for axis, size in mesh.shape.items()),
         f"batch: {batch} global, {batch // batch_shards} per data shard ({batch_shards} shards)",
         f"parameters: {count:,} ({count * 4 / 1e9:.2f} GB as fp32 master weights)",
+        memory_summary(config, dict(mesh.shape)),
         f"steps: {config.num_steps}, checkpoint every {config.checkpoint.every_steps}",
         dataset_summary(config.data),
     ]
     return "\n".join(lines)
+
+
+def memory_summary(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int]) -> str:
+    """The analytic per-device memory plan of a step (`memory.training_plan`), one line."""
+    plan = memory.training_plan(config, mesh_sizes)
+    terms = [
+        ("weights", "param_bytes"),
+        ("optimizer", "optimizer_bytes"),
+        ("gradients", "gradient_bytes"),
+        ("activations", "activations"),
+    ]
+    parts = ", ".join(f"{name} {plan[key] / 2**30:.2f}" for name, key in terms)
+    return (
+        f"memory per device (analytic, GiB): {parts}; total {plan['total_bytes'] / 2**30:.2f} "
+        "(tools/memory_plan.py --method compiled for XLA's own figure)"
+    )
 
 
 def dataset_summary(data: ml_collections.ConfigDict) -> str:
