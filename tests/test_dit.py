@@ -255,7 +255,9 @@ def test_forward_matches_diffusers_on_an_uneven_grid(tmp_path):
     (converted through convert_dit) on a latent whose token grid is 3 x 4 x 6."""
     import torch
     from diffusers import WanTransformer3DModel
-    from test_convert_dit import TINY, _jax_forward, _save
+    from test_convert_dit import _jax_forward
+    from wan_release import DIT_TINY as TINY
+    from wan_release import save_dit
 
     from viewpoint_jax.convert import dit as convert_dit_lib
 
@@ -274,7 +276,7 @@ def test_forward_matches_diffusers_on_an_uneven_grid(tmp_path):
     expected = expected.sample.numpy()
     state = {k: v.detach().clone() for k, v in reference.state_dict().items()}
     config = {"_class_name": "WanTransformer3DModel", **TINY, "image_dim": None}
-    _save(state, tmp_path / "src", "safetensors", config)
+    save_dit(state, tmp_path / "src", "safetensors", config)
     convert_dit_lib.convert_dit(tmp_path / "src", tmp_path / "dst", attention_pattern="pano")
     got = _jax_forward(dit_lib.load_dit(tmp_path / "dst"), x, t, ctx)
     assert got.shape == expected.shape

@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import torch
 from flax import nnx
-from test_convert_dit import _save, original_config, to_original_layout
 from test_train import ONE_DEVICE, micro_config, procedural_records
+from wan_release import original_dit_config, save_dit, to_original_dit_layout
 
 from viewpoint_jax import build, checkpointing, train
 from viewpoint_jax import config as config_lib
@@ -118,8 +118,8 @@ def _wan_text_to_video_checkpoint(folder, config) -> dict[str, torch.Tensor]:
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.add_(0.1 * torch.randn_like(p))
-    state = to_original_layout({k: v.detach().clone() for k, v in model.state_dict().items()})
-    _save(state, folder, "safetensors", original_config(sizes))
+    state = to_original_dit_layout({k: v.detach().clone() for k, v in model.state_dict().items()})
+    save_dit(state, folder, "safetensors", original_dit_config(sizes))
     return state
 
 
