@@ -267,6 +267,12 @@ def _all_records(data_dir: Path, name: str) -> dict:
     return records
 
 
+def _finished(staging):
+    """The staged files' summaries; not a summary still being written (`.<name>.<random>.tmp.json`,
+    io_utils.atomic_path), which the builder never reads."""
+    return sorted(p for p in staging.glob("*.json") if not p.name.startswith("."))
+
+
 def test_kill_9_then_rerun_resumes_and_equals_an_uninterrupted_build(tmp_path):
     src = _small_footage(tmp_path / "src")
     command = [*PREPARE, "--src", str(src), "--name", "k", "--height", "64", "--workers", "1"]
@@ -274,11 +280,11 @@ def test_kill_9_then_rerun_resumes_and_equals_an_uninterrupted_build(tmp_path):
     staging = data_dir / "panoramic_videos" / "k" / builder.STAGING_DIR
     process = subprocess.Popen([*command, "--out", str(data_dir)], stdout=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not list(staging.glob("*.json")) and process.poll() is None and time.time() < deadline:
+    while not _finished(staging) and process.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    finished = sorted(staging.glob("*.json"))
+    finished = _finished(staging)
     assert len(finished) == 1, "the build ended before it could be killed after its first file"
     assert not (data_dir / "panoramic_videos" / "k" / "1.0.0").exists()
     first_shard = finished[0].with_suffix(".array_record")
