@@ -106,3 +106,18 @@ def test_a_stray_positional_argument_is_refused():
 def test_every_tool_is_checked():
     tools = {Path(command[0]).name for command, *_ in ENTRY_POINTS.values()}
     assert {path.name for path in (REPO / "tools").glob("*.py")} <= tools
+
+
+def test_library_chatter_is_off_unless_asked_for():
+    """absl's INFO lines (Orbax logs each save and restore there) stay out of a command's output;
+    `--verbosity=0` shows them; warnings always show."""
+    script = (
+        "from absl import logging\n"
+        "from viewpoint_jax.cli import run\n"
+        "run(lambda argv: logging.info('info line') or logging.warning('warning line') or 0)\n"
+    )
+    for args, shows_info in (((), False), (("--verbosity=0",), True)):
+        result = run_entry_point(["-c", script], *args)
+        assert result.returncode == 0, result.stderr
+        assert ("info line" in result.stderr) == shows_info, result.stderr
+        assert "warning line" in result.stderr

@@ -9,7 +9,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 
-from absl import app, flags
+from absl import app, flags, logging
 
 
 class UserError(ValueError):
@@ -150,6 +150,10 @@ def run(
         define_flags()
 
     def main_with_user_errors(argv: list[str]) -> int:
+        # absl.app logs at INFO by default, and Orbax and JAX log every save and restore there:
+        # thousands of lines around a command's own output. `--verbosity=0` brings them back.
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)
         return _run_with_user_errors(lambda: main(argv))
 
     app.run(
