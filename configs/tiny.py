@@ -2,16 +2,32 @@
 
 A space-to-depth pixel transform stands in for the Wan VAE (4 x 4 pixel blocks -> 48 latent
 channels) and a small randomly initialised umT5 with a byte tokenizer stands in for umT5-XXL.
-The DiT is a 4-block Wan (pano, subregion, pano, subregion attention).
+The DiT is a 4-block Wan (pano, subregion, pano, subregion attention). As ViewPoint starts from
+Wan2.1, it starts from a DiT pretrained on perspective video: the committed checkpoint
+viewpoint_jax/assets/tiny_perspective (made by `:pretrain`; its README.md has the command).
 
     python -m viewpoint_jax.train --config configs/tiny.py --workdir runs/tiny
     python -m viewpoint_jax.train --config configs/tiny.py:micro ...   # test size
+    python tools/pretrain_tiny.py --config configs/tiny.py:pretrain ... # the pretrained DiT
+
+Arguments: "micro" (the test size, from scratch), "pretrain" (a plain text-to-video Wan of the
+same size on perspective clips of demo scenes), "micro_pretrain" (both).
 """
 
-from viewpoint_jax.config import base_config
+from pathlib import Path
+
+import viewpoint_jax
+from viewpoint_jax.config import DataSource, base_config
+
+PRETRAINED = Path(viewpoint_jax.__file__).parent / "assets" / "tiny_perspective"
+ARGS = (None, "micro", "pretrain", "micro_pretrain")
 
 
 def get_config(arg: str | None = None):
+    if arg not in ARGS:
+        raise ValueError(
+            f"configs/tiny.py: unknown argument {arg!r} (use one of {ARGS[1:]} or none)"
+        )
     config = base_config()
     config.seed = 0
     config.num_steps = 500
@@ -26,12 +42,17 @@ def get_config(arg: str | None = None):
     config.model.freq_dim = 32
     config.model.dtype = "float32"
     config.model.param_dtype = "float32"
+    # The head predicts the clean latent (returned as its velocity, dit.Prediction): with 192
+    # values per token and width 192, a velocity head passes the noise through badly and samples
+    # stay noisy blocks.
+    config.model.prediction = "clean"
+    config.model.init_checkpoint = str(PRETRAINED)
 
     config.autoencoder.kind = "space_to_depth"
     config.autoencoder.factor = 4
 
     config.text_encoder.kind = "tiny_random"
-    config.text_encoder.max_length = 64
+    config.text_encoder.max_length = 256  # bytes: the longest demo caption is 246
 
     config.data.erp_height = 64
     config.data.erp_width = 128
@@ -58,12 +79,16 @@ def get_config(arg: str | None = None):
     config.sample.shift = 3.0
     config.sample.guidance_scale = 3.0
 
-    if arg == "micro":  # the test size: seconds per dozen steps on one CPU core
+    if arg in ("micro", "micro_pretrain"):  # the test size: seconds per dozen steps on one core
         config.num_steps = 8
         config.model.dim = 32
         config.model.ffn_dim = 64
         config.model.num_layers = 2
         config.model.freq_dim = 32
+        config.model.init_checkpoint = ""  # no committed checkpoint of this size
+        # Wan's velocity head: a clean prediction's velocity loss weighs each step by 1 / s^2,
+        # too noisy for the tests' few-step comparisons of losses.
+        config.model.prediction = "velocity"
         config.autoencoder.factor = 8
         config.text_encoder.max_length = 16
         config.data.erp_height = 32
@@ -76,6 +101,28 @@ def get_config(arg: str | None = None):
         config.checkpoint.every_steps = 4
         config.log.every_steps = 1
         config.log.image_every_steps = 0
-    elif arg:
-        raise ValueError(f"configs/tiny.py: unknown argument {arg!r} (use 'micro' or nothing)")
+    if arg in ("pretrain", "micro_pretrain"):
+        pretrain(config, micro=arg == "micro_pretrain")
     return config
+
+
+def pretrain(config, micro: bool) -> None:
+    """Wan's pretraining in miniature: the same DiT without the condition channels and with
+    pano attention only (plain Wan), text-to-video on perspective clips of demo scenes."""
+    config.data.source = DataSource.DEMO_SCENES.value
+    config.model.attention_pattern = "pano"
+    config.model.init_checkpoint = ""
+    config.data.scenes.size = (32, 32)  # a subregion's size: 90 degrees at the map's resolution
+    config.log.image_every_steps = 0
+    if micro:
+        config.num_steps = 4
+        config.data.scenes.count = 16
+        return
+    config.num_steps = 1600
+    config.data.batch_size = 16
+    config.diffusion.timestep_sampler = "logit_normal"
+    config.diffusion.shift = 1.0  # 80 tokens a clip: no shift towards noise
+    config.optim.lr = 2e-3
+    config.optim.schedule = "cosine"
+    config.optim.warmup_steps = 50
+    config.checkpoint.every_steps = 250

@@ -1,12 +1,10 @@
 """Components: Wan checkpoint inflation, inference restore, the tiny text encoder, autoencoders."""
 
 import dataclasses
-import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 from test_train import micro_config
 
@@ -17,15 +15,7 @@ from viewpoint_jax.models import tokenizer as tokenizer_lib
 
 def _save_converted(path, model):
     """A converted DiT directory as the converter writes it: config.json + params/ (Orbax)."""
-    path.mkdir()
-    (path / "config.json").write_text(json.dumps(model.config.to_dict()))
-    pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-
-    def string_keys(tree):
-        return {str(k): string_keys(v) for k, v in tree.items()} if isinstance(tree, dict) else tree
-
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        checkpointer.save(path / "params", string_keys(pure))
+    dit_lib.save_dit(path, model)
 
 
 def test_inflated_wan_checkpoint_ignores_the_condition_until_trained(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 from test_train import ONE_DEVICE, subprocess_env
 
-from viewpoint_jax import demo, evaluation, train, video_io
+from viewpoint_jax import demo, evaluation, monitoring, train, video_io
 from viewpoint_jax import sharding as sharding_lib
 from viewpoint_jax.cli import UserError
 
@@ -86,20 +86,33 @@ def test_quick_demo_reports_the_evaluation(quick_demo):
     summary = json.loads((quick_demo / "evaluation.json").read_text())
     num_clips = demo.QUICK["dataset"]["num_test"]
     assert len(summary["clips"]) == num_clips
-    assert summary["trained_steps"] == 8
-    for name in ("untrained", "trained"):
+    assert summary["trained_steps"] == {demo.FINETUNED: 8, demo.SCRATCH: 8}
+    assert summary["pretrained"] == str(quick_demo / "pretrained")  # pretrained here, micro size
+    for name in ("untrained", demo.SCRATCH, demo.FINETUNED):
         result = summary[name]
         assert len(result["per_clip_mse"]) == num_clips
         assert result["mse"] == pytest.approx(np.mean(result["per_clip_mse"]))
         assert result["psnr_db"] == pytest.approx(float(evaluation.psnr(result["mse"])))
         assert result["seeds"] == list(demo.QUICK["eval_seeds"])
-    # 8 steps teach little; the full demo's claim (trained < untrained) is what this records.
-    assert summary["trained_is_better"] == (summary["trained"]["mse"] < summary["untrained"]["mse"])
-    assert summary["untrained"] != summary["trained"]
+    # 8 steps teach little; the full demo's claims (fine-tuned beats scratch and the grey fill
+    # by 3 dB) are what these record.
+    finetuned, scratch = summary[demo.FINETUNED]["mse"], summary[demo.SCRATCH]["mse"]
+    assert summary["finetuned_beats_scratch"] == (finetuned < scratch)
+    gain = summary[demo.FINETUNED]["psnr_db"] - summary["grey_fill"]["psnr_db"]
+    assert summary["finetuned_over_grey_db"] == pytest.approx(gain)
+    assert len({summary[k]["mse"] for k in ("untrained", demo.SCRATCH, demo.FINETUNED)}) == 3
 
-    steps, losses = demo.read_losses(quick_demo / "run" / "metrics.jsonl")
-    np.testing.assert_array_equal(steps, np.arange(1, 9))
-    assert np.all(np.isfinite(losses))
+    for run in (demo.FINETUNED, demo.SCRATCH):
+        steps, losses = monitoring.read_losses(quick_demo / run / "metrics.jsonl")
+        np.testing.assert_array_equal(steps, np.arange(1, 9))
+        assert np.all(np.isfinite(losses))
+    finetune_config = json.loads((quick_demo / demo.FINETUNED / "config.json").read_text())
+    assert finetune_config["model"]["init_checkpoint"] == summary["pretrained"]
+    scratch_config = json.loads((quick_demo / demo.SCRATCH / "config.json").read_text())
+    assert scratch_config["model"]["init_checkpoint"] == ""
+    assert {**scratch_config["model"], "init_checkpoint": ""} == {
+        **finetune_config["model"], "init_checkpoint": ""
+    }  # fmt: skip
 
     curve = _read_png(quick_demo / "loss_curve.png")
     assert curve.shape == (500, 900, 3)
@@ -135,13 +148,16 @@ def test_moving_average_is_a_trailing_mean():
 
 
 def test_loss_curve_draws_the_losses_where_they_are():
-    # A constant loss of 1 (axis 0 .. 1.05) is a horizontal dark-blue line at 1/1.05 of the height.
+    # A constant loss of 1 (axis 0 .. 1.05 of the highest) is a horizontal line at 1/1.05 of
+    # the height, dark blue for the first run; the second run's, at 0.5, is dark orange.
     steps = np.arange(1, 101)
-    image = demo.loss_curve_image(steps, np.ones(100), width=900, height=500)
+    curves = {"one": (steps, np.ones(100)), "two": (steps, np.full(100, 0.5))}
+    image = demo.loss_curve_image(curves, width=900, height=500)
     top, bottom = 50, 500 - 60
-    y = round(bottom - (bottom - top) / 1.05)
-    column = image[:, 450]
-    blue = np.flatnonzero((column[:, 2] > 150) & (column[:, 0] < 60))
-    assert blue.size and abs(blue.mean() - y) <= 2
+    column = image[:, 450].astype(int)
+    for value, colour in ((1.0, demo.CURVE_COLOURS[0][1]), (0.5, demo.CURVE_COLOURS[1][1])):
+        y = round(bottom - (bottom - top) * value / 1.05)
+        rows = np.flatnonzero(np.abs(column - colour).max(axis=1) < 40)
+        assert rows.size and abs(rows.mean() - y) <= 2, (value, rows)
     with pytest.raises(ValueError, match="no losses"):
-        demo.loss_curve_image(np.zeros(0), np.zeros(0))
+        demo.loss_curve_image({"empty": (np.zeros(0), np.zeros(0))})

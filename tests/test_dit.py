@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 import viewpoint_jax  # noqa: F401  (flax config)
-from viewpoint_jax import sharding
+from viewpoint_jax import checkpointing, sharding
 from viewpoint_jax.models import dit as dit_lib
 from viewpoint_jax.models.dit import DiTConfig, WanDiT
 
@@ -282,3 +282,37 @@ def test_forward_matches_diffusers_on_an_uneven_grid(tmp_path):
     assert got.shape == expected.shape
     rel = np.abs(got - expected).max() / np.abs(expected).max()
     assert rel < 2e-6, f"max abs error relative to output scale: {rel:.2e}"
+
+
+def test_save_dit_writes_the_converted_layout_and_loads_back(tmp_path):
+    model = _model(in_dim=16)
+    path = dit_lib.save_dit(tmp_path / "dit", model, extra_files={"README.md": "a note"})
+    # The tree the converters write (`param_targets`): same paths, shapes and dtypes.
+    targets = checkpointing.param_targets(dit_lib.abstract_model(model.config))
+    saved = checkpointing.leaf_shapes(checkpointing.saved_tree(path / "params"))
+    assert saved == {name: target.shape for name, target in targets.items()}
+    loaded = dit_lib.load_dit(path)
+    assert loaded.config == model.config
+    jax.tree.map(
+        np.testing.assert_array_equal, nnx.state(loaded, nnx.Param), nnx.state(model, nnx.Param)
+    )
+    assert (path / "README.md").read_text() == "a note"
+    with pytest.raises(FileExistsError, match="already exists"):
+        dit_lib.save_dit(path, model)
+
+
+def test_clean_prediction_returns_the_velocity_of_its_clean_latent():
+    """prediction="clean": the head's output (what the same weights return as a velocity model)
+    is the clean latent; the model returns (x_s - x) / s, so x_s - s v gives it back, with s
+    held at CLEAN_MIN_SIGMA below it."""
+    head = _model(in_dim=10, out_dim=4)
+    clean_model = _with_config(head, prediction="clean")
+    x, _, ctx = _inputs(head.config)
+    t = jnp.asarray([600.0, 10.0])  # s = 0.6, and s = 0.01 below the floor
+    clean = _forward(head, x, t, ctx)
+    velocity = _forward(clean_model, x, t, ctx)
+    sigma = np.maximum(np.asarray(t) / 1000, dit_lib.CLEAN_MIN_SIGMA)[:, None, None, None, None]
+    noisy = np.asarray(x[..., :4])
+    np.testing.assert_allclose(noisy - sigma * velocity, clean, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="prediction"):
+        DiTConfig.tiny(prediction="noise")

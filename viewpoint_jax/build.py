@@ -11,7 +11,9 @@
     (both, and build_text_encoder, restore straight into a mesh's shardings when given one)
 
 The DiT's input is concat[noisy latent, condition latent, mask] (2 C + 1 channels, 33 for the
-Wan VAE's C = 16) and its output the velocity (C channels); its text width is the encoder's.
+Wan VAE's C = 16), or the noisy latent alone for a plain text-to-video DiT (`config.data.source`
+"demo_scenes", `config.takes_condition`); its output is the velocity (C channels); its text width
+is the encoder's.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import ml_collections
 from flax import nnx
 
 from viewpoint_jax import checkpointing, sharding
-from viewpoint_jax.config import model_overrides
+from viewpoint_jax.config import model_overrides, takes_condition
 from viewpoint_jax.models import autoencoder as autoencoder_lib
 from viewpoint_jax.models import dit as dit_lib
 from viewpoint_jax.models import text_encoder as text_lib
@@ -77,7 +79,7 @@ def dit_config(config: ml_collections.ConfigDict) -> dit_lib.DiTConfig:
     channels = latent_channels(config)
     return dit_lib.DiTConfig.preset(
         config.model.preset,
-        in_dim=2 * channels + 1,
+        in_dim=2 * channels + 1 if takes_condition(config) else channels,
         out_dim=channels,
         text_dim=text_width(config),
         **model_overrides(config),

@@ -380,6 +380,14 @@ def restore_state(
     return _replace(abstract_params, restored)
 
 
+def save_state(path: str | os.PathLike, params: nnx.State) -> None:
+    """Writes `params` (an nnx.State of arrays) as the `params/` of a converted checkpoint
+    directory `path`: the tree the converters write and `restore_state` reads."""
+    tree = _string_keys(nnx.to_pure_dict(params))
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        checkpointer.save(Path(path).absolute() / "params", args=ocp.args.PyTreeSave(tree))
+
+
 def restore_module(
     path: str | os.PathLike,
     abstract_module: nnx.Module,

@@ -10,9 +10,10 @@ Schema:
     config.autoencoder  kind ("space_to_depth" | "wan_vae"), factor, checkpoint
     config.text_encoder kind ("tiny_random" | "umt5"), checkpoint, tokenizer, max_length, seed,
                         precompute (embed each distinct caption once, when first seen; cached per host in cache_dir)
-    config.data         `data_config()`: dataset, ERP/map/clip sizes, the representation the DiT
-                        sees (viewpoint | erp | cube_2x3), conditions (the mixture of condition
-                        kinds, condition_mixture), batching
+    config.data         `data_config()`: source (`DataSource`), dataset, ERP/map/clip sizes, the
+                        representation the DiT sees (viewpoint | erp | cube_2x3), conditions (the
+                        mixture of condition kinds, condition_mixture), batching; scenes: the
+                        perspective clips of the "demo_scenes" source
     config.diffusion    timestep_sampler ("logit_normal" | "shifted_uniform"), shift, logit_mean/std
     config.optim        AdamW: lr, warmup_steps, schedule, b1, b2, eps, weight_decay, grad_clip,
                         mu_dtype, ema_decay (0 = no EMA)
@@ -24,6 +25,7 @@ Schema:
     config.sample       sampler defaults: scheduler, steps, shift, guidance_scale, fuse_every_step
 """
 
+import enum
 import importlib.util
 import json
 from pathlib import Path
@@ -31,10 +33,11 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from viewpoint_jax import sharding
 from viewpoint_jax.cli import UserError
-from viewpoint_jax.data.conditions import DEFAULT_CONDITION_MIXTURE, parse_mixture
+from viewpoint_jax.data.conditions import DEFAULT_CONDITION_MIXTURE, parse_mixture, sample_view
 from viewpoint_jax.geometry import Representation, layout_size
 from viewpoint_jax.models.dit import PRESETS, BlockKind, DiTConfig
 from viewpoint_jax.models.vae import WanVAEConfig
@@ -50,10 +53,32 @@ DIT_FIELDS = {
     "freq_dim": int,
     "attention_pattern": object,  # a name or a tuple of block kinds
     "attention_backend": str,
+    "prediction": str,
     "remat_policy": str,
     "dtype": str,
     "param_dtype": str,
 }
+
+
+class DataSource(enum.StrEnum):
+    """What a run trains on (`config.data.source`), which decides the DiT's input.
+
+    PANORAMAS: the prepared dataset (`data_dir`, `name`) as ViewPoint maps with their conditions;
+    the DiT takes concat[noisy latent, condition latent, mask] (2 C + 1 channels).
+    DEMO_SCENES: perspective clips of procedural demo scenes rendered on the fly
+    (data/perspective_clips.py, `config.data.scenes`) with their captions, no condition: a plain
+    text-to-video DiT (C input channels), pretrained as Wan was on perspective video
+    (configs/tiny.py:pretrain).
+    """
+
+    PANORAMAS = "panoramas"
+    DEMO_SCENES = "demo_scenes"
+
+
+def takes_condition(config: ml_collections.ConfigDict) -> bool:
+    """Whether the config's DiT takes the condition latent and mask (see `DataSource`)."""
+    # Runs recorded before sources existed trained on panoramas.
+    return DataSource(config.data.get("source", DataSource.PANORAMAS)) == DataSource.PANORAMAS
 
 
 def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -67,6 +92,7 @@ def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def data_config() -> ml_collections.ConfigDict:
     """`config.data`: the demo dataset at CPU size; configs override what they need."""
     c = ml_collections.ConfigDict()
+    c.source = DataSource.PANORAMAS.value
     c.data_dir = "demo_output/data"  # the TFDS data dir (holds panoramic_videos/<name>/<version>)
     c.name = "demo"  # dataset name given to tools/prepare_dataset.py --name
     c.train_split = "train"
@@ -102,6 +128,21 @@ def data_config() -> ml_collections.ConfigDict:
     # "" encodes the maps in the train step; a name reads panoramic_latents/<name> from data_dir,
     # written by tools/precompute_latents.py (data/latents.py: fixed draws per record).
     c.precomputed_latents = ""
+    # Source "demo_scenes" only: `count` scenes (`demo_dataset.scene_for(seed, i)`; the demo
+    # dataset's are seed 0), each a clip of `clip_frames` frames at `fps`; an example is
+    # `num_frames` of them seen by a random camera of `size` (h, w) pixels, fov and pitch in
+    # the ranges (yaw any), rendered from an ERP of `erp_height`.
+    c.scenes = ml_collections.ConfigDict(
+        dict(
+            count=2048,
+            seed=1,
+            clip_frames=17,
+            fps=8.0,
+            size=(32, 32),
+            fov_range=(60.0, 120.0),
+            pitch_range=(-60.0, 60.0),
+        )
+    )
     return c
 
 
@@ -256,6 +297,29 @@ def validate_data_config(data: ml_collections.ConfigDict) -> None:
     if data.worker_count < 0:
         _fail("data.worker_count", f"must be >= 0, got {data.worker_count}")
     parse_mixture(data.condition_mixture)  # its ValueError names config.data.condition_mixture.<k>
+    if data.get("source", DataSource.PANORAMAS) not in tuple(DataSource):
+        _fail("data.source", f"must be one of {[s.value for s in DataSource]}, got {data.source!r}")
+    if data.get("source") == DataSource.DEMO_SCENES:
+        _validate_scenes(data)
+
+
+def _validate_scenes(data: ml_collections.ConfigDict) -> None:
+    scenes = data.scenes
+    for key in ("count", "clip_frames"):
+        _positive_int(scenes, key, prefix="data.scenes.")
+    if data.num_frames > scenes.clip_frames:
+        _fail("data.scenes.clip_frames", f"must be >= num_frames {data.num_frames}")
+    if not scenes.fps > 0:
+        _fail("data.scenes.fps", f"must be > 0, got {scenes.fps}")
+    size = tuple(scenes.size)
+    if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
+        _fail("data.scenes.size", f"must be (h, w) positive integers, got {scenes.size}")
+    if data.precomputed_latents:
+        _fail("data.precomputed_latents", "the demo_scenes source renders its clips: use ''")
+    try:  # the ranges are checked as the views are drawn
+        sample_view(np.random.default_rng(0), scenes.fov_range, pitch_range=scenes.pitch_range)
+    except ValueError as error:
+        _fail("data.scenes", str(error))
 
 
 def _positive_int(config: ml_collections.ConfigDict, key: str, prefix: str = "") -> int:
@@ -365,6 +429,13 @@ def _validate_encoders_and_sizes(config: ml_collections.ConfigDict) -> None:
             f"{representation.value!r} frames of map_size {data.map_size} are {height}x{width}, "
             f"not multiples of {multiple // 2} (autoencoder factor {spatial} x patch 2)",
         )
+    if data.get("source") == DataSource.DEMO_SCENES:
+        # A perspective clip's latent splits into patches, and into subregions only if it has
+        # subregion blocks (plain Wan pretraining has none).
+        kinds = DiTConfig.preset(config.model.preset, **model_overrides(config)).block_kinds
+        multiple = (4 if BlockKind.SUBREGION in kinds else 2) * spatial
+        if any(side % multiple for side in data.scenes.size):
+            _fail("data.scenes.size", f"must be multiples of {multiple}, got {data.scenes.size}")
     if (data.num_frames - 1) % temporal:
         _fail(
             "data.num_frames",

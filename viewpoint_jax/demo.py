@@ -2,18 +2,24 @@
 
     python -m viewpoint_jax.demo --out demo_output [--train_steps=N] [--quick]
 
+The paper's story in miniature: a DiT pretrained on ordinary perspective video becomes a
+panorama model by fine-tuning on ViewPoint maps.
+
 1. renders the embedded demo dataset (moving procedural panoramas with captions) into
    `out/source` and builds it into `out/data` (the data_dir of configs/tiny.py);
-2. trains configs/tiny.py in `out/run` (a space-to-depth pixel transform instead of the Wan VAE,
-   a small randomly initialised umT5 instead of umT5-XXL, a 4-block DiT);
-3. draws the loss curve (`loss_curve.png`);
-4. outpaints every held-out clip from its condition view and caption with the untrained model
-   (the same init seed) and with the trained one, the same noise for both, and measures the error
-   outside the condition (`evaluation.json`, `outpainting.png`: ground truth | condition |
-   untrained | trained);
-5. generates a 360 video from a held-out perspective clip and its caption with the trained model
-   (`sample/`: pano.mp4, viewpoint.mp4, faces.png, viewer.html);
-6. continues that 360 video by one more window (`continue_video`: the window knows the last frame
+2. fine-tunes the pretrained perspective DiT (the committed viewpoint_jax/assets/tiny_perspective,
+   made by tools/pretrain_tiny.py; with `--quick` a micro one pretrained here for a few steps)
+   into a ViewPoint model: configs/tiny.py in `out/finetuned` (a space-to-depth pixel transform
+   instead of the Wan VAE, a small randomly initialised umT5 instead of umT5-XXL, a 4-block DiT);
+3. trains the same architecture from scratch, the same steps and seed, in `out/scratch`;
+4. draws both loss curves (`loss_curve.png`);
+5. outpaints every held-out clip from its condition view and caption with the untrained model
+   (the scratch run's initialisation), the scratch and the fine-tuned model, the same noise for
+   all, and measures the error outside the condition against a mid-grey fill
+   (`evaluation.json`, `outpainting.png`: ground truth | condition | scratch | fine-tuned);
+6. generates a 360 video from a held-out perspective clip and its caption with the fine-tuned
+   model (`sample/`: pano.mp4, viewpoint.mp4, faces.png, viewer.html);
+7. continues that 360 video by one more window (`continue_video`: the window knows the last frame
    so far), into `continuation/` (the same files; its first frames are the sample's).
 
 Everything is deterministic given the settings. A rerun reuses the dataset and resumes (or
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,8 +43,9 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
-from viewpoint_jax import build, evaluation, video_io
+from viewpoint_jax import build, evaluation, monitoring, video_io
 from viewpoint_jax import config as config_lib
+from viewpoint_jax import pretrain as pretrain_lib
 from viewpoint_jax import sample as sample_lib
 from viewpoint_jax import train as train_lib
 from viewpoint_jax.cli import UserError, refuse_positional, run
@@ -62,6 +70,8 @@ QUICK = {
     "eval_seeds": (0,),
     "sample_steps": 4,
 }
+# The runs the demo trains and compares, by name (their folders under `out`).
+FINETUNED, SCRATCH = "finetuned", "scratch"
 
 
 # --- Settings ---------------------------------------------------------------------------------
@@ -109,6 +119,38 @@ def check_or_write_stamp(out: Path, record: dict[str, Any]) -> None:
 # --- Steps ------------------------------------------------------------------------------------
 
 
+def ensure_pretrained(out: Path, config: ml_collections.ConfigDict, spec: str) -> Path:
+    """The pretrained perspective DiT the fine-tuning starts from: the config's
+    `model.init_checkpoint` (configs/tiny.py: the committed one), or, for a config without one
+    (the quick test size), a plain text-to-video DiT of its size pretrained here for a few steps
+    (its `_pretrain` variant, e.g. configs/tiny.py:micro_pretrain) into `out/pretrained`."""
+    if config.model.init_checkpoint:
+        path = Path(config.model.init_checkpoint)
+        if not (path / "config.json").is_file():
+            raise UserError(
+                f"config.model.init_checkpoint: no pretrained DiT at {path} (make it with "
+                "`python tools/pretrain_tiny.py`, see configs/tiny.py)"
+            )
+        return path
+    path = out / "pretrained"
+    if (path / "config.json").is_file():
+        print(f"  reusing the pretrained DiT in {path}")
+        return path
+    pretrain_spec = f"{spec}_pretrain" if ":" in spec else f"{spec}:pretrain"
+    pretrain_config = sample_lib.load_config(pretrain_spec)
+    command = f"viewpoint_jax.pretrain.pretrain({pretrain_spec!r}) in the demo"
+    pretrain_lib.pretrain(pretrain_config, out / "pretrain_run", path, command=command)
+    return path
+
+
+def train_run(config: ml_collections.ConfigDict, run_dir: Path) -> int:
+    """Trains (or resumes) `config` in `run_dir`; returns the steps trained."""
+    result = train_lib.train(config, run_dir, progress=True)
+    if result["stopped"]:
+        raise UserError("training was stopped (SIGTERM); rerun the demo to resume it")
+    return int(result["step"])
+
+
 def ensure_dataset(out: Path, dataset: dict[str, Any]) -> None:
     try:
         builder.dataset_dir(out / "data", DATASET_NAME)
@@ -117,17 +159,6 @@ def ensure_dataset(out: Path, dataset: dict[str, Any]) -> None:
     except ValueError:
         pass
     demo_dataset.build_demo_dataset(out, DATASET_NAME, fps=DATASET_FPS, **dataset)
-
-
-def read_losses(metrics_file: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, losses) from a run's metrics.jsonl; a resumed run's repeated steps: last wins."""
-    by_step: dict[int, float] = {}
-    for line in metrics_file.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            by_step[int(row["step"])] = float(row["loss"])
-    steps = np.asarray(sorted(by_step), np.int64)
-    return steps, np.asarray([by_step[s] for s in steps], np.float64)
 
 
 def untrained_model(config: ml_collections.ConfigDict) -> nnx.Module:
@@ -169,21 +200,27 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
     return (sums[index] - sums[start]) / (index - start)
 
 
+# Per curve: (per-step colour, moving-average colour), RGB.
+CURVE_COLOURS = (((150, 190, 235), (20, 80, 180)), ((245, 195, 150), (200, 90, 20)))
+
+
 def loss_curve_image(
-    steps: np.ndarray, losses: np.ndarray, width: int = 900, height: int = 500
+    curves: dict[str, tuple[np.ndarray, np.ndarray]], width: int = 900, height: int = 500
 ) -> np.ndarray:
-    """The training loss per step (thin) and its moving average (thick), with axes, ticks and
-    labels -> RGB uint8 `(height, width, 3)`."""
-    if len(steps) == 0:
+    """Training losses, `curves`: name -> (steps, losses) (at most two runs), each per step
+    (thin) and as a moving average (thick), with axes, ticks and a legend -> RGB uint8
+    `(height, width, 3)`."""
+    if not curves or any(len(steps) == 0 for steps, _ in curves.values()):
         raise ValueError("no losses to plot")
+    if len(curves) > len(CURVE_COLOURS):
+        raise ValueError(f"at most {len(CURVE_COLOURS)} curves, got {len(curves)}")
     image = np.full((height, width, 3), 255, np.uint8)
     left, right, top, bottom = 80, 30, 50, 60
     x0, x1, y0, y1 = left, width - right, top, height - bottom
-    step_lo = min(0.0, float(steps[0]))
-    step_hi = float(max(steps[-1], step_lo + 1))
-    window = max(1, len(losses) // 20)
-    smooth = moving_average(losses, window)
-    loss_lo, loss_hi = 0.0, float(np.max(losses)) * 1.05
+    step_lo = min(0.0, *(float(steps[0]) for steps, _ in curves.values()))
+    step_hi = max(step_lo + 1, *(float(steps[-1]) for steps, _ in curves.values()))
+    loss_lo = 0.0
+    loss_hi = max(float(np.max(losses)) for _, losses in curves.values()) * 1.05
 
     def px(step, loss):
         x = x0 + (np.asarray(step, np.float64) - step_lo) / (step_hi - step_lo) * (x1 - x0)
@@ -195,28 +232,29 @@ def loss_curve_image(
         cv2.line(image, (x0, int(y)), (x1, int(y)), _GRID, 1)
         text = _label(tick)
         size = cv2.getTextSize(text, _FONT, 0.45, 1)[0]
-        cv2.putText(image, text, (x0 - 8 - size[0], int(y) + 5), _FONT, 0.45, _INK, 1, cv2.LINE_AA)
+        cv2.putText(image, text, (x0 - 8 - size[0], int(y) + 5), _FONT, 0.45, _INK, 1, _AA)
     for tick in _nice_ticks(step_lo, step_hi):
         (x, _) = px(tick, loss_lo)
         cv2.line(image, (int(x), y1), (int(x), y1 + 5), _INK, 1)
         text = f"{round(float(tick))}"
         size = cv2.getTextSize(text, _FONT, 0.45, 1)[0]
-        cv2.putText(
-            image, text, (int(x) - size[0] // 2, y1 + 22), _FONT, 0.45, _INK, 1, cv2.LINE_AA
-        )
-    cv2.polylines(image, [px(steps, losses)], False, (150, 190, 235), 1, cv2.LINE_AA)
-    cv2.polylines(image, [px(steps, smooth)], False, (20, 80, 180), 2, cv2.LINE_AA)
+        cv2.putText(image, text, (int(x) - size[0] // 2, y1 + 22), _FONT, 0.45, _INK, 1, _AA)
+    for k, (name, (steps, losses)) in enumerate(curves.items()):
+        raw, smooth = CURVE_COLOURS[k]
+        window = max(1, len(losses) // 20)
+        cv2.polylines(image, [px(steps, losses)], False, raw, 1, _AA)
+        cv2.polylines(image, [px(steps, moving_average(losses, window))], False, smooth, 2, _AA)
+        y = y0 + 20 + 22 * k
+        cv2.line(image, (x1 - 330, y - 5), (x1 - 315, y - 5), raw, 1, _AA)
+        cv2.line(image, (x1 - 315, y - 5), (x1 - 300, y - 5), smooth, 2, _AA)
+        text = f"{name} (thin: per step, thick: mean of {window})"
+        cv2.putText(image, text, (x1 - 290, y), _FONT, 0.45, _INK, 1, _AA)
     cv2.line(image, (x0, y1), (x1, y1), _INK, 1)
     cv2.line(image, (x0, y0), (x0, y1), _INK, 1)
     title = "training loss (flow-matching velocity MSE)"
-    cv2.putText(image, title, (x0, 30), _FONT, 0.65, _INK, 1, cv2.LINE_AA)
+    cv2.putText(image, title, (x0, 30), _FONT, 0.65, _INK, 1, _AA)
     cv2.putText(image, "step", ((x0 + x1) // 2 - 15, height - 15), _FONT, 0.55, _INK, 1, _AA)
-    cv2.putText(image, "loss", (10, y0 - 10), _FONT, 0.55, _INK, 1, cv2.LINE_AA)
-    legend = [("per step", (150, 190, 235), 1), (f"mean of {window}", (20, 80, 180), 2)]
-    for k, (text, colour, thickness) in enumerate(legend):
-        y = y0 + 20 + 22 * k
-        cv2.line(image, (x1 - 170, y - 5), (x1 - 140, y - 5), colour, thickness, cv2.LINE_AA)
-        cv2.putText(image, text, (x1 - 130, y), _FONT, 0.5, _INK, 1, cv2.LINE_AA)
+    cv2.putText(image, "loss", (10, y0 - 10), _FONT, 0.55, _INK, 1, _AA)
     return image
 
 
@@ -225,33 +263,33 @@ def _tile(map_frame: np.ndarray, scale: int) -> np.ndarray:
     return cv2.resize(tile, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
 
 
+def _mean_text(name: str, mse: float) -> str:
+    return f"{name} {mse:.3f} ({float(evaluation.psnr(mse)):.2f} dB)"
+
+
 def comparison_image(
     clips: evaluation.EvalClips,
-    untrained: evaluation.OutpaintingResult,
-    trained: evaluation.OutpaintingResult,
-    grey_mse: float,
+    models: dict[str, evaluation.OutpaintingResult],
+    references: dict[str, float],
     frame: int = -1,
     scale: int = 2,
 ) -> np.ndarray:
-    """One row per clip: ground truth | condition | untrained | trained (one frame of each map,
-    enlarged `scale` times) with each model's outpainting MSE; the means below -> RGB uint8."""
-    columns = ("ground truth", "condition", "untrained", "trained")
+    """One row per clip: ground truth | condition | each of `models` (one frame of each map,
+    enlarged `scale` times) with the model's outpainting MSE of the clip; below, the mean MSE
+    (and PSNR) of each model and of the `references` (name -> mean MSE) -> RGB uint8."""
+    columns = ("ground truth", "condition", *models)
     gap, header, footer = 6, 28, 20
     side = clips.target_map.shape[2] * scale
-    width = 4 * side + 3 * gap
+    width = len(columns) * side + (len(columns) - 1) * gap
     rows = []
     for n in range(len(clips)):
-        tiles = [
-            clips.target_map[n, frame],
-            clips.condition_map[n, frame],
-            untrained.maps[n, frame],
-            trained.maps[n, frame],
-        ]
+        tiles = [clips.target_map[n, frame], clips.condition_map[n, frame]]
+        tiles += [result.maps[n, frame] for result in models.values()]
         row = np.full((side + footer, width, 3), 255, np.uint8)
         for k, tile in enumerate(tiles):
             x = k * (side + gap)
             row[:side, x : x + side] = _tile(tile, scale)
-        for k, result in ((2, untrained), (3, trained)):
+        for k, result in enumerate(models.values(), start=2):
             x = k * (side + gap)
             text = f"MSE {result.mse[n]:.3f}"
             cv2.putText(row, text, (x + 4, side + 15), _FONT, 0.45, _INK, 1, _AA)
@@ -259,12 +297,13 @@ def comparison_image(
     head = np.full((header, width, 3), 255, np.uint8)
     for k, name in enumerate(columns):
         cv2.putText(head, name, (k * (side + gap) + 4, 19), _FONT, 0.5, _INK, 1, _AA)
-    foot = np.full((44, width, 3), 255, np.uint8)
     lines = (
-        f"mean MSE outside the condition: untrained {np.mean(untrained.mse):.3f}, "
-        f"trained {np.mean(trained.mse):.3f}",
-        f"(mid-grey fill {grey_mse:.3f}; pixels in [-1, 1]; frame {frame % clips.target_map.shape[1]})",
+        "mean MSE outside the condition (pixels in [-1, 1]):",
+        ", ".join(_mean_text(name, float(np.mean(r.mse))) for name, r in models.items()),
+        ", ".join(_mean_text(name, mse) for name, mse in references.items()),
+        f"(frame {frame % clips.target_map.shape[1]} of each clip shown)",
     )
+    foot = np.full((8 + 20 * len(lines), width, 3), 255, np.uint8)
     for k, line in enumerate(lines):
         cv2.putText(foot, line, (4, 16 + 20 * k), _FONT, 0.42, _INK, 1, _AA)
     spacer = np.full((gap, width, 3), 255, np.uint8)
@@ -284,40 +323,47 @@ def _step(index: int, total: int, text: str) -> float:
 
 
 def evaluate_outpainting(
-    out: Path, config: ml_collections.ConfigDict, run_dir: Path, seeds: tuple[int, ...]
+    out: Path, config: ml_collections.ConfigDict, run_dirs: dict[str, Path], seeds: tuple[int, ...]
 ) -> tuple[dict, sample_lib.Models, evaluation.EvalClips]:
-    """Outpaints the held-out clips with the untrained and the trained model (same noise);
-    writes outpainting.png; returns the summary, the trained models and the clips."""
+    """Outpaints the held-out clips with the untrained model (the scratch run's initialisation),
+    the scratch and the fine-tuned model (same noise for all), against a mid-grey fill; writes
+    outpainting.png; returns the summary, the fine-tuned models and the clips."""
     settings = sampler.SampleSettings.from_config(config.sample)
     autoencoder = build.build_autoencoder(config)
     text_encoder = build.build_text_encoder(config)
     clips = evaluation.load_eval_clips(config.data)
-    trained_model = build.restore_model(config, run_dir)
+    models = {"untrained": untrained_model(scratch_config(config))}
+    models.update({name: build.restore_model(config, path) for name, path in run_dirs.items()})
     results = {
         name: evaluation.outpainting_error(model, autoencoder, text_encoder, clips, settings, seeds)
-        for name, model in (("untrained", untrained_model(config)), ("trained", trained_model))
+        for name, model in models.items()
     }
-    grey = evaluation.constant_fill_mse(clips)
+    grey = float(np.mean(evaluation.constant_fill_mse(clips)))
+    finetuned, scratch = (float(np.mean(results[k].mse)) for k in (FINETUNED, SCRATCH))
     summary = {
         "metric": "MSE of pixels in [-1, 1] outside the condition mask (the outpainted region), "
         "generated ViewPoint map vs ground truth; PSNR = 10 log10(4 / MSE)",
         "clips": [{"source": s, "caption": c} for s, c in zip(clips.sources, clips.captions)],
         "sample_settings": settings.to_dict(),
-        "untrained": results["untrained"].summary(),
-        "trained": results["trained"].summary(),
-        "grey_fill": {"mse": float(np.mean(grey)), "psnr_db": float(evaluation.psnr(grey.mean()))},
-        "trained_is_better": bool(
-            np.mean(results["trained"].mse) < np.mean(results["untrained"].mse)
-        ),
+        **{name: result.summary() for name, result in results.items()},
+        "grey_fill": {"mse": grey, "psnr_db": float(evaluation.psnr(grey))},
+        "finetuned_beats_scratch": bool(finetuned < scratch),
+        "finetuned_over_grey_db": float(evaluation.psnr(finetuned) - evaluation.psnr(grey)),
     }
-    video_io.write_png(
-        out / "outpainting.png",
-        comparison_image(clips, results["untrained"], results["trained"], float(np.mean(grey))),
+    shown = {"from scratch": results[SCRATCH], "fine-tuned": results[FINETUNED]}
+    references = {"untrained": float(np.mean(results["untrained"].mse)), "mid-grey fill": grey}
+    video_io.write_png(out / "outpainting.png", comparison_image(clips, shown, references))
+    finetuned_models = sample_lib.Models(
+        model=models[FINETUNED], autoencoder=autoencoder, text_encoder=text_encoder, config=config
     )
-    models = sample_lib.Models(
-        model=trained_model, autoencoder=autoencoder, text_encoder=text_encoder, config=config
-    )
-    return summary, models, clips
+    return summary, finetuned_models, clips
+
+
+def scratch_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config` starting from a random initialisation instead of its pretrained DiT."""
+    scratch = config.copy_and_resolve_references()
+    scratch.model.init_checkpoint = ""
+    return scratch
 
 
 def generate_sample(
@@ -394,50 +440,57 @@ def generate_continuation(
 
 
 def run_demo(
-    out: str | Path,
+    out: str | os.PathLike,
     *,
     train_steps: int | None = None,
     quick: bool = False,
     config: str | None = None,
 ) -> dict:
-    """Runs the six steps into `out` with the config file `config` (`path.py[:arg]`, default
+    """Runs the seven steps into `out` with the config file `config` (`path.py[:arg]`, default
     configs/tiny.py); returns the summary also written to `out/evaluation.json`."""
     out = Path(out).absolute()
     preset = QUICK if quick else FULL
     spec = config or config_spec(quick)
     config = demo_config(out, quick, train_steps, spec)
-    stamp = {"config": spec, "dataset": preset["dataset"]}
-    check_or_write_stamp(out, {**stamp, "fps": DATASET_FPS})
+    stamp = {"config": spec, "dataset": preset["dataset"], "fps": DATASET_FPS}
+    check_or_write_stamp(out, {**stamp, "init_checkpoint": config.model.init_checkpoint})
     seconds: dict[str, float] = {}
     started = time.perf_counter()
 
-    t = _step(1, 6, f"demo dataset -> {out / 'data'}")
+    t = _step(1, 7, f"demo dataset -> {out / 'data'}")
     ensure_dataset(out, preset["dataset"])
     seconds["dataset"] = time.perf_counter() - t
 
-    run_dir = out / "run"
-    t = _step(2, 6, f"training {Path(spec).name} for {config.num_steps} steps -> {run_dir}")
-    result = train_lib.train(config, run_dir, progress=True)
-    if result["stopped"]:
-        raise UserError("training was stopped (SIGTERM); rerun the demo to resume it")
-    trained_steps = int(result["step"])
-    seconds["train"] = time.perf_counter() - t
+    run_dirs = {FINETUNED: out / FINETUNED, SCRATCH: out / SCRATCH}
+    t = _step(2, 7, f"fine-tuning the pretrained DiT for {config.num_steps} steps")
+    config.model.init_checkpoint = str(ensure_pretrained(out, config, spec))
+    print(f"  from {config.model.init_checkpoint} -> {run_dirs[FINETUNED]}", flush=True)
+    steps = {FINETUNED: train_run(config, run_dirs[FINETUNED])}
+    seconds["finetune"] = time.perf_counter() - t
+    t = _step(3, 7, f"the same from scratch -> {run_dirs[SCRATCH]}")
+    steps[SCRATCH] = train_run(scratch_config(config), run_dirs[SCRATCH])
+    seconds["scratch"] = time.perf_counter() - t
 
-    t = _step(3, 6, "loss curve")
-    steps, losses = read_losses(run_dir / "metrics.jsonl")
-    video_io.write_png(out / "loss_curve.png", loss_curve_image(steps, losses))
+    t = _step(4, 7, "loss curves")
+    curves = {
+        name: monitoring.read_losses(run_dirs[key] / "metrics.jsonl")
+        for name, key in (("fine-tuned", FINETUNED), ("from scratch", SCRATCH))
+    }
+    video_io.write_png(out / "loss_curve.png", loss_curve_image(curves))
     seconds["loss_curve"] = time.perf_counter() - t
 
-    t = _step(4, 6, "outpainting held-out clips: untrained vs trained model, same noise")
-    summary, models, clips = evaluate_outpainting(out, config, run_dir, preset["eval_seeds"])
-    summary["trained_steps"] = trained_steps
+    t = _step(5, 7, "outpainting held-out clips: untrained, scratch, fine-tuned; same noise")
+    summary, models, clips = evaluate_outpainting(out, config, run_dirs, preset["eval_seeds"])
+    summary["trained_steps"] = steps
+    summary["pretrained"] = config.model.init_checkpoint
     seconds["evaluation"] = time.perf_counter() - t
 
-    t = _step(5, 6, "a 360 video from a held-out perspective clip and its caption")
+    t = _step(6, 7, "a 360 video from a held-out perspective clip and its caption")
+    run_dir = run_dirs[FINETUNED]
     sample_dir, generation = generate_sample(out, models, clips, spec, run_dir)
     seconds["generation"] = time.perf_counter() - t
 
-    t = _step(6, 6, "the 360 video continued by one more window")
+    t = _step(7, 7, "the 360 video continued by one more window")
     continuation_dir = generate_continuation(
         out, models, sample_dir, generation, clips.captions[0], spec, run_dir
     )
@@ -450,18 +503,18 @@ def run_demo(
 
 
 def _print_summary(out: Path, summary: dict, sample_dir: Path, continuation_dir: Path) -> None:
-    untrained, trained = summary["untrained"], summary["trained"]
     print()
     print(f"Outpainting error on {len(summary['clips'])} held-out clips (outside the condition):")
-    print(f"  untrained model   MSE {untrained['mse']:.4f}   PSNR {untrained['psnr_db']:.2f} dB")
-    print(
-        f"  trained ({summary['trained_steps']} steps)  MSE {trained['mse']:.4f}   "
-        f"PSNR {trained['psnr_db']:.2f} dB"
-    )
-    grey = summary["grey_fill"]
-    print(f"  (mid-grey fill    MSE {grey['mse']:.4f}   PSNR {grey['psnr_db']:.2f} dB)")
-    if not summary["trained_is_better"]:
-        print("  warning: the trained model is not better than the untrained one", file=sys.stderr)
+    for key, name in (
+        ("untrained", "untrained model"),
+        (SCRATCH, f"from scratch ({summary['trained_steps'][SCRATCH]} steps)"),
+        (FINETUNED, f"fine-tuned ({summary['trained_steps'][FINETUNED]} steps)"),
+        ("grey_fill", "(mid-grey fill)"),
+    ):
+        result = summary[key]
+        print(f"  {name:26s} MSE {result['mse']:.4f}   PSNR {result['psnr_db']:.2f} dB")
+    if not summary["finetuned_beats_scratch"]:
+        print("  warning: the fine-tuned model is not better than the scratch one", file=sys.stderr)
     print(f"\nDone in {summary['seconds']['total']:.0f} s. Open:")
     for path, what in (
         (sample_dir / "viewer.html", "the 360 video in a browser (drag to look around)"),
@@ -469,8 +522,8 @@ def _print_summary(out: Path, summary: dict, sample_dir: Path, continuation_dir:
         (sample_dir / "viewpoint.mp4", "the ViewPoint map the model generated"),
         (sample_dir / "faces.png", "the six cube faces at a few times"),
         (continuation_dir / "viewer.html", "the 360 video continued by one more window"),
-        (out / "loss_curve.png", "the training loss"),
-        (out / "outpainting.png", "ground truth | condition | untrained | trained"),
+        (out / "loss_curve.png", "the training losses, fine-tuned and from scratch"),
+        (out / "outpainting.png", "ground truth | condition | from scratch | fine-tuned"),
         (out / "evaluation.json", "the numbers"),
     ):
         print(f"  {path}  {what}")

@@ -161,6 +161,17 @@ def preview_grid(
     return to_uint8(np.concatenate(rows[:-1], axis=0))
 
 
+def read_losses(metrics_file: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, losses) from a run's metrics.jsonl; a resumed run's repeated steps: last wins."""
+    by_step: dict[int, float] = {}
+    for line in metrics_file.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            by_step[int(row["step"])] = float(row["loss"])
+    steps = np.asarray(sorted(by_step), np.int64)
+    return steps, np.asarray([by_step[s] for s in steps], np.float64)
+
+
 class TrainLogger:
     """One run's telemetry: every host appends its view of each step to its own metrics file
     (`metrics.jsonl` on the first host, `metrics.<i>.jsonl` on the others; they agree, the

@@ -9,7 +9,7 @@ One step, read top to bottom (`train_step`):
      latents precomputed into the dataset, `config.data.precomputed_latents`);
      captions -> text embeddings with the frozen text encoder (or from the precomputed cache);
   2. s ~ the config's timestep sampler, e ~ N(0, I): x_s = (1 - s) x + s e, target v = e - x;
-  3. the DiT sees concat[x_s, condition latent, mask] (2 C + 1 channels) at t = 1000 s;
+  3. the DiT sees concat[x_s, condition latent, mask] (2 C + 1 channels) or x_s alone at t = 1000 s;
   4. MSE(v_pred, v) -> gradients of the fp32 master weights (the matmuls run in config.model.dtype);
   5. AdamW with warmup and global-norm clipping; a NaN/Inf loss or gradient skips the update
      (counted), optional EMA of the weights.
@@ -156,9 +156,8 @@ def train_step(
         d = config.diffusion
         timesteps_from = (d.timestep_sampler, d.shift, d.logit_mean, d.logit_std)
         sigmas = fm.sample_sigmas(sigma_rng, x.shape[0], *timesteps_from)
-        inputs = sampler.model_input(
-            fm.noisy_latents(x, noise, sigmas), encoded["condition_latents"], encoded["latent_mask"]
-        )
+        condition = encoded.get("condition_latents"), encoded.get("latent_mask")  # None: plain t2v
+        inputs = sampler.model_input(fm.noisy_latents(x, noise, sigmas), *condition)
         target = fm.velocity_target(x, noise)
 
         def loss_fn(params):
@@ -220,7 +219,9 @@ def preview_step(
         noise = jax.random.normal(jax.random.key(config.seed + 1), x.shape, jnp.float32)
         sigmas = jnp.full((x.shape[0],), PREVIEW_SIGMA, jnp.float32)
         noisy = fm.noisy_latents(x, noise, sigmas)
-        inputs = sampler.model_input(noisy, encoded["condition_latents"], encoded["latent_mask"])
+        inputs = sampler.model_input(
+            noisy, encoded.get("condition_latents"), encoded.get("latent_mask")
+        )
         velocity = nnx.merge(graphdef, params)(inputs, fm.timesteps(sigmas), encoded["context"])
         clean = fm.predicted_clean(noisy, velocity, sigmas)
         autoencoder = frozen.autoencoder(frozen_arrays)
@@ -232,7 +233,7 @@ def preview_step(
                 "prediction": prediction,
             }
     return {
-        "condition": batch["condition_map"],
+        "condition": batch.get("condition_map", jnp.zeros_like(batch["target_map"])),
         "target": batch["target_map"],
         "prediction": prediction,
     }

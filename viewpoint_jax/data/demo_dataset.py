@@ -178,24 +178,22 @@ _STILL_ROOM = scenes.Scene(kind="room", camera_turn_deg=0.0, disc_speed_deg=0.0)
 
 
 @functools.partial(jax.jit, static_argnames=("height",))
-def _render(params: dict, height: int) -> jax.Array:
-    """Frames `(F, H, 2H, 3)` in [0, 1] from per-frame arrays (one program for every scene).
+def render_frames(params: dict, height: int) -> jax.Array:
+    """ERP frames `(F, H, 2H, 3)` in [0, 1] of `scene_arrays` (one program for every scene).
 
     params: background `()` int, camera_yaw `(F,)`, light `(F,)`, time `(F,)`, ball_dir
     `(F, K, 3)` world centres, ball_radius `(K,)` rad, ball_colour `(K, 3)`, ball_on `(K,)`.
     """
     d_cam = jnp.asarray(sphere.erp_directions(height, 2 * height), jnp.float32)
+    backgrounds = [
+        functools.partial(scenes.render, scene=scene)
+        for scene in (_STILL_ROOM, "graticule", "smooth")  # the order of BACKGROUNDS
+    ]
 
     def frame(yaw, light, t, ball_dir):
         d = _yaw_rotate(d_cam, yaw)
-        backgrounds = jnp.stack(
-            [
-                scenes.render(d, t, _STILL_ROOM),
-                scenes.render(d, t, "graticule"),
-                scenes.render(d, t, "smooth"),
-            ]
-        )
-        colour = backgrounds[params["background"]] * light
+        # Only the scene's background is rendered (a conditional, not a select of all three).
+        colour = jax.lax.switch(params["background"], backgrounds, d, t) * light
         for k in range(MAX_OBJECTS):
             angle = jnp.arccos(jnp.clip(d @ ball_dir[k], -1.0, 1.0))
             radius = params["ball_radius"][k]
@@ -212,9 +210,23 @@ def _render(params: dict, height: int) -> jax.Array:
 
 def render_scene(scene: DemoScene, height: int, num_frames: int, fps: float) -> np.ndarray:
     """The scene's ERP clip `(F, H, 2H, 3)` uint8, frame f at time f / fps."""
-    t = np.arange(num_frames, dtype=np.float32) / fps
+    return scenes.to_uint8(render_frames(scene_arrays(scene, num_frames, fps), height))
+
+
+def scene_arrays(
+    scene: DemoScene,
+    num_frames: int,
+    fps: float,
+    first_frame: int = 0,
+    frame_count: int | None = None,
+) -> dict[str, np.ndarray]:
+    """`render_frames`' arrays of the scene's clip of `num_frames` frames at `fps` (frame f at
+    time f / fps): all of them, or the `frame_count` frames from `first_frame` on (the light's
+    course still spans the whole clip)."""
+    frame_count = num_frames - first_frame if frame_count is None else frame_count
+    t = (first_frame + np.arange(frame_count, dtype=np.float32)) / fps
     duration = max(num_frames / fps, 1e-6)
-    ball_dir = np.zeros((num_frames, MAX_OBJECTS, 3), np.float32)
+    ball_dir = np.zeros((frame_count, MAX_OBJECTS, 3), np.float32)
     radius = np.ones(MAX_OBJECTS, np.float32)
     colour = np.zeros((MAX_OBJECTS, 3), np.float32)
     on = np.zeros(MAX_OBJECTS, np.float32)
@@ -223,7 +235,7 @@ def render_scene(scene: DemoScene, height: int, num_frames: int, fps: float) -> 
         radius[k] = np.deg2rad(SIZES[ball.size])
         colour[k] = COLOURS[ball.colour]
         on[k] = 1.0
-    params = {
+    return {
         "background": np.int32(list(BACKGROUNDS).index(scene.background)),
         "camera_yaw": camera_yaw_deg(scene, t).astype(np.float32),
         "light": np.asarray(light_level(scene.light, t, duration), np.float32),
@@ -233,7 +245,6 @@ def render_scene(scene: DemoScene, height: int, num_frames: int, fps: float) -> 
         "ball_colour": colour,
         "ball_on": on,
     }
-    return scenes.to_uint8(_render(params, height))
 
 
 # Writing ----------------------------------------------------------------------------------------

@@ -37,6 +37,11 @@ the three maps, with f latent frames and (h, w) = (Hm, Wm) / spatial factor:
     condition_latents  (B, f, h, w, C) float32
     latent_mask        (B, f, h, w, 1) float32
 
+With `config.source = "demo_scenes"` (text-to-video pretraining, `config.DataSource`) the
+records are procedural demo scenes (`perspective_clips.SceneSource`) and batches carry, instead
+of the three maps, only the clip to generate: target_map `(B, F, h, w, 3)` float32 in [-1, 1],
+a perspective clip of `config.scenes.size` (`SceneClipMaker`).
+
 Eval batches (`make_eval_iterator`) add perspective (B, F, h, w, 3) float32 (the condition
 clip), view (B, 4) float32 (fov, yaw, pitch, roll in degrees), erp (B, F, H, W, 3) float32 in
 [-1, 1] (the clip the maps come from, at the ERP size) and source (B,) str.
@@ -63,8 +68,8 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from viewpoint_jax.config import data_representation, layout_hw, validate_data_config
-from viewpoint_jax.data import builder, conditions, latents
+from viewpoint_jax.config import DataSource, data_representation, layout_hw, validate_data_config
+from viewpoint_jax.data import builder, conditions, latents, perspective_clips
 from viewpoint_jax.data.builder import as_text
 
 log = logging.getLogger(__name__)
@@ -321,6 +326,44 @@ class LatentExampleMaker:
         return example
 
 
+class SceneClipMaker:
+    """Demo scene record (`perspective_clips.SceneSource`) -> text-to-video training example; a
+    grain `random_map` callable. `mode` "video": a window of `num_frames` consecutive frames of
+    the scene's clip, "image": one frame; either seen by a random camera (`config.scenes`: fov
+    and pitch in their ranges, any yaw, no roll). The caption is dropped at `caption_dropout`.
+
+    Examples: target_map `(F, h, w, 3)` float32 in [-1, 1] (the perspective clip to generate;
+    there is no condition), caption, is_image.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, mode: str):
+        if mode not in ("video", "image"):
+            raise ValueError(f"mode must be video or image, got {mode!r}")
+        scenes = config.scenes
+        self.num_frames = 1 if mode == "image" else int(config.num_frames)
+        self.render = dict(
+            erp_height=int(config.erp_height),
+            clip_frames=int(scenes.clip_frames),
+            fps=float(scenes.fps),
+            out_hw=tuple(int(v) for v in scenes.size),
+        )
+        self.view_ranges = dict(
+            fov_range=tuple(scenes.fov_range), pitch_range=tuple(scenes.pitch_range)
+        )
+        self.caption_dropout = float(config.caption_dropout)
+
+    def __call__(self, record: dict, rng: np.random.Generator) -> dict:
+        scene = record["scene"]
+        first = int(rng.integers(self.render["clip_frames"] - self.num_frames + 1))
+        view = conditions.sample_view(rng, **self.view_ranges).as_array()
+        caption = "" if rng.random() < self.caption_dropout else scene.caption
+        with jax.default_device(_cpu_device()):
+            clip = perspective_clips.render_view_clip(
+                scene, view, first_frame=first, num_frames=self.num_frames, **self.render
+            )
+        return {"target_map": clip, "caption": caption, "is_image": np.bool_(self.num_frames == 1)}
+
+
 # Batching that drops bad records, and the skip counter ------------------------------------------
 
 
@@ -461,7 +504,10 @@ def _cpu_worker_init(worker_index: int, worker_count: int) -> None:
 
 
 def _train_source(config: ml_collections.ConfigDict) -> Any:
-    """The train split's records (panoramic or latent), checked to hold what image_ratio asks."""
+    """The train split's records (panoramic or latent), checked to hold what image_ratio asks;
+    or the demo scenes (source "demo_scenes")."""
+    if config.source == DataSource.DEMO_SCENES:
+        return perspective_clips.SceneSource(config.scenes.count, config.scenes.seed)
     split = config.train_split
     if config.precomputed_latents:
         name, dataset = config.precomputed_latents, latents.LATENTS_DATASET
@@ -553,6 +599,8 @@ def make_train_iterator(
     def stream(mode: str, stream_seed: int) -> grain.IterDataset:
         if precomputed:
             maker = LatentExampleMaker(config, mode)
+        elif config.source == DataSource.DEMO_SCENES:
+            maker = SceneClipMaker(config, mode)
         else:
             maker = ExampleMaker(config, mode, temporal_factor=temporal_factor)
         ds = records.shuffle(seed=stream_seed).repeat()
@@ -618,6 +666,6 @@ def step_arrays(
     (or precomputed latents) as float32 and `text_inputs(captions)` (token ids or embeddings,
     `text_encoder.TextFeeder`)."""
     keys = latents.LATENT_KEYS if "latents" in batch else MAP_KEYS
-    arrays = {key: np.asarray(batch[key], np.float32) for key in keys}
+    arrays = {key: np.asarray(batch[key], np.float32) for key in keys if key in batch}
     arrays.update(text_inputs([as_text(caption) for caption in batch["caption"]]))
     return arrays

@@ -106,8 +106,11 @@ class Conditions(NamedTuple):
     mask: jax.Array
 
 
-def model_input(x: jax.Array, latent: jax.Array, mask: jax.Array) -> jax.Array:
-    """The model's 33-channel input `(B, f, h, w, 2C + 1)`: noisy latent, condition, mask."""
+def model_input(x: jax.Array, latent: jax.Array | None, mask: jax.Array | None) -> jax.Array:
+    """The model's 33-channel input `(B, f, h, w, 2C + 1)`: noisy latent, condition, mask; a
+    plain text-to-video DiT (no condition: None, None) takes `x` `(B, f, h, w, C)` alone."""
+    if latent is None:
+        return x
     return jnp.concatenate([x, latent.astype(x.dtype), mask.astype(x.dtype)], axis=-1)
 
 

@@ -68,18 +68,18 @@ def encode_maps(autoencoder: Autoencoder, batch: dict[str, jax.Array]) -> dict[s
     `(B, F, M, M, 1)` pooled to the latent grid (`latent_mask`).
 
     Returns latents and condition_latents `(B, f, M/s, M/s, C)` and latent_mask
-    `(B, f, M/s, M/s, 1)`, all float32, with f = 1 + (F - 1) / temporal factor.
+    `(B, f, M/s, M/s, 1)`, all float32, with f = 1 + (F - 1) / temporal factor. A batch without
+    a condition (perspective clips for text-to-video pretraining) gives the latents alone.
     """
     pool = functools.partial(
         latent_mask,
         spatial_factor=autoencoder.spatial_factor,
         temporal_factor=autoencoder.temporal_factor,
     )
-    encoded: dict[str, Any] = {
-        "latents": autoencoder.encode(batch["target_map"]),
-        "condition_latents": autoencoder.encode(batch["condition_map"]),
-        "latent_mask": jax.vmap(pool)(batch["condition_mask"]),
-    }
+    encoded: dict[str, Any] = {"latents": autoencoder.encode(batch["target_map"])}
+    if "condition_map" in batch:
+        encoded["condition_latents"] = autoencoder.encode(batch["condition_map"])
+        encoded["latent_mask"] = jax.vmap(pool)(batch["condition_mask"])
     return {key: value.astype(jnp.float32) for key, value in encoded.items()}
 
 

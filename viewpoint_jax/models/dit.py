@@ -23,8 +23,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import json
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 import einops
@@ -34,6 +36,7 @@ import numpy as np
 from flax import nnx
 
 from viewpoint_jax import checkpointing, io_utils
+from viewpoint_jax.diffusion.flow_matching import NUM_TRAIN_TIMESTEPS
 from viewpoint_jax.models import attention as attention_lib
 from viewpoint_jax.models import layers
 from viewpoint_jax.sharding import DEFAULT_RULES, LogicalRules, constrain
@@ -45,6 +48,24 @@ class BlockKind(enum.StrEnum):
     PANO = "pano"
     SUBREGION = "subregion"
 
+
+class Prediction(enum.StrEnum):
+    """What the head predicts; the model always returns the velocity.
+
+    VELOCITY: the velocity e - x itself (Wan). CLEAN: the clean latent x, returned as the
+    velocity it implies at the input's noise level, (x_s - x) / s: a pixel-space DiT whose
+    tokens carry more values than its width (the tiny configs' space-to-depth latents) learns
+    the clean image far better than the noise in it (Li & He, 2025, "Back to Basics: Let
+    Denoising Generative Models Denoise"). Training and sampling code see a velocity either way.
+    """
+
+    VELOCITY = "velocity"
+    CLEAN = "clean"
+
+
+# The noise level below which a clean prediction's velocity is not scaled further: (x_s - x) / s
+# would weigh the loss by 1 / s^2 without bound (as JiT clips it).
+CLEAN_MIN_SIGMA = 0.05
 
 # "alternate": PANO, SUBREGION, PANO, ... (the paper's design); or one kind for every block.
 PATTERNS = ("alternate", *BlockKind)
@@ -75,6 +96,7 @@ class DiTConfig:
     # BlockKind values per block.
     attention_pattern: str | tuple[str, ...] = "alternate"
     attention_backend: str = "xla"
+    prediction: str = "velocity"  # a Prediction
     remat_policy: str = "none"
     dtype: str = "float32"
     param_dtype: str = "float32"
@@ -90,6 +112,10 @@ class DiTConfig:
         if self.attention_backend not in attention_lib.BACKENDS:
             raise ValueError(
                 f"attention_backend {self.attention_backend!r} not in {attention_lib.BACKENDS}"
+            )
+        if self.prediction not in tuple(Prediction):
+            raise ValueError(
+                f"prediction {self.prediction!r} not in {[p.value for p in Prediction]}"
             )
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy {self.remat_policy!r} not in {list(REMAT_POLICIES)}")
@@ -172,6 +198,15 @@ def sinusoidal_embedding(t: jax.Array, dim: int) -> jax.Array:
     freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / half)
     angles = t.astype(jnp.float32)[:, None] * freqs[None]
     return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+
+
+def velocity_from_clean(noisy: jax.Array, clean: jax.Array, t: jax.Array) -> jax.Array:
+    """The velocity `(x_s - x) / s` `(B, F, H, W, C)` float32 that a clean-latent prediction
+    `clean` implies for the noisy latent `noisy` at timesteps `t` `(B,)` = 1000 s, with s at
+    least CLEAN_MIN_SIGMA (exact above it: x_s - s v = x)."""
+    sigma = jnp.maximum(t.astype(jnp.float32) / NUM_TRAIN_TIMESTEPS, CLEAN_MIN_SIGMA)
+    sigma = sigma.reshape(-1, *(1,) * (clean.ndim - 1))
+    return (noisy.astype(jnp.float32) - clean.astype(jnp.float32)) / sigma
 
 
 def rope_split(head_dim: int) -> tuple[int, int, int]:
@@ -422,7 +457,10 @@ class WanDiT(nnx.Module):
             ph=ph,
             pw=pw,
         )
-        return out.astype(jnp.float32)  # as Wan: the velocity leaves the model in fp32
+        out = out.astype(jnp.float32)  # as Wan: the velocity leaves the model in fp32
+        if config.prediction == Prediction.CLEAN:
+            out = velocity_from_clean(x[..., : config.out_dim], out, t)
+        return out
 
     def _run_blocks(self, tokens, e, ctx, ropes, grid):
         """Scans over groups of blocks, one period of the attention pattern per step."""
@@ -479,6 +517,25 @@ def load_dit(
     return checkpointing.restore_module(path, abstract_model(config), mesh, rules)
 
 
+def save_dit(
+    path: str | os.PathLike,
+    model: WanDiT,
+    *,
+    extra_files: dict[str, str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Writes `model` as a converted checkpoint directory, atomically: `config.json` + Orbax
+    `params/`, the layout `convert.dit.convert_dit` writes for a Wan DiT, so `load_dit` and
+    `load_pretrained_params` (config.model.init_checkpoint) read it as they read converted Wan
+    weights. `extra_files`: file name -> text written beside them. Returns the directory."""
+    with io_utils.atomic_directory(path, overwrite=overwrite) as tmp:
+        (tmp / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
+        checkpointing.save_state(tmp, nnx.state(model, nnx.Param))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+    return Path(path).absolute()
+
+
 # ---------------------------------------------------------------------------------------------
 # Weight surgery: a text-to-video Wan checkpoint -> the ViewPoint model's 2 C + 1 input channels.
 
@@ -507,7 +564,8 @@ def load_pretrained_params(
     with zeros, see `inflate_patch_kernel`); a mismatch names the field.
     """
     source = read_config(path)
-    for field in ("dim", "ffn_dim", "num_heads", "num_layers", "out_dim", "text_dim", "patch_size"):
+    fields = ("dim", "ffn_dim", "num_heads", "num_layers", "out_dim", "text_dim", "patch_size")
+    for field in (*fields, "prediction"):
         if getattr(source, field) != getattr(model_config, field):
             raise ValueError(
                 f"config.model.init_checkpoint {path}: {field} is {getattr(source, field)} in the "
