@@ -74,10 +74,13 @@ def get_config(arg: str | None = None):
     config.log.every_steps = 10
     config.log.image_every_steps = 100
 
+    # Few steps, no guidance: at this size and budget a sample's error compounds over steps, and
+    # 20 steps with guidance 3 leave both the fine-tuned and the scratch model below a grey fill
+    # on the demo's held-out clips (BENCHMARKS.md, "The demo's pretrained start").
     config.sample.scheduler = "euler"
-    config.sample.steps = 20
+    config.sample.steps = 4
     config.sample.shift = 3.0
-    config.sample.guidance_scale = 3.0
+    config.sample.guidance_scale = 1.0
 
     if arg in ("micro", "micro_pretrain"):  # the test size: seconds per dozen steps on one core
         config.num_steps = 8

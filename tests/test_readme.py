@@ -93,7 +93,11 @@ READ_ONLY = {
     "viewpoint_jax.sample",
 }
 # Commands one machine cannot run, by a fragment of theirs -> why (each must still match one).
-NOT_RUN = {"--coordinator_address=": "several hosts"}
+NOT_RUN = {
+    "--coordinator_address=": "several hosts",
+    # An hour of CPU; tests/test_pretrain.py replays its first steps against the committed log.
+    "tools/pretrain_tiny.py": "the committed checkpoint's pretraining",
+}
 
 
 # --- Reading the README ---------------------------------------------------------------------------
