@@ -42,8 +42,16 @@ ENTRY_POINTS = {
         "--num_train",
     ),
     "ablation": (["tools/ablation.py"], "arms", "--train_stpes=3", "--train_steps"),
+    "pretrain_tiny": (["tools/pretrain_tiny.py"], "workdir", "--wrokdir=x", "--workdir"),
 }
-CONFIG_TAKING = ("train", "sample", "precompute_text", "precompute_latents", "inspect_dataset")
+CONFIG_TAKING = (
+    "train",
+    "sample",
+    "precompute_text",
+    "precompute_latents",
+    "inspect_dataset",
+    "pretrain_tiny",
+)
 
 
 def run_entry_point(command: list[str], *args: str) -> subprocess.CompletedProcess:
