@@ -1,7 +1,9 @@
 """Training telemetry: the analytic FLOPs, MFU, and what the logger writes."""
 
 import json
+import sys
 
+import cv2
 import numpy as np
 import pytest
 
@@ -54,3 +56,34 @@ def test_logger_writes_every_step_and_plain_progress_lines_off_a_terminal(tmp_pa
     # pytest's stderr is no terminal: no bar, a line every log.every_steps steps.
     assert [line.split()[2] for line in progress if line.startswith("train: step ")] == ["2/8"]
     assert not any("\r" in line for line in progress)
+
+
+def _events(logdir):
+    """The Event protos of the TFRecord event files under `logdir` (8-byte length, 4-byte CRC,
+    the record, 4-byte CRC)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    events = []
+    for path in sorted(logdir.glob("events.out.tfevents.*")):
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):
+            length = int.from_bytes(data[offset : offset + 8], "little")
+            events.append(Event.FromString(data[offset + 12 : offset + 12 + length]))
+            offset += 12 + length + 4
+    return events
+
+
+def test_preview_images_reach_tensorboard_without_pillow(tmp_path, monkeypatch):
+    """The package installs OpenCV, not Pillow (tensorboardX's add_image needs it): the image
+    written is the PNG of the array, read back exactly."""
+    monkeypatch.setitem(sys.modules, "PIL", None)  # `import PIL` raises
+    image = np.random.default_rng(0).integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    writer = monitoring.Writer(tmp_path)
+    writer.image(7, "maps/preview", image)
+    writer.close()
+    (value,) = [v for e in _events(tmp_path) for v in e.summary.value if v.tag == "maps/preview"]
+    assert (value.image.height, value.image.width, value.image.colorspace) == (6, 10, 3)
+    png = np.frombuffer(value.image.encoded_image_string, np.uint8)
+    np.testing.assert_array_equal(cv2.imdecode(png, cv2.IMREAD_COLOR)[..., ::-1], image)
+    (step,) = [e.step for e in _events(tmp_path) if e.summary.value]
+    assert step == 7

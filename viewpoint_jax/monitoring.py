@@ -36,7 +36,7 @@ from viewpoint_jax import memory
 from viewpoint_jax.data import builder
 from viewpoint_jax.models.dit import BlockKind, DiTConfig, abstract_model, count_params
 from viewpoint_jax.progress import Progress
-from viewpoint_jax.video_io import to_uint8, write_png
+from viewpoint_jax.video_io import encode_png, to_uint8, write_png
 
 # Dense bf16 peak per device, FLOP/s (vendor figures, no sparsity).
 PEAK_FLOPS = {
@@ -132,9 +132,20 @@ class Writer:
                 self._writer.add_scalar(name, value, step)
 
     def image(self, step: int, name: str, image: np.ndarray) -> None:
-        """`image` (H, W, 3) uint8."""
+        """`image` (H, W, 3) uint8, PNG-encoded here: tensorboardX's own `add_image` needs
+        Pillow, which the package does not install (OpenCV encodes it)."""
         if self._writer is not None:
-            self._writer.add_image(name, image, step, dataformats="HWC")
+            from tensorboardX.proto.summary_pb2 import Summary
+
+            height, width, channels = image.shape
+            encoded = Summary.Image(
+                height=height,
+                width=width,
+                colorspace=channels,
+                encoded_image_string=encode_png(image),
+            )
+            summary = Summary(value=[Summary.Value(tag=name, image=encoded)])
+            self._writer.file_writer.add_summary(summary, step)
 
     def close(self) -> None:
         if self._writer is not None:

@@ -87,13 +87,22 @@ def to_uint8(video: np.ndarray) -> np.ndarray:
     )
 
 
-def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Writes an RGB uint8 `(H, W, 3)` image as a PNG, atomically."""
+def encode_png(image: np.ndarray) -> bytes:
+    """An RGB uint8 `(H, W, 3)` image as PNG bytes."""
     ok, data = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))
     if not ok:
-        raise ValueError(f"could not encode {path} as PNG (image shape {image.shape})")
+        raise ValueError(f"could not encode an image of shape {image.shape} as PNG")
+    return data.tobytes()
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Writes an RGB uint8 `(H, W, 3)` image as a PNG, atomically."""
+    try:
+        data = encode_png(image)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
     with atomic_path(path) as tmp:
-        tmp.write_bytes(data.tobytes())
+        tmp.write_bytes(data)
 
 
 def write_video(
