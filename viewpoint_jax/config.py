@@ -75,10 +75,14 @@ class DataSource(enum.StrEnum):
     DEMO_SCENES = "demo_scenes"
 
 
+def data_source(data: ml_collections.ConfigDict) -> DataSource:
+    """`config.data.source` (a run saved before the key existed: the panoramas)."""
+    return DataSource(data.get("source", DataSource.PANORAMAS))
+
+
 def takes_condition(config: ml_collections.ConfigDict) -> bool:
     """Whether the config's DiT takes the condition latent and mask (see `DataSource`)."""
-    # Runs recorded before sources existed trained on panoramas.
-    return DataSource(config.data.get("source", DataSource.PANORAMAS)) == DataSource.PANORAMAS
+    return data_source(config.data) == DataSource.PANORAMAS
 
 
 def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -299,7 +303,7 @@ def validate_data_config(data: ml_collections.ConfigDict) -> None:
     parse_mixture(data.condition_mixture)  # its ValueError names config.data.condition_mixture.<k>
     if data.get("source", DataSource.PANORAMAS) not in tuple(DataSource):
         _fail("data.source", f"must be one of {[s.value for s in DataSource]}, got {data.source!r}")
-    if data.get("source") == DataSource.DEMO_SCENES:
+    if data_source(data) == DataSource.DEMO_SCENES:
         _validate_scenes(data)
 
 
@@ -429,7 +433,7 @@ def _validate_encoders_and_sizes(config: ml_collections.ConfigDict) -> None:
             f"{representation.value!r} frames of map_size {data.map_size} are {height}x{width}, "
             f"not multiples of {multiple // 2} (autoencoder factor {spatial} x patch 2)",
         )
-    if data.get("source") == DataSource.DEMO_SCENES:
+    if data_source(data) == DataSource.DEMO_SCENES:
         # A perspective clip's latent splits into patches, and into subregions only if it has
         # subregion blocks (plain Wan pretraining has none).
         kinds = DiTConfig.preset(config.model.preset, **model_overrides(config)).block_kinds

@@ -32,7 +32,7 @@ from ml_collections import config_flags
 from viewpoint_jax import build, monitoring
 from viewpoint_jax import train as train_lib
 from viewpoint_jax.cli import UserError, refuse_positional, run
-from viewpoint_jax.config import takes_condition
+from viewpoint_jax.config import data_source, takes_condition
 from viewpoint_jax.models import dit as dit_lib
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.py"
@@ -52,8 +52,8 @@ def pretrain(
     `devices`: the mesh's (default all, as train.train). Returns train.train's result."""
     if takes_condition(config):
         raise UserError(
-            f"config.data.source {config.data.source!r} trains a ViewPoint model; pretraining "
-            "needs a plain text-to-video source ('demo_scenes')"
+            f"config.data.source {data_source(config.data).value!r} trains a ViewPoint model; "
+            "pretraining needs a plain text-to-video source ('demo_scenes')"
         )
     workdir = Path(workdir).absolute()
     result = train_lib.train(config, workdir, progress=progress, devices=devices)

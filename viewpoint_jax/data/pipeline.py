@@ -68,7 +68,13 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from viewpoint_jax.config import DataSource, data_representation, layout_hw, validate_data_config
+from viewpoint_jax.config import (
+    DataSource,
+    data_representation,
+    layout_hw,
+    validate_data_config,
+)
+from viewpoint_jax.config import data_source as source_kind  # here `data_source` is records
 from viewpoint_jax.data import builder, conditions, latents, perspective_clips
 from viewpoint_jax.data.builder import as_text
 
@@ -506,7 +512,7 @@ def _cpu_worker_init(worker_index: int, worker_count: int) -> None:
 def _train_source(config: ml_collections.ConfigDict) -> Any:
     """The train split's records (panoramic or latent), checked to hold what image_ratio asks;
     or the demo scenes (source "demo_scenes")."""
-    if config.source == DataSource.DEMO_SCENES:
+    if source_kind(config) == DataSource.DEMO_SCENES:
         return perspective_clips.SceneSource(config.scenes.count, config.scenes.seed)
     split = config.train_split
     if config.precomputed_latents:
@@ -599,7 +605,7 @@ def make_train_iterator(
     def stream(mode: str, stream_seed: int) -> grain.IterDataset:
         if precomputed:
             maker = LatentExampleMaker(config, mode)
-        elif config.source == DataSource.DEMO_SCENES:
+        elif source_kind(config) == DataSource.DEMO_SCENES:
             maker = SceneClipMaker(config, mode)
         else:
             maker = ExampleMaker(config, mode, temporal_factor=temporal_factor)
