@@ -1,5 +1,6 @@
 """The README as a test: its shell commands for conversion -> dataset preparation -> training ->
-sampling run as written, in the README's order, on stand-ins.
+sampling run as written, in the README's order, on stand-ins; then its Python (sampling from
+research code) runs on the run those commands trained.
 
 What differs from what a user types is all in the tables below:
 
@@ -275,6 +276,26 @@ def test_readme_pipeline_runs_as_written(tmp_path):
                 assert (out / file).is_file(), f"{out / file} missing"
             frames, _ = read_video(out / "pano.mp4")
             assert frames.shape[1:] == (32, 64, 3) and len(frames) == 5
+
+    # The README's Python, on the run its commands trained, with its 50 steps at the stand-ins' 2.
+    (snippet,) = code_blocks(section_text(markdown, "Generating a 360 video"), "python")
+    assert snippet.count("num_steps=50") == 1, "the README's sampling settings changed"
+    check = (
+        "\nimport json\n"
+        "print(json.dumps([result.panorama.shape, result.panorama.dtype.name, map_video.shape]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", snippet.replace("num_steps=50", "num_steps=2") + check],
+        cwd=cwd,
+        env=subprocess_env(DEVICES),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, "README's Python failed:\n" + result.stderr[-3000:]
+    panorama, dtype, map_video = json.loads(result.stdout.strip().splitlines()[-1])
+    # front.mp4's 9 frames, the run's 32 x 64 ERP and 32 x 32 map.
+    assert (panorama, dtype, map_video) == ([9, 32, 64, 3], "uint8", [1, 9, 32, 32, 3])
 
 
 # --- The test fails when README and code drift apart --------------------------------------------
