@@ -5,10 +5,12 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 from test_train import micro_config
 
 from viewpoint_jax import build
+from viewpoint_jax.config import validate_config
 from viewpoint_jax.models import dit as dit_lib
 from viewpoint_jax.models import tokenizer as tokenizer_lib
 
@@ -81,6 +83,22 @@ def test_byte_tokenizer():
     assert (
         ids[0, -1] == 1 and ids.max() < tokenizer_lib.ByteTokenizer.vocab_size
     )  # truncated, ended
+
+
+def test_block_dct_autoencoder_from_config_gives_wans_33_input_channels():
+    config = micro_config()
+    config.autoencoder.kind = "block_dct"
+    config.autoencoder.factor = 4
+    config.autoencoder.channels = 16
+    validate_config(config, num_devices=1)
+    autoencoder = build.build_autoencoder(config)
+    assert (autoencoder.spatial_factor, autoencoder.latent_channels) == (4, 16)
+    assert build.latent_channels(config) == 16
+    model_config = build.dit_config(config)
+    assert (model_config.in_dim, model_config.out_dim) == (33, 16)  # as Wan's 16-channel VAE
+    config.autoencoder.channels = 12 * 3  # more than twice the 16 pixels of a block
+    with pytest.raises(ValueError, match=r"config\.autoencoder\.channels: must be a multiple"):
+        validate_config(config, num_devices=1)
 
 
 def test_space_to_depth_autoencoder_from_config():

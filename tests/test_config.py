@@ -61,6 +61,7 @@ def test_wan1_3b_and_tiny_validate():
         ("optim.lr", 0.0, 8, r"config\.optim\.lr"),
         ("optim.ema_decay", 1.0, 8, r"config\.optim\.ema_decay"),
         ("diffusion.timestep_sampler", "cosine", 8, r"config\.diffusion\.timestep_sampler"),
+        ("diffusion.loss", "epsilon", 8, r"config\.diffusion\.loss: must be one of"),
         ("model.num_heads", 7, 8, r"config\.model: dim 5120 is not divisible by num_heads 7"),
         ("autoencoder.kind", "vqgan", 8, r"config\.autoencoder\.kind"),
         ("checkpoint.every_steps", 0, 8, r"config\.checkpoint\.every_steps"),

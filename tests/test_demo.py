@@ -100,6 +100,11 @@ def test_quick_demo_reports_the_evaluation(quick_demo):
     assert summary["finetuned_beats_scratch"] == (finetuned < scratch)
     gain = summary[demo.FINETUNED]["psnr_db"] - summary["grey_fill"]["psnr_db"]
     assert summary["finetuned_over_grey_db"] == pytest.approx(gain)
+    # The no-input reference: the mean map of every training clip (the demo dataset's train split).
+    mean_fill = summary["training_mean_fill"]
+    assert mean_fill["clips"] == demo.QUICK["dataset"]["num_train"]
+    assert mean_fill["psnr_db"] == pytest.approx(float(evaluation.psnr(mean_fill["mse"])))
+    assert 0 < mean_fill["mse"] != summary["grey_fill"]["mse"]
     assert len({summary[k]["mse"] for k in ("untrained", demo.SCRATCH, demo.FINETUNED)}) == 3
 
     for run in (demo.FINETUNED, demo.SCRATCH):

@@ -5,6 +5,8 @@ Euler sampler then lands on x0 whatever the noise, so the error of the evaluatio
 x0 itself, outside the condition mask.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -127,6 +129,32 @@ def test_oracle_of_the_condition_scores_the_grey_fill():
     np.testing.assert_allclose(result.mse, grey, rtol=1e-5)
     # Uniform targets in [-1, 1]: E[x^2] = 1/3.
     np.testing.assert_allclose(grey, 1 / 3, atol=0.05)
+
+
+def test_mean_map_fill_of_the_clips_themselves_and_of_a_constant():
+    clips = _clips()
+    targets = clips.target_map
+    # The mean of one clip's own maps fills that clip exactly.
+    alone = evaluation.mean_map_fill_mse(clips, targets[:1])
+    assert alone[0] == 0.0 and np.all(alone[1:] > 0)
+    # A reference set of constant maps is a constant fill: all zero is the grey fill.
+    np.testing.assert_allclose(
+        evaluation.mean_map_fill_mse(clips, np.zeros_like(targets)),
+        evaluation.constant_fill_mse(clips),
+        rtol=1e-6,
+    )
+    # The mean of +m and -m is mid-grey too, whatever m.
+    np.testing.assert_allclose(
+        evaluation.mean_map_fill_mse(clips, np.stack([targets[0], -targets[0]])),
+        evaluation.constant_fill_mse(clips),
+        rtol=1e-6,
+    )
+    # The clips' own mean map is the best fill of all of them in one (least squares), when the
+    # outpainted regions are the same.
+    same = dataclasses.replace(clips, condition_mask=np.zeros_like(clips.condition_mask))
+    best = np.mean(evaluation.mean_map_fill_mse(same, targets))
+    shifted = np.mean(evaluation.mean_map_fill_mse(same, targets + 0.05))
+    assert best < shifted and best < np.mean(evaluation.constant_fill_mse(same))
 
 
 def test_same_seeds_same_error_other_seeds_other_error():

@@ -68,3 +68,24 @@ def test_mse_loss_in_float32():
     a = jnp.ones((2, 3), jnp.bfloat16)
     assert fm.mse_loss(a, jnp.zeros((2, 3))).dtype == jnp.float32
     assert float(fm.mse_loss(a, jnp.zeros((2, 3)))) == 1.0
+
+
+def test_clean_loss_is_the_velocity_error_weighted_by_the_squared_noise_level():
+    kx, ke, kv, ks = jax.random.split(jax.random.key(3), 4)
+    x = jax.random.normal(kx, (4, 2, 3, 3, 5))
+    noise = jax.random.normal(ke, x.shape)
+    velocity = jax.random.normal(kv, x.shape)
+    sigmas = jax.random.uniform(ks, (4,))
+    error = velocity - fm.velocity_target(x, noise)
+    weighted = jnp.mean(jnp.square(error) * sigmas[:, None, None, None, None] ** 2)
+    clean = fm.flow_matching_loss(velocity, x, noise, sigmas, fm.Loss.CLEAN)
+    np.testing.assert_allclose(clean, weighted, rtol=1e-5)
+    np.testing.assert_allclose(
+        fm.flow_matching_loss(velocity, x, noise, sigmas), jnp.mean(jnp.square(error)), rtol=1e-6
+    )
+    # The exact velocity scores zero either way; the clean loss ignores s = 0 entirely.
+    exact = fm.velocity_target(x, noise)
+    for loss in fm.Loss:
+        assert float(fm.flow_matching_loss(exact, x, noise, sigmas, loss)) < 1e-10
+    at_zero = fm.flow_matching_loss(velocity, x, noise, jnp.zeros(4), "clean")
+    assert float(at_zero) == 0.0

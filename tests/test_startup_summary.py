@@ -4,7 +4,7 @@ import math
 
 import jax
 from flax import nnx
-from test_train import ONE_DEVICE, micro_config, write_dataset
+from test_train import ONE_DEVICE, load_config, micro_config, write_dataset
 
 from viewpoint_jax import build, memory, monitoring
 from viewpoint_jax.config import mesh_and_rules
@@ -52,3 +52,14 @@ def test_summary_counts_the_training_split(tmp_path):
     )
     config.data.name = "missing"
     assert monitoring.dataset_summary(config.data).startswith("dataset: ")
+
+
+def test_pretraining_on_demo_scenes_names_what_it_renders_not_a_missing_dataset():
+    config = load_config("tiny", "micro_pretrain")
+    config.data.data_dir = "/nonexistent"  # a pretraining run reads no dataset
+    line = monitoring.dataset_summary(config.data)
+    scenes = config.data.scenes
+    assert line == (
+        f"dataset: none read; perspective clips of {scenes.count} procedural demo scenes "
+        f"(seed {scenes.seed}), {tuple(scenes.size)} pixels, rendered on the fly"
+    )

@@ -330,11 +330,14 @@ def test_text_feeder_embeds_each_caption_once_and_reloads_its_cache(tmp_path):
     np.testing.assert_allclose(second[1], want[2], rtol=1e-6, atol=1e-6)
 
 
-def test_step_loss_is_the_flow_matching_formula():
+@pytest.mark.parametrize("loss", ["velocity", "clean"])
+def test_step_loss_is_the_flow_matching_formula(loss):
     """The loss of the jitted train step equals the rectified-flow loss written out here: with
     rng = fold_in(key(seed), step) split into (noise, sigma) keys, e ~ N(0, I), s from the
     config's timestep sampler, the model sees concat[(1 - s) x + s e, condition, mask] at
-    t = 1000 s and the loss is mean((prediction - (e - x))^2). Two steps: the rng follows the
+    t = 1000 s and the loss is mean((prediction - (e - x))^2), or for `diffusion.loss = "clean"`
+    the error of the clean latent it implies, mean((s (prediction - (e - x)))^2) = mean((x_s -
+    s prediction - x)^2). Two steps: the rng follows the
     step. Latents and text embeddings come precomputed (as from tools/precompute_*.py), so x,
     the condition, the mask (a random 0/1 pattern, the condition zero outside it) and the
     context are chosen here."""
@@ -346,6 +349,7 @@ def test_step_loss_is_the_flow_matching_formula():
 
     config = micro_config()
     config.text_encoder.precompute = True  # the batch carries the context
+    config.diffusion.loss = loss
     mesh = sharding_lib.make_mesh(dict(data=1, fsdp=1, sequence=1, tensor=1), ONE_DEVICE)
     trainer = train.make_trainer(config, mesh, tuple(config.sharding_rules))
     model_config = trainer.model_config
@@ -386,7 +390,8 @@ def test_step_loss_is_the_flow_matching_formula():
         noisy = (1 - s_b) * x + s_b * e
         inputs = jnp.concatenate([noisy, condition, mask], axis=-1)
         prediction = nnx.merge(graphdef, params)(inputs, 1000.0 * s, context)
-        return jnp.mean((prediction - (e - x)) ** 2)
+        weight = s_b**2 if loss == "clean" else 1.0
+        return jnp.mean(weight * (prediction - (e - x)) ** 2)
 
     state = trainer.init_state()
     for step in range(2):

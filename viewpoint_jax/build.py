@@ -2,7 +2,7 @@
 
     dit_config(config)                 -> the DiTConfig: preset + overrides + derived dims
     build_model(config, rngs)          -> WanDiT sized for the config's autoencoder and text encoder
-    build_autoencoder(config)          -> SpaceToDepthAutoencoder | WanVAE
+    build_autoencoder(config)          -> SpaceToDepthAutoencoder | BlockDCTAutoencoder | WanVAE
     build_text_encoder(config)         -> TextEncoder (tokenizer + umT5), `encode_text(prompts)`
     abstract_autoencoder(config), abstract_text_model(config): the same modules with
                                           `jax.ShapeDtypeStruct` weights, no checkpoint read
@@ -29,7 +29,7 @@ import ml_collections
 from flax import nnx
 
 from viewpoint_jax import checkpointing, sharding
-from viewpoint_jax.config import model_overrides, takes_condition
+from viewpoint_jax.config import AUTOENCODERS, model_overrides, takes_condition
 from viewpoint_jax.models import autoencoder as autoencoder_lib
 from viewpoint_jax.models import dit as dit_lib
 from viewpoint_jax.models import text_encoder as text_lib
@@ -47,6 +47,8 @@ def latent_channels(config: ml_collections.ConfigDict) -> int:
     """C of the autoencoder's latents (without building it)."""
     if config.autoencoder.kind == "space_to_depth":
         return 3 * int(config.autoencoder.factor) ** 2
+    if config.autoencoder.kind == "block_dct":
+        return int(config.autoencoder.channels)
     return WAN_LATENT_CHANNELS
 
 
@@ -103,13 +105,16 @@ def build_autoencoder(config: ml_collections.ConfigDict) -> autoencoder_lib.Auto
     kind = config.autoencoder.kind
     if kind == "space_to_depth":
         return autoencoder_lib.SpaceToDepthAutoencoder(int(config.autoencoder.factor))
+    if kind == "block_dct":
+        ae = config.autoencoder
+        return autoencoder_lib.BlockDCTAutoencoder(int(ae.factor), int(ae.channels))
     if kind == "wan_vae":
         if not Path(config.autoencoder.checkpoint).is_dir():
             raise FileNotFoundError(
                 f"config.autoencoder.checkpoint: no converted VAE at {config.autoencoder.checkpoint!r}"
             )
         return vae.load_vae(config.autoencoder.checkpoint)
-    raise ValueError(f"config.autoencoder.kind {kind!r} is not 'space_to_depth' or 'wan_vae'")
+    raise ValueError(f"config.autoencoder.kind {kind!r}: not one of {AUTOENCODERS}")
 
 
 def build_text_encoder(

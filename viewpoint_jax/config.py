@@ -7,14 +7,16 @@ Schema:
     config.seed, num_steps                       run length and the seed of init, noise, data order
     config.model        preset ("tiny" | "wan_1_3b" | "wan_14b") + DiTConfig fields (None: preset's)
                         init_checkpoint: a converted Wan DiT directory ("" = random init)
-    config.autoencoder  kind ("space_to_depth" | "wan_vae"), factor, checkpoint
+    config.autoencoder  kind ("space_to_depth" | "block_dct" | "wan_vae"), factor, channels (block_dct),
+                        checkpoint (wan_vae)
     config.text_encoder kind ("tiny_random" | "umt5"), checkpoint, tokenizer, max_length, seed,
                         precompute (embed each distinct caption once, when first seen; cached per host in cache_dir)
     config.data         `data_config()`: source (`DataSource`), dataset, ERP/map/clip sizes, the
                         representation the DiT sees (viewpoint | erp | cube_2x3), conditions (the
                         mixture of condition kinds, condition_mixture), batching; scenes: the
                         perspective clips of the "demo_scenes" source
-    config.diffusion    timestep_sampler ("logit_normal" | "shifted_uniform"), shift, logit_mean/std
+    config.diffusion    timestep_sampler ("logit_normal" | "shifted_uniform"), shift, logit_mean/std,
+                        loss ("velocity" | "clean")
     config.optim        AdamW: lr, warmup_steps, schedule, b1, b2, eps, weight_decay, grad_clip,
                         mu_dtype, ema_decay (0 = no EMA)
     config.mesh         data, fsdp, sequence, tensor (one may be -1: the remaining devices)
@@ -38,6 +40,7 @@ import numpy as np
 from viewpoint_jax import sharding
 from viewpoint_jax.cli import UserError
 from viewpoint_jax.data.conditions import DEFAULT_CONDITION_MIXTURE, parse_mixture, sample_view
+from viewpoint_jax.diffusion.flow_matching import Loss
 from viewpoint_jax.geometry import Representation, layout_size
 from viewpoint_jax.models.dit import PRESETS, BlockKind, DiTConfig
 from viewpoint_jax.models.vae import WanVAEConfig
@@ -73,6 +76,11 @@ class DataSource(enum.StrEnum):
 
     PANORAMAS = "panoramas"
     DEMO_SCENES = "demo_scenes"
+
+
+def diffusion_loss(diffusion: ml_collections.ConfigDict) -> Loss:
+    """`config.diffusion.loss` (a run saved before the key existed: the velocity, Wan's)."""
+    return Loss(diffusion.get("loss", Loss.VELOCITY))
 
 
 def data_source(data: ml_collections.ConfigDict) -> DataSource:
@@ -166,6 +174,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.autoencoder = ml_collections.ConfigDict()
     config.autoencoder.kind = "space_to_depth"
     config.autoencoder.factor = 8
+    config.autoencoder.channels = 16  # block_dct only: the latent channels it keeps
     config.autoencoder.checkpoint = ""
 
     config.text_encoder = ml_collections.ConfigDict()
@@ -184,6 +193,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.diffusion.shift = 1.0
     config.diffusion.logit_mean = 0.0
     config.diffusion.logit_std = 1.0
+    config.diffusion.loss = Loss.VELOCITY.value  # Wan's; "clean": flow_matching.Loss
 
     config.optim = ml_collections.ConfigDict()
     config.optim.lr = 1e-4
@@ -221,7 +231,9 @@ def base_config() -> ml_collections.ConfigDict:
     return config
 
 
-AUTOENCODERS = ("space_to_depth", "wan_vae")
+AUTOENCODERS = ("space_to_depth", "block_dct", "wan_vae")
+# The parameter-free stand-ins for the Wan VAE: (spatial factor, no temporal compression).
+PIXEL_AUTOENCODERS = ("space_to_depth", "block_dct")
 TEXT_ENCODERS = ("tiny_random", "umt5")
 TIMESTEP_SAMPLERS = ("logit_normal", "shifted_uniform")
 SCHEDULES = ("constant", "cosine")
@@ -394,7 +406,7 @@ def validate_config(
 
 def autoencoder_factors(config: ml_collections.ConfigDict) -> tuple[int, int]:
     """(spatial, temporal) compression of `config.autoencoder`, without building it."""
-    if config.autoencoder.kind == "space_to_depth":
+    if config.autoencoder.kind in PIXEL_AUTOENCODERS:
         return int(config.autoencoder.factor), 1
     wan = WanVAEConfig()  # the released Wan2.1 VAE's compression
     return wan.spatial_factor, wan.temporal_factor
@@ -404,9 +416,17 @@ def _validate_encoders_and_sizes(config: ml_collections.ConfigDict) -> None:
     ae = config.autoencoder
     if ae.kind not in AUTOENCODERS:
         _fail("autoencoder.kind", f"must be one of {AUTOENCODERS}, got {ae.kind!r}")
-    if ae.kind == "space_to_depth":
+    if ae.kind in PIXEL_AUTOENCODERS:
         _positive_int(config, "autoencoder.factor")
-    elif not ae.checkpoint:
+    if ae.kind == "block_dct":
+        limit = 2 * int(ae.factor) ** 2
+        if ae.get("channels", 0) % 4 or not 0 < ae.get("channels", 0) <= limit:
+            _fail(
+                "autoencoder.channels",
+                f"must be a multiple of 4 in [4, {limit}] for factor {ae.factor}, "
+                f"got {ae.get('channels')}",
+            )
+    if ae.kind == "wan_vae" and not ae.checkpoint:
         _fail("autoencoder.checkpoint", "kind 'wan_vae' needs a converted VAE directory")
     spatial, temporal = autoencoder_factors(config)
     te = config.text_encoder
@@ -480,6 +500,8 @@ def _validate_training(config: ml_collections.ConfigDict) -> None:
         _fail("diffusion.shift", f"must be > 0, got {diffusion.shift}")
     if not diffusion.logit_std > 0:
         _fail("diffusion.logit_std", f"must be > 0, got {diffusion.logit_std}")
+    if diffusion.get("loss", Loss.VELOCITY) not in tuple(Loss):
+        _fail("diffusion.loss", f"must be one of {[k.value for k in Loss]}, got {diffusion.loss!r}")
 
     optim = config.optim
     if not optim.lr > 0:

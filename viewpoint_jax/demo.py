@@ -15,8 +15,8 @@ panorama model by fine-tuning on ViewPoint maps.
 4. draws both loss curves (`loss_curve.png`);
 5. outpaints every held-out clip from its condition view and caption with the untrained model
    (the scratch run's initialisation), the scratch and the fine-tuned model, the same noise for
-   all, and measures the error outside the condition against a mid-grey fill
-   (`evaluation.json`, `outpainting.png`: ground truth | condition | scratch | fine-tuned);
+   all, and measures the error outside the condition against two fills that see no input, a
+   mid-grey one and the training clips' mean map (`evaluation.json`, `outpainting.png`: ground truth | condition | scratch | fine-tuned);
 6. generates a 360 video from a held-out perspective clip and its caption with the fine-tuned
    model (`sample/`: pano.mp4, viewpoint.mp4, faces.png, viewer.html);
 7. continues that 360 video by one more window (`continue_video`: the window knows the last frame
@@ -300,7 +300,7 @@ def comparison_image(
     lines = (
         "mean MSE outside the condition (pixels in [-1, 1]):",
         ", ".join(_mean_text(name, float(np.mean(r.mse))) for name, r in models.items()),
-        ", ".join(_mean_text(name, mse) for name, mse in references.items()),
+        *(_mean_text(name, mse) for name, mse in references.items()),
         f"(frame {frame % clips.target_map.shape[1]} of each clip shown)",
     )
     foot = np.full((8 + 20 * len(lines), width, 3), 255, np.uint8)
@@ -326,8 +326,8 @@ def evaluate_outpainting(
     out: Path, config: ml_collections.ConfigDict, run_dirs: dict[str, Path], seeds: tuple[int, ...]
 ) -> tuple[dict, sample_lib.Models, evaluation.EvalClips]:
     """Outpaints the held-out clips with the untrained model (the scratch run's initialisation),
-    the scratch and the fine-tuned model (same noise for all), against a mid-grey fill; writes
-    outpainting.png; returns the summary, the fine-tuned models and the clips."""
+    the scratch and the fine-tuned model (same noise for all), against two fills that see no
+    input: mid-grey and the training clips' mean map; writes outpainting.png; returns the summary, the fine-tuned models and the clips."""
     settings = sampler.SampleSettings.from_config(config.sample)
     autoencoder = build.build_autoencoder(config)
     text_encoder = build.build_text_encoder(config)
@@ -339,6 +339,8 @@ def evaluate_outpainting(
         for name, model in models.items()
     }
     grey = float(np.mean(evaluation.constant_fill_mse(clips)))
+    training_maps = evaluation.load_eval_clips(config.data, split=config.data.train_split)
+    training_mean = float(np.mean(evaluation.mean_map_fill_mse(clips, training_maps.target_map)))
     finetuned, scratch = (float(np.mean(results[k].mse)) for k in (FINETUNED, SCRATCH))
     summary = {
         "metric": "MSE of pixels in [-1, 1] outside the condition mask (the outpainted region), "
@@ -347,11 +349,20 @@ def evaluate_outpainting(
         "sample_settings": settings.to_dict(),
         **{name: result.summary() for name, result in results.items()},
         "grey_fill": {"mse": grey, "psnr_db": float(evaluation.psnr(grey))},
+        "training_mean_fill": {
+            "mse": training_mean,
+            "psnr_db": float(evaluation.psnr(training_mean)),
+            "clips": len(training_maps.target_map),
+        },
         "finetuned_beats_scratch": bool(finetuned < scratch),
         "finetuned_over_grey_db": float(evaluation.psnr(finetuned) - evaluation.psnr(grey)),
     }
     shown = {"from scratch": results[SCRATCH], "fine-tuned": results[FINETUNED]}
-    references = {"untrained": float(np.mean(results["untrained"].mse)), "mid-grey fill": grey}
+    references = {
+        "untrained": float(np.mean(results["untrained"].mse)),
+        "mid-grey fill": grey,
+        "training clips' mean map": training_mean,
+    }
     video_io.write_png(out / "outpainting.png", comparison_image(clips, shown, references))
     finetuned_models = sample_lib.Models(
         model=models[FINETUNED], autoencoder=autoencoder, text_encoder=text_encoder, config=config
@@ -510,6 +521,7 @@ def _print_summary(out: Path, summary: dict, sample_dir: Path, continuation_dir:
         (SCRATCH, f"from scratch ({summary['trained_steps'][SCRATCH]} steps)"),
         (FINETUNED, f"fine-tuned ({summary['trained_steps'][FINETUNED]} steps)"),
         ("grey_fill", "(mid-grey fill)"),
+        ("training_mean_fill", "(training clips' mean)"),
     ):
         result = summary[key]
         print(f"  {name:26s} MSE {result['mse']:.4f}   PSNR {result['psnr_db']:.2f} dB")

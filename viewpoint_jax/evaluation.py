@@ -262,6 +262,15 @@ def constant_fill_mse(clips: EvalClips) -> np.ndarray:
     )
 
 
+def mean_map_fill_mse(clips: EvalClips, reference_maps: np.ndarray) -> np.ndarray:
+    """A reference that sees no input at all: the error when the outpainted region is filled
+    with the mean of `reference_maps` `(N', F, M, M, 3)` (the training clips' maps: the
+    dataset's average layout, frame by frame), `(N,)`. A model that beats the grey fill but not
+    this has learned no more than where things usually are."""
+    mean_map = np.broadcast_to(np.mean(reference_maps, axis=0), clips.target_map.shape)
+    return np.asarray(outpainted_mse(mean_map, clips.target_map, clips.condition_mask))
+
+
 # --- Across representations: the error in ERP space ------------------------------------------------
 
 

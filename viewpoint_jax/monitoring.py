@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 
 from viewpoint_jax import memory
+from viewpoint_jax.config import DataSource, data_source
 from viewpoint_jax.data import builder
 from viewpoint_jax.models.dit import BlockKind, DiTConfig, abstract_model, count_params
 from viewpoint_jax.progress import Progress
@@ -293,7 +294,13 @@ def memory_summary(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int]
 
 def dataset_summary(data: ml_collections.ConfigDict) -> str:
     """The training split as its builder counted it (one line), and the latents it reads instead
-    if precomputed."""
+    if precomputed; for the demo scenes source, what it renders (it reads no dataset)."""
+    if data_source(data) == DataSource.DEMO_SCENES:
+        scenes = data.scenes
+        return (
+            f"dataset: none read; perspective clips of {scenes.count} procedural demo scenes "
+            f"(seed {scenes.seed}), {tuple(scenes.size)} pixels, rendered on the fly"
+        )
     try:
         counts = builder.split_counts(data.data_dir, data.name).get(data.train_split)
     except ValueError as error:  # not built: the input pipeline says so, in its own words

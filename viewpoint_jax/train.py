@@ -46,7 +46,12 @@ from ml_collections import config_flags
 from viewpoint_jax import build, checkpointing, distributed, monitoring
 from viewpoint_jax import sharding as sharding_lib
 from viewpoint_jax.cli import refuse_positional, run
-from viewpoint_jax.config import autoencoder_factors, mesh_and_rules, validate_config
+from viewpoint_jax.config import (
+    autoencoder_factors,
+    diffusion_loss,
+    mesh_and_rules,
+    validate_config,
+)
 from viewpoint_jax.data import latents as latents_lib
 from viewpoint_jax.data import pipeline
 from viewpoint_jax.data.latents import LATENT_KEYS
@@ -158,12 +163,11 @@ def train_step(
         sigmas = fm.sample_sigmas(sigma_rng, x.shape[0], *timesteps_from)
         condition = encoded.get("condition_latents"), encoded.get("latent_mask")  # None: plain t2v
         inputs = sampler.model_input(fm.noisy_latents(x, noise, sigmas), *condition)
-        target = fm.velocity_target(x, noise)
 
         def loss_fn(params):
             model = nnx.merge(graphdef, params)
-            prediction = model(inputs, fm.timesteps(sigmas), encoded["context"])
-            return fm.mse_loss(prediction, target)
+            velocity = model(inputs, fm.timesteps(sigmas), encoded["context"])
+            return fm.flow_matching_loss(velocity, x, noise, sigmas, diffusion_loss(d))
 
         loss, grads = jax.value_and_grad(loss_fn)(state["params"])
     grad_norm = optax.global_norm(grads)

@@ -69,6 +69,8 @@ def describe_autoencoder(config: ml_collections.ConfigDict) -> dict[str, Any]:
     ae = config.autoencoder
     if ae.kind == "space_to_depth":
         return {"kind": ae.kind, "factor": int(ae.factor)}
+    if ae.kind == "block_dct":
+        return {"kind": ae.kind, "factor": int(ae.factor), "channels": int(ae.channels)}
     return {"kind": ae.kind, "checkpoint": str(Path(ae.checkpoint).absolute())}
 
 

@@ -11,15 +11,36 @@ The noise level s is drawn per example by one of two samplers:
                    shift(u) = k u / (1 + (k - 1) u); k > 1 moves the mass towards noise,
                    which large latents (many tokens) need to destroy their content.
 Both apply the shift k (1 = none), so the two samplers differ only in the base distribution.
+
+The loss (`Loss`) compares either the velocity itself (Wan) or the clean latent it implies.
 """
 
 from __future__ import annotations
+
+import enum
 
 import jax
 import jax.numpy as jnp
 
 NUM_TRAIN_TIMESTEPS = 1000
 SAMPLERS = ("logit_normal", "shifted_uniform")
+
+
+class Loss(enum.StrEnum):
+    """What the training loss compares (`config.diffusion.loss`).
+
+    VELOCITY: the predicted velocity with e - x (Wan, SD3). In clean-latent terms an error at
+    noise level s counts 1 / s^2: nearly clean inputs, where the answer is the input itself,
+    dominate.
+    CLEAN: the clean latent the prediction implies, x_s - s v, with x: the same error weighted
+    by s^2, so each level counts the error it leaves in the image. Outpainting is decided at
+    high noise levels (far from the condition nothing of x is left in x_s): a tiny DiT trained
+    from scratch with it outpaints the demo's held-out clips better (BENCHMARKS.md, "What the
+    bar asks").
+    """
+
+    VELOCITY = "velocity"
+    CLEAN = "clean"
 
 
 def shift_sigmas(sigmas: jax.Array, shift: float) -> jax.Array:
@@ -73,3 +94,18 @@ def predicted_clean(x_s: jax.Array, velocity: jax.Array, sigmas: jax.Array) -> j
 def mse_loss(prediction: jax.Array, target: jax.Array) -> jax.Array:
     """Mean squared error over all elements, in float32."""
     return jnp.mean(jnp.square(prediction.astype(jnp.float32) - target.astype(jnp.float32)))
+
+
+def flow_matching_loss(
+    velocity: jax.Array,
+    x: jax.Array,
+    noise: jax.Array,
+    sigmas: jax.Array,
+    loss: Loss = Loss.VELOCITY,
+) -> jax.Array:
+    """The training loss of a predicted `velocity` for clean latents `x`, `noise` (both
+    `(B, ...)`) at noise levels `sigmas` `(B,)`: the mean squared error of the velocity
+    (`Loss.VELOCITY`) or of the clean latent it implies (`Loss.CLEAN`), in float32."""
+    if Loss(loss) == Loss.CLEAN:
+        return mse_loss(predicted_clean(noisy_latents(x, noise, sigmas), velocity, sigmas), x)
+    return mse_loss(velocity, velocity_target(x, noise))

@@ -1,8 +1,8 @@
-"""The autoencoder protocol and a parameter-free stand-in for the VAE.
+"""The autoencoder protocol and parameter-free stand-ins for the VAE.
 
-Everything that turns videos into diffusion latents and back (`WanVAE`, `SpaceToDepthAutoencoder`)
-follows `Autoencoder`: `encode(video (B, F, H, W, 3) in [-1, 1]) -> latents (B, T, h, w, C)` and
-`decode(latents) -> video`, with `T = 1 + (F - 1) // temporal_factor` and
+Everything that turns videos into diffusion latents and back (`WanVAE`, `SpaceToDepthAutoencoder`,
+`BlockDCTAutoencoder`) follows `Autoencoder`: `encode(video (B, F, H, W, 3) in [-1, 1]) ->
+latents (B, T, h, w, C)` and `decode(latents) -> video`, with `T = 1 + (F - 1) // temporal_factor` and
 `h, w = H // spatial_factor, W // spatial_factor`.
 """
 
@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @runtime_checkable
@@ -131,3 +132,74 @@ class SpaceToDepthAutoencoder:
         x = jnp.reshape(latents, (b, t, h, w, f, f, self.channels))
         x = jnp.transpose(x, (0, 1, 2, 4, 3, 5, 6))
         return jnp.reshape(x, (b, t, h * f, w * f, self.channels))
+
+
+def _dct_basis(size: int) -> np.ndarray:
+    """`(size, size)` orthonormal DCT-II basis: row k is frequency k over the `size` samples."""
+    samples = np.arange(size)[None]
+    frequencies = np.arange(size)[:, None]
+    basis = np.cos(np.pi * (2 * samples + 1) * frequencies / (2 * size)) * np.sqrt(2 / size)
+    basis[0] /= np.sqrt(2)
+    return basis
+
+
+# Luminance, red-green, yellow-blue (rows orthonormal): the colour components the block DCT keeps
+# coefficients of, luminance with twice the detail of each colour difference (as JPEG's 4:2:0).
+OPPONENT_COLOURS = np.array([[1, 1, 1], [1, -1, 0], [1, 1, -2]]) / np.sqrt([[3], [2], [6]])
+
+
+class BlockDCTAutoencoder:
+    """Keeps the lowest spatial frequencies of each `factor` x `factor` pixel block: a fixed
+    linear autoencoder with the Wan VAE's 16 channels (the DiT's 33 input channels) and no
+    parameters.
+
+    Each block's pixels (space-to-depth order) go through an orthonormal colour transform
+    (`OPPONENT_COLOURS`) and an orthonormal 2D DCT; the latent keeps, per colour component,
+    its lowest frequencies in zigzag order (half the channels for luminance, a quarter for each
+    colour difference), scaled by 1 / factor so that the constant term is the block's mean. The
+    decoder is the transpose: `decode(encode(x))` is the least-squares projection of `x` onto the
+    kept frequencies, and `encode(decode(z)) == z`. Against space-to-depth's 48 channels at
+    factor 4, each token of the tiny DiT carries 64 values instead of 192 (BENCHMARKS.md, "The
+    demo's pretrained start"). Time is not compressed (`temporal_factor = 1`).
+    """
+
+    temporal_factor = 1
+
+    def __init__(self, factor: int = 4, channels: int = 16):
+        self.spatial_factor = int(factor)
+        self.latent_channels = int(channels)
+        pixels = self.spatial_factor**2
+        if self.latent_channels % 4 or not 0 < self.latent_channels <= 2 * pixels:
+            raise ValueError(
+                f"block DCT channels must be a multiple of 4 in [4, {2 * pixels}] for factor "
+                f"{factor} (half luminance, a quarter per colour difference), got {channels}"
+            )
+        self._blocks = SpaceToDepthAutoencoder(self.spatial_factor)
+        dct = _dct_basis(self.spatial_factor)
+        # (frequency (i, j) flattened, pixel (row, column) flattened)
+        frequencies = np.einsum("ir,jc->ijrc", dct, dct).reshape(pixels, pixels)
+        size = self.spatial_factor
+        zigzag = sorted(range(pixels), key=lambda k: (k // size + k % size, k // size))
+        counts = (self.latent_channels // 2, self.latent_channels // 4, self.latent_channels // 4)
+        rows = [
+            np.outer(frequencies[k], colour).reshape(-1)  # (row, column, rgb) as space-to-depth
+            for colour, count in zip(OPPONENT_COLOURS, counts)
+            for k in zigzag[:count]
+        ]
+        self.matrix = jnp.asarray(np.stack(rows) / self.spatial_factor, jnp.float32)
+
+    def __repr__(self) -> str:
+        return f"BlockDCTAutoencoder(factor={self.spatial_factor}, channels={self.latent_channels})"
+
+    def encode(self, video: jax.Array) -> jax.Array:
+        """(B, F, H, W, 3) -> (B, F, H/f, W/f, channels)."""
+        return self._blocks.encode(video) @ self.matrix.T
+
+    def decode(self, latents: jax.Array) -> jax.Array:
+        """(B, F, h, w, channels) -> (B, F, h*f, w*f, 3)."""
+        if latents.ndim != 5 or latents.shape[-1] != self.latent_channels:
+            raise ValueError(
+                f"latents must be (B, F, h, w, {self.latent_channels}), got shape "
+                f"{tuple(latents.shape)}"
+            )
+        return self._blocks.decode((latents @ self.matrix) * self.spatial_factor**2)
