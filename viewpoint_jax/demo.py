@@ -327,7 +327,8 @@ def evaluate_outpainting(
 ) -> tuple[dict, sample_lib.Models, evaluation.EvalClips]:
     """Outpaints the held-out clips with the untrained model (the scratch run's initialisation),
     the scratch and the fine-tuned model (same noise for all), against two fills that see no
-    input: mid-grey and the training clips' mean map; writes outpainting.png; returns the summary, the fine-tuned models and the clips."""
+    input: mid-grey and the training clips' mean map; writes outpainting.png; returns the
+    summary, the fine-tuned models and the clips."""
     settings = sampler.SampleSettings.from_config(config.sample)
     autoencoder = build.build_autoencoder(config)
     text_encoder = build.build_text_encoder(config)

@@ -2,8 +2,8 @@
 
 Everything that turns videos into diffusion latents and back (`WanVAE`, `SpaceToDepthAutoencoder`,
 `BlockDCTAutoencoder`) follows `Autoencoder`: `encode(video (B, F, H, W, 3) in [-1, 1]) ->
-latents (B, T, h, w, C)` and `decode(latents) -> video`, with `T = 1 + (F - 1) // temporal_factor` and
-`h, w = H // spatial_factor, W // spatial_factor`.
+latents (B, T, h, w, C)` and `decode(latents) -> video`, with
+`T = 1 + (F - 1) // temporal_factor` and `h, w = H // spatial_factor, W // spatial_factor`.
 """
 
 from __future__ import annotations
@@ -159,34 +159,32 @@ class BlockDCTAutoencoder:
     colour difference), scaled by 1 / factor so that the constant term is the block's mean. The
     decoder is the transpose: `decode(encode(x))` is the least-squares projection of `x` onto the
     kept frequencies, and `encode(decode(z)) == z`. Against space-to-depth's 48 channels at
-    factor 4, each token of the tiny DiT carries 64 values instead of 192 (BENCHMARKS.md, "The
-    demo's pretrained start"). Time is not compressed (`temporal_factor = 1`).
+    factor 4, each token of the tiny DiT carries 64 values instead of 192 (BENCHMARKS.md, "What
+    the bar asks"). Time is not compressed (`temporal_factor = 1`).
     """
 
     temporal_factor = 1
 
     def __init__(self, factor: int = 4, channels: int = 16):
-        self.spatial_factor = int(factor)
-        self.latent_channels = int(channels)
-        pixels = self.spatial_factor**2
-        if self.latent_channels % 4 or not 0 < self.latent_channels <= 2 * pixels:
+        size, pixels = int(factor), int(factor) ** 2
+        if channels % 4 or not 0 < channels <= 2 * pixels:
             raise ValueError(
-                f"block DCT channels must be a multiple of 4 in [4, {2 * pixels}] for factor "
+                f"channels must be a multiple of 4 in [4, {2 * pixels}] for a block DCT of factor "
                 f"{factor} (half luminance, a quarter per colour difference), got {channels}"
             )
-        self._blocks = SpaceToDepthAutoencoder(self.spatial_factor)
-        dct = _dct_basis(self.spatial_factor)
+        self.spatial_factor, self.latent_channels = size, int(channels)
+        self._blocks = SpaceToDepthAutoencoder(size)
+        dct = _dct_basis(size)
         # (frequency (i, j) flattened, pixel (row, column) flattened)
         frequencies = np.einsum("ir,jc->ijrc", dct, dct).reshape(pixels, pixels)
-        size = self.spatial_factor
         zigzag = sorted(range(pixels), key=lambda k: (k // size + k % size, k // size))
-        counts = (self.latent_channels // 2, self.latent_channels // 4, self.latent_channels // 4)
+        counts = (channels // 2, channels // 4, channels // 4)
         rows = [
             np.outer(frequencies[k], colour).reshape(-1)  # (row, column, rgb) as space-to-depth
             for colour, count in zip(OPPONENT_COLOURS, counts)
             for k in zigzag[:count]
         ]
-        self.matrix = jnp.asarray(np.stack(rows) / self.spatial_factor, jnp.float32)
+        self.matrix = jnp.asarray(np.stack(rows) / size, jnp.float32)
 
     def __repr__(self) -> str:
         return f"BlockDCTAutoencoder(factor={self.spatial_factor}, channels={self.latent_channels})"
