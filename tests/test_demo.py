@@ -15,6 +15,7 @@ from test_train import ONE_DEVICE, subprocess_env
 from viewpoint_jax import demo, evaluation, monitoring, train, video_io
 from viewpoint_jax import sharding as sharding_lib
 from viewpoint_jax.cli import UserError
+from viewpoint_jax.diffusion import flow_matching
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +167,14 @@ def test_loss_curve_draws_the_losses_where_they_are():
         assert rows.size and abs(rows.mean() - y) <= 2, (value, rows)
     with pytest.raises(ValueError, match="no losses"):
         demo.loss_curve_image({"empty": (np.zeros(0), np.zeros(0))})
+
+
+def test_loss_curve_names_every_loss():
+    """The title names the run's `diffusion.loss`; a new loss without a name fails here."""
+    assert set(demo.LOSS_NAMES) == set(flow_matching.Loss)
+    steps = np.arange(1, 11)
+    images = [
+        demo.loss_curve_image({"one": (steps, np.ones(10))}, loss=loss)
+        for loss in flow_matching.Loss
+    ]
+    assert np.any(images[0][:40] != images[1][:40])  # the titles differ

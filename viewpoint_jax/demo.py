@@ -9,7 +9,7 @@ panorama model by fine-tuning on ViewPoint maps.
    `out/source` and builds it into `out/data` (the data_dir of configs/tiny.py);
 2. fine-tunes the pretrained perspective DiT (the committed viewpoint_jax/assets/tiny_perspective,
    made by tools/pretrain_tiny.py; with `--quick` a micro one pretrained here for a few steps)
-   into a ViewPoint model: configs/tiny.py in `out/finetuned` (a space-to-depth pixel transform
+   into a ViewPoint model: configs/tiny.py in `out/finetuned` (a block-DCT pixel transform
    instead of the Wan VAE, a small randomly initialised umT5 instead of umT5-XXL, a 4-block DiT);
 3. trains the same architecture from scratch, the same steps and seed, in `out/scratch`;
 4. draws both loss curves (`loss_curve.png`);
@@ -51,6 +51,7 @@ from viewpoint_jax import train as train_lib
 from viewpoint_jax.cli import UserError, refuse_positional, run
 from viewpoint_jax.data import builder, conditions, demo_dataset
 from viewpoint_jax.diffusion import sampler
+from viewpoint_jax.diffusion.flow_matching import Loss
 from viewpoint_jax.io_utils import atomic_write_text
 from viewpoint_jax.models import dit as dit_lib
 
@@ -173,6 +174,7 @@ def untrained_model(config: ml_collections.ConfigDict) -> nnx.Module:
 
 # --- Pictures ---------------------------------------------------------------------------------
 
+LOSS_NAMES = {Loss.VELOCITY: "velocity MSE", Loss.CLEAN: "clean-latent MSE"}
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _INK = (40, 40, 40)
 _GRID = (225, 225, 225)
@@ -205,11 +207,14 @@ CURVE_COLOURS = (((150, 190, 235), (20, 80, 180)), ((245, 195, 150), (200, 90, 2
 
 
 def loss_curve_image(
-    curves: dict[str, tuple[np.ndarray, np.ndarray]], width: int = 900, height: int = 500
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    width: int = 900,
+    height: int = 500,
+    loss: Loss = Loss.VELOCITY,
 ) -> np.ndarray:
     """Training losses, `curves`: name -> (steps, losses) (at most two runs), each per step
-    (thin) and as a moving average (thick), with axes, ticks and a legend -> RGB uint8
-    `(height, width, 3)`."""
+    (thin) and as a moving average (thick), with axes, ticks, a legend and the `loss` named in
+    the title -> RGB uint8 `(height, width, 3)`."""
     if not curves or any(len(steps) == 0 for steps, _ in curves.values()):
         raise ValueError("no losses to plot")
     if len(curves) > len(CURVE_COLOURS):
@@ -251,7 +256,7 @@ def loss_curve_image(
         cv2.putText(image, text, (x1 - 290, y), _FONT, 0.45, _INK, 1, _AA)
     cv2.line(image, (x0, y1), (x1, y1), _INK, 1)
     cv2.line(image, (x0, y0), (x0, y1), _INK, 1)
-    title = "training loss (flow-matching velocity MSE)"
+    title = f"training loss (flow matching, {LOSS_NAMES[loss]})"
     cv2.putText(image, title, (x0, 30), _FONT, 0.65, _INK, 1, _AA)
     cv2.putText(image, "step", ((x0 + x1) // 2 - 15, height - 15), _FONT, 0.55, _INK, 1, _AA)
     cv2.putText(image, "loss", (10, y0 - 10), _FONT, 0.55, _INK, 1, _AA)
@@ -488,7 +493,8 @@ def run_demo(
         name: monitoring.read_losses(run_dirs[key] / "metrics.jsonl")
         for name, key in (("fine-tuned", FINETUNED), ("from scratch", SCRATCH))
     }
-    video_io.write_png(out / "loss_curve.png", loss_curve_image(curves))
+    loss = config_lib.diffusion_loss(config.diffusion)
+    video_io.write_png(out / "loss_curve.png", loss_curve_image(curves, loss=loss))
     seconds["loss_curve"] = time.perf_counter() - t
 
     t = _step(5, 7, "outpainting held-out clips: untrained, scratch, fine-tuned; same noise")

@@ -32,7 +32,7 @@ from ml_collections import config_flags
 from viewpoint_jax import build, monitoring
 from viewpoint_jax import train as train_lib
 from viewpoint_jax.cli import UserError, refuse_positional, run
-from viewpoint_jax.config import data_source, takes_condition
+from viewpoint_jax.config import data_source, diffusion_loss, takes_condition
 from viewpoint_jax.models import dit as dit_lib
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.py"
@@ -74,6 +74,8 @@ def pretrained_readme(config: ml_collections.ConfigDict, command: str, metrics_f
     step_seconds = sum(row.get("step_time_s", 0.0) for row in rows)
     steps, losses = monitoring.read_losses(metrics_file)
     tail = losses[-min(100, len(losses)) :]
+    # The run's last logged step, not this export (a rerun of the command only re-exports).
+    finished = datetime.datetime.fromtimestamp(metrics_file.stat().st_mtime, datetime.UTC)
     model = build.dit_config(config)
     scenes = config.data.scenes
     return f"""# A pretrained plain text-to-video DiT (Wan layout)
@@ -85,18 +87,19 @@ Made by (from the repository root; deterministic on CPU, fixed seed {config.seed
 ```
 
 - model: Wan DiT, {model.num_layers} blocks of pano attention, dim {model.dim}, \
-{model.in_dim} input channels (the noisy latent alone: no condition), text width \
-{model.text_dim};
+{model.in_dim} input channels (the noisy latent alone: no condition; autoencoder \
+{config.autoencoder.kind!r}), text width {model.text_dim};
 - data: text-to-video on perspective clips of {scenes.count} procedural demo scenes (seed \
 {scenes.seed}; the demo dataset's scenes are seed 0), {config.data.num_frames} frames of \
 {tuple(scenes.size)} pixels, fov {tuple(scenes.fov_range)} deg, pitch \
 {tuple(scenes.pitch_range)} deg, with their captions;
-- {int(steps[-1])} steps of batch {config.data.batch_size}; loss (flow-matching velocity MSE) \
-{losses[0]:.4f} at step {int(steps[0])}, mean of the last {len(tail)} steps {np.mean(tail):.4f} \
-(`metrics.jsonl`: every step);
+- {int(steps[-1])} steps of batch {config.data.batch_size}; loss (flow matching, \
+`diffusion.loss` {diffusion_loss(config.diffusion).value!r}) {losses[0]:.4f} at step \
+{int(steps[0])}, mean of the last {len(tail)} steps {np.mean(tail):.4f} (`metrics.jsonl`: every \
+step);
 - the steps took {step_seconds / 60:.1f} min in all (`step_time_s` of metrics.jsonl; compiling \
 and start-up not counted) on {os.cpu_count()} CPU cores, finished \
-{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC.
+{finished:%Y-%m-%d %H:%M} UTC.
 
 `config.json` + `params/` are the layout `tools/convert_wan.py dit` writes for a Wan DiT, so
 `configs/tiny.py` fine-tunes from this folder as from converted Wan weights
