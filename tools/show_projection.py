@@ -53,16 +53,39 @@ GRID_COLOUR = (255, 255, 255)
 BORDER_COLOUR = (0, 0, 0)
 
 
+# Each face letter as strokes in a unit box (x right, y down; width 0.7 of the height). Drawn as
+# lines rather than with cv2.putText, whose glyphs change between OpenCV releases (4.x and 5.x
+# draw D and B differently enough to read as other shapes).
+LETTER_STROKES = {
+    "F": (((0, 0), (0, 1)), ((0, 0), (1, 0)), ((0, 0.5), (0.75, 0.5))),
+    "L": (((0, 0), (0, 1), (1, 1)),),
+    "U": (((0, 0), (0, 0.8), (0.2, 1), (0.8, 1), (1, 0.8), (1, 0)),),
+    "D": (((0, 0), (0, 1)), ((0, 0), (0.6, 0), (1, 0.3), (1, 0.7), (0.6, 1), (0, 1))),
+    "R": (
+        ((0, 0), (0, 1)),
+        ((0, 0), (0.75, 0), (1, 0.12), (1, 0.38), (0.75, 0.5), (0, 0.5)),
+        ((0.4, 0.5), (1, 1)),
+    ),
+    "B": (
+        ((0, 0), (0, 1)),
+        ((0, 0), (0.55, 0), (0.8, 0.18), (0.8, 0.32), (0.55, 0.5), (0, 0.5)),
+        ((0.55, 0.5), (0.9, 0.68), (0.9, 0.82), (0.6, 1), (0, 1)),
+    ),
+}
+
+
 def _letter_mask(letter: str, size: int, height_frac: float) -> np.ndarray:
     """Alpha `(size, size)` in [0, 1] of `letter` drawn upright and centred, `height_frac` tall."""
-    font = cv2.FONT_HERSHEY_DUPLEX
-    (_, base_h), _ = cv2.getTextSize(letter, font, 1.0, 1)
-    scale = height_frac * size / base_h
-    thickness = max(1, round(scale * 2.2))
-    (w, h), _ = cv2.getTextSize(letter, font, scale, thickness)
+    height = height_frac * size
+    width = 0.7 * height
+    thickness = max(1, round(0.115 * height))
+    origin = np.array([(size - width) / 2, (size - height) / 2])
     canvas = np.zeros((size, size), np.uint8)
-    origin = (round((size - w) / 2), round((size + h) / 2))
-    cv2.putText(canvas, letter, origin, font, scale, 255, thickness, cv2.LINE_AA)
+    shift = 4  # sub-pixel vertices (cv2 fixed point)
+    for stroke in LETTER_STROKES[letter]:
+        points = origin + np.asarray(stroke, np.float64) * [width, height]
+        points = np.round(points * 2**shift).astype(np.int32)
+        cv2.polylines(canvas, [points], False, 255, thickness, cv2.LINE_AA, shift)
     return canvas.astype(np.float32) / 255
 
 
