@@ -174,7 +174,6 @@ def untrained_model(config: ml_collections.ConfigDict) -> nnx.Module:
 
 # --- Pictures ---------------------------------------------------------------------------------
 
-LOSS_NAMES = {Loss.VELOCITY: "velocity MSE", Loss.CLEAN: "clean-latent MSE"}
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _INK = (40, 40, 40)
 _GRID = (225, 225, 225)
@@ -256,7 +255,7 @@ def loss_curve_image(
         cv2.putText(image, text, (x1 - 290, y), _FONT, 0.45, _INK, 1, _AA)
     cv2.line(image, (x0, y1), (x1, y1), _INK, 1)
     cv2.line(image, (x0, y0), (x0, y1), _INK, 1)
-    title = f"training loss (flow matching, {LOSS_NAMES[loss]})"
+    title = f"training loss (flow matching, {loss.description})"
     cv2.putText(image, title, (x0, 30), _FONT, 0.65, _INK, 1, _AA)
     cv2.putText(image, "step", ((x0 + x1) // 2 - 15, height - 15), _FONT, 0.55, _INK, 1, _AA)
     cv2.putText(image, "loss", (10, y0 - 10), _FONT, 0.55, _INK, 1, _AA)

@@ -94,7 +94,7 @@ Made by (from the repository root; deterministic on CPU, fixed seed {config.seed
 {tuple(scenes.size)} pixels, fov {tuple(scenes.fov_range)} deg, pitch \
 {tuple(scenes.pitch_range)} deg, with their captions;
 - {int(steps[-1])} steps of batch {config.data.batch_size}; loss (flow matching, \
-`diffusion.loss` {diffusion_loss(config.diffusion).value!r}) {losses[0]:.4f} at step \
+{diffusion_loss(config.diffusion).description}, `diffusion.loss`) {losses[0]:.4f} at step \
 {int(steps[0])}, mean of the last {len(tail)} steps {np.mean(tail):.4f} (`metrics.jsonl`: every \
 step);
 - the steps took {step_seconds / 60:.1f} min in all (`step_time_s` of metrics.jsonl; compiling \

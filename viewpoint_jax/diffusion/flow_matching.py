@@ -42,6 +42,11 @@ class Loss(enum.StrEnum):
     VELOCITY = "velocity"
     CLEAN = "clean"
 
+    @property
+    def description(self) -> str:
+        """What the MSE compares, for plots and READMEs."""
+        return {Loss.VELOCITY: "velocity MSE", Loss.CLEAN: "clean-latent MSE"}[self]
+
 
 def shift_sigmas(sigmas: jax.Array, shift: float) -> jax.Array:
     """s -> k s / (1 + (k - 1) s): the monotone map of [0, 1] onto itself Wan calls the flow shift."""
