@@ -23,7 +23,9 @@ def quick_demo(tmp_path_factory):
     """`python -m viewpoint_jax.demo --quick` as a newcomer runs it: its own process, one device."""
     out = tmp_path_factory.mktemp("demo") / "demo_output"
     command = [sys.executable, "-m", "viewpoint_jax.demo", "--out", str(out), "--quick"]
-    result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True)
+    env = subprocess_env()
+    del env["JAX_COMPILATION_CACHE_DIR"]  # the demo's own cache, out/jax_cache (every program)
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Open:" in result.stdout and str(out / "sample" / "viewer.html") in result.stdout
     assert str(out / "continuation" / "viewer.html") in result.stdout
@@ -56,6 +58,10 @@ def test_quick_demo_writes_every_output(quick_demo):
     assert settings["prompt"] == summary["clips"][0]["caption"]
     assert settings["condition"]["video"] == summary["clips"][0]["source"]
     assert not list(out.rglob(".*.tmp*")), "a temporary file was left behind"
+    # Three training runs (the micro pretraining, the fine-tuning, the scratch run), two train
+    # step programs in the compilation cache: the scratch run reused the fine-tuning's.
+    cached = [p.name for p in (out / "jax_cache").iterdir()]
+    assert len([name for name in cached if name.startswith("jit_train_step-")]) == 2
 
 
 def test_quick_demo_continues_its_360_video(quick_demo, tmp_path):

@@ -23,7 +23,7 @@ panorama model by fine-tuning on ViewPoint maps.
    so far), into `continuation/` (the same files; its first frames are the sample's).
 
 Everything is deterministic given the settings. A rerun reuses the dataset and resumes (or
-skips) the training. `--quick` is the test size: a handful of clips and steps, seconds of work.
+skips) the training; compiled programs are kept in `out/jax_cache`. `--quick` is the test size: a handful of clips and steps, seconds of work.
 """
 
 from __future__ import annotations
@@ -557,9 +557,19 @@ def define_flags() -> None:
     flags.DEFINE_bool("quick", False, "test size: a tiny dataset and model, a few steps")
 
 
+def use_compilation_cache(directory: Path) -> None:
+    """Keeps compiled programs in `directory` (unless JAX_COMPILATION_CACHE_DIR names another):
+    the scratch run then reuses the fine-tuning's train step, the evaluation one sampler for
+    its three models, and a rerun all of them (about 33 s a training run on 2 cores,
+    BENCHMARKS.md). Process-wide, so the CLI sets it, not `run_demo`."""
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(directory))
+
+
 def main(argv: list[str]) -> int:
     refuse_positional(argv)
     args = flags.FLAGS
+    use_compilation_cache(Path(args.out).absolute() / "jax_cache")
     run_demo(args.out, train_steps=args.train_steps, quick=args.quick, config=args.config)
     return 0
 
