@@ -119,8 +119,9 @@ def get_config(arg: str | None = None):
         config.diffusion.loss = "velocity"
         config.diffusion.shift = 1.0
         # The paper's random turns and views (the base config's): the tests cover that path.
-        config.data.yaw_augment = base_config().data.yaw_augment
-        config.data.condition_yaw_range = base_config().data.condition_yaw_range
+        defaults = base_config().data
+        config.data.yaw_augment = defaults.yaw_augment
+        config.data.condition_yaw_range = defaults.condition_yaw_range
         config.text_encoder.max_length = 16
         config.data.erp_height = 32
         config.data.erp_width = 64

@@ -59,24 +59,16 @@ def test_the_demo_sees_its_scenes_from_the_front_and_real_footage_from_anywhere(
     front view"); the paper's configs, and the tests' micro size, keep random turns and views,
     as real footage needs."""
     rng = np.random.default_rng(0)
-    data = load("tiny").data
-    assert not pipeline.ExampleMaker(data, "video").yaw_augment
-    views = [conditions.sample_view(rng, *_view_ranges(data)) for _ in range(20)]
+    maker = pipeline.ExampleMaker(load("tiny").data, "video")
+    assert not maker.yaw_augment
+    views = [conditions.sample_view(rng, **maker.view_ranges) for _ in range(20)]
     assert {view.yaw_deg for view in views} == {0.0}
     assert len({view.pitch_deg for view in views}) == 20  # the rest of the view still varies
     for data in (load("wan14b").data, load("tiny", "micro").data):
-        assert pipeline.ExampleMaker(data, "video").yaw_augment
-        yaws = [conditions.sample_view(rng, *_view_ranges(data)).yaw_deg for _ in range(20)]
+        maker = pipeline.ExampleMaker(data, "video")
+        assert maker.yaw_augment
+        yaws = [conditions.sample_view(rng, **maker.view_ranges).yaw_deg for _ in range(20)]
         assert min(yaws) < -90 and max(yaws) > 90
-
-
-def _view_ranges(data):
-    return (
-        data.condition_fov_range,
-        data.condition_yaw_range,
-        data.condition_pitch_range,
-        data.condition_roll_range,
-    )
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,8 @@ panorama model by fine-tuning on ViewPoint maps.
    so far), into `continuation/` (the same files; its first frames are the sample's).
 
 Everything is deterministic given the settings. A rerun reuses the dataset and resumes (or
-skips) the training; compiled programs are kept in `out/jax_cache`. `--quick` is the test size: a handful of clips and steps, seconds of work.
+skips) the training; compiled programs are kept in `out/jax_cache`. `--quick` is the test
+size: a handful of clips and steps, seconds of work.
 """
 
 from __future__ import annotations
