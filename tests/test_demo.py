@@ -113,6 +113,10 @@ def test_quick_demo_reports_the_evaluation(quick_demo):
     assert mean_fill["psnr_db"] == pytest.approx(float(evaluation.psnr(mean_fill["mse"])))
     assert 0 < mean_fill["mse"] != summary["grey_fill"]["mse"]
     assert len({summary[k]["mse"] for k in ("untrained", demo.SCRATCH, demo.FINETUNED)}) == 3
+    # The micro size's space-to-depth stand-in is lossless: the ceiling is the ground truth.
+    ceiling = summary["autoencoder_ceiling"]
+    assert ceiling["mse"] < 1e-10 and ceiling["seeds"] == []
+    assert len(ceiling["per_clip_mse"]) == num_clips
 
     for run in (demo.FINETUNED, demo.SCRATCH):
         steps, losses = monitoring.read_losses(quick_demo / run / "metrics.jsonl")
@@ -129,7 +133,7 @@ def test_quick_demo_reports_the_evaluation(quick_demo):
     curve = _read_png(quick_demo / "loss_curve.png")
     assert curve.shape == (500, 900, 3)
     comparison = _read_png(quick_demo / "outpainting.png")
-    assert comparison.shape[1] == 2 * 8 + 4 * 2 * 64 + 3 * 6  # four 128-pixel columns
+    assert comparison.shape[1] == 2 * 8 + 5 * 2 * 64 + 4 * 6  # five 128-pixel columns
     assert comparison.shape[0] > num_clips * 128
 
 

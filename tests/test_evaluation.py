@@ -18,7 +18,7 @@ from viewpoint_jax import evaluation, geometry
 from viewpoint_jax.data import builder
 from viewpoint_jax.diffusion import sampler
 from viewpoint_jax.geometry import Representation
-from viewpoint_jax.models.autoencoder import SpaceToDepthAutoencoder
+from viewpoint_jax.models.autoencoder import BlockDCTAutoencoder, SpaceToDepthAutoencoder
 
 N, F, M = 2, 3, 16
 SETTINGS = sampler.SampleSettings(num_steps=4, shift=3.0, guidance_scale=3.0, scheduler="euler")
@@ -116,6 +116,24 @@ def test_oracle_of_the_ground_truth_has_no_error():
     np.testing.assert_allclose(result.mse, 0.0, atol=1e-8)
     np.testing.assert_allclose(result.maps, clips.target_map, atol=1e-5)
     assert result.summary()["psnr_db"] > 60
+
+
+@pytest.mark.parametrize("kind", ["space_to_depth", "block_dct"])
+def test_the_autoencoder_ceiling_is_the_score_of_an_oracle_of_the_clean_latents(kind):
+    """A model that knows the clean latents scores exactly the ceiling: zero for the lossless
+    space-to-depth, the block DCT's lost frequencies for it."""
+    clips = _clips()
+    autoencoder = SpaceToDepthAutoencoder(4) if kind == "space_to_depth" else BlockDCTAutoencoder(4)
+    oracle = Oracle(autoencoder.encode(jnp.asarray(clips.target_map)))
+    result = evaluation.outpainting_error(oracle, autoencoder, FakeTextEncoder(), clips, SETTINGS)
+    ceiling = evaluation.autoencoder_ceiling(autoencoder, clips)
+    assert ceiling.seeds == () and ceiling.maps.shape == clips.target_map.shape
+    np.testing.assert_allclose(ceiling.mse, result.mse, rtol=1e-4, atol=1e-8)
+    np.testing.assert_allclose(ceiling.maps, result.maps, atol=1e-5)
+    if kind == "space_to_depth":
+        np.testing.assert_allclose(ceiling.mse, 0.0, atol=1e-8)
+    else:  # uniform noise is mostly high frequencies: most of it is lost
+        assert np.all(ceiling.mse > 0.5 * evaluation.constant_fill_mse(clips))
 
 
 def test_oracle_of_the_condition_scores_the_grey_fill():

@@ -205,7 +205,7 @@ def test_cli_end_to_end(tiny_checkpoint, tmp_path):
         "--config", REPO / "configs" / "tiny.py:micro", "--checkpoint", tiny_checkpoint,
         "--prompt", "a bright square moves right", "--video", clip, "--fov", "75",
         "--yaw", "-30", "--pitch", "10", "--num_frames", "9", "--steps", "3", "--seed", "5",
-        "--out", out,
+        "--keep_known", "--out", out,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "has 6 frames; using the first 5" in result.stderr
@@ -213,6 +213,7 @@ def test_cli_end_to_end(tiny_checkpoint, tmp_path):
     record = json.loads((out / "settings.json").read_text())
     assert record["seed"] == 5 and record["settings"]["num_steps"] == 3
     assert record["settings"]["scheduler"] == "euler"  # from the config
+    assert record["settings"]["keep_known"] is True  # from the flag
     assert record["condition"]["fov"] == 75 and record["condition"]["frames"] == 5
     pano, fps = video_io.read_video(out / "pano.mp4")
     assert pano.shape == (5, 32, 64, 3) and fps == pytest.approx(10)

@@ -1,4 +1,7 @@
-"""The compiled sampler: parity with diffusers, determinism, one trace, fusion, conditions."""
+"""The compiled sampler: parity with diffusers, determinism, one trace, fusion, known cells,
+conditions."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -128,6 +131,79 @@ def test_fusing_every_step_makes_the_overlaps_agree():
 
     fused, unfused = disagreement(True), disagreement(False)
     assert fused < 1e-3 * unfused and unfused > 0.1, (fused, unfused)
+
+
+def test_keeping_the_known_cells_is_replacing_them_on_the_noise_path():
+    """Euler with `keep_known` equals diffusers' Euler driven with the known cells of the noisy
+    sample set to `(1 - s) z + s eps` before every model call (z the condition latent, eps the
+    initial noise) and to z at the end: the clean-estimate replacement keeps those cells on the
+    straight path."""
+    model, conditions = StandInModel(nnx.Rngs(0)), make_conditions()
+    rng = jax.random.key(7)
+    known = np.asarray(conditions.mask) >= 1.0
+    latent = np.asarray(conditions.latent)
+    noise = np.asarray(jax.random.normal(rng, LATENT_SHAPE, jnp.float32))
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1e-3, 5)[:-1])
+    forward = jax.jit(model.__call__)
+    x = torch.from_numpy(noise.copy())
+    for t, sigma in zip(scheduler.timesteps, scheduler.sigmas):
+        x = torch.from_numpy(np.where(known, (1 - float(sigma)) * latent + float(sigma) * noise, x))
+        inputs = sampler.model_input(jnp.asarray(x.numpy()), conditions.latent, conditions.mask)
+        timestep = jnp.full((1,), float(t))
+        cond = forward(inputs, timestep, conditions.context)
+        uncond = forward(inputs, timestep, conditions.negative_context)
+        velocity = torch.from_numpy(np.array(uncond + 4.5 * (cond - uncond)))
+        x = scheduler.step(velocity, t, x)[0]
+    expected = np.where(known, latent, x.numpy())
+
+    settings = sampler.SampleSettings(
+        num_steps=4, shift=3.0, guidance_scale=4.5, scheduler="euler", keep_known=True
+    )
+    kept = np.asarray(sampler.sample(model, conditions, rng, settings))
+    np.testing.assert_allclose(kept, expected, atol=1e-5)
+    inside = np.broadcast_to(known, kept.shape)
+    np.testing.assert_allclose(kept[inside], latent[inside], atol=1e-5)
+    free = np.asarray(
+        sampler.sample(model, conditions, rng, dataclasses.replace(settings, keep_known=False))
+    )
+    # The stand-in model works per cell, so holding some cells leaves the others as they were.
+    np.testing.assert_allclose(kept[~inside], free[~inside], atol=1e-5)
+    assert np.abs(free - latent)[inside].mean() > 0.1
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_unipc_ends_on_the_known_cells_and_repaints_the_partly_known(fuse):
+    """UniPC (with or without per-step fusion) returns the condition latent on the wholly known
+    cells; a cell with mask < 1 is the model's, like any unknown cell."""
+    model, conditions = StandInModel(nnx.Rngs(0)), make_conditions()
+    partly = conditions._replace(mask=conditions.mask * 0.9)
+    settings = sampler.SampleSettings(num_steps=5, keep_known=True, fuse_every_step=fuse)
+    latents = np.asarray(sampler.sample(model, conditions, jax.random.key(1), settings))
+    known = np.broadcast_to(np.asarray(conditions.mask) >= 1.0, latents.shape)
+    assert known.any() and not known.all()
+    np.testing.assert_allclose(latents[known], np.asarray(conditions.latent)[known], atol=1e-5)
+    repainted = np.asarray(sampler.sample(model, partly, jax.random.key(1), settings))
+    assert np.abs(repainted - np.asarray(conditions.latent))[known].mean() > 0.1
+
+
+def test_keep_known_comes_from_the_config_and_is_a_compile_time_choice():
+    import ml_collections
+
+    sample_config = ml_collections.ConfigDict(
+        {"steps": 3, "shift": 2.0, "guidance_scale": 1.0, "scheduler": "euler", "keep_known": True}
+    )
+    settings = sampler.SampleSettings.from_config(sample_config)
+    assert settings.keep_known and not settings.fuse_every_step
+    assert not sampler.SampleSettings.from_config(sample_config, keep_known=False).keep_known
+    model = StandInModel(nnx.Rngs(0))
+    sampler.sample(model, make_conditions(), jax.random.key(0), settings)
+    sampler.sample(model, make_conditions(), jax.random.key(0), settings)
+    assert TRACED_BATCHES == [1]
+    sampler.sample(
+        model, make_conditions(), jax.random.key(0), dataclasses.replace(settings, keep_known=False)
+    )
+    assert TRACED_BATCHES == [1, 1]
 
 
 def test_progress_is_reported_for_every_step():

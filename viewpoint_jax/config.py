@@ -24,7 +24,8 @@ Schema:
     config.checkpoint   every_steps, keep, async_save
     config.log          every_steps, image_every_steps, peak_tflops (0: by device kind)
     config.max_consecutive_nonfinite  stop after this many NaN/Inf losses in a row
-    config.sample       sampler defaults: scheduler, steps, shift, guidance_scale, fuse_every_step
+    config.sample       sampler defaults: scheduler, steps, shift, guidance_scale, fuse_every_step,
+                        keep_known
 """
 
 import enum
@@ -229,6 +230,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.sample.shift = 5.0
     config.sample.guidance_scale = 5.0
     config.sample.fuse_every_step = False
+    config.sample.keep_known = False  # hold the view's latent cells (sampler.known_cells)
     return config
 
 

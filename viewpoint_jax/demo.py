@@ -16,7 +16,9 @@ panorama model by fine-tuning on ViewPoint maps.
 5. outpaints every held-out clip from its condition view and caption with the untrained model
    (the scratch run's initialisation), the scratch and the fine-tuned model, the same noise for
    all, and measures the error outside the condition against two fills that see no input, a
-   mid-grey one and the training clips' mean map (`evaluation.json`, `outpainting.png`: ground truth | condition | scratch | fine-tuned);
+   mid-grey one and the training clips' mean map, and the ceiling: the ground truth through the
+   autoencoder (`evaluation.json`, `outpainting.png`: ground truth | condition | autoencoded |
+   scratch | fine-tuned);
 6. generates a 360 video from a held-out perspective clip and its caption with the fine-tuned
    model (`sample/`: pano.mp4, viewpoint.mp4, faces.png, viewer.html);
 7. continues that 360 video by one more window (`continue_video`: the window knows the last frame
@@ -74,6 +76,8 @@ QUICK = {
 }
 # The runs the demo trains and compares, by name (their folders under `out`).
 FINETUNED, SCRATCH = "finetuned", "scratch"
+# The picture's column of the ground truth through the autoencoder: what a model can reach.
+AUTOENCODED = "autoencoded"
 
 
 # --- Settings ---------------------------------------------------------------------------------
@@ -269,6 +273,8 @@ def _tile(map_frame: np.ndarray, scale: int) -> np.ndarray:
 
 
 def _mean_text(name: str, mse: float) -> str:
+    if mse <= 0:
+        return f"{name} 0 (exact)"
     return f"{name} {mse:.3f} ({float(evaluation.psnr(mse)):.2f} dB)"
 
 
@@ -332,8 +338,9 @@ def evaluate_outpainting(
 ) -> tuple[dict, sample_lib.Models, evaluation.EvalClips]:
     """Outpaints the held-out clips with the untrained model (the scratch run's initialisation),
     the scratch and the fine-tuned model (same noise for all), against two fills that see no
-    input: mid-grey and the training clips' mean map; writes outpainting.png; returns the
-    summary, the fine-tuned models and the clips."""
+    input (mid-grey and the training clips' mean map) and the ground truth through the
+    autoencoder (the ceiling); writes outpainting.png; returns the summary, the fine-tuned
+    models and the clips."""
     settings = sampler.SampleSettings.from_config(config.sample)
     autoencoder = build.build_autoencoder(config)
     text_encoder = build.build_text_encoder(config)
@@ -347,6 +354,7 @@ def evaluate_outpainting(
     grey = float(np.mean(evaluation.constant_fill_mse(clips)))
     training_maps = evaluation.load_eval_clips(config.data, split=config.data.train_split)
     training_mean = float(np.mean(evaluation.mean_map_fill_mse(clips, training_maps.target_map)))
+    ceiling = evaluation.autoencoder_ceiling(autoencoder, clips)
     finetuned, scratch = (float(np.mean(results[k].mse)) for k in (FINETUNED, SCRATCH))
     summary = {
         "metric": "MSE of pixels in [-1, 1] outside the condition mask (the outpainted region), "
@@ -360,10 +368,15 @@ def evaluate_outpainting(
             "psnr_db": float(evaluation.psnr(training_mean)),
             "clips": len(training_maps.target_map),
         },
+        "autoencoder_ceiling": ceiling.summary(),
         "finetuned_beats_scratch": bool(finetuned < scratch),
         "finetuned_over_grey_db": float(evaluation.psnr(finetuned) - evaluation.psnr(grey)),
     }
-    shown = {"from scratch": results[SCRATCH], "fine-tuned": results[FINETUNED]}
+    shown = {
+        AUTOENCODED: ceiling,
+        "from scratch": results[SCRATCH],
+        "fine-tuned": results[FINETUNED],
+    }
     references = {
         "untrained": float(np.mean(results["untrained"].mse)),
         "mid-grey fill": grey,
@@ -529,9 +542,11 @@ def _print_summary(out: Path, summary: dict, sample_dir: Path, continuation_dir:
         (FINETUNED, f"fine-tuned ({summary['trained_steps'][FINETUNED]} steps)"),
         ("grey_fill", "(mid-grey fill)"),
         ("training_mean_fill", "(training clips' mean)"),
+        ("autoencoder_ceiling", "(ceiling: autoencoded)"),
     ):
         result = summary[key]
-        print(f"  {name:26s} MSE {result['mse']:.4f}   PSNR {result['psnr_db']:.2f} dB")
+        db = "exact" if result["psnr_db"] is None else f"{result['psnr_db']:.2f} dB"
+        print(f"  {name:26s} MSE {result['mse']:.4f}   PSNR {db}")
     if not summary["finetuned_beats_scratch"]:
         print("  warning: the fine-tuned model is not better than the scratch one", file=sys.stderr)
     print(f"\nDone in {summary['seconds']['total']:.0f} s. Open:")
@@ -542,7 +557,10 @@ def _print_summary(out: Path, summary: dict, sample_dir: Path, continuation_dir:
         (sample_dir / "faces.png", "the six cube faces at a few times"),
         (continuation_dir / "viewer.html", "the 360 video continued by one more window"),
         (out / "loss_curve.png", "the training losses, fine-tuned and from scratch"),
-        (out / "outpainting.png", "ground truth | condition | from scratch | fine-tuned"),
+        (
+            out / "outpainting.png",
+            "ground truth | condition | autoencoded | from scratch | fine-tuned",
+        ),
         (out / "evaluation.json", "the numbers"),
     ):
         print(f"  {path}  {what}")

@@ -74,10 +74,12 @@ class OutpaintingResult:
         return psnr(self.mse)
 
     def summary(self) -> dict[str, Any]:
-        """JSON-able: mean MSE, PSNR of the mean MSE, and the per-clip values."""
+        """JSON-able: mean MSE, PSNR of the mean MSE (None for an exact 0: JSON has no
+        infinity), and the per-clip values."""
+        mse = float(np.mean(self.mse))
         return {
-            "mse": float(np.mean(self.mse)),
-            "psnr_db": float(psnr(np.mean(self.mse))),
+            "mse": mse,
+            "psnr_db": float(psnr(mse)) if mse > 0 else None,
             "per_clip_mse": [float(v) for v in self.mse],
             "seeds": list(self.seeds),
         }
@@ -253,6 +255,22 @@ def sampled_maps(
         latents = sampler.sample(model, conditions, jax.random.key(int(seed)), settings)
         latents = sampler.impose_known_frames(latents, conditions)
         yield sampler.decode_latents(autoencoder, latents)
+
+
+def autoencoder_ceiling(autoencoder: Any, clips: EvalClips) -> OutpaintingResult:
+    """The clips' target maps through the autoencoder and back, scored like a model: the closest
+    any sample in its latent space comes to the ground truth (what a model that knew the clean
+    latents would score), so the ceiling of every model's score.
+
+    Returns per-clip errors outside the condition and the round-tripped maps `(N, F, M, M, 3)`
+    in [-1, 1]; no seeds (nothing is sampled).
+    """
+    latent, _ = sampler.encode_condition(
+        autoencoder, jnp.asarray(clips.target_map), jnp.asarray(clips.condition_mask)
+    )
+    maps = np.asarray(sampler.decode_latents(autoencoder, latent))
+    mse = np.asarray(outpainted_mse(maps, clips.target_map, clips.condition_mask))
+    return OutpaintingResult(mse=mse, maps=maps, seeds=())
 
 
 def constant_fill_mse(clips: EvalClips) -> np.ndarray:

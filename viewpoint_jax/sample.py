@@ -624,6 +624,13 @@ def define_flags() -> None:
     flags.DEFINE_enum("scheduler", None, ["unipc", "euler"], "sampler (config: sample.scheduler)")
     flags.DEFINE_integer("seed", 0, "noise seed")
     flags.DEFINE_bool("fuse_every_step", False, "fuse map overlaps at every step")
+    flags.DEFINE_bool(
+        "keep_known",
+        None,
+        "hold the latent cells the condition covers at its latent at every step, so the input "
+        "view comes back exactly (--nokeep_known: the model repaints it; default: config "
+        "sample.keep_known)",
+    )
     flags.DEFINE_float("fps", None, "output frame rate (default: input's or 16)")
     for flag, key in COMPONENT_FLAGS.items():
         flags.DEFINE_string(flag, None, f"overrides config.{key}")
@@ -1083,6 +1090,7 @@ def main(argv: list[str]) -> int:
         scheduler=args.scheduler,
         seed=args.seed,
         fuse_every_step=args.fuse_every_step or None,
+        keep_known=args.keep_known,
     )
     representation = config_lib.data_representation(config.data)
     if settings.fuse_every_step and representation != Representation.VIEWPOINT:

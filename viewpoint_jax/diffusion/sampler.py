@@ -10,7 +10,9 @@ Wan's VAE; channels last) at timestep `t` and predicts the flow velocity `noise 
 Optionally the predicted clean latent is made consistent across the overlaps of the map at every
 step (`fuse_every_step`): the two copies of a shared sphere region are replaced by their weighted
 blend (spec §4), at latent resolution. The final map -> ERP conversion always fuses, in pixel
-space (`map_to_panorama`).
+space (`map_to_panorama`). Optionally (`keep_known`) the clean latent the model predicts is replaced
+by the condition's latent on every latent cell the condition covers wholly, at every step: the
+known view then comes back exactly (up to the autoencoder) and the model paints around it.
 
 Building conditions (pure array code, I/O stays in the CLI): `perspective_condition` projects a
 perspective video/image onto the map with its coverage mask; `image_condition` knows one image at
@@ -56,6 +58,7 @@ class SampleSettings:
     scheduler: str = "unipc"
     seed: int = 0
     fuse_every_step: bool = False
+    keep_known: bool = False
 
     def __post_init__(self):
         if not isinstance(self.num_steps, int) or self.num_steps < 1:
@@ -79,13 +82,15 @@ class SampleSettings:
     @classmethod
     def from_config(cls, sample_config: Any, **overrides: Any) -> SampleSettings:
         """A run config's `config.sample` defaults (steps, shift, guidance_scale, scheduler,
-        fuse_every_step), with `overrides` (SampleSettings fields; None keeps the config's)."""
+        fuse_every_step, keep_known), with `overrides` (SampleSettings fields; None keeps the
+        config's)."""
         fields = {
             "num_steps": int(sample_config.steps),
             "shift": float(sample_config.shift),
             "guidance_scale": float(sample_config.guidance_scale),
             "scheduler": str(sample_config.scheduler),
             "fuse_every_step": bool(sample_config.get("fuse_every_step", False)),
+            "keep_known": bool(sample_config.get("keep_known", False)),
         }
         fields.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**fields)
@@ -151,11 +156,17 @@ def denoise(
     *,
     use_cfg: bool = True,
     fuse_every_step: bool = False,
+    keep_known: bool = False,
     progress: Callable[[jax.Array], Any] | None = None,
     mesh_context: tuple[jax.sharding.Mesh, sharding.LogicalRules] | None = None,
 ) -> jax.Array:
     """Pure denoising loop from Gaussian noise (drawn from `rng`) to clean latents
     `(B, f, h, w, C)`, float32, shaped like `conditions.latent`.
+
+    `keep_known` replaces the predicted clean latent by `conditions.latent` on `known_cells`
+    at every step, so those cells follow the straight path from their initial noise to the
+    condition's latent and end on it exactly (Euler and UniPC alike: both step from the clean
+    estimate); the model sees them consistent with the view at every noise level.
 
     `progress(i)`, if given, is called on the host after each step (`jax.debug.callback`);
     everything else stays on device. `mesh_context` (mesh, rules) traces the model's activation
@@ -173,11 +184,13 @@ def denoise(
                 guidance_scale,
                 use_cfg=use_cfg,
                 fuse_every_step=fuse_every_step,
+                keep_known=keep_known,
                 progress=progress,
             )
     model = nnx.merge(graphdef, params)
     x = sharding.constrain(jax.random.normal(rng, conditions.latent.shape, jnp.float32), BATCH_AXES)
     condition = jnp.concatenate([conditions.latent, conditions.mask], axis=-1)
+    known, known_latent = known_cells(conditions.mask), conditions.latent.astype(jnp.float32)
     context = conditions.context
     if use_cfg:
         condition = jnp.concatenate([condition, condition], axis=0)
@@ -191,8 +204,12 @@ def denoise(
         velocity = guided_velocity(
             model, x, schedule.timesteps[i], condition, context, guidance_scale, use_cfg
         )
-        if fuse_every_step:
-            clean = geometry.fuse_overlaps(x - sigma * velocity)
+        if fuse_every_step or keep_known:
+            clean = x - sigma * velocity
+            if fuse_every_step:
+                clean = geometry.fuse_overlaps(clean)
+            if keep_known:  # after the fusion: the view wins where it is known
+                clean = jnp.where(known, known_latent, clean)
             velocity = (x - clean) / sigma  # sigma > 0 at every step; only the last target is 0
         state = schedule.step(i, state, velocity)
         if progress is not None:
@@ -205,7 +222,14 @@ def denoise(
 # `denoise` compiled: the whole loop is one XLA program.
 sample_latents = jax.jit(
     denoise,
-    static_argnames=("graphdef", "use_cfg", "fuse_every_step", "progress", "mesh_context"),
+    static_argnames=(
+        "graphdef",
+        "use_cfg",
+        "fuse_every_step",
+        "keep_known",
+        "progress",
+        "mesh_context",
+    ),
 )
 
 # Logical axes of a latent-shaped array `(B, f, h, w, C)`: only the batch is sharded; the DiT
@@ -280,7 +304,7 @@ def sample(
     `model` is an NNX module `model(x, t, context)` (e.g. `WanDiT`) or its `(graphdef, params)`.
     Changing the seed, the conditions, the shift or the guidance scale reuses the compiled program;
     the number of steps, the scheduler, guidance on/off (scale 1 skips the unconditional branch),
-    per-step fusion and `progress` are compile-time choices.
+    per-step fusion, `keep_known` and `progress` are compile-time choices.
 
     Sharded: inside `sharding.use_mesh(mesh, rules)` the conditions are placed batch-sharded on
     `mesh` (the 2B guidance batch over data x fsdp where they divide it) and the DiT's activation
@@ -307,6 +331,7 @@ def sample(
         jnp.float32(settings.guidance_scale),
         use_cfg=settings.guidance_scale != 1.0,
         fuse_every_step=settings.fuse_every_step,
+        keep_known=settings.keep_known,
         progress=progress,
         mesh_context=mesh_context,
     )
@@ -507,6 +532,13 @@ def impose_known_frames(latents: jax.Array, conditions: Conditions) -> jax.Array
     """
     known = jnp.all(conditions.mask >= 1.0, axis=(2, 3, 4), keepdims=True)
     return jnp.where(known, conditions.latent.astype(latents.dtype), latents)
+
+
+def known_cells(mask: jax.Array) -> jax.Array:
+    """Latent cells `(B, f, h, w, 1)` bool that the condition covers wholly (`mask` 1): those
+    whose condition latent is the latent of known pixels alone, for a per-cell autoencoder (the
+    block DCT); with Wan's VAE, a cell at a view's edge also sees some of the unknown pixels."""
+    return mask >= 1.0
 
 
 def make_conditions(
