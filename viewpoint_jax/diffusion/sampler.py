@@ -530,7 +530,7 @@ def impose_known_frames(latents: jax.Array, conditions: Conditions) -> jax.Array
     of the known frames. Partly known frames (perspective views) are left to the model: a view's
     latent cells also see pixels outside it, so their condition latent is not the panorama's.
     """
-    known = jnp.all(conditions.mask >= 1.0, axis=(2, 3, 4), keepdims=True)
+    known = jnp.all(known_cells(conditions.mask), axis=(2, 3, 4), keepdims=True)
     return jnp.where(known, conditions.latent.astype(latents.dtype), latents)
 
 
