@@ -26,13 +26,15 @@ def test_the_package_list_names_every_subpackage_and_the_configs():
     }
     # The committed checkpoint's folders ship as data; those named like packages are listed too
     # (setuptools warns about each one left out). A name with a dot is no package name.
-    folders = (REPO / "viewpoint_jax" / "assets").rglob("*")
-    data_folders = {
-        ".".join(parts)
-        for parts, folder in ((f.relative_to(REPO).parts, f) for f in folders if f.is_dir())
-        if all(part.isidentifier() for part in parts)
-        and any(child.is_file() for child in folder.iterdir())
-    }
+    data_folders = set()
+    for folder in (REPO / "viewpoint_jax" / "assets").rglob("*"):
+        parts = folder.relative_to(REPO).parts
+        if (
+            folder.is_dir()
+            and all(part.isidentifier() for part in parts)
+            and any(child.is_file() for child in folder.iterdir())
+        ):
+            data_folders.add(".".join(parts))
     assert data_folders >= {"viewpoint_jax.assets.tiny_perspective"}
     assert set(setuptools["packages"]) == on_disk | {"viewpoint_jax.configs"} | data_folders
     assert setuptools["package-dir"] == {"viewpoint_jax.configs": "configs"}

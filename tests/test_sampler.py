@@ -5,6 +5,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import torch
@@ -188,8 +189,6 @@ def test_unipc_ends_on_the_known_cells_and_repaints_the_partly_known(fuse):
 
 
 def test_keep_known_comes_from_the_config_and_is_a_compile_time_choice():
-    import ml_collections
-
     sample_config = ml_collections.ConfigDict(
         {"steps": 3, "shift": 2.0, "guidance_scale": 1.0, "scheduler": "euler", "keep_known": True}
     )

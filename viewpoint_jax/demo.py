@@ -272,10 +272,13 @@ def _tile(map_frame: np.ndarray, scale: int) -> np.ndarray:
     return cv2.resize(tile, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
 
 
+def _psnr_text(mse: float) -> str:
+    """PSNR of an MSE for people: "exact" for 0 (the lossless ceiling), else in dB."""
+    return "exact" if mse <= 0 else f"{float(evaluation.psnr(mse)):.2f} dB"
+
+
 def _mean_text(name: str, mse: float) -> str:
-    if mse <= 0:
-        return f"{name} 0 (exact)"
-    return f"{name} {mse:.3f} ({float(evaluation.psnr(mse)):.2f} dB)"
+    return f"{name} {mse:.3f} ({_psnr_text(mse)})"
 
 
 def comparison_image(
@@ -544,9 +547,8 @@ def _print_summary(out: Path, summary: dict, sample_dir: Path, continuation_dir:
         ("training_mean_fill", "(training clips' mean)"),
         ("autoencoder_ceiling", "(ceiling: autoencoded)"),
     ):
-        result = summary[key]
-        db = "exact" if result["psnr_db"] is None else f"{result['psnr_db']:.2f} dB"
-        print(f"  {name:26s} MSE {result['mse']:.4f}   PSNR {db}")
+        mse = summary[key]["mse"]
+        print(f"  {name:26s} MSE {mse:.4f}   PSNR {_psnr_text(mse)}")
     if not summary["finetuned_beats_scratch"]:
         print("  warning: the fine-tuned model is not better than the scratch one", file=sys.stderr)
     print(f"\nDone in {summary['seconds']['total']:.0f} s. Open:")

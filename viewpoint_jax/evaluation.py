@@ -265,9 +265,7 @@ def autoencoder_ceiling(autoencoder: Any, clips: EvalClips) -> OutpaintingResult
     Returns per-clip errors outside the condition and the round-tripped maps `(N, F, M, M, 3)`
     in [-1, 1]; no seeds (nothing is sampled).
     """
-    latent, _ = sampler.encode_condition(
-        autoencoder, jnp.asarray(clips.target_map), jnp.asarray(clips.condition_mask)
-    )
+    latent = sampler.encode_video(autoencoder, jnp.asarray(clips.target_map))
     maps = np.asarray(sampler.decode_latents(autoencoder, latent))
     mse = np.asarray(outpainted_mse(maps, clips.target_map, clips.condition_mask))
     return OutpaintingResult(mse=mse, maps=maps, seeds=())

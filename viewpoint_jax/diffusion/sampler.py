@@ -376,7 +376,9 @@ def perspective_condition(
     return projected * mask, mask
 
 
-def _encode(autoencoder: Any, video: jax.Array) -> jax.Array:
+def encode_video(autoencoder: Any, video: jax.Array) -> jax.Array:
+    """Map video `(B, F, M, M, 3)` in [-1, 1] -> latents `(B, f, M/s, M/s, C)` with the
+    autoencoder's compiled encoder (one program per autoencoder, reused)."""
     return _jitted(autoencoder, "encode")(video)
 
 
@@ -430,7 +432,7 @@ def encode_condition(
 ) -> tuple[jax.Array, jax.Array]:
     """Condition video `(B, F, M, M, 3)` in [-1, 1] and mask `(B, F, M, M, 1)` -> latent
     `(B, f, M/s, M/s, C)` and latent mask `(B, f, M/s, M/s, 1)` (s = spatial factor)."""
-    latent = _encode(autoencoder, condition)
+    latent = encode_video(autoencoder, condition)
     pool = functools.partial(
         autoencoder_lib.latent_mask,
         spatial_factor=autoencoder.spatial_factor,
