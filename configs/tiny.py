@@ -18,7 +18,7 @@ same size on perspective clips of demo scenes), "micro_pretrain" (both).
 from pathlib import Path
 
 import viewpoint_jax
-from viewpoint_jax.config import DataSource, base_config
+from viewpoint_jax.setup.config import DataSource, base_config
 
 PRETRAINED = Path(viewpoint_jax.__file__).parent / "assets" / "tiny_perspective"
 ARGS = (None, "micro", "pretrain", "micro_pretrain")

@@ -17,7 +17,7 @@ that fits 80 GB (full for 14B, saving the matmul outputs for 1.3B).
         --config.data.data_dir=/data/tfds --config.data.name=my_panoramas
 """
 
-from viewpoint_jax.config import base_config
+from viewpoint_jax.setup.config import base_config
 
 # size -> (DiT preset, flow shift, remat policy)
 SIZES = {

@@ -5,7 +5,7 @@ python -m viewpoint_jax.train --config configs/wan14b.py --workdir runs/vp14b ..
 
 from pathlib import Path
 
-from viewpoint_jax.config import load_config_file
+from viewpoint_jax.setup.config import load_config_file
 
 
 def get_config(arg: str | None = None):

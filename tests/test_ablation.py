@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from test_train import ONE_DEVICE, REPO, subprocess_env
 
-from viewpoint_jax import ablation, build, evaluation
-from viewpoint_jax.config import data_representation, validate_config
+from viewpoint_jax import ablation
+from viewpoint_jax.evaluation import outpainting, panorama_metrics
+from viewpoint_jax.setup import build
+from viewpoint_jax.setup.config import data_representation, validate_config
 
 
 def test_each_arm_is_the_demo_config_with_its_overrides(tmp_path):
@@ -37,11 +39,11 @@ def test_consistency_means_skip_what_a_video_does_not_have():
     means = ablation.mean_consistency([(erp, None), (static, None)])
     assert set(means) == set(ablation.CONSISTENCY_METRICS)
     assert means["overlap_disagreement"] is None  # no map video
-    flicker = evaluation.temporal_flicker(erp)
+    flicker = panorama_metrics.temporal_flicker(erp)
     np.testing.assert_allclose(means["flicker"], flicker / 2)  # the static video flickers 0
     map_video = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
     with_map = ablation.mean_consistency([(erp, map_video), (static, None)])
-    overlap = evaluation.overlap_disagreement(map_video)
+    overlap = panorama_metrics.overlap_disagreement(map_video)
     np.testing.assert_allclose(with_map["overlap_disagreement"], overlap)  # only the one
 
 
@@ -78,7 +80,7 @@ def test_micro_ablation_writes_table_2(tmp_path):
     assert (viewpoint["tokens_per_frame"], cube["tokens_per_frame"]) == (16, 24)
     for row in (viewpoint, cube):
         assert 0 < row["round_trip_mse"] < 0.05 < row["mse"]  # one step learns little
-        assert row["psnr_db"] == pytest.approx(float(evaluation.psnr(row["mse"])))
+        assert row["psnr_db"] == pytest.approx(float(outpainting.psnr(row["mse"])))
         for key in ("seam_ratio", "pole_spread", "flicker", "flicker_lowpass"):
             assert np.isfinite(row[key]) and row[key] >= 0, key
     assert viewpoint["overlap_disagreement"] > 0 and cube["overlap_disagreement"] is None

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from viewpoint_jax import sharding
+from viewpoint_jax.common import sharding
 from viewpoint_jax.models import attention
 
 # Unit roundoff of bfloat16 (8 significant bits): rounding to nearest moves x by at most 2^-8 |x|.

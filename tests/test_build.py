@@ -9,10 +9,11 @@ import pytest
 from flax import nnx
 from test_train import micro_config
 
-from viewpoint_jax import build
-from viewpoint_jax.config import validate_config
 from viewpoint_jax.models import dit as dit_lib
 from viewpoint_jax.models import tokenizer as tokenizer_lib
+from viewpoint_jax.setup import build
+from viewpoint_jax.setup.config import validate_config
+from viewpoint_jax.training import checkpoints
 
 
 def _save_converted(path, model):
@@ -46,7 +47,7 @@ def test_inflated_wan_checkpoint_ignores_the_condition_until_trained(tmp_path):
     np.testing.assert_allclose(inflated, t2v(x, t, context), rtol=1e-5, atol=1e-5)
 
     # The sampler CLI takes a converted directory as well as a run directory.
-    loaded = build.restore_model_for_inference(tmp_path / "wan", config)
+    loaded = checkpoints.restore_model_for_inference(tmp_path / "wan", config)
     assert loaded.config.in_dim == channels
 
 

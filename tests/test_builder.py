@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from viewpoint_jax.common.video_io import read_video, write_video
 from viewpoint_jax.data import builder
-from viewpoint_jax.video_io import read_video, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,9 @@ import pytest
 from orbax.checkpoint import future
 from test_train import ONE_DEVICE, micro_config, procedural_records
 
-from viewpoint_jax import checkpointing, train
+from viewpoint_jax import train
+from viewpoint_jax.models import weights
+from viewpoint_jax.training import checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +53,14 @@ def test_failed_save_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, recor
     config.checkpoint.every_steps = 2
     _fail_saves_from(monkeypatch, 4)
     directory = tmp_path / "checkpoints"
-    with pytest.raises(checkpointing.CheckpointSaveError, match=str(directory)) as info:
+    with pytest.raises(checkpoints.CheckpointSaveError, match=str(directory)) as info:
         _train(config, tmp_path, records)
     assert "No space left on device" in str(info.value)
     assert "last complete checkpoint is step 2" in str(info.value)
     # Stopped by the next save at the latest (step 6), not after all 12 steps.
     assert max(_logged_steps(tmp_path)) <= 6
     monkeypatch.undo()
-    checkpointer = checkpointing.Checkpointer(directory, every_steps=1, keep=9)
+    checkpointer = checkpoints.Checkpointer(directory, every_steps=1, keep=9)
     assert checkpointer.latest_step() == 2
     trainer = train.make_trainer(config, *train.mesh_and_rules(config, ONE_DEVICE))
     state = checkpointer.restore(2, trainer.abstract_state_with_shardings())
@@ -90,7 +92,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, records,
     assert f"resumed from {directory}/2" in err
     assert sorted(resumed["losses"]) == [3, 4, 5, 6]
     assert (tmp_path / "checkpoints.corrupt" / "4" / "state").is_dir()
-    checkpointer = checkpointing.Checkpointer(directory, every_steps=1, keep=9)
+    checkpointer = checkpoints.Checkpointer(directory, every_steps=1, keep=9)
     assert checkpointer.manager.all_steps() == [4, 6]  # step 4 saved again, readable
     checkpointer.close()
 
@@ -102,7 +104,7 @@ def test_resume_with_other_model_sizes_names_the_arrays(tmp_path, records):
     _train(config, tmp_path, records)
     config.num_steps = 4
     config.model.dim = 48
-    with pytest.raises(checkpointing.ConfigMismatchError) as info:
+    with pytest.raises(weights.ConfigMismatchError) as info:
         _train(config, tmp_path, records)
     message = str(info.value)
     assert str(tmp_path / "checkpoints" / "2") in message

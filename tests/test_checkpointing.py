@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_train import cli, read_losses, subprocess_env, write_dataset
 
-from viewpoint_jax import checkpointing
+from viewpoint_jax.training import checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def _wait_for_steps(process, workdir, count, timeout=240):
 
 
 def _latest(workdir):
-    return checkpointing.Checkpointer(workdir / "checkpoints", every_steps=1, keep=9).latest_step()
+    return checkpoints.Checkpointer(workdir / "checkpoints", every_steps=1, keep=9).latest_step()
 
 
 def test_kill9_resumes_on_the_same_data_order_and_sigterm_saves(tmp_path, dataset):

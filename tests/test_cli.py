@@ -15,7 +15,7 @@ ENTRY_POINTS = {
     "sample": (["-m", "viewpoint_jax.sample"], "negative_prompt", "--negative-prompt=x", None),
     "demo": (["-m", "viewpoint_jax.demo"], "train_steps", "--train_stpes=3", "--train_steps"),
     "convert": (["tools/convert_wan.py"], "in_dim", "--in_dmi=33", "--in_dim"),
-    "convert_module": (["-m", "viewpoint_jax.convert.cli"], "src", "--srcc=x", "--src"),
+    "convert_module": (["-m", "viewpoint_jax.convert_wan"], "src", "--srcc=x", "--src"),
     "precompute_text": (["tools/precompute_text.py"], "cache_dir", "--cache_dri=x", "--cache_dir"),
     "precompute_latents": (
         ["tools/precompute_latents.py"],
@@ -121,7 +121,7 @@ def test_library_chatter_is_off_unless_asked_for():
     `--verbosity=0` shows them; warnings always show."""
     script = (
         "from absl import logging\n"
-        "from viewpoint_jax.cli import run\n"
+        "from viewpoint_jax.common.cli import run\n"
         "run(lambda argv: logging.info('info line') or logging.warning('warning line') or 0)\n"
     )
     for args, shows_info in (((), False), (("--verbosity=0",), True)):

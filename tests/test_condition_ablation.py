@@ -7,16 +7,17 @@ import numpy as np
 import pytest
 from test_train import ONE_DEVICE
 
-from viewpoint_jax import ablation, evaluation
+from viewpoint_jax import ablation
 from viewpoint_jax.data.conditions import ConditionKind
+from viewpoint_jax.evaluation import outpainting
 
 
-def _clips(count=2, frames=5, map_size=16, seed=0) -> evaluation.EvalClips:
+def _clips(count=2, frames=5, map_size=16, seed=0) -> outpainting.EvalClips:
     rng = np.random.default_rng(seed)
     target = rng.uniform(-1, 1, (count, frames, map_size, map_size, 3)).astype(np.float32)
     mask = np.zeros((count, frames, map_size, map_size, 1), np.float32)
     mask[:, :, 4:8, 4:8] = 1.0  # a perspective view's patch, on every frame
-    return evaluation.EvalClips(
+    return outpainting.EvalClips(
         target_map=target,
         condition_map=target * mask,
         condition_mask=mask,
@@ -29,7 +30,7 @@ def _clips(count=2, frames=5, map_size=16, seed=0) -> evaluation.EvalClips:
 
 def test_continuation_error_counts_only_the_frames_after_the_prefix():
     clips = _clips()
-    prefix = evaluation.clips_with_condition(clips, ConditionKind.PREFIX, known_frames=2)
+    prefix = outpainting.clips_with_condition(clips, ConditionKind.PREFIX, known_frames=2)
     np.testing.assert_array_equal(prefix.condition_mask[:, :2], 1.0)
     np.testing.assert_array_equal(prefix.condition_mask[:, 2:], 0.0)
     np.testing.assert_array_equal(prefix.condition_map[:, :2], clips.target_map[:, :2])
@@ -38,28 +39,28 @@ def test_continuation_error_counts_only_the_frames_after_the_prefix():
     # Wrong on the known frames, right on the unknown ones: no error.
     generated = clips.target_map.copy()
     generated[:, :2] = -clips.target_map[:, :2]
-    error = evaluation.outpainted_mse(generated, prefix.target_map, prefix.condition_mask)
+    error = outpainting.outpainted_mse(generated, prefix.target_map, prefix.condition_mask)
     np.testing.assert_array_equal(error, 0.0)
     # Wrong by 0.5 on one of the three unknown frames of clip 1 only: a third of 0.25 there.
     generated[1, 3] += 0.5
-    error = evaluation.outpainted_mse(generated, prefix.target_map, prefix.condition_mask)
+    error = outpainting.outpainted_mse(generated, prefix.target_map, prefix.condition_mask)
     np.testing.assert_allclose(error, [0.0, 0.25 / 3], rtol=1e-5)
 
 
 def test_text_only_error_is_over_the_whole_map():
     clips = _clips()
-    none = evaluation.clips_with_condition(clips, ConditionKind.NONE)
+    none = outpainting.clips_with_condition(clips, ConditionKind.NONE)
     np.testing.assert_array_equal(none.condition_mask, 0.0)
     np.testing.assert_array_equal(none.condition_map, 0.0)
     generated = np.zeros_like(clips.target_map)
-    error = evaluation.outpainted_mse(generated, none.target_map, none.condition_mask)
+    error = outpainting.outpainted_mse(generated, none.target_map, none.condition_mask)
     np.testing.assert_allclose(error, np.mean(np.square(clips.target_map), axis=(1, 2, 3, 4)))
     # The perspective condition is the clips' own; other kinds and bad prefixes are refused.
-    assert evaluation.clips_with_condition(clips, ConditionKind.PERSPECTIVE_VIDEO) is clips
+    assert outpainting.clips_with_condition(clips, ConditionKind.PERSPECTIVE_VIDEO) is clips
     with pytest.raises(ValueError, match="multi_view"):
-        evaluation.clips_with_condition(clips, ConditionKind.MULTI_VIEW)
+        outpainting.clips_with_condition(clips, ConditionKind.MULTI_VIEW)
     with pytest.raises(ValueError, match=r"known_frames in 1 \.\. 4"):
-        evaluation.clips_with_condition(clips, ConditionKind.PREFIX, known_frames=5)
+        outpainting.clips_with_condition(clips, ConditionKind.PREFIX, known_frames=5)
 
 
 def test_goals_compare_the_right_models():
@@ -91,11 +92,13 @@ def test_micro_ablation_writes_every_row(tmp_path):
     for name, row in written["rows"].items():
         for model in ablation.MODELS:
             assert np.isfinite(row[model]["mse"]) and row[model]["mse"] > 0, (name, model)
-            assert row[model]["psnr_db"] == pytest.approx(float(evaluation.psnr(row[model]["mse"])))
+            assert row[model]["psnr_db"] == pytest.approx(
+                float(outpainting.psnr(row[model]["mse"]))
+            )
         assert np.isfinite(row["grey_fill_mse"])
     # Two steps from the same init: a trained model samples other maps than the untrained one.
-    outpainting = written["rows"]["outpainting"]
-    assert outpainting["video_only"]["mse"] != outpainting["untrained"]["mse"]
+    outpainting_row = written["rows"]["outpainting"]
+    assert outpainting_row["video_only"]["mse"] != outpainting["untrained"]["mse"]
     markdown = (out / "ablation.md").read_text()
     for name in ("outpainting", "text_only", "continuation"):
         assert f"| {name} |" in markdown

@@ -7,10 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from viewpoint_jax import config as config_lib
 from viewpoint_jax.data import builder, conditions, pipeline
 from viewpoint_jax.data.conditions import ConditionKind
 from viewpoint_jax.models.autoencoder import latent_mask
+from viewpoint_jax.setup import config as config_lib
 
 H, W, M, F = 16, 32, 16, 9  # 9 frames: 3 latent frames under the Wan VAE's grouping of 4
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from viewpoint_jax import build
-from viewpoint_jax.config import mesh_shape, validate_config
 from viewpoint_jax.data import conditions, pipeline
+from viewpoint_jax.setup import build
+from viewpoint_jax.setup.config import mesh_shape, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,7 +133,7 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path):
 
 
 def test_every_representation_validates_and_sizes_its_frames():
-    from viewpoint_jax.config import layout_hw
+    from viewpoint_jax.setup.config import layout_hw
 
     config = load("wan14b")
     assert layout_hw(config.data) == (640, 640)  # the ViewPoint map, the default

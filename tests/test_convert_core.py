@@ -13,9 +13,10 @@ from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import save_file as save_torch
 
 import viewpoint_jax  # noqa: F401
-from viewpoint_jax import checkpointing, io_utils, sharding
-from viewpoint_jax.cli import UserError
+from viewpoint_jax.common import fileio, sharding
+from viewpoint_jax.common.cli import UserError
 from viewpoint_jax.convert import core
+from viewpoint_jax.models import weights
 
 
 def _state():
@@ -134,7 +135,7 @@ def test_convert_round_trip_into_shardings(tmp_path):
         "b": {"w": jax.ShapeDtypeStruct((2, 2, 5), jnp.float32)},
         "c": jax.ShapeDtypeStruct((3,), jnp.bfloat16),
     }
-    params = checkpointing.restore_params(tmp_path / "out" / "params", abstract)
+    params = weights.restore_params(tmp_path / "out" / "params", abstract)
     assert params["a"]["kernel"].sharding.spec == spec
     np.testing.assert_array_equal(params["a"]["kernel"], state["a.weight"].numpy().T)
     for i in range(2):
@@ -212,7 +213,7 @@ def test_relative_destination_is_made_absolute(tmp_path, monkeypatch):
         "b": {"w": jax.ShapeDtypeStruct((2, 2, 5), jnp.float32)},
         "c": jax.ShapeDtypeStruct((3,), jnp.bfloat16),
     }
-    params = checkpointing.restore_params("out/params", abstract)
+    params = weights.restore_params("out/params", abstract)
     np.testing.assert_array_equal(params["a"]["kernel"], _state()["a.weight"].numpy().T)
 
 
@@ -228,8 +229,8 @@ def test_restore_with_other_sizes_names_the_arrays(tmp_path):
         "b": {"w": jax.ShapeDtypeStruct((2, 2, 5), jnp.float32)},
         "extra": jax.ShapeDtypeStruct((1,), jnp.float32),
     }
-    with pytest.raises(checkpointing.ConfigMismatchError) as info:
-        checkpointing.restore_params(tmp_path / "out" / "params", abstract)
+    with pytest.raises(weights.ConfigMismatchError) as info:
+        weights.restore_params(tmp_path / "out" / "params", abstract)
     message = str(info.value)
     assert str(tmp_path / "out" / "params") in message
     assert "a/kernel: checkpoint (3, 4) vs config (3, 8)" in message
@@ -237,9 +238,9 @@ def test_restore_with_other_sizes_names_the_arrays(tmp_path):
     assert "c: not in the config" in message
     assert "strict" not in message
     # A partial restore may leave out what the checkpoint has beyond it, not mismatch it.
-    with pytest.raises(checkpointing.ConfigMismatchError, match="a/kernel"):
-        checkpointing.restore_params(tmp_path / "out" / "params", abstract, partial=True)
-    partial = checkpointing.restore_params(
+    with pytest.raises(weights.ConfigMismatchError, match="a/kernel"):
+        weights.restore_params(tmp_path / "out" / "params", abstract, partial=True)
+    partial = weights.restore_params(
         tmp_path / "out" / "params", {"b": abstract["b"]}, partial=True
     )
     assert partial["b"]["w"].shape == (2, 2, 5)
@@ -250,7 +251,7 @@ def test_destination_without_space_is_refused_before_writing(tmp_path, monkeypat
     rules, targets = _rules_and_targets()
     usage = shutil.disk_usage(tmp_path)
     # The filesystem as it is, but with less free space than the 134 bytes the arrays take.
-    monkeypatch.setattr(io_utils.shutil, "disk_usage", lambda path: usage._replace(free=100))
+    monkeypatch.setattr(fileio.shutil, "disk_usage", lambda path: usage._replace(free=100))
     with pytest.raises(UserError, match=f"cannot write {tmp_path / 'out'}: it needs about"):
         core.convert_checkpoint(
             core.open_checkpoint(tmp_path / "m.safetensors"),

@@ -169,7 +169,7 @@ def test_cli_converts(reference, tmp_path):
 
 
 def test_load_into_mesh_shardings(reference, tmp_path):
-    from viewpoint_jax import sharding
+    from viewpoint_jax.common import sharding
 
     state, _, _ = reference
     save_dit(

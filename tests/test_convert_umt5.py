@@ -12,10 +12,10 @@ import torch
 from transformers import UMT5Config as HFConfig
 from wan_release import to_wan_umt5_layout, umt5_reference
 
+from viewpoint_jax.common.sharding import make_mesh, use_mesh
 from viewpoint_jax.convert import core
 from viewpoint_jax.convert.umt5 import convert_umt5, detect_layout
 from viewpoint_jax.models import umt5
-from viewpoint_jax.sharding import make_mesh, use_mesh
 
 REPO = Path(__file__).resolve().parent.parent
 VOCAB, LENGTH = 96, 512

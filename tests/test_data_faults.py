@@ -6,8 +6,8 @@ import logging
 import pytest
 from test_builder import LINES, _write_folder
 
-from viewpoint_jax.config import data_config
 from viewpoint_jax.data import builder, pipeline
+from viewpoint_jax.setup.config import data_config
 
 
 @pytest.fixture()

@@ -12,10 +12,13 @@ import pytest
 from flax import nnx
 from test_train import ONE_DEVICE, subprocess_env
 
-from viewpoint_jax import demo, evaluation, monitoring, train, video_io
-from viewpoint_jax import sharding as sharding_lib
-from viewpoint_jax.cli import UserError
+from viewpoint_jax import demo, train
+from viewpoint_jax.common import sharding as sharding_lib
+from viewpoint_jax.common import video_io
+from viewpoint_jax.common.cli import UserError
 from viewpoint_jax.diffusion import flow_matching
+from viewpoint_jax.evaluation import outpainting
+from viewpoint_jax.training import telemetry
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +56,7 @@ def test_quick_demo_writes_every_output(quick_demo):
     assert b"sv3d" in (sample / "pano.mp4").read_bytes()  # tagged as a 360 video
     assert "<video" in (sample / "viewer.html").read_text()
 
-    summary = json.loads((out / "evaluation.json").read_text())
+    summary = json.loads((out / "outpainting.json").read_text())
     settings = json.loads((sample / "settings.json").read_text())
     assert settings["prompt"] == summary["clips"][0]["caption"]
     assert settings["condition"]["video"] == summary["clips"][0]["source"]
@@ -90,7 +93,7 @@ def test_quick_demo_continues_its_360_video(quick_demo, tmp_path):
 
 
 def test_quick_demo_reports_the_evaluation(quick_demo):
-    summary = json.loads((quick_demo / "evaluation.json").read_text())
+    summary = json.loads((quick_demo / "outpainting.json").read_text())
     num_clips = demo.QUICK["dataset"]["num_test"]
     assert len(summary["clips"]) == num_clips
     assert summary["trained_steps"] == {demo.FINETUNED: 8, demo.SCRATCH: 8}
@@ -99,7 +102,7 @@ def test_quick_demo_reports_the_evaluation(quick_demo):
         result = summary[name]
         assert len(result["per_clip_mse"]) == num_clips
         assert result["mse"] == pytest.approx(np.mean(result["per_clip_mse"]))
-        assert result["psnr_db"] == pytest.approx(float(evaluation.psnr(result["mse"])))
+        assert result["psnr_db"] == pytest.approx(float(outpainting.psnr(result["mse"])))
         assert result["seeds"] == list(demo.QUICK["eval_seeds"])
     # 8 steps teach little; the full demo's claims (fine-tuned beats scratch and the grey fill
     # by 3 dB) are what these record.
@@ -110,7 +113,7 @@ def test_quick_demo_reports_the_evaluation(quick_demo):
     # The no-input reference: the mean map of every training clip (the demo dataset's train split).
     mean_fill = summary["training_mean_fill"]
     assert mean_fill["clips"] == demo.QUICK["dataset"]["num_train"]
-    assert mean_fill["psnr_db"] == pytest.approx(float(evaluation.psnr(mean_fill["mse"])))
+    assert mean_fill["psnr_db"] == pytest.approx(float(outpainting.psnr(mean_fill["mse"])))
     assert 0 < mean_fill["mse"] != summary["grey_fill"]["mse"]
     assert len({summary[k]["mse"] for k in ("untrained", demo.SCRATCH, demo.FINETUNED)}) == 3
     # The micro size's space-to-depth stand-in is lossless: the ceiling is the ground truth.
@@ -119,7 +122,7 @@ def test_quick_demo_reports_the_evaluation(quick_demo):
     assert len(ceiling["per_clip_mse"]) == num_clips
 
     for run in (demo.FINETUNED, demo.SCRATCH):
-        steps, losses = monitoring.read_losses(quick_demo / run / "metrics.jsonl")
+        steps, losses = telemetry.read_losses(quick_demo / run / "metrics.jsonl")
         np.testing.assert_array_equal(steps, np.arange(1, 9))
         assert np.all(np.isfinite(losses))
     finetune_config = json.loads((quick_demo / demo.FINETUNED / "config.json").read_text())

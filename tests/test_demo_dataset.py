@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from viewpoint_jax import config as config_lib
 from viewpoint_jax.data import builder, pipeline
 from viewpoint_jax.data import demo_dataset as demo
+from viewpoint_jax.setup import config as config_lib
 
 HEIGHT, FRAMES, FPS = 32, 9, 4.0
 

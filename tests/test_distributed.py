@@ -5,7 +5,7 @@ import importlib.util
 import jax
 import pytest
 
-from viewpoint_jax import distributed
+from viewpoint_jax.common import distributed
 
 CLUSTER_VARIABLES = (
     "JAX_COORDINATOR_ADDRESS",

@@ -9,8 +9,9 @@ import pytest
 from flax import nnx
 
 import viewpoint_jax  # noqa: F401  (flax config)
-from viewpoint_jax import checkpointing, sharding
+from viewpoint_jax.common import sharding
 from viewpoint_jax.models import dit as dit_lib
+from viewpoint_jax.models import weights
 from viewpoint_jax.models.dit import DiTConfig, WanDiT
 
 
@@ -288,8 +289,8 @@ def test_save_dit_writes_the_converted_layout_and_loads_back(tmp_path):
     model = _model(in_dim=16)
     path = dit_lib.save_dit(tmp_path / "dit", model, extra_files={"README.md": "a note"})
     # The tree the converters write (`param_targets`): same paths, shapes and dtypes.
-    targets = checkpointing.param_targets(dit_lib.abstract_model(model.config))
-    saved = checkpointing.leaf_shapes(checkpointing.saved_tree(path / "params"))
+    targets = weights.param_targets(dit_lib.abstract_model(model.config))
+    saved = weights.leaf_shapes(weights.saved_tree(path / "params"))
     assert saved == {name: target.shape for name, target in targets.items()}
     loaded = dit_lib.load_dit(path)
     assert loaded.config == model.config

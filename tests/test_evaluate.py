@@ -15,8 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from viewpoint_jax import evaluate, evaluation, geometry, video_io
-from viewpoint_jax.cli import UserError
+from viewpoint_jax import evaluate, geometry
+from viewpoint_jax.common import video_io
+from viewpoint_jax.common.cli import UserError
+from viewpoint_jax.evaluation import panorama_metrics
 from viewpoint_jax.geometry import sphere
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,7 +143,7 @@ def test_cli_exports_views_and_writes_the_metrics(inputs, tmp_path):
         assert np.abs(exported.astype(np.float32) - other).mean() > 10, face
 
     report = json.loads((out / "metrics.json").read_text())
-    assert set(report["metrics"]) == set(evaluation.PANORAMA_METRICS)
+    assert set(report["metrics"]) == set(panorama_metrics.PANORAMA_METRICS)
     for info in report["metrics"].values():
         assert info["better"] in ("lower", "higher") and info["unit"]
     bare, scene = report["videos"]
@@ -149,13 +151,15 @@ def test_cli_exports_views_and_writes_the_metrics(inputs, tmp_path):
     assert scene["frames"] == FRAMES and scene["size"] == [HEIGHT, 2 * HEIGHT]
     assert len(scene["views"]) == 6 and scene["condition"]["yaw"] == 30
     # The numbers are those of the pure metrics on the decoded videos.
-    assert scene["seam_ratio"] == pytest.approx(evaluation.seam_ratio(erp))
-    assert scene["pole_spread"] == pytest.approx(evaluation.pole_spread(erp))
-    assert scene["flicker"] == pytest.approx(evaluation.temporal_flicker(erp))
-    assert scene["flicker_lowpass"] == pytest.approx(evaluation.temporal_flicker(erp, block=8))
+    assert scene["seam_ratio"] == pytest.approx(panorama_metrics.seam_ratio(erp))
+    assert scene["pole_spread"] == pytest.approx(panorama_metrics.pole_spread(erp))
+    assert scene["flicker"] == pytest.approx(panorama_metrics.temporal_flicker(erp))
+    assert scene["flicker_lowpass"] == pytest.approx(
+        panorama_metrics.temporal_flicker(erp, block=8)
+    )
     map_video, _ = video_io.read_video(inputs / "scene" / "viewpoint.mp4")
     assert scene["overlap_disagreement"] == pytest.approx(
-        evaluation.overlap_disagreement(map_video)
+        panorama_metrics.overlap_disagreement(map_video)
     )
     # A smooth turning panorama: copies that agree (up to the codec noise of two separately
     # coded copies, 3.7 levels measured; a random map scores about 85), a condition that

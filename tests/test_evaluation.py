@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from viewpoint_jax import config as config_lib
-from viewpoint_jax import evaluation, geometry
+from viewpoint_jax import geometry
 from viewpoint_jax.data import builder
 from viewpoint_jax.diffusion import sampler
+from viewpoint_jax.evaluation import outpainting, panorama_metrics
 from viewpoint_jax.geometry import Representation
 from viewpoint_jax.models.autoencoder import BlockDCTAutoencoder, SpaceToDepthAutoencoder
+from viewpoint_jax.setup import config as config_lib
 
 N, F, M = 2, 3, 16
 SETTINGS = sampler.SampleSettings(num_steps=4, shift=3.0, guidance_scale=3.0, scheduler="euler")
@@ -58,12 +59,12 @@ class RandomVelocity(nnx.Module):
         return inputs @ self.weight[...]
 
 
-def _clips(seed: int = 0) -> evaluation.EvalClips:
+def _clips(seed: int = 0) -> outpainting.EvalClips:
     rng = np.random.default_rng(seed)
     target = rng.uniform(-1, 1, (N, F, M, M, 3)).astype(np.float32)
     mask = np.zeros((N, F, M, M, 1), np.float32)
     mask[:, :, :, : M // 2] = 1.0  # the condition shows the left half of the map
-    return evaluation.EvalClips(
+    return outpainting.EvalClips(
         target_map=target,
         condition_map=target * mask,
         condition_mask=mask,
@@ -78,11 +79,11 @@ def test_outpainted_mse_counts_only_pixels_outside_the_condition():
     clips = _clips()
     generated = clips.target_map.copy()
     generated[:, :, :, : M // 2] = 5.0  # wrong only where the condition is given
-    mse = evaluation.outpainted_mse(generated, clips.target_map, clips.condition_mask)
+    mse = outpainting.outpainted_mse(generated, clips.target_map, clips.condition_mask)
     np.testing.assert_allclose(mse, 0.0, atol=1e-7)
 
     generated = clips.target_map + 0.5 * clips.condition_mask - 0.25 * (1 - clips.condition_mask)
-    mse = evaluation.outpainted_mse(generated, clips.target_map, clips.condition_mask)
+    mse = outpainting.outpainted_mse(generated, clips.target_map, clips.condition_mask)
     np.testing.assert_allclose(mse, [0.0625, 0.0625], rtol=1e-5)
 
 
@@ -91,25 +92,25 @@ def test_outpainted_mse_weights_partly_covered_pixels():
     generated = np.asarray([1.0, 2.0, 3.0, 4.0], np.float32).reshape(target.shape)
     mask = np.asarray([0.0, 0.5, 1.0, 0.0], np.float32).reshape(target.shape)
     expected = (1.0 * 1 + 4.0 * 0.5 + 16.0 * 1) / 2.5
-    mse = evaluation.outpainted_mse(generated, target, mask)
+    mse = outpainting.outpainted_mse(generated, target, mask)
     np.testing.assert_allclose(mse, [expected], rtol=1e-6)
 
 
 def test_outpainted_mse_refuses_a_fully_covered_map():
     ones = np.ones((1, 1, 2, 2, 1), np.float32)
     with pytest.raises(ValueError, match="covers the whole map"):
-        evaluation.outpainted_mse(ones, ones, ones)
+        outpainting.outpainted_mse(ones, ones, ones)
 
 
 def test_psnr_of_pixels_in_minus_one_to_one():
-    np.testing.assert_allclose(evaluation.psnr([4.0, 0.04, 0.0004]), [0.0, 20.0, 40.0])
+    np.testing.assert_allclose(outpainting.psnr([4.0, 0.04, 0.0004]), [0.0, 20.0, 40.0])
 
 
 def test_oracle_of_the_ground_truth_has_no_error():
     clips = _clips()
     autoencoder = SpaceToDepthAutoencoder(4)
     oracle = Oracle(autoencoder.encode(jnp.asarray(clips.target_map)))
-    result = evaluation.outpainting_error(
+    result = outpainting.outpainting_error(
         oracle, autoencoder, FakeTextEncoder(), clips, SETTINGS, seeds=(0, 7)
     )
     assert result.mse.shape == (N,) and result.maps.shape == clips.target_map.shape
@@ -125,15 +126,15 @@ def test_the_autoencoder_ceiling_is_the_score_of_an_oracle_of_the_clean_latents(
     clips = _clips()
     autoencoder = SpaceToDepthAutoencoder(4) if kind == "space_to_depth" else BlockDCTAutoencoder(4)
     oracle = Oracle(autoencoder.encode(jnp.asarray(clips.target_map)))
-    result = evaluation.outpainting_error(oracle, autoencoder, FakeTextEncoder(), clips, SETTINGS)
-    ceiling = evaluation.autoencoder_ceiling(autoencoder, clips)
+    result = outpainting.outpainting_error(oracle, autoencoder, FakeTextEncoder(), clips, SETTINGS)
+    ceiling = outpainting.autoencoder_ceiling(autoencoder, clips)
     assert ceiling.seeds == () and ceiling.maps.shape == clips.target_map.shape
     np.testing.assert_allclose(ceiling.mse, result.mse, rtol=1e-4, atol=1e-8)
     np.testing.assert_allclose(ceiling.maps, result.maps, atol=1e-5)
     if kind == "space_to_depth":
         np.testing.assert_allclose(ceiling.mse, 0.0, atol=1e-8)
     else:  # uniform noise is mostly high frequencies: most of it is lost
-        assert np.all(ceiling.mse > 0.5 * evaluation.constant_fill_mse(clips))
+        assert np.all(ceiling.mse > 0.5 * outpainting.constant_fill_mse(clips))
 
 
 def test_oracle_of_the_condition_scores_the_grey_fill():
@@ -142,8 +143,8 @@ def test_oracle_of_the_condition_scores_the_grey_fill():
     clips = _clips()
     autoencoder = SpaceToDepthAutoencoder(4)
     oracle = Oracle(autoencoder.encode(jnp.asarray(clips.condition_map)))
-    result = evaluation.outpainting_error(oracle, autoencoder, FakeTextEncoder(), clips, SETTINGS)
-    grey = evaluation.constant_fill_mse(clips)
+    result = outpainting.outpainting_error(oracle, autoencoder, FakeTextEncoder(), clips, SETTINGS)
+    grey = outpainting.constant_fill_mse(clips)
     np.testing.assert_allclose(result.mse, grey, rtol=1e-5)
     # Uniform targets in [-1, 1]: E[x^2] = 1/3.
     np.testing.assert_allclose(grey, 1 / 3, atol=0.05)
@@ -153,26 +154,26 @@ def test_mean_map_fill_of_the_clips_themselves_and_of_a_constant():
     clips = _clips()
     targets = clips.target_map
     # The mean of one clip's own maps fills that clip exactly.
-    alone = evaluation.mean_map_fill_mse(clips, targets[:1])
+    alone = outpainting.mean_map_fill_mse(clips, targets[:1])
     assert alone[0] == 0.0 and np.all(alone[1:] > 0)
     # A reference set of constant maps is a constant fill: all zero is the grey fill.
     np.testing.assert_allclose(
-        evaluation.mean_map_fill_mse(clips, np.zeros_like(targets)),
-        evaluation.constant_fill_mse(clips),
+        outpainting.mean_map_fill_mse(clips, np.zeros_like(targets)),
+        outpainting.constant_fill_mse(clips),
         rtol=1e-6,
     )
     # The mean of +m and -m is mid-grey too, whatever m.
     np.testing.assert_allclose(
-        evaluation.mean_map_fill_mse(clips, np.stack([targets[0], -targets[0]])),
-        evaluation.constant_fill_mse(clips),
+        outpainting.mean_map_fill_mse(clips, np.stack([targets[0], -targets[0]])),
+        outpainting.constant_fill_mse(clips),
         rtol=1e-6,
     )
     # The clips' own mean map is the best fill of all of them in one (least squares), when the
     # outpainted regions are the same.
     same = dataclasses.replace(clips, condition_mask=np.zeros_like(clips.condition_mask))
-    best = np.mean(evaluation.mean_map_fill_mse(same, targets))
-    shifted = np.mean(evaluation.mean_map_fill_mse(same, targets + 0.05))
-    assert best < shifted and best < np.mean(evaluation.constant_fill_mse(same))
+    best = np.mean(outpainting.mean_map_fill_mse(same, targets))
+    shifted = np.mean(outpainting.mean_map_fill_mse(same, targets + 0.05))
+    assert best < shifted and best < np.mean(outpainting.constant_fill_mse(same))
 
 
 def test_same_seeds_same_error_other_seeds_other_error():
@@ -180,7 +181,7 @@ def test_same_seeds_same_error_other_seeds_other_error():
     autoencoder = SpaceToDepthAutoencoder(4)
     channels = autoencoder.latent_channels
     model = RandomVelocity(2 * channels + 1, channels, nnx.Rngs(0))
-    run = lambda seeds: evaluation.outpainting_error(
+    run = lambda seeds: outpainting.outpainting_error(
         model, autoencoder, FakeTextEncoder(), clips, SETTINGS, seeds
     )
     first, again, other, both = run((0,)), run((0,)), run((1,)), run((0, 1))
@@ -209,7 +210,7 @@ def test_load_eval_clips_stacks_the_held_out_videos():
     source = [record(0, 8), record(1, 1, is_image=True), record(2, 8), record(3, 8)]
     config = config_lib.data_config()
     config.update(dict(erp_height=16, erp_width=32, map_size=16, num_frames=5))
-    clips = evaluation.load_eval_clips(config, num_clips=3, data_source=source)
+    clips = outpainting.load_eval_clips(config, num_clips=3, data_source=source)
     assert len(clips) == 2  # the image among the first three records is skipped
     assert clips.captions == ("clip 0", "clip 2")
     assert clips.sources == ("clip0.mp4", "clip2.mp4")
@@ -220,13 +221,13 @@ def test_load_eval_clips_stacks_the_held_out_videos():
     outside = 1 - clips.condition_mask
     np.testing.assert_array_equal(clips.condition_map * outside, 0.0)
     with pytest.raises(ValueError, match="no video clips"):
-        evaluation.load_eval_clips(config, num_clips=1, data_source=source[1:2])
+        outpainting.load_eval_clips(config, num_clips=1, data_source=source[1:2])
 
 
 # --- Across representations: the error in ERP space ------------------------------------------
 
 
-def _panorama_clips(representation: Representation, seed: int = 0) -> evaluation.EvalClips:
+def _panorama_clips(representation: Representation, seed: int = 0) -> outpainting.EvalClips:
     """Random ERP clips `(N, F, 16, 32, 3)` seen by a 90 degree camera, in the frames of
     `representation` at map size 16 (as load_eval_clips gives them)."""
     rng = np.random.default_rng(seed)
@@ -237,7 +238,7 @@ def _panorama_clips(representation: Representation, seed: int = 0) -> evaluation
         np.zeros((8, 14, 1)), 90.0, 30.0, 0.0, 0.0, representation, hw
     )
     mask = np.broadcast_to(np.asarray(mask), (N, F, *hw, 1)).copy()
-    return evaluation.EvalClips(
+    return outpainting.EvalClips(
         target_map=target,
         condition_map=target * mask,
         condition_mask=mask,
@@ -250,32 +251,32 @@ def _panorama_clips(representation: Representation, seed: int = 0) -> evaluation
 
 
 def test_erp_error_weights_pixels_by_their_solid_angle():
-    weights = evaluation.erp_area_weights(64)[:, 0, 0]
+    weights = panorama_metrics.erp_area_weights(64)[:, 0, 0]
     # cos latitude at row centres; summed over rows it is the sphere's area / (2 pi h) (midpoint
     # rule of the integral of cos over latitude: 2 / (pi / H)).
     np.testing.assert_allclose(weights.sum() * np.pi / 64, 2.0, rtol=1e-3)
     target = np.zeros((1, 1, 4, 8, 1), np.float32)
     pole, equator = target.copy(), target.copy()
     pole[:, :, 0], equator[:, :, 1] = 1.0, 1.0  # the same error on a polar or a middle row
-    weight = evaluation.erp_area_weights(4)
+    weight = panorama_metrics.erp_area_weights(4)
     zeros = np.zeros_like(target)
-    at_pole = evaluation.outpainted_mse(pole, target, zeros, weight)
-    at_equator = evaluation.outpainted_mse(equator, target, zeros, weight)
+    at_pole = outpainting.outpainted_mse(pole, target, zeros, weight)
+    at_equator = outpainting.outpainted_mse(equator, target, zeros, weight)
     ratio = np.cos(np.deg2rad(67.5)) / np.cos(np.deg2rad(22.5))
     np.testing.assert_allclose(at_pole / at_equator, ratio, rtol=1e-5)
     # Without weights every pixel counts alike.
-    unweighted = evaluation.outpainted_mse(pole, target, zeros)
-    np.testing.assert_allclose(unweighted, evaluation.outpainted_mse(equator, target, zeros))
+    unweighted = outpainting.outpainted_mse(pole, target, zeros)
+    np.testing.assert_allclose(unweighted, outpainting.outpainted_mse(equator, target, zeros))
 
 
 @pytest.mark.parametrize("representation", list(Representation))
 def test_panorama_outpainting_of_the_ground_truth_is_its_round_trip(representation):
     clips = _panorama_clips(representation)
-    masks = evaluation.erp_condition_masks(clips)
+    masks = outpainting.erp_condition_masks(clips)
     assert masks.shape == (N, 1, 16, 32, 1) and 0.05 < masks.mean() < 0.3
     autoencoder = SpaceToDepthAutoencoder(4)
     oracle = Oracle(autoencoder.encode(jnp.asarray(clips.target_map)))
-    result = evaluation.panorama_outpainting(
+    result = outpainting.panorama_outpainting(
         oracle, autoencoder, FakeTextEncoder(), clips, SETTINGS, (0, 3), representation
     )
     assert result.panoramas.shape == (2, N, F, 16, 32, 3) and result.panoramas.dtype == np.uint8
@@ -283,18 +284,18 @@ def test_panorama_outpainting_of_the_ground_truth_is_its_round_trip(representati
     # Sampling lands on the ground-truth frames: what is left is the representation's own
     # round trip ERP -> frames -> ERP (none for an ERP of the clips' size).
     truth = np.asarray(sampler.map_to_panorama(clips.target_map, 16, 32, representation))
-    floor = evaluation.erp_outpainted_mse(truth, clips, masks)
+    floor = outpainting.erp_outpainted_mse(truth, clips, masks)
     np.testing.assert_allclose(result.mse, floor, rtol=1e-4, atol=1e-9)
     if representation == Representation.ERP:
         np.testing.assert_allclose(result.mse, 0.0, atol=1e-9)
     else:  # random pixels do not survive resampling
         assert np.all(result.mse > 0.01)
     # A grey fill scores E[x^2] = 1/3 of uniform pixels, weighted or not.
-    grey = evaluation.erp_outpainted_mse(np.zeros_like(clips.erp), clips, masks)
+    grey = outpainting.erp_outpainted_mse(np.zeros_like(clips.erp), clips, masks)
     np.testing.assert_allclose(grey, 1 / 3, atol=0.05)
 
 
-# === Panorama metrics (evaluation.PANORAMA_METRICS) ===============================================
+# === Panorama metrics (panorama_metrics.PANORAMA_METRICS) ===============================================
 
 
 def _smooth_erp(height: int = 32, frames: int = 2) -> np.ndarray:
@@ -311,15 +312,18 @@ def test_an_injected_seam_scores_worse_than_the_clean_panorama():
     width = clean.shape[2]
     # A brightness ramp around the longitudes: gentle inside, a 40-level jump at the wrap.
     seamed = clean + np.linspace(0, 40, width)[None, None, :, None]
-    clean_score, seamed_score = evaluation.seam_ratio(clean), evaluation.seam_ratio(seamed)
+    clean_score, seamed_score = (
+        panorama_metrics.seam_ratio(clean),
+        panorama_metrics.seam_ratio(seamed),
+    )
     assert clean_score < 1.5
     assert seamed_score > 3 * clean_score and seamed_score > 4
-    assert evaluation.seam_ratio(np.full((1, 8, 16, 3), 7, np.uint8)) == 1.0
+    assert panorama_metrics.seam_ratio(np.full((1, 8, 16, 3), 7, np.uint8)) == 1.0
     # The same numbers from uint8 frames, as read from an mp4.
     as_uint8 = np.round(seamed).astype(np.uint8)
-    np.testing.assert_allclose(evaluation.seam_ratio(as_uint8), seamed_score, rtol=0.05)
+    np.testing.assert_allclose(panorama_metrics.seam_ratio(as_uint8), seamed_score, rtol=0.05)
     with pytest.raises(ValueError, match="W = 2 H"):
-        evaluation.seam_ratio(np.zeros((1, 8, 8, 3)))
+        panorama_metrics.seam_ratio(np.zeros((1, 8, 8, 3)))
 
 
 def test_pole_spread_is_zero_for_uniform_caps_and_grows_with_noise_in_them():
@@ -327,31 +331,31 @@ def test_pole_spread_is_zero_for_uniform_caps_and_grows_with_noise_in_them():
     height = 60  # 3 degrees per row: the default 3-degree cap is the first and last row
     erp = rng.uniform(0, 255, (2, height, 2 * height, 3))
     erp[:, 0], erp[:, -1] = 40.0, 200.0  # each pole one colour; noise everywhere else
-    assert evaluation.pole_spread(erp) == pytest.approx(0.0, abs=1e-9)
+    assert panorama_metrics.pole_spread(erp) == pytest.approx(0.0, abs=1e-9)
     noisy = erp.copy()
     noisy[:, 0] += rng.normal(0, 20, noisy[:, 0].shape)
-    assert evaluation.pole_spread(noisy) > 5  # about 20 / 2: only the north cap is noisy
+    assert panorama_metrics.pole_spread(noisy) > 5  # about 20 / 2: only the north cap is noisy
     # A wider cap takes in the noisy rows below it.
-    assert evaluation.pole_spread(erp, cap_deg=6.0) > 30
+    assert panorama_metrics.pole_spread(erp, cap_deg=6.0) > 30
 
 
 def test_flicker_is_zero_for_a_static_video_and_sees_brightness_changes():
     rng = np.random.default_rng(1)
     frame = rng.uniform(0, 255, (16, 32, 3)).astype(np.uint8)
     static = np.repeat(frame[None], 4, axis=0)
-    assert evaluation.temporal_flicker(static) == 0.0
-    assert evaluation.temporal_flicker(static, block=8) == 0.0
+    assert panorama_metrics.temporal_flicker(static) == 0.0
+    assert panorama_metrics.temporal_flicker(static, block=8) == 0.0
     pulsing = np.stack([np.full((16, 32, 3), v, np.uint8) for v in (100, 110, 100, 110)])
-    assert evaluation.temporal_flicker(pulsing) == pytest.approx(10.0)
-    assert evaluation.temporal_flicker(pulsing, block=8) == pytest.approx(10.0)
+    assert panorama_metrics.temporal_flicker(pulsing) == pytest.approx(10.0)
+    assert panorama_metrics.temporal_flicker(pulsing, block=8) == pytest.approx(10.0)
     # A fine pattern moving one pixel: large per-pixel change, none after the 8 x 8 low-pass.
     stripes = (np.arange(34) % 2 * 200).astype(np.uint8)
     moving = np.stack(
         [np.broadcast_to(stripes[s : s + 32, None, None], (32, 16, 3)) for s in (0, 1)]
     )
-    assert evaluation.temporal_flicker(moving) == pytest.approx(200.0)
-    assert evaluation.temporal_flicker(moving, block=8) == pytest.approx(0.0)
-    assert np.isnan(evaluation.temporal_flicker(static[:1]))
+    assert panorama_metrics.temporal_flicker(moving) == pytest.approx(200.0)
+    assert panorama_metrics.temporal_flicker(moving, block=8) == pytest.approx(0.0)
+    assert np.isnan(panorama_metrics.temporal_flicker(static[:1]))
 
 
 def test_overlap_disagreement_is_zero_when_copies_agree_and_sees_a_perturbed_copy():
@@ -360,53 +364,53 @@ def test_overlap_disagreement_is_zero_when_copies_agree_and_sees_a_perturbed_cop
 
     m = 16
     constant = np.full((2, m, m, 3), 90, np.uint8)
-    assert evaluation.overlap_disagreement(constant) == pytest.approx(0.0, abs=1e-4)
+    assert panorama_metrics.overlap_disagreement(constant) == pytest.approx(0.0, abs=1e-4)
     # A map sampled from one panorama: every copy shows the same scene. Only the bilinear reading
     # of copies that fall between pixel centres differs.
     consistent = np.asarray(geometry.erp_to_viewpoint(jnp.asarray(_smooth_erp(), jnp.float32), m))
-    agree = evaluation.overlap_disagreement(consistent)
+    agree = panorama_metrics.overlap_disagreement(consistent)
     assert agree < 0.05
     # Brighten subregion F where its pixels are also shown elsewhere: its copies now disagree.
-    _, others = zip(*evaluation._other_copy_plans(m))
+    _, others = zip(*panorama_metrics._other_copy_plans(m))
     shared = np.any(others, axis=0) & (layout.subregion_index(m) == 0)
     perturbed = consistent + 40.0 * shared[None, :, :, None]
-    assert evaluation.overlap_disagreement(perturbed) > 10
+    assert panorama_metrics.overlap_disagreement(perturbed) > 10
     noise = np.random.default_rng(2).uniform(0, 255, (1, m, m, 3))
-    assert evaluation.overlap_disagreement(noise) > 50
+    assert panorama_metrics.overlap_disagreement(noise) > 50
     with pytest.raises(ValueError, match="square maps"):
-        evaluation.overlap_disagreement(np.zeros((1, 16, 32, 3)))
+        panorama_metrics.overlap_disagreement(np.zeros((1, 16, 32, 3)))
 
 
 def test_psnr_and_ssim_of_views_on_the_8_bit_scale():
     rng = np.random.default_rng(3)
     reference = rng.uniform(20, 230, (2, 16, 20, 3))
-    assert evaluation.view_psnr(reference, reference) == float("inf")
-    assert evaluation.view_ssim(reference, reference) == pytest.approx(1.0)
+    assert panorama_metrics.view_psnr(reference, reference) == float("inf")
+    assert panorama_metrics.view_ssim(reference, reference) == pytest.approx(1.0)
     # An error of 1 level everywhere: MSE 1, PSNR 20 log10(255).
-    assert evaluation.view_psnr(reference + 1, reference) == pytest.approx(20 * np.log10(255))
+    assert panorama_metrics.view_psnr(reference + 1, reference) == pytest.approx(20 * np.log10(255))
     noise = rng.normal(0, 1, reference.shape)
-    slightly, very = (evaluation.view_ssim(reference + k * noise, reference) for k in (5, 40))
+    slightly, very = (panorama_metrics.view_ssim(reference + k * noise, reference) for k in (5, 40))
     assert very < 0.9 < slightly < 1.0
     # Two flat images: SSIM reduces to its luminance term (2 a b + C1) / (a^2 + b^2 + C1).
     a, b, c1 = 100.0, 150.0, (0.01 * 255) ** 2
-    flat = evaluation.view_ssim(np.full((1, 16, 16, 3), a), np.full((1, 16, 16, 3), b))
+    flat = panorama_metrics.view_ssim(np.full((1, 16, 16, 3), a), np.full((1, 16, 16, 3), b))
     assert flat == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1))
     with pytest.raises(ValueError, match="differ in shape"):
-        evaluation.view_psnr(reference, reference[:1])
+        panorama_metrics.view_psnr(reference, reference[:1])
 
 
 def test_every_panorama_metric_states_its_direction_and_unit():
     functions = {
-        "seam_ratio": evaluation.seam_ratio,
-        "pole_spread": evaluation.pole_spread,
-        "overlap_disagreement": evaluation.overlap_disagreement,
-        "flicker": evaluation.temporal_flicker,
-        "condition_psnr": evaluation.view_psnr,
-        "condition_ssim": evaluation.view_ssim,
+        "seam_ratio": panorama_metrics.seam_ratio,
+        "pole_spread": panorama_metrics.pole_spread,
+        "overlap_disagreement": panorama_metrics.overlap_disagreement,
+        "flicker": panorama_metrics.temporal_flicker,
+        "condition_psnr": panorama_metrics.view_psnr,
+        "condition_ssim": panorama_metrics.view_ssim,
     }
-    for name, info in evaluation.PANORAMA_METRICS.items():
+    for name, info in panorama_metrics.PANORAMA_METRICS.items():
         assert info.better in ("lower", "higher") and info.unit and info.meaning, name
     for name, function in functions.items():
-        better = evaluation.PANORAMA_METRICS[name].better
+        better = panorama_metrics.PANORAMA_METRICS[name].better
         assert f"{better.capitalize()} is better" in function.__doc__, name
         assert "(F, " in function.__doc__, name

@@ -8,7 +8,11 @@ Rules:
     parent package that Python does before a submodule is not an edge. Imports under
     `if TYPE_CHECKING:` never run and are left out of the graph.
 (b) `viewpoint_jax.convert` (PyTorch checkpoints -> Orbax) is offline only: no module outside
-    viewpoint_jax/convert/ imports it or its submodules, in any form.
+    viewpoint_jax/convert/ imports it or its submodules, in any form, except its command
+    (`viewpoint_jax.convert_wan`).
+(d) Floors (docs/architecture.md): the library's folders stand in `FLOORS`, lowest first; a module
+    imports only from its own floor or the floors below. The package top holds the commands
+    (`python -m viewpoint_jax.<command>`): a command may import any floor, never another command.
 (c) A function-local import of one of the package's own modules says why it is local: a comment
     `# lazy: <reason>` on the import's line (any line of a multi-line import) or on the line
     directly above it, e.g.
@@ -39,6 +43,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "viewpoint_jax"
 OFFLINE = "viewpoint_jax.convert"
+OFFLINE_COMMAND = "viewpoint_jax.convert_wan"
+# The library's folders, lowest first (docs/architecture.md). `convert` is offline and reads the
+# models' layouts; nothing but its command imports it (rule b).
+FLOORS = (
+    "common",
+    "geometry",
+    "models",
+    "diffusion",
+    "data",
+    "setup",
+    "training",
+    "generation",
+    "evaluation",
+    "studies",
+    "convert",
+)
 LAZY_COMMENT = re.compile(r"#\s*lazy:\s*\S")
 
 
@@ -259,7 +279,37 @@ def offline_imports(imports: list[Import], offline: str) -> list[Import]:
     def inside(name):
         return name == offline or name.startswith(offline + ".")
 
-    return [imp for imp in imports if inside(imp.target) and not inside(imp.importer)]
+    return [
+        imp
+        for imp in imports
+        if inside(imp.target) and not inside(imp.importer) and imp.importer != OFFLINE_COMMAND
+    ]
+
+
+def floor_of(module: str, package: str = PACKAGE) -> int | None:
+    """The floor index of a library module (`FLOORS`), None for a command (a module at the
+    package top) and for the package itself."""
+    parts = module.split(".")
+    if len(parts) < 2:
+        return None
+    if parts[1] in FLOORS:
+        return FLOORS.index(parts[1])
+    if len(parts) == 2:
+        return None
+    raise AssertionError(f"{module} lives in a folder that FLOORS does not list")
+
+
+def upward_imports(imports: list[Import]) -> list[Import]:
+    """Library imports that run to a higher floor, and commands importing commands."""
+    bad = []
+    for imp in imports:
+        importer, target = floor_of(imp.importer), floor_of(imp.target)
+        if importer is None:  # a command: any floor, no other command
+            if target is None and imp.target != PACKAGE and imp.target != imp.importer:
+                bad.append(imp)
+        elif target is None or target > importer:
+            bad.append(imp)
+    return bad
 
 
 def unjustified_local_imports(imports: list[Import]) -> list[Import]:
@@ -289,6 +339,31 @@ def test_no_import_cycles(imports):
 def test_convert_is_imported_only_by_convert(imports):
     bad = offline_imports(imports, OFFLINE)
     assert not bad, f"{OFFLINE} is offline only, yet imported by:\n" + "\n".join(map(str, bad))
+
+
+def test_imports_run_down_the_floors(imports):
+    bad = upward_imports(imports)
+    assert not bad, (
+        "imports that run up a floor (FLOORS, lowest first) or from one command to another:\n"
+        + "\n".join(map(str, bad))
+    )
+
+
+def test_every_folder_is_a_floor():
+    folders = {p.parent.name for p in (ROOT / PACKAGE).glob("*/__init__.py")} - {"configs"}
+    assert folders == set(FLOORS), "FLOORS and the package's folders differ"
+
+
+def test_commands_are_thin_and_runnable():
+    """Every module at the package top (but `__init__`) is a command: it has a `main` and runs
+    as `python -m viewpoint_jax.<name>`."""
+    for path in sorted((ROOT / PACKAGE).glob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        tree = ast.parse(path.read_text())
+        names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        assert "main" in names, f"{path}: a command without main()"
+        assert '__name__ == "__main__"' in path.read_text(), f"{path}: not runnable with -m"
 
 
 def test_function_local_imports_say_why(imports):
@@ -404,3 +479,23 @@ def test_checker_finds_child_to_parent_cycles_offline_imports_and_silent_lazy_im
     ]
     silent = [(imp.target, imp.line) for imp in unjustified_local_imports(imports)]
     assert silent == [("pkg.offline.dit", 2), ("pkg.geo.helpers", 7)]
+
+
+# Sizes: a function a reader takes in at once, a file a reader can hold -------------------------
+
+MAX_FUNCTION_LINES = 80
+MAX_FILE_LINES = 700
+
+
+def test_no_long_functions_or_files():
+    long = []
+    for path in sorted((ROOT / PACKAGE).rglob("*.py")):
+        lines = path.read_text().count("\n")
+        if lines > MAX_FILE_LINES:
+            long.append(f"{path.relative_to(ROOT)}: {lines} lines (file)")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.name} {length}")
+    assert not long, "over the size limits:\n" + "\n".join(long)

@@ -1,4 +1,4 @@
-"""io_utils.check_writable: an output that cannot be written is refused before any work."""
+"""fileio.check_writable: an output that cannot be written is refused before any work."""
 
 import errno
 import os
@@ -6,13 +6,13 @@ import tempfile
 
 import pytest
 
-from viewpoint_jax import io_utils
-from viewpoint_jax.cli import UserError
+from viewpoint_jax.common import fileio
+from viewpoint_jax.common.cli import UserError
 
 
 def test_writable_destination_is_returned_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert io_utils.check_writable("new/deeper/out.mp4") == tmp_path / "new" / "deeper" / "out.mp4"
+    assert fileio.check_writable("new/deeper/out.mp4") == tmp_path / "new" / "deeper" / "out.mp4"
     assert sorted(os.listdir(tmp_path)) == []  # the probe is gone, nothing was created
 
 
@@ -28,10 +28,10 @@ def test_read_only_directory_is_named(tmp_path, monkeypatch):
                 raise PermissionError(errno.EACCES, "Permission denied", str(dir))
             return make_file(*args, dir=dir, **kwargs)
 
-        monkeypatch.setattr(io_utils.tempfile, "mkstemp", refusing_mkstemp)
+        monkeypatch.setattr(fileio.tempfile, "mkstemp", refusing_mkstemp)
     try:
         with pytest.raises(UserError) as info:
-            io_utils.check_writable(read_only / "sub" / "out")
+            fileio.check_writable(read_only / "sub" / "out")
     finally:
         read_only.chmod(0o700)
     message = str(info.value)
@@ -42,11 +42,11 @@ def test_read_only_directory_is_named(tmp_path, monkeypatch):
 def test_too_little_free_space_is_named(tmp_path):
     free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
     with pytest.raises(UserError, match=f"cannot write {tmp_path / 'big'}: it needs about"):
-        io_utils.check_writable(tmp_path / "big", expected_bytes=free + 2**40)
-    assert io_utils.check_writable(tmp_path / "small", expected_bytes=1) == tmp_path / "small"
+        fileio.check_writable(tmp_path / "big", expected_bytes=free + 2**40)
+    assert fileio.check_writable(tmp_path / "small", expected_bytes=1) == tmp_path / "small"
 
 
 def test_file_in_the_way_is_named(tmp_path):
     (tmp_path / "a_file").write_text("")
     with pytest.raises(UserError, match="a_file is not a directory"):
-        io_utils.check_writable(tmp_path / "a_file" / "out")
+        fileio.check_writable(tmp_path / "a_file" / "out")

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from test_train import ONE_DEVICE, micro_config, run_tool, write_dataset
 
-from viewpoint_jax import build, train
-from viewpoint_jax import sharding as sharding_lib
+from viewpoint_jax import train
+from viewpoint_jax.common import sharding as sharding_lib
 from viewpoint_jax.data import builder, latents, pipeline, precompute
+from viewpoint_jax.setup import build
 
 NAME = "micro_latents"
 SAMPLES, IMAGE_SAMPLES = 2, 1
@@ -255,7 +256,7 @@ def test_wan_vae_encoder_split_over_devices_equals_one_device():
 
 def test_an_unreadable_record_is_skipped_and_the_rest_still_drawn():
     """A bad record in the middle yields one `bad` key; the records after it are still drawn."""
-    from viewpoint_jax.progress import Progress
+    from viewpoint_jax.common.progress import Progress
 
     def maker(record, rng):
         return {"_status": pipeline.BAD} if record["bad"] else {"value": record["value"]}

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from viewpoint_jax import config as config_lib
-from viewpoint_jax import sample, video_io
+from viewpoint_jax import sample
+from viewpoint_jax.common import video_io
 from viewpoint_jax.diffusion import sampler
 from viewpoint_jax.models.autoencoder import SpaceToDepthAutoencoder
+from viewpoint_jax.setup import config as config_lib
 
 SETTINGS = sampler.SampleSettings(num_steps=2, shift=3.0, guidance_scale=1.0, scheduler="euler")
 

@@ -12,11 +12,12 @@ import numpy as np
 from flax import nnx
 from test_train import micro_config
 
-from viewpoint_jax import build, train
-from viewpoint_jax import config as config_lib
-from viewpoint_jax import sharding as sharding_lib
+from viewpoint_jax import train
+from viewpoint_jax.common import sharding as sharding_lib
 from viewpoint_jax.models import dit as dit_lib
 from viewpoint_jax.models import umt5, vae
+from viewpoint_jax.setup import build
+from viewpoint_jax.setup import config as config_lib
 
 REPO = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("memory_plan", REPO / "tools" / "memory_plan.py")

@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from viewpoint_jax import config as config_lib
-from viewpoint_jax import monitoring
 from viewpoint_jax.models.dit import DiTConfig
+from viewpoint_jax.setup import config as config_lib
+from viewpoint_jax.training import telemetry
 
 
 def test_subregion_attention_costs_a_quarter_of_pano_attention():
@@ -17,30 +17,30 @@ def test_subregion_attention_costs_a_quarter_of_pano_attention():
     # on its four subregions, per block.
     kwargs = dict(num_layers=4, dim=64, ffn_dim=128, num_heads=2, text_dim=32, in_dim=33)
     grid, text_tokens = (3, 8, 8), 16
-    pano = monitoring.dit_forward_flops(
+    pano = telemetry.dit_forward_flops(
         DiTConfig.tiny(attention_pattern="pano", **kwargs), grid, text_tokens
     )
-    subregion = monitoring.dit_forward_flops(
+    subregion = telemetry.dit_forward_flops(
         DiTConfig.tiny(attention_pattern="subregion", **kwargs), grid, text_tokens
     )
     n = 3 * 4 * 4  # tokens after 1 x 2 x 2 patches
     assert pano - subregion == pytest.approx(4 * (4 * n * n * 64 - 4 * 4 * (n // 4) ** 2 * 64))
-    step = monitoring.train_step_flops(DiTConfig.tiny(**kwargs), grid, text_tokens, batch=2)
+    step = telemetry.train_step_flops(DiTConfig.tiny(**kwargs), grid, text_tokens, batch=2)
     assert step == pytest.approx(
-        3 * 2 * monitoring.dit_forward_flops(DiTConfig.tiny(**kwargs), grid, text_tokens)
+        3 * 2 * telemetry.dit_forward_flops(DiTConfig.tiny(**kwargs), grid, text_tokens)
     )
 
 
 def test_mfu_is_achieved_over_peak_flops():
-    out = monitoring.throughput(2.0, 8e12, 1000, num_devices=4, peak=1e12)
+    out = telemetry.throughput(2.0, 8e12, 1000, num_devices=4, peak=1e12)
     assert out == {"tokens_per_s": 500.0, "mfu": pytest.approx(8e12 / 2.0 / 4e12)}
-    assert "mfu" not in monitoring.throughput(2.0, 8e12, 1000, num_devices=4, peak=None)
+    assert "mfu" not in telemetry.throughput(2.0, 8e12, 1000, num_devices=4, peak=None)
 
 
 def test_logger_writes_every_step_and_plain_progress_lines_off_a_terminal(tmp_path, capsys):
     config = config_lib.load_config_file("configs/tiny.py:micro")
     config.log.every_steps = 2
-    logger = monitoring.TrainLogger(
+    logger = telemetry.TrainLogger(
         tmp_path, config, DiTConfig.tiny(), num_devices=1, start_step=0, progress=True
     )
     for step in (1, 2, 3):
@@ -78,7 +78,7 @@ def test_preview_images_reach_tensorboard_without_pillow(tmp_path, monkeypatch):
     written is the PNG of the array, read back exactly."""
     monkeypatch.setitem(sys.modules, "PIL", None)  # `import PIL` raises
     image = np.random.default_rng(0).integers(0, 256, (6, 10, 3), dtype=np.uint8)
-    writer = monitoring.Writer(tmp_path)
+    writer = telemetry.Writer(tmp_path)
     writer.image(7, "maps/preview", image)
     writer.close()
     (value,) = [v for e in _events(tmp_path) for v in e.summary.value if v.tag == "maps/preview"]

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from test_train import cli, micro_config, read_losses, subprocess_env, write_dataset
 
-from viewpoint_jax import checkpointing, train
+from viewpoint_jax import train
+from viewpoint_jax.training import checkpoints
 
 STEPS = 12  # the uninterrupted run (checkpoints at 6 and 12)
 RESUME_AT = 6  # the interrupted run starts from the uninterrupted run's checkpoint here
@@ -153,7 +154,7 @@ def _restore(checkpoint_dir, step: int) -> dict:
     abstract = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract
     )
-    checkpointer = checkpointing.Checkpointer(checkpoint_dir, every_steps=1, keep=9)
+    checkpointer = checkpoints.Checkpointer(checkpoint_dir, every_steps=1, keep=9)
     try:
         assert checkpointer.latest_step() == step
         return jax.device_get(checkpointer.restore(step, abstract))

@@ -5,8 +5,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from viewpoint_jax import config as config_lib
-from viewpoint_jax.optim import make_optimizer
+from viewpoint_jax.setup import config as config_lib
+from viewpoint_jax.training.optim import make_optimizer
 
 
 def _optim(**overrides) -> ml_collections.ConfigDict:

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from viewpoint_jax import config as config_lib
 from viewpoint_jax import geometry
 from viewpoint_jax.data import demo_dataset, perspective_clips, pipeline
+from viewpoint_jax.setup import config as config_lib
 
 HEIGHT, CLIP_FRAMES, FPS = 32, 9, 4.0
 

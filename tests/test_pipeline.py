@@ -6,9 +6,9 @@ import logging
 import numpy as np
 import pytest
 
-from viewpoint_jax import config as config_lib
 from viewpoint_jax import geometry
 from viewpoint_jax.data import builder, pipeline, scenes
+from viewpoint_jax.setup import config as config_lib
 
 H, W, M, F = 16, 32, 16, 5
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from test_train import CountingEncoder, micro_config, run_tool, write_dataset
 
-from viewpoint_jax import build
 from viewpoint_jax.models import text_encoder as text_lib
+from viewpoint_jax.setup import build
 
 
 def _tool(data_dir, name, *args):

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from test_train import run_tool
 
-from viewpoint_jax import config as config_lib
-from viewpoint_jax import video_io
+from viewpoint_jax.common import video_io
 from viewpoint_jax.data import builder, pipeline
+from viewpoint_jax.setup import config as config_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 PREPARE = [sys.executable, str(ROOT / "tools" / "prepare_dataset.py")]

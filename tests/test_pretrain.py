@@ -13,11 +13,13 @@ import pytest
 from flax import nnx
 from test_train import ONE_DEVICE, REPO, load_config, micro_config, subprocess_env
 
-from viewpoint_jax import build, monitoring, train
-from viewpoint_jax import config as config_lib
 from viewpoint_jax import pretrain as pretrain_lib
-from viewpoint_jax.cli import UserError
+from viewpoint_jax import train
+from viewpoint_jax.common.cli import UserError
 from viewpoint_jax.models import dit as dit_lib
+from viewpoint_jax.setup import build
+from viewpoint_jax.setup import config as config_lib
+from viewpoint_jax.training import telemetry
 
 ASSET = REPO / "viewpoint_jax" / "assets" / "tiny_perspective"
 REPRODUCED_STEPS = 3
@@ -79,8 +81,8 @@ def test_the_readme_command_reproduces_the_committed_losses(tmp_path):
         [sys.executable, *arguments], cwd=REPO, env=subprocess_env(), capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    committed_steps, committed = monitoring.read_losses(ASSET / "metrics.jsonl")
-    steps, losses = monitoring.read_losses(tmp_path / "out" / "metrics.jsonl")
+    committed_steps, committed = telemetry.read_losses(ASSET / "metrics.jsonl")
+    steps, losses = telemetry.read_losses(tmp_path / "out" / "metrics.jsonl")
     np.testing.assert_array_equal(steps, np.arange(1, REPRODUCED_STEPS + 1))
     np.testing.assert_array_equal(committed_steps[:REPRODUCED_STEPS], steps)
     np.testing.assert_allclose(losses, committed[:REPRODUCED_STEPS], rtol=1e-5)

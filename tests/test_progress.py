@@ -3,7 +3,7 @@ bar on one."""
 
 import io
 
-from viewpoint_jax.progress import BYTES, Progress, format_amount
+from viewpoint_jax.common.progress import BYTES, Progress, format_amount
 
 
 class Terminal(io.StringIO):

@@ -32,7 +32,7 @@ import pytest
 from test_train import REPO, subprocess_env
 from wan_release import DIT_TINY, write_wan_release
 
-from viewpoint_jax.video_io import read_video, write_video
+from viewpoint_jax.common.video_io import read_video, write_video
 
 README = REPO / "README.md"
 # The README's sections with the pipeline's commands, in order.

@@ -14,8 +14,9 @@ import pytest
 from flax import nnx
 from test_train import subprocess_env
 
-from viewpoint_jax import cli, sample, video_io
-from viewpoint_jax.cli import UserError
+from viewpoint_jax import sample
+from viewpoint_jax.common import cli, video_io
+from viewpoint_jax.common.cli import UserError
 from viewpoint_jax.models.dit import WanDiT
 
 FFPROBE = shutil.which("ffprobe")
@@ -176,7 +177,7 @@ def tiny_checkpoint(tmp_path_factory):
     (`config.json` + Orbax `params/`, the layout `load_dit` reads)."""
     import orbax.checkpoint as ocp
 
-    from viewpoint_jax import build
+    from viewpoint_jax.setup import build
 
     config = sample.load_config(str(REPO / "configs" / "tiny.py:micro"))
     model_config = build.dit_config(config)

@@ -13,8 +13,9 @@ import numpy as np
 from test_sample_cli import REPO, run_in_process, tiny_run  # noqa: F401 (a fixture)
 from test_train import subprocess_env
 
-from viewpoint_jax import sample, video_io
-from viewpoint_jax.cli import UserError
+from viewpoint_jax import sample
+from viewpoint_jax.common import video_io
+from viewpoint_jax.common.cli import UserError
 from viewpoint_jax.diffusion import sampler
 
 

@@ -15,9 +15,11 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from viewpoint_jax import build, sample, sharding
+from viewpoint_jax import sample
+from viewpoint_jax.common import sharding
 from viewpoint_jax.diffusion import sampler
 from viewpoint_jax.models.dit import WanDiT
+from viewpoint_jax.setup import build
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = sampler.SampleSettings(num_steps=3, scheduler="euler", guidance_scale=3.0, seed=1)
@@ -178,17 +180,17 @@ def test_meshes_that_do_not_divide_the_model_are_refused(config, checkpoint):
 
 def test_training_run_weights_are_read_as_bf16_into_shardings(config, tmp_path):
     """A training run's fp32 checkpoint, restored as `load_models` restores it."""
-    from viewpoint_jax import checkpointing
+    from viewpoint_jax.training import checkpoints
 
     model = nnx.jit(lambda: WanDiT(build.dit_config(config), rngs=nnx.Rngs(2)))()
     params = nnx.state(model, nnx.Param)
-    checkpointer = checkpointing.Checkpointer(
-        checkpointing.checkpoint_dir(tmp_path), every_steps=1, keep=1, async_save=False
+    checkpointer = checkpoints.Checkpointer(
+        checkpoints.checkpoint_dir(tmp_path), every_steps=1, keep=1, async_save=False
     )
     checkpointer.save(0, {"step": np.int32(0), "params": params}, force=True)  # as train.py
     checkpointer.close()
     mesh = sharding.make_mesh({"fsdp": 8})
-    restored = build.restore_model_for_inference(
+    restored = checkpoints.restore_model_for_inference(
         tmp_path, config, mesh=mesh, dtype="bfloat16", param_dtype="bfloat16"
     )
     for saved, loaded in zip(

@@ -12,7 +12,8 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 from flax import nnx
 
-from viewpoint_jax import geometry, video_io
+from viewpoint_jax import geometry
+from viewpoint_jax.common import video_io
 from viewpoint_jax.diffusion import sampler
 from viewpoint_jax.models import autoencoder as autoencoder_lib
 from viewpoint_jax.models.autoencoder import SpaceToDepthAutoencoder
@@ -315,7 +316,7 @@ def test_make_conditions_rejects_frame_counts_the_autoencoder_cannot_take():
 def test_decode_spread_over_a_mesh_equals_one_device():
     """`decode_latents` on a mesh (the VAE replicated there by `replicate`, its tiles spread over
     the devices) gives the one-device decode."""
-    from viewpoint_jax import sharding
+    from viewpoint_jax.common import sharding
     from viewpoint_jax.models import vae as vae_lib
 
     def tiny_vae():

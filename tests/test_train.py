@@ -16,10 +16,12 @@ import jax
 import numpy as np
 import pytest
 
-from viewpoint_jax import build, checkpointing, train
-from viewpoint_jax import sharding as sharding_lib
+from viewpoint_jax import train
+from viewpoint_jax.common import sharding as sharding_lib
 from viewpoint_jax.data import builder
 from viewpoint_jax.models import text_encoder as text_lib
+from viewpoint_jax.setup import build
+from viewpoint_jax.training import checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 # Every run of the micro config compiles the same programs: keep them across tests and processes.
@@ -77,7 +79,7 @@ def procedural_records(count: int = 6, num_frames: int = 7, height: int = 32) ->
 
 def write_dataset(root: Path, count: int = 6, num_frames: int = 7, height: int = 32):
     """A real TFDS dataset (ArrayRecord) of procedural clips: returns (data_dir, name)."""
-    from viewpoint_jax.video_io import write_video
+    from viewpoint_jax.common.video_io import write_video
 
     source = root / "source"
     source.mkdir(parents=True)
@@ -167,11 +169,11 @@ def test_loss_falls_and_logs(tmp_path):
         "step_0000024.png",
     ]
     assert (
-        checkpointing.Checkpointer(tmp_path / "checkpoints", every_steps=1, keep=2).latest_step()
+        checkpoints.Checkpointer(tmp_path / "checkpoints", every_steps=1, keep=2).latest_step()
         == 24
     )
     # The sampler's entry point restores the trained weights from the run directory.
-    model = build.restore_model_for_inference(tmp_path, config)
+    model = checkpoints.restore_model_for_inference(tmp_path, config)
     assert model.config == build.dit_config(config)
 
 
@@ -252,7 +254,7 @@ def test_nonfinite_loss_skips_update_then_stops(tmp_path):
     assert [r["nonfinite_total"] for r in records] == [0, 0, 0, 1, 2, 3]
     assert all(np.isfinite(r["loss"]) for r in records[:3])
     # Checkpoints are only written for finite steps: the last good one is step 2.
-    manager = checkpointing.Checkpointer(tmp_path / "checkpoints", every_steps=1, keep=3)
+    manager = checkpoints.Checkpointer(tmp_path / "checkpoints", every_steps=1, keep=3)
     assert manager.latest_step() == 2
 
     # A skipped step leaves the weights and optimizer moments exactly as they were.

@@ -9,10 +9,12 @@ from flax import nnx
 from test_train import ONE_DEVICE, micro_config, procedural_records
 from wan_release import original_dit_config, save_dit, to_original_dit_layout
 
-from viewpoint_jax import build, checkpointing, train
-from viewpoint_jax import config as config_lib
+from viewpoint_jax import train
 from viewpoint_jax.convert import dit as convert_dit_lib
 from viewpoint_jax.models import dit as dit_lib
+from viewpoint_jax.setup import build
+from viewpoint_jax.setup import config as config_lib
+from viewpoint_jax.training import checkpoints
 
 
 def _flat(tree) -> dict[str, np.ndarray]:
@@ -34,8 +36,8 @@ def _saved_states(config, workdir, steps):
     """The full train state checkpointed at each of `steps`, and the initial one."""
     mesh, rules = config_lib.mesh_and_rules(config, ONE_DEVICE)
     trainer = train.make_trainer(config, mesh, rules)
-    manager = checkpointing.Checkpointer(
-        checkpointing.checkpoint_dir(workdir), every_steps=1, keep=len(steps)
+    manager = checkpoints.Checkpointer(
+        checkpoints.checkpoint_dir(workdir), every_steps=1, keep=len(steps)
     )
     try:
         abstract = trainer.abstract_state_with_shardings()
@@ -80,13 +82,13 @@ def test_ema_follows_the_recurrence_and_restores(tmp_path):
         params = new_params
     assert not np.array_equal(expected["['patch_kernel']"], params["['patch_kernel']"])
 
-    ema_model = build.restore_model(config, tmp_path, use_ema=True)
-    raw_model = build.restore_model(config, tmp_path, use_ema=False)
+    ema_model = checkpoints.restore_model(config, tmp_path, use_ema=True)
+    raw_model = checkpoints.restore_model(config, tmp_path, use_ema=False)
     _assert_trees_equal(nnx.state(ema_model, nnx.Param), expected)
     _assert_trees_equal(nnx.state(raw_model, nnx.Param), params)
     # The sampler's entry point takes the EMA weights of a run that keeps them.
     _assert_trees_equal(
-        nnx.state(build.restore_model_for_inference(tmp_path, config), nnx.Param), expected
+        nnx.state(checkpoints.restore_model_for_inference(tmp_path, config), nnx.Param), expected
     )
 
 
@@ -143,7 +145,7 @@ def test_init_checkpoint_starts_from_the_inflated_wan_weights(tmp_path):
     # Step 1 runs at warmup's learning rate 0, so its checkpoint holds the initial weights.
     (line,) = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert json.loads(line)["lr"] == 0.0
-    initial = build.restore_model(config, tmp_path / "run", use_ema=False)
+    initial = checkpoints.restore_model(config, tmp_path / "run", use_ema=False)
     params = _flat(nnx.state(initial, nnx.Param))
 
     in_dim = build.dit_config(config).in_dim

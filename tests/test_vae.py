@@ -229,7 +229,7 @@ def test_tiles_spread_over_devices_equal_one_device():
     the one-device tiled decode. 6 tiles of 8 latent pixels (overlap 2) on a 20 x 14 latent:
     one step on 8 devices (2 zero-weight padding tiles), two on 4 (2 padding tiles). 9 frames,
     so each tile's causal cache is carried across 2 decode chunks."""
-    from viewpoint_jax import sharding
+    from viewpoint_jax.common import sharding
 
     vae = vae_lib.WanVAE(vae_lib.WanVAEConfig(base_dim=8, num_res_blocks=1), rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(vae)

@@ -8,7 +8,7 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
-from viewpoint_jax import video_io
+from viewpoint_jax.common import video_io
 
 FFPROBE = shutil.which("ffprobe")
 

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from viewpoint_jax import video_io, viewer
+from viewpoint_jax.common import video_io
+from viewpoint_jax.generation import viewer
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -23,7 +23,7 @@ from absl import flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from viewpoint_jax.cli import refuse_positional, run
+from viewpoint_jax.common.cli import refuse_positional, run
 
 ROOT = Path(__file__).resolve().parent.parent
 

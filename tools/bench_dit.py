@@ -22,7 +22,7 @@ from absl import flags
 from flax import nnx
 
 import viewpoint_jax  # noqa: F401
-from viewpoint_jax.cli import refuse_positional, run
+from viewpoint_jax.common.cli import refuse_positional, run
 from viewpoint_jax.models import dit as dit_lib
 from viewpoint_jax.models.dit import DiTConfig
 

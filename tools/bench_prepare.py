@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from absl import flags
 
-from viewpoint_jax import video_io
-from viewpoint_jax.cli import refuse_positional, run
+from viewpoint_jax.common import video_io
+from viewpoint_jax.common.cli import refuse_positional, run
 
 
 def make_clip(path: Path, seconds: float) -> Path:

@@ -19,7 +19,7 @@ import py360convert
 from absl import flags
 
 from viewpoint_jax import geometry
-from viewpoint_jax.cli import refuse_positional, run
+from viewpoint_jax.common.cli import refuse_positional, run
 from viewpoint_jax.data import scenes
 from viewpoint_jax.geometry import sphere
 from viewpoint_jax.geometry import viewpoint_map as layout

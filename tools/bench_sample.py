@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from absl import flags
 from flax import nnx
 
-from viewpoint_jax.cli import UserError, refuse_positional, run
+from viewpoint_jax.common.cli import UserError, refuse_positional, run
 from viewpoint_jax.diffusion import sampler, schedulers
 from viewpoint_jax.models.dit import DiTConfig, WanDiT
 
@@ -64,7 +64,8 @@ def simulate_devices(args) -> None:
 
 def bench_devices(args, config, conditions, backend: str) -> None:
     """Per-step time and per-device bytes of the sampler on 1..N-device meshes."""
-    from viewpoint_jax import sample, sharding
+    from viewpoint_jax import sample
+    from viewpoint_jax.common import sharding
 
     counts = [int(n) for n in args.devices.split(",")]
     if max(counts) > jax.device_count():

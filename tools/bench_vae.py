@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from absl import flags
 
-from viewpoint_jax.cli import refuse_positional, run
+from viewpoint_jax.common.cli import refuse_positional, run
 
 
 def _rss_bytes() -> int:

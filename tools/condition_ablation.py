@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from absl import flags
 
-from viewpoint_jax.cli import refuse_positional, run
+from viewpoint_jax.common.cli import refuse_positional, run
 
 
 def define_flags() -> None:

@@ -36,33 +36,33 @@ GIB = 1024**3
 
 def load_config(spec: str):
     # Imported here: jax must not initialise before main() sets the simulated device count.
-    from viewpoint_jax.config import load_config_file
+    from viewpoint_jax.setup.config import load_config_file
 
     return load_config_file(spec)
 
 
 def _resolved_mesh(config, devices: int) -> dict[str, int]:
-    from viewpoint_jax.config import mesh_shape
+    from viewpoint_jax.setup.config import mesh_shape
 
     return mesh_shape(config, devices)
 
 
 def _sharded_bytes(abstract_tree, mesh_sizes: dict[str, int], rules, dtype_bytes=None) -> int:
-    from viewpoint_jax import memory
+    from viewpoint_jax.training import memory
 
     return memory.sharded_bytes(abstract_tree, mesh_sizes, rules, dtype_bytes)
 
 
 def activation_bytes(config, model_config, mesh_sizes: dict[str, int]) -> dict[str, float]:
-    """`viewpoint_jax.memory.activation_bytes` (its docstring has the formula)."""
-    from viewpoint_jax import memory
+    """`viewpoint_jax.training.memory.activation_bytes` (its docstring has the formula)."""
+    from viewpoint_jax.training import memory
 
     return memory.activation_bytes(config, model_config, mesh_sizes)
 
 
 def analytic_plan(config, devices: int) -> dict[str, float]:
-    """`viewpoint_jax.memory.training_plan` on the config's mesh over `devices`."""
-    from viewpoint_jax import memory
+    """`viewpoint_jax.training.memory.training_plan` on the config's mesh over `devices`."""
+    from viewpoint_jax.training import memory
 
     return memory.training_plan(config, _resolved_mesh(config, devices))
 
@@ -115,9 +115,10 @@ def vae_decode_bytes(config, latent: tuple[int, ...], devices: int = 1) -> dict[
     import jax.numpy as jnp
     import numpy as np
 
-    from viewpoint_jax import build, sample
+    from viewpoint_jax import sample
     from viewpoint_jax.diffusion import sampler
     from viewpoint_jax.models import autoencoder as autoencoder_lib
+    from viewpoint_jax.setup import build
 
     if jax.device_count() < devices:
         raise ValueError(f"{devices} devices asked for, {jax.device_count()} simulated")
@@ -163,9 +164,10 @@ def sample_plan(config, devices: int, dtype: str = "bfloat16", vae: dict | None 
     import numpy as np
     from flax import nnx
 
-    from viewpoint_jax import build, sample
-    from viewpoint_jax import config as config_lib
+    from viewpoint_jax import sample
     from viewpoint_jax.models import dit as dit_lib
+    from viewpoint_jax.setup import build
+    from viewpoint_jax.setup import config as config_lib
 
     model_config = dataclasses.replace(build.dit_config(config), dtype=dtype, param_dtype=dtype)
     mesh_sizes = {"data": 1, "fsdp": devices, "sequence": 1, "tensor": 1}  # sampling_mesh
@@ -227,11 +229,12 @@ def compiled_sample_plan(config, devices: int, dtype: str = "bfloat16") -> dict[
     import jax.numpy as jnp
     from flax import nnx
 
-    from viewpoint_jax import build, sample
-    from viewpoint_jax import config as config_lib
-    from viewpoint_jax import sharding as sharding_lib
+    from viewpoint_jax import sample
+    from viewpoint_jax.common import sharding as sharding_lib
     from viewpoint_jax.diffusion import sampler, schedulers
     from viewpoint_jax.models import dit as dit_lib
+    from viewpoint_jax.setup import build
+    from viewpoint_jax.setup import config as config_lib
 
     if jax.device_count() < devices:
         raise ValueError(f"{devices} devices asked for, {jax.device_count()} simulated")
@@ -318,7 +321,7 @@ def compile_attention_backend(config) -> tuple[str, str | None]:
     config's: cudnn (GPU) and splash (TPU) do not compile on CPU, so CPU plans use 'xla'."""
     import jax
 
-    from viewpoint_jax import build
+    from viewpoint_jax.setup import build
 
     named = build.dit_config(config).attention_backend
     runs_here = {"xla": True, "cudnn": "gpu", "splash": "tpu"}.get(named)
@@ -339,10 +342,11 @@ def abstract_train_step(config, mesh, rules):
     import jax
     import jax.numpy as jnp
 
-    from viewpoint_jax import build, train
-    from viewpoint_jax import config as config_lib
+    from viewpoint_jax import train
     from viewpoint_jax.models import text_encoder as text_lib
     from viewpoint_jax.models.autoencoder import latent_shape
+    from viewpoint_jax.setup import build
+    from viewpoint_jax.setup import config as config_lib
 
     trainer = train.make_trainer(
         config,
@@ -379,7 +383,7 @@ def abstract_train_step(config, mesh, rules):
 def compiled_notes(config, devices: int) -> tuple[str, ...]:
     """What the compiled plan compiled with: its attention backend and, for 'xla', the analytic
     estimate of the attention scores its temporaries include."""
-    from viewpoint_jax import build
+    from viewpoint_jax.setup import build
 
     backend, note = compile_attention_backend(config)
     if backend != "xla":
@@ -408,7 +412,7 @@ def compile_train_step(config, devices: int):
 
     import jax
 
-    from viewpoint_jax import sharding as sharding_lib
+    from viewpoint_jax.common import sharding as sharding_lib
 
     if jax.device_count() < devices:
         raise ValueError(f"{devices} devices asked for, {jax.device_count()} simulated")
@@ -513,7 +517,7 @@ def define_flags() -> None:
 def main(argv: list[str]) -> int:
     from absl import flags
 
-    from viewpoint_jax.cli import UserError, refuse_positional
+    from viewpoint_jax.common.cli import UserError, refuse_positional
 
     refuse_positional(argv)
     args = flags.FLAGS
@@ -566,6 +570,6 @@ def sample_main(args, device_counts: list[int]) -> int:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from viewpoint_jax.cli import run
+    from viewpoint_jax.common.cli import run
 
     run(main, define_flags)

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from absl import flags
 from ml_collections import config_flags
 
-from viewpoint_jax.cli import refuse_positional, run
+from viewpoint_jax.common.cli import refuse_positional, run
 
 
 def define_flags() -> None:
@@ -37,9 +37,9 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> int:
-    from viewpoint_jax import build
     from viewpoint_jax.data import builder
     from viewpoint_jax.models import text_encoder as text_lib
+    from viewpoint_jax.setup import build
 
     refuse_positional(argv)
     values = flags.FLAGS

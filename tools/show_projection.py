@@ -19,8 +19,9 @@ import cv2
 import numpy as np
 from absl import flags
 
-from viewpoint_jax import geometry, video_io
-from viewpoint_jax.cli import UserError, run
+from viewpoint_jax import geometry
+from viewpoint_jax.common import video_io
+from viewpoint_jax.common.cli import UserError, run
 from viewpoint_jax.data import scenes
 
 

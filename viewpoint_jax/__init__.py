@@ -13,7 +13,7 @@ Package layout:
 
 import flax
 
-# Parameters carry logical-axis annotations as metadata only; `viewpoint_jax.sharding` turns them
+# Parameters carry logical-axis annotations as metadata only; `viewpoint_jax.common.sharding` turns them
 # into NamedShardings explicitly (jit out_shardings), so modules can be built without a mesh.
 flax.config.update("flax_always_shard_variable", False)
 

@@ -20,7 +20,7 @@ configs/tiny.py twice, the same steps and seed, differing only in `config.data.c
 
 Then samples every held-out clip with the untrained model (the same init) and both trained ones,
 the same sampling settings and seeds for all, under three conditions, and measures the pixel MSE
-where the condition is unknown (`evaluation.clips_with_condition`, `outpainting_error`):
+where the condition is unknown (`outpainting.clips_with_condition`, `outpainting_error`):
 
 - outpainting: the clip's perspective video, error outside its view;
 - text only: no condition, error over the whole map;
@@ -43,16 +43,20 @@ import jax
 import ml_collections
 import numpy as np
 
-from viewpoint_jax import build, demo, evaluate, evaluation, video_io
-from viewpoint_jax import config as config_lib
+from viewpoint_jax import demo, evaluate
 from viewpoint_jax import train as train_lib
-from viewpoint_jax.cli import UserError
+from viewpoint_jax.common import video_io
+from viewpoint_jax.common.cli import UserError
+from viewpoint_jax.common.fileio import atomic_write_text
 from viewpoint_jax.data import conditions
 from viewpoint_jax.data.conditions import ConditionKind
 from viewpoint_jax.diffusion import sampler
+from viewpoint_jax.evaluation import outpainting
 from viewpoint_jax.geometry import Representation
-from viewpoint_jax.io_utils import atomic_write_text
 from viewpoint_jax.models.dit import BlockKind
+from viewpoint_jax.setup import build
+from viewpoint_jax.setup import config as config_lib
+from viewpoint_jax.training import checkpoints
 
 # The two trainings compared: condition_mixture of each.
 TRAINING_MIXTURES: dict[str, dict[str, float]] = {
@@ -127,7 +131,7 @@ def ablation_table(
             **{
                 model: {
                     "mse": errors[name][model],
-                    "psnr_db": float(evaluation.psnr(errors[name][model])),
+                    "psnr_db": float(outpainting.psnr(errors[name][model])),
                 }
                 for model in MODELS
             },
@@ -208,22 +212,22 @@ def condition_ablation(
     settings = sampler.SampleSettings.from_config(config.sample)
     autoencoder = build.build_autoencoder(config)
     text_encoder = build.build_text_encoder(config)
-    clips = evaluation.load_eval_clips(config.data)
+    clips = outpainting.load_eval_clips(config.data)
     known_frames = conditions.prefix_pixel_frames(known_latent_frames, autoencoder.temporal_factor)
     # The mixture does not enter the model's shape or init: one untrained model serves both.
     models = {
         "untrained": demo.untrained_model(config),
-        **{name: build.restore_model(config, run_dir) for name, run_dir in runs.items()},
+        **{name: checkpoints.restore_model(config, run_dir) for name, run_dir in runs.items()},
     }
     errors: dict[str, dict[str, float]] = {}
     grey: dict[str, float] = {}
     for kind, (name, _) in EVALUATIONS.items():
-        kind_clips = evaluation.clips_with_condition(clips, kind, known_frames=known_frames)
-        grey[name] = float(np.mean(evaluation.constant_fill_mse(kind_clips)))
+        kind_clips = outpainting.clips_with_condition(clips, kind, known_frames=known_frames)
+        grey[name] = float(np.mean(outpainting.constant_fill_mse(kind_clips)))
         errors[name] = {}
         for model_name in MODELS:
             print(f"evaluating {model_name} on {name} ({len(clips)} clips, seeds {seeds})")
-            result = evaluation.outpainting_error(
+            result = outpainting.outpainting_error(
                 models[model_name], autoencoder, text_encoder, kind_clips, settings, seeds
             )
             errors[name][model_name] = float(np.mean(result.mse))
@@ -261,7 +265,7 @@ REPRESENTATION_ARMS: dict[str, dict[str, Any]] = {
         "model.attention_pattern": PANO,
     },
 }
-# evaluate.panorama_metrics' metrics that need no condition file, averaged into each row.
+# evaluate.video_metrics' metrics that need no condition file, averaged into each row.
 CONSISTENCY_METRICS = (
     "seam_ratio",
     "pole_spread",
@@ -272,9 +276,9 @@ CONSISTENCY_METRICS = (
 
 
 def mean_consistency(videos: list[tuple[np.ndarray, np.ndarray | None]]) -> dict[str, Any]:
-    """`CONSISTENCY_METRICS` (`evaluate.panorama_metrics`) of (ERP video, map video or None)
+    """`CONSISTENCY_METRICS` (`evaluate.video_metrics`) of (ERP video, map video or None)
     pairs, uint8, each averaged over the videos that have it (None when none has)."""
-    metrics = [evaluate.panorama_metrics(erp, map_video) for erp, map_video in videos]
+    metrics = [evaluate.video_metrics(erp, map_video) for erp, map_video in videos]
     means = {}
     for key in CONSISTENCY_METRICS:
         values = [m[key] for m in metrics if m[key] is not None]
@@ -284,8 +288,8 @@ def mean_consistency(videos: list[tuple[np.ndarray, np.ndarray | None]]) -> dict
 
 def representation_row(
     config: ml_collections.ConfigDict,
-    clips: evaluation.EvalClips,
-    result: evaluation.PanoramaOutpainting,
+    clips: outpainting.EvalClips,
+    result: outpainting.PanoramaOutpainting,
 ) -> dict[str, Any]:
     """One row of Table 2: the arm's frames and tokens, its ERP-space outpainting error (and the
     round-trip floor of its representation: the ground-truth frames converted to ERP), and its
@@ -295,8 +299,8 @@ def representation_row(
     token = 2 * config_lib.autoencoder_factors(config)[0]  # 2 x 2 patches of latent cells
     erp_hw = clips.erp.shape[2:4]
     truth = sampler.map_to_panorama(clips.target_map, *erp_hw, representation)
-    floor = evaluation.erp_outpainted_mse(
-        np.asarray(truth), clips, evaluation.erp_condition_masks(clips)
+    floor = outpainting.erp_outpainted_mse(
+        np.asarray(truth), clips, outpainting.erp_condition_masks(clips)
     )
     with_map = representation == Representation.VIEWPOINT
     videos = [
@@ -311,21 +315,21 @@ def representation_row(
         "frame_size": [height, width],
         "tokens_per_frame": (height // token) * (width // token),
         "mse": mse,
-        "psnr_db": float(evaluation.psnr(mse)),
+        "psnr_db": float(outpainting.psnr(mse)),
         "round_trip_mse": float(np.mean(floor)),
         **mean_consistency(videos),
     }
 
 
-def reference_rows(clips: evaluation.EvalClips) -> dict[str, dict[str, Any]]:
+def reference_rows(clips: outpainting.EvalClips) -> dict[str, dict[str, Any]]:
     """Table 2's references: the ground-truth clips' own consistency metrics, and the error of a
     mid-grey fill outside the view."""
-    masks = evaluation.erp_condition_masks(clips)
-    grey = float(np.mean(evaluation.erp_outpainted_mse(np.zeros_like(clips.erp), clips, masks)))
+    masks = outpainting.erp_condition_masks(clips)
+    grey = float(np.mean(outpainting.erp_outpainted_mse(np.zeros_like(clips.erp), clips, masks)))
     truth = [(video_io.to_uint8(erp), None) for erp in clips.erp]
     return {
         "ground_truth": {"mse": 0.0, **mean_consistency(truth)},
-        "mid_grey_fill": {"mse": grey, "psnr_db": float(evaluation.psnr(grey))},
+        "mid_grey_fill": {"mse": grey, "psnr_db": float(outpainting.psnr(grey))},
     }
 
 
@@ -365,7 +369,7 @@ def representation_markdown(rows: dict[str, Any], references: dict[str, Any]) ->
         "the condition view, each ERP pixel weighted by its solid angle; mean over clips and "
         "seeds. Round-trip floor: the same error of the ground-truth frames of the "
         "representation converted to ERP. Consistency metrics on the generated ERP videos "
-        "(8-bit levels; seam ratio unitless), lower is better (evaluation.PANORAMA_METRICS).",
+        "(8-bit levels; seam ratio unitless), lower is better (panorama_metrics.PANORAMA_METRICS).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -398,10 +402,10 @@ def representation_ablation(
     for name, overrides in chosen.items():
         config = arm_config(out, quick, train_steps, overrides)
         settings = sampler.SampleSettings.from_config(config.sample)
-        clips = evaluation.load_eval_clips(config.data)  # the same clips, in this arm's frames
+        clips = outpainting.load_eval_clips(config.data)  # the same clips, in this arm's frames
         print(f"evaluating {name} ({len(clips)} clips, seeds {seeds})")
-        result = evaluation.panorama_outpainting(
-            build.restore_model(config, runs[name]),
+        result = outpainting.panorama_outpainting(
+            checkpoints.restore_model(config, runs[name]),
             build.build_autoencoder(config),
             build.build_text_encoder(config),
             clips,

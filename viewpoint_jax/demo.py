@@ -17,7 +17,7 @@ panorama model by fine-tuning on ViewPoint maps.
    (the scratch run's initialisation), the scratch and the fine-tuned model, the same noise for
    all, and measures the error outside the condition against two fills that see no input, a
    mid-grey one and the training clips' mean map, and the ceiling: the ground truth through the
-   autoencoder (`evaluation.json`, `outpainting.png`: ground truth | condition | autoencoded |
+   autoencoder (`outpainting.json`, `outpainting.png`: ground truth | condition | autoencoded |
    scratch | fine-tuned);
 6. generates a 360 video from a held-out perspective clip and its caption with the fine-tuned
    model (`sample/`: pano.mp4, viewpoint.mp4, faces.png, viewer.html);
@@ -46,17 +46,20 @@ import numpy as np
 from absl import flags
 from flax import nnx
 
-from viewpoint_jax import build, evaluation, monitoring, video_io
-from viewpoint_jax import config as config_lib
 from viewpoint_jax import pretrain as pretrain_lib
 from viewpoint_jax import sample as sample_lib
 from viewpoint_jax import train as train_lib
-from viewpoint_jax.cli import UserError, refuse_positional, run
+from viewpoint_jax.common import video_io
+from viewpoint_jax.common.cli import UserError, refuse_positional, run
+from viewpoint_jax.common.fileio import atomic_write_text
 from viewpoint_jax.data import builder, conditions, demo_dataset
 from viewpoint_jax.diffusion import sampler
 from viewpoint_jax.diffusion.flow_matching import Loss
-from viewpoint_jax.io_utils import atomic_write_text
+from viewpoint_jax.evaluation import outpainting
 from viewpoint_jax.models import dit as dit_lib
+from viewpoint_jax.setup import build
+from viewpoint_jax.setup import config as config_lib
+from viewpoint_jax.training import checkpoints, telemetry
 
 CONFIG_FILE = config_lib.packaged_config("tiny.py")
 DATASET_NAME = "demo"
@@ -274,7 +277,7 @@ def _tile(map_frame: np.ndarray, scale: int) -> np.ndarray:
 
 def _psnr_text(mse: float) -> str:
     """PSNR of an MSE for people: "exact" for 0 (the lossless ceiling), else in dB."""
-    return "exact" if mse <= 0 else f"{float(evaluation.psnr(mse)):.2f} dB"
+    return "exact" if mse <= 0 else f"{float(outpainting.psnr(mse)):.2f} dB"
 
 
 def _mean_text(name: str, mse: float) -> str:
@@ -282,8 +285,8 @@ def _mean_text(name: str, mse: float) -> str:
 
 
 def comparison_image(
-    clips: evaluation.EvalClips,
-    models: dict[str, evaluation.OutpaintingResult],
+    clips: outpainting.EvalClips,
+    models: dict[str, outpainting.OutpaintingResult],
     references: dict[str, float],
     frame: int = -1,
     scale: int = 2,
@@ -338,7 +341,7 @@ def _step(index: int, total: int, text: str) -> float:
 
 def evaluate_outpainting(
     out: Path, config: ml_collections.ConfigDict, run_dirs: dict[str, Path], seeds: tuple[int, ...]
-) -> tuple[dict, sample_lib.Models, evaluation.EvalClips]:
+) -> tuple[dict, sample_lib.Models, outpainting.EvalClips]:
     """Outpaints the held-out clips with the untrained model (the scratch run's initialisation),
     the scratch and the fine-tuned model (same noise for all), against two fills that see no
     input (mid-grey and the training clips' mean map) and the ground truth through the
@@ -347,17 +350,21 @@ def evaluate_outpainting(
     settings = sampler.SampleSettings.from_config(config.sample)
     autoencoder = build.build_autoencoder(config)
     text_encoder = build.build_text_encoder(config)
-    clips = evaluation.load_eval_clips(config.data)
+    clips = outpainting.load_eval_clips(config.data)
     models = {"untrained": untrained_model(scratch_config(config))}
-    models.update({name: build.restore_model(config, path) for name, path in run_dirs.items()})
+    models.update(
+        {name: checkpoints.restore_model(config, path) for name, path in run_dirs.items()}
+    )
     results = {
-        name: evaluation.outpainting_error(model, autoencoder, text_encoder, clips, settings, seeds)
+        name: outpainting.outpainting_error(
+            model, autoencoder, text_encoder, clips, settings, seeds
+        )
         for name, model in models.items()
     }
-    grey = float(np.mean(evaluation.constant_fill_mse(clips)))
-    training_maps = evaluation.load_eval_clips(config.data, split=config.data.train_split)
-    training_mean = float(np.mean(evaluation.mean_map_fill_mse(clips, training_maps.target_map)))
-    ceiling = evaluation.autoencoder_ceiling(autoencoder, clips)
+    grey = float(np.mean(outpainting.constant_fill_mse(clips)))
+    training_maps = outpainting.load_eval_clips(config.data, split=config.data.train_split)
+    training_mean = float(np.mean(outpainting.mean_map_fill_mse(clips, training_maps.target_map)))
+    ceiling = outpainting.autoencoder_ceiling(autoencoder, clips)
     finetuned, scratch = (float(np.mean(results[k].mse)) for k in (FINETUNED, SCRATCH))
     summary = {
         "metric": "MSE of pixels in [-1, 1] outside the condition mask (the outpainted region), "
@@ -365,15 +372,15 @@ def evaluate_outpainting(
         "clips": [{"source": s, "caption": c} for s, c in zip(clips.sources, clips.captions)],
         "sample_settings": settings.to_dict(),
         **{name: result.summary() for name, result in results.items()},
-        "grey_fill": {"mse": grey, "psnr_db": float(evaluation.psnr(grey))},
+        "grey_fill": {"mse": grey, "psnr_db": float(outpainting.psnr(grey))},
         "training_mean_fill": {
             "mse": training_mean,
-            "psnr_db": float(evaluation.psnr(training_mean)),
+            "psnr_db": float(outpainting.psnr(training_mean)),
             "clips": len(training_maps.target_map),
         },
         "autoencoder_ceiling": ceiling.summary(),
         "finetuned_beats_scratch": bool(finetuned < scratch),
-        "finetuned_over_grey_db": float(evaluation.psnr(finetuned) - evaluation.psnr(grey)),
+        "finetuned_over_grey_db": float(outpainting.psnr(finetuned) - outpainting.psnr(grey)),
     }
     shown = {
         AUTOENCODED: ceiling,
@@ -400,7 +407,7 @@ def scratch_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 
 
 def generate_sample(
-    out: Path, models: sample_lib.Models, clips: evaluation.EvalClips, spec: str, run_dir: Path
+    out: Path, models: sample_lib.Models, clips: outpainting.EvalClips, spec: str, run_dir: Path
 ) -> tuple[Path, sample_lib.Generation]:
     """A 360 video from the first held-out clip's condition view and caption -> out/sample;
     returns the folder and the generation."""
@@ -480,7 +487,7 @@ def run_demo(
     config: str | None = None,
 ) -> dict:
     """Runs the seven steps into `out` with the config file `config` (`path.py[:arg]`, default
-    configs/tiny.py); returns the summary also written to `out/evaluation.json`."""
+    configs/tiny.py); returns the summary also written to `out/outpainting.json`."""
     out = Path(out).absolute()
     preset = QUICK if quick else FULL
     spec = config or config_spec(quick)
@@ -506,7 +513,7 @@ def run_demo(
 
     t = _step(4, 7, "loss curves")
     curves = {
-        name: monitoring.read_losses(run_dirs[key] / "metrics.jsonl")
+        name: telemetry.read_losses(run_dirs[key] / "metrics.jsonl")
         for name, key in (("fine-tuned", FINETUNED), ("from scratch", SCRATCH))
     }
     loss = config_lib.diffusion_loss(config.diffusion)
@@ -531,7 +538,7 @@ def run_demo(
     seconds["continuation"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - started
     summary["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
-    atomic_write_text(out / "evaluation.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "outpainting.json", json.dumps(summary, indent=2) + "\n")
     _print_summary(out, summary, sample_dir, continuation_dir)
     return summary
 
@@ -563,7 +570,7 @@ def _print_summary(out: Path, summary: dict, sample_dir: Path, continuation_dir:
             out / "outpainting.png",
             "ground truth | condition | autoencoded | from scratch | fine-tuned",
         ),
-        (out / "evaluation.json", "the numbers"),
+        (out / "outpainting.json", "the numbers"),
     ):
         print(f"  {path}  {what}")
 

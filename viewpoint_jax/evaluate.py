@@ -30,9 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from viewpoint_jax import evaluation, geometry, video_io
-from viewpoint_jax.cli import UserError, run
-from viewpoint_jax.io_utils import atomic_directory, atomic_write_text
+from viewpoint_jax import geometry
+from viewpoint_jax.common import video_io
+from viewpoint_jax.common.cli import UserError, run
+from viewpoint_jax.common.fileio import atomic_directory, atomic_write_text
+from viewpoint_jax.evaluation import panorama_metrics
 
 DEFAULT_FPS = 16.0  # Wan2.1's frame rate, for inputs whose frame rate is unknown
 FRAMES_PER_CHUNK = 8  # frames projected per call: bounds the float copies of a large video
@@ -262,26 +264,26 @@ def condition_metrics(erp: np.ndarray, condition: Condition) -> dict[str, float]
         ),
     )
     return {
-        "condition_psnr": evaluation.view_psnr(seen, reference),
-        "condition_ssim": evaluation.view_ssim(seen, reference),
+        "condition_psnr": panorama_metrics.view_psnr(seen, reference),
+        "condition_ssim": panorama_metrics.view_ssim(seen, reference),
     }
 
 
-def panorama_metrics(
+def video_metrics(
     erp: np.ndarray,
     map_video: np.ndarray | None = None,
     condition: Condition | None = None,
     pole_cap_deg: float = 3.0,
 ) -> dict[str, float | None]:
-    """Every metric of `evaluation.PANORAMA_METRICS` for one video (None where it needs an input
+    """Every metric of `panorama_metrics.PANORAMA_METRICS` for one video (None where it needs an input
     that is missing: a map video, a condition, or two frames)."""
-    results: dict[str, float | None] = dict.fromkeys(evaluation.PANORAMA_METRICS)
-    results["seam_ratio"] = evaluation.seam_ratio(erp)
-    results["pole_spread"] = evaluation.pole_spread(erp, pole_cap_deg)
-    results["flicker"] = evaluation.temporal_flicker(erp)
-    results["flicker_lowpass"] = evaluation.temporal_flicker(erp, block=8)
+    results: dict[str, float | None] = dict.fromkeys(panorama_metrics.PANORAMA_METRICS)
+    results["seam_ratio"] = panorama_metrics.seam_ratio(erp)
+    results["pole_spread"] = panorama_metrics.pole_spread(erp, pole_cap_deg)
+    results["flicker"] = panorama_metrics.temporal_flicker(erp)
+    results["flicker_lowpass"] = panorama_metrics.temporal_flicker(erp, block=8)
     if map_video is not None:
-        results["overlap_disagreement"] = evaluation.overlap_disagreement(map_video)
+        results["overlap_disagreement"] = panorama_metrics.overlap_disagreement(map_video)
     if condition is not None:
         results.update(condition_metrics(erp, condition))
     return {k: (v if v is not None and math.isfinite(v) else None) for k, v in results.items()}
@@ -301,7 +303,7 @@ def vbench_command(views: str | os.PathLike) -> str:
 
 def metrics_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown: one row per video, the mean, then what each column means."""
-    names = list(evaluation.PANORAMA_METRICS)
+    names = list(panorama_metrics.PANORAMA_METRICS)
     arrow = {"lower": "↓", "higher": "↑"}
 
     def cell(value: float | None) -> str:
@@ -309,7 +311,7 @@ def metrics_markdown(report: dict[str, Any]) -> str:
 
     lines = [
         "| video | "
-        + " | ".join(f"{n} {arrow[evaluation.PANORAMA_METRICS[n].better]}" for n in names)
+        + " | ".join(f"{n} {arrow[panorama_metrics.PANORAMA_METRICS[n].better]}" for n in names)
         + " |",
         "|---|" + "---:|" * len(names),
     ]
@@ -317,7 +319,7 @@ def metrics_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {video['name']} | " + " | ".join(cell(video[n]) for n in names) + " |")
     lines.append("| **mean** | " + " | ".join(cell(report["mean"][n]) for n in names) + " |")
     lines += ["", "| metric | better | unit | meaning |", "|---|---|---|---|"]
-    for name, info in evaluation.PANORAMA_METRICS.items():
+    for name, info in panorama_metrics.PANORAMA_METRICS.items():
         lines.append(f"| {name} | {info.better} | {info.unit} | {info.meaning} |")
     lines.append("")
     lines.append("– : not measured (no map video, no condition, or a single frame).")
@@ -358,7 +360,7 @@ def evaluate(
                 views = export_views(
                     erp, item.name, tmp / VIEWS_FOLDER, view_size, fps or DEFAULT_FPS, crf
                 )
-            metrics = panorama_metrics(erp, map_video, item.condition, pole_cap_deg)
+            metrics = video_metrics(erp, map_video, item.condition, pole_cap_deg)
             videos.append(
                 {
                     "name": item.name,
@@ -381,8 +383,8 @@ def evaluate(
                 + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if v is not None)
             )
         report = {
-            "metrics": {k: v.to_dict() for k, v in evaluation.PANORAMA_METRICS.items()},
-            "mean": {k: _mean([v[k] for v in videos]) for k in evaluation.PANORAMA_METRICS},
+            "metrics": {k: v.to_dict() for k, v in panorama_metrics.PANORAMA_METRICS.items()},
+            "mean": {k: _mean([v[k] for v in videos]) for k in panorama_metrics.PANORAMA_METRICS},
             "videos": videos,
             "views": {
                 "folder": str(out / VIEWS_FOLDER),

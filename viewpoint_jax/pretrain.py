@@ -29,11 +29,12 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from viewpoint_jax import build, monitoring
 from viewpoint_jax import train as train_lib
-from viewpoint_jax.cli import UserError, refuse_positional, run
-from viewpoint_jax.config import data_source, diffusion_loss, takes_condition
+from viewpoint_jax.common.cli import UserError, refuse_positional, run
 from viewpoint_jax.models import dit as dit_lib
+from viewpoint_jax.setup import build
+from viewpoint_jax.setup.config import data_source, diffusion_loss, takes_condition
+from viewpoint_jax.training import checkpoints, telemetry
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.py"
 
@@ -59,7 +60,7 @@ def pretrain(
     result = train_lib.train(config, workdir, progress=progress, devices=devices)
     if result["stopped"]:
         raise UserError("pretraining was stopped (SIGTERM); rerun the same command to resume it")
-    model = build.restore_model(config, workdir)
+    model = checkpoints.restore_model(config, workdir)
     metrics = (workdir / "metrics.jsonl").read_text()
     readme = pretrained_readme(config, command, workdir / "metrics.jsonl")
     dit_lib.save_dit(
@@ -72,7 +73,7 @@ def pretrained_readme(config: ml_collections.ConfigDict, command: str, metrics_f
     """What the checkpoint is, the command that made it and how its run went (Markdown)."""
     rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
     step_seconds = sum(row.get("step_time_s", 0.0) for row in rows)
-    steps, losses = monitoring.read_losses(metrics_file)
+    steps, losses = telemetry.read_losses(metrics_file)
     tail = losses[-min(100, len(losses)) :]
     # The run's last logged step, not this export (a rerun of the command only re-exports).
     finished = datetime.datetime.fromtimestamp(metrics_file.stat().st_mtime, datetime.UTC)

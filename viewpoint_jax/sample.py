@@ -36,19 +36,23 @@ from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
-from viewpoint_jax import build, distributed, geometry, sharding, video_io, viewer
-from viewpoint_jax import config as config_lib
-from viewpoint_jax.cli import UserError, refuse_positional, run
-from viewpoint_jax.diffusion import sampler
-from viewpoint_jax.geometry import Representation
-from viewpoint_jax.io_utils import (
+from viewpoint_jax import geometry
+from viewpoint_jax.common import distributed, sharding, video_io
+from viewpoint_jax.common.cli import UserError, refuse_positional, run
+from viewpoint_jax.common.fileio import (
     atomic_directory,
     atomic_path,
     atomic_write_text,
     check_writable,
 )
+from viewpoint_jax.common.progress import Progress
+from viewpoint_jax.diffusion import sampler
+from viewpoint_jax.generation import viewer
+from viewpoint_jax.geometry import Representation
 from viewpoint_jax.models import autoencoder as autoencoder_lib
-from viewpoint_jax.progress import Progress
+from viewpoint_jax.setup import build
+from viewpoint_jax.setup import config as config_lib
+from viewpoint_jax.training import checkpoints
 
 DEFAULT_FPS = 16.0  # Wan2.1's frame rate
 
@@ -192,7 +196,7 @@ def load_models(
     # Checked on the config's sizes before any weight is read (a 14B restore takes minutes).
     latent = latent_shape(config)
     sampler.check_mesh_fits(build.dit_config(config), mesh, latent)
-    model = build.restore_model_for_inference(
+    model = checkpoints.restore_model_for_inference(
         checkpoint, config, mesh=mesh, rules=rules, dtype=dtype, param_dtype=dtype
     )
     sampler.check_mesh_fits(model.config, mesh, latent)  # a checkpoint's own sizes

@@ -18,7 +18,7 @@ tensor) and the train state donated. Each host feeds its shard of the global bat
 
 The loop (`train`): set up the run -> resume from the last checkpoint or initialise -> steps ->
 save. The run directory holds config.json, checkpoints/ (Orbax: state + data iterator, see
-checkpointing.py), metrics.jsonl (one line per step; `conditions/<kind>` counts this host's
+weights.py), metrics.jsonl (one line per step; `conditions/<kind>` counts this host's
 examples of each condition kind, see data/conditions.py), tensorboard/ and images/.
 SIGTERM: the run saves a checkpoint of the current step and exits 0; a killed run resumes from
 its last complete checkpoint on the same data order.
@@ -43,26 +43,28 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from viewpoint_jax import build, checkpointing, distributed, monitoring
-from viewpoint_jax import sharding as sharding_lib
-from viewpoint_jax.cli import refuse_positional, run
-from viewpoint_jax.config import (
-    autoencoder_factors,
-    diffusion_loss,
-    mesh_and_rules,
-    validate_config,
-)
+from viewpoint_jax.common import distributed
+from viewpoint_jax.common import sharding as sharding_lib
+from viewpoint_jax.common.cli import refuse_positional, run
+from viewpoint_jax.common.distributed import StopFlag
+from viewpoint_jax.common.fileio import atomic_write_text
 from viewpoint_jax.data import latents as latents_lib
 from viewpoint_jax.data import pipeline
 from viewpoint_jax.data.latents import LATENT_KEYS
 from viewpoint_jax.diffusion import flow_matching as fm
 from viewpoint_jax.diffusion import sampler
-from viewpoint_jax.distributed import StopFlag
-from viewpoint_jax.io_utils import atomic_write_text
 from viewpoint_jax.models.autoencoder import encode_maps, latent_shape
 from viewpoint_jax.models.dit import load_pretrained_params
 from viewpoint_jax.models.text_encoder import TextFeeder, masked_embeddings, text_cache_path
-from viewpoint_jax.optim import make_optimizer
+from viewpoint_jax.setup import build
+from viewpoint_jax.setup.config import (
+    autoencoder_factors,
+    diffusion_loss,
+    mesh_and_rules,
+    validate_config,
+)
+from viewpoint_jax.training import checkpoints, telemetry
+from viewpoint_jax.training.optim import make_optimizer
 
 PREVIEW_SIGMA = 0.75  # the noise level of the one-step predictions in the preview images
 
@@ -393,8 +395,8 @@ def train(
     workdir = Path(workdir).absolute()
     devices = jax.devices() if devices is None else list(devices)
     trainer = _set_up_run(config, workdir, devices)
-    checkpointer = checkpointing.Checkpointer(
-        checkpointing.checkpoint_dir(workdir),
+    checkpointer = checkpoints.Checkpointer(
+        checkpoints.checkpoint_dir(workdir),
         every_steps=config.checkpoint.every_steps,
         keep=config.checkpoint.keep,
         async_save=config.checkpoint.async_save,
@@ -403,7 +405,7 @@ def train(
         data_iterator = _train_iterator(config, data_source)
     state = _resume_or_init(trainer, checkpointer, data_iterator)
     start = int(jax.device_get(state["step"]))
-    logger = monitoring.TrainLogger(
+    logger = telemetry.TrainLogger(
         workdir,
         config,
         trainer.model_config,
@@ -430,7 +432,7 @@ def _set_up_run(
     validate_config(config, len(devices), jax.process_count())
     mesh, rules = mesh_and_rules(config, devices)
     if jax.process_index() == 0:
-        print(monitoring.startup_summary(config, mesh, build.dit_config(config)), file=sys.stderr)
+        print(telemetry.startup_summary(config, mesh, build.dit_config(config)), file=sys.stderr)
         workdir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
     cache_dir = Path(config.text_encoder.cache_dir or workdir / "text_cache")
@@ -450,7 +452,7 @@ def _train_iterator(config: ml_collections.ConfigDict, data_source: Any) -> Iter
 
 
 def _resume_or_init(
-    trainer: Trainer, checkpointer: checkpointing.Checkpointer, data_iterator: Iterator[dict]
+    trainer: Trainer, checkpointer: checkpoints.Checkpointer, data_iterator: Iterator[dict]
 ) -> dict[str, Any]:
     """The newest checkpoint that reads back (state and data position), else a fresh state."""
     abstract = trainer.abstract_state_with_shardings()
@@ -465,8 +467,8 @@ def _loop(
     trainer: Trainer,
     state: dict[str, Any],
     data_iterator: Iterator[dict],
-    checkpointer: checkpointing.Checkpointer,
-    logger: monitoring.TrainLogger,
+    checkpointer: checkpoints.Checkpointer,
+    logger: telemetry.TrainLogger,
     stop: StopFlag,
     start: int,
 ) -> tuple[int, bool]:
@@ -507,7 +509,7 @@ def _loop(
     return step, False
 
 
-def _report(logger: monitoring.TrainLogger, pending: tuple) -> None:
+def _report(logger: telemetry.TrainLogger, pending: tuple) -> None:
     """Logs a step's (step, metrics, latent grid, skipped records); stops on a run of NaNs."""
     step, step_metrics, latent_grid, skipped = pending
     values = logger.log(step, jax.device_get(step_metrics), latent_grid, skipped)

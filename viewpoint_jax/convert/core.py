@@ -12,7 +12,7 @@ is read until every rule has been validated against the source's shapes; all pro
 at once in one `ConversionError`.
 
 Writing: `convert_checkpoint` saves the tree as a standard Orbax PyTree checkpoint under
-`dst/params`, inside `io_utils.atomic_directory(dst)`. A custom Orbax type handler streams each
+`dst/params`, inside `fileio.atomic_directory(dst)`. A custom Orbax type handler streams each
 target leaf piece by piece (one torch tensor at a time, stacked leaves chunked one layer per chunk),
 so peak memory is one tensor plus one chunk, independent of the checkpoint size.
 
@@ -31,7 +31,7 @@ Usage (a converter):
               for i in range(30)]
     core.convert_checkpoint(source, rules, targets, "out_dir",
                             extra_files={"config.json": json.dumps(cfg)})
-    params = checkpointing.restore_params("out_dir/params", abstract_tree)  # nested dict
+    params = weights.restore_params("out_dir/params", abstract_tree)  # nested dict
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from viewpoint_jax import checkpointing, io_utils
-from viewpoint_jax.progress import BYTES, Progress
+from viewpoint_jax.common import fileio
+from viewpoint_jax.common.progress import BYTES, Progress
+from viewpoint_jax.models import weights
 
 SUPPORTED_FORMATS = (
     "a single .safetensors file",
@@ -510,7 +511,7 @@ def convert_checkpoint(
     dst = Path(dst).absolute()  # Orbax refuses relative paths ("should be absolute")
     # Before streaming gigabytes: an unwritable or too-full destination fails now, named.
     total_bytes = sum(_nbytes(t) for t in targets.values())
-    io_utils.check_writable(dst, expected_bytes=total_bytes)
+    fileio.check_writable(dst, expected_bytes=total_bytes)
     _return_freed_tensors_to_the_os()
     by_target: dict[str, list[TensorRule]] = {name: [] for name in targets}
     for rule in rules:
@@ -534,8 +535,8 @@ def convert_checkpoint(
     registry = type_handler_registry.create_type_handler_registry(
         (_StreamedLeaf, _streaming_handler()), (jax.Array, jax_array_handlers.ArrayHandler())
     )
-    tree, save_args = checkpointing.unflatten_paths(tree), checkpointing.unflatten_paths(save_args)
-    with written, io_utils.atomic_directory(dst, overwrite=overwrite) as tmp:
+    tree, save_args = weights.unflatten_paths(tree), weights.unflatten_paths(save_args)
+    with written, fileio.atomic_directory(dst, overwrite=overwrite) as tmp:
         handler = ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
         with ocp.Checkpointer(handler) as checkpointer:
             checkpointer.save(tmp / "params", args=ocp.args.PyTreeSave(tree, save_args=save_args))

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from viewpoint_jax import checkpointing
 from viewpoint_jax.convert import core
 from viewpoint_jax.models import dit as dit_lib
+from viewpoint_jax.models import weights
 
 LAYOUTS = ("original (Wan2.1 release, WanModel)", "diffusers (WanTransformer3DModel)")
 
@@ -233,7 +233,7 @@ def convert_dit(
     core.convert_checkpoint(
         source,
         rules,
-        checkpointing.param_targets(dit_lib.abstract_model(config), config.param_dtype),
+        weights.param_targets(dit_lib.abstract_model(config), config.param_dtype),
         dst,
         extra_files={"config.json": json.dumps(config.to_dict(), indent=2)},
         overwrite=overwrite,

@@ -20,9 +20,9 @@ import os
 import re
 from typing import Any
 
-from viewpoint_jax import checkpointing
 from viewpoint_jax.convert import core
 from viewpoint_jax.models import umt5 as umt5_lib
+from viewpoint_jax.models import weights
 
 LAYOUTS = ("wan (models_t5_umt5-xxl-enc-bf16.pth)", "transformers (UMT5EncoderModel)")
 WAN, TRANSFORMERS = 0, 1
@@ -204,7 +204,7 @@ def convert_umt5(
         core.convert_checkpoint(
             source,
             umt5_rules(config, layout, embedding_key),
-            checkpointing.param_targets(umt5_lib.abstract_model(config), config.param_dtype),
+            weights.param_targets(umt5_lib.abstract_model(config), config.param_dtype),
             dst,
             ignore=_ignored(layout, embedding_key),
             extra_files={"config.json": json.dumps(config.to_dict(), indent=2)},

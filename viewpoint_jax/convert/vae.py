@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from viewpoint_jax import checkpointing
 from viewpoint_jax.convert import core
 from viewpoint_jax.models import vae as vae_lib
+from viewpoint_jax.models import weights
 from viewpoint_jax.models.vae import WanVAEConfig
 
 ORIGINAL, DIFFUSERS = "original", "diffusers"
@@ -240,7 +240,7 @@ def convert_vae(
     config = infer_config(source, layout)
     if dtype is not None:
         config = dataclasses.replace(config, param_dtype=str(jnp.dtype(dtype)))
-    targets = checkpointing.param_targets(vae_lib.abstract_model(config))
+    targets = weights.param_targets(vae_lib.abstract_model(config))
     rules = vae_rules(config, layout, targets)
     return core.convert_checkpoint(
         source,
@@ -268,7 +268,7 @@ def vae_from_state_dict(
     if config is None:
         source = _DictSource(state)
         config = infer_config(source, layout)
-    targets = checkpointing.param_targets(vae_lib.abstract_model(config))
+    targets = weights.param_targets(vae_lib.abstract_model(config))
     rules = vae_rules(config, layout, targets)
     missing = sorted(r.source for r in rules if r.source not in state)
     unexpected = sorted(set(state) - {r.source for r in rules})

@@ -62,9 +62,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from viewpoint_jax.io_utils import atomic_directory, atomic_path, atomic_write_text
-from viewpoint_jax.progress import Progress
-from viewpoint_jax.video_io import (
+from viewpoint_jax.common.fileio import atomic_directory, atomic_path, atomic_write_text
+from viewpoint_jax.common.progress import Progress
+from viewpoint_jax.common.video_io import (
     IMAGE_SUFFIXES,
     STEREO_LAYOUTS,
     VIDEO_SUFFIXES,

@@ -30,11 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from viewpoint_jax.cli import refuse_positional, run
+from viewpoint_jax.common.cli import refuse_positional, run
+from viewpoint_jax.common.fileio import atomic_write_text
+from viewpoint_jax.common.video_io import write_video
 from viewpoint_jax.data import builder, scenes
 from viewpoint_jax.geometry import sphere
-from viewpoint_jax.io_utils import atomic_write_text
-from viewpoint_jax.video_io import write_video
 
 COLOURS = {
     "red": (0.90, 0.12, 0.10),

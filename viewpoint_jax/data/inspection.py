@@ -16,8 +16,8 @@ import cv2
 import ml_collections
 import numpy as np
 
+from viewpoint_jax.common.fileio import atomic_path
 from viewpoint_jax.data import builder, pipeline
-from viewpoint_jax.io_utils import atomic_path
 
 # Columns of the sheet: (example key, title); every tile is scaled to TILE_HEIGHT pixels high.
 SHEET_COLUMNS = (

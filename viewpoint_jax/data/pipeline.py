@@ -68,15 +68,15 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from viewpoint_jax.config import (
+from viewpoint_jax.data import builder, conditions, latents, perspective_clips
+from viewpoint_jax.data.builder import as_text
+from viewpoint_jax.setup.config import (
     DataSource,
     data_representation,
     layout_hw,
     validate_data_config,
 )
-from viewpoint_jax.config import data_source as source_kind  # here `data_source` is records
-from viewpoint_jax.data import builder, conditions, latents, perspective_clips
-from viewpoint_jax.data.builder import as_text
+from viewpoint_jax.setup.config import data_source as source_kind
 
 log = logging.getLogger(__name__)
 
@@ -569,7 +569,7 @@ def make_train_iterator(
     """An endless, checkpointable iterator of this host's training batches (keys: module doc).
 
     Args:
-      config: `config.data` (see `viewpoint_jax.config.data_config`).
+      config: `config.data` (see `viewpoint_jax.setup.config.data_config`).
       seed: shuffle and augmentation seed (default config.shuffle_seed).
       process_index, process_count: this host's shard of the records (jax.process_index(),
         jax.process_count()); each host gets batch_size // process_count examples a batch.

@@ -21,8 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from flax import nnx
 
-from viewpoint_jax import build
-from viewpoint_jax.config import layout_hw
+from viewpoint_jax.common.progress import Progress
 from viewpoint_jax.data import builder, latents, pipeline
 from viewpoint_jax.data.latents import (
     DRAW_DATA_KEYS,
@@ -31,7 +30,8 @@ from viewpoint_jax.data.latents import (
     STORAGE_DTYPES,
 )
 from viewpoint_jax.models.autoencoder import compiler_options, encode_maps, latent_shape
-from viewpoint_jax.progress import Progress
+from viewpoint_jax.setup import build
+from viewpoint_jax.setup.config import layout_hw
 
 
 def jitted_encoder(

@@ -38,7 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from viewpoint_jax import geometry, io_utils, sharding
+from viewpoint_jax import geometry
+from viewpoint_jax.common import fileio, sharding
 from viewpoint_jax.diffusion import schedulers
 from viewpoint_jax.geometry import Representation
 from viewpoint_jax.models import autoencoder as autoencoder_lib
@@ -77,7 +78,7 @@ class SampleSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SampleSettings:
-        return io_utils.dataclass_from_dict(cls, d)
+        return fileio.dataclass_from_dict(cls, d)
 
     @classmethod
     def from_config(cls, sample_config: Any, **overrides: Any) -> SampleSettings:

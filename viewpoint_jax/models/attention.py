@@ -18,7 +18,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from viewpoint_jax import sharding
+from viewpoint_jax.common import sharding
 
 BACKENDS = ("xla", "cudnn", "splash")
 

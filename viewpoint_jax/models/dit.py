@@ -35,11 +35,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from viewpoint_jax import checkpointing, io_utils
+from viewpoint_jax.common import fileio
+from viewpoint_jax.common.sharding import DEFAULT_RULES, LogicalRules, constrain
 from viewpoint_jax.diffusion.flow_matching import NUM_TRAIN_TIMESTEPS
 from viewpoint_jax.models import attention as attention_lib
-from viewpoint_jax.models import layers
-from viewpoint_jax.sharding import DEFAULT_RULES, LogicalRules, constrain
+from viewpoint_jax.models import layers, weights
 
 
 class BlockKind(enum.StrEnum):
@@ -160,7 +160,7 @@ class DiTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DiTConfig:
-        return io_utils.dataclass_from_dict(cls, d)
+        return fileio.dataclass_from_dict(cls, d)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> DiTConfig:
@@ -499,7 +499,7 @@ def abstract_model(config: DiTConfig) -> WanDiT:
 
 
 def read_config(path: str | os.PathLike) -> DiTConfig:
-    return DiTConfig.from_dict(checkpointing.read_checkpoint_config(path, "Wan DiT"))
+    return DiTConfig.from_dict(weights.read_checkpoint_config(path, "Wan DiT"))
 
 
 def load_dit(
@@ -514,7 +514,7 @@ def load_dit(
     `config_overrides` change execution options (attention_backend, remat_policy, dtype, ...).
     """
     config = dataclasses.replace(read_config(path), **config_overrides)
-    return checkpointing.restore_module(path, abstract_model(config), mesh, rules)
+    return weights.restore_module(path, abstract_model(config), mesh, rules)
 
 
 def save_dit(
@@ -528,9 +528,9 @@ def save_dit(
     `params/`, the layout `convert.dit.convert_dit` writes for a Wan DiT, so `load_dit` and
     `load_pretrained_params` (config.model.init_checkpoint) read it as they read converted Wan
     weights. `extra_files`: file name -> text written beside them. Returns the directory."""
-    with io_utils.atomic_directory(path, overwrite=overwrite) as tmp:
+    with fileio.atomic_directory(path, overwrite=overwrite) as tmp:
         (tmp / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2))
-        checkpointing.save_state(tmp, nnx.state(model, nnx.Param))
+        weights.save_state(tmp, nnx.state(model, nnx.Param))
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
     return Path(path).absolute()
@@ -574,7 +574,7 @@ def load_pretrained_params(
     source_config = dataclasses.replace(model_config, in_dim=source.in_dim)
     _, abstract = nnx.split(abstract_model(source_config), nnx.Param)
     # Shardings do not depend on the channel count of the patch embedding: reuse the model's.
-    params = checkpointing.restore_state(path, abstract, shardings)
+    params = weights.restore_state(path, abstract, shardings)
     kernel = params["patch_kernel"]
     inflated = inflate_patch_kernel(kernel[...], model_config.in_dim)
     if shardings is not None:

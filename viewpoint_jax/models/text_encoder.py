@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from viewpoint_jax import io_utils
+from viewpoint_jax.common import fileio
+from viewpoint_jax.common.progress import Progress
 from viewpoint_jax.models.umt5 import UMT5Encoder
-from viewpoint_jax.progress import Progress
 
 
 def masked_embeddings(encoder: nnx.Module, ids: jax.Array, mask: jax.Array) -> jax.Array:
@@ -139,7 +139,7 @@ class TextEmbeddingCache:
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes an `.npz` atomically (no pickles: captions are stored as a unicode array)."""
-        with io_utils.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        with fileio.atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(
                 f,
                 captions=np.array(self.captions, dtype=str),

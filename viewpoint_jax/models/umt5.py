@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from viewpoint_jax import checkpointing, io_utils
-from viewpoint_jax.models import layers
-from viewpoint_jax.sharding import DEFAULT_RULES, LogicalRules, constrain
+from viewpoint_jax.common import fileio
+from viewpoint_jax.common.sharding import DEFAULT_RULES, LogicalRules, constrain
+from viewpoint_jax.models import layers, weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +60,7 @@ class UMT5Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> UMT5Config:
-        return io_utils.dataclass_from_dict(cls, d)
+        return fileio.dataclass_from_dict(cls, d)
 
     @classmethod
     def umt5_xxl(cls, **overrides: Any) -> UMT5Config:
@@ -232,7 +232,7 @@ def abstract_model(config: UMT5Config) -> UMT5Encoder:
 
 
 def read_config(path: str | os.PathLike) -> UMT5Config:
-    return UMT5Config.from_dict(checkpointing.read_checkpoint_config(path, "umT5 encoder"))
+    return UMT5Config.from_dict(weights.read_checkpoint_config(path, "umT5 encoder"))
 
 
 def load_umt5(
@@ -247,4 +247,4 @@ def load_umt5(
     `config_overrides` change execution options (e.g. dtype="bfloat16" for bf16 matmuls).
     """
     config = dataclasses.replace(read_config(path), **config_overrides)
-    return checkpointing.restore_module(path, abstract_model(config), mesh, rules)
+    return weights.restore_module(path, abstract_model(config), mesh, rules)

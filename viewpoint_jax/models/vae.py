@@ -37,7 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from viewpoint_jax import checkpointing, io_utils
+from viewpoint_jax.common import fileio
+from viewpoint_jax.models import weights
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ class WanVAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WanVAEConfig:
-        return io_utils.dataclass_from_dict(cls, d)
+        return fileio.dataclass_from_dict(cls, d)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -706,7 +707,7 @@ def abstract_model(config: WanVAEConfig) -> WanVAE:
 
 
 def read_config(path: str | os.PathLike) -> WanVAEConfig:
-    return WanVAEConfig.from_dict(checkpointing.read_checkpoint_config(path, "Wan VAE"))
+    return WanVAEConfig.from_dict(weights.read_checkpoint_config(path, "Wan VAE"))
 
 
 def load_vae(path: str | os.PathLike, *, dtype: str | None = None) -> WanVAE:
@@ -719,7 +720,7 @@ def load_vae(path: str | os.PathLike, *, dtype: str | None = None) -> WanVAE:
     config = read_config(path)
     if dtype is not None:
         config = dataclasses.replace(config, dtype=dtype)
-    return checkpointing.restore_module(path, abstract_model(config))
+    return weights.restore_module(path, abstract_model(config))
 
 
 def numpy_params(model: WanVAE) -> dict[str, np.ndarray]:

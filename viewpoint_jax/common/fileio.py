@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from viewpoint_jax.cli import UserError
+from viewpoint_jax.common.cli import UserError
 
 _Record = TypeVar("_Record")
 

@@ -32,12 +32,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from viewpoint_jax import memory
-from viewpoint_jax.config import DataSource, data_source
+from viewpoint_jax.common.progress import Progress
+from viewpoint_jax.common.video_io import encode_png, to_uint8, write_png
 from viewpoint_jax.data import builder
 from viewpoint_jax.models.dit import BlockKind, DiTConfig, abstract_model, count_params
-from viewpoint_jax.progress import Progress
-from viewpoint_jax.video_io import encode_png, to_uint8, write_png
+from viewpoint_jax.setup.config import DataSource, data_source
+from viewpoint_jax.training import memory
 
 # Dense bf16 peak per device, FLOP/s (vendor figures, no sparsity).
 PEAK_FLOPS = {

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +27,13 @@ import jax
 import ml_collections
 from flax import nnx
 
-from viewpoint_jax import checkpointing, sharding
-from viewpoint_jax.config import AUTOENCODERS, model_overrides, takes_condition
+from viewpoint_jax.common import sharding
 from viewpoint_jax.models import autoencoder as autoencoder_lib
 from viewpoint_jax.models import dit as dit_lib
 from viewpoint_jax.models import text_encoder as text_lib
 from viewpoint_jax.models import tokenizer as tokenizer_lib
 from viewpoint_jax.models import umt5, vae
+from viewpoint_jax.setup.config import AUTOENCODERS, model_overrides, takes_condition
 
 WAN_LATENT_CHANNELS = 16
 UMT5_XXL_WIDTH = 4096
@@ -175,52 +174,3 @@ def abstract_text_model(config: ml_collections.ConfigDict) -> Any:
     else:
         raise ValueError(f"config.text_encoder.kind {te.kind!r} is not 'tiny_random' or 'umt5'")
     return umt5.abstract_model(umt5_config)
-
-
-# --- Trained weights ----------------------------------------------------------------------------
-
-
-def restore_model(
-    config: ml_collections.ConfigDict,
-    workdir: str | os.PathLike,
-    *,
-    use_ema: bool = True,
-    mesh: jax.sharding.Mesh | None = None,
-    rules: sharding.LogicalRules = sharding.DEFAULT_RULES,
-    **config_overrides: Any,
-) -> dit_lib.WanDiT:
-    """The DiT of the latest checkpoint of a training run (its EMA weights if it keeps them).
-
-    `mesh`: restore straight into shardings by the parameters' logical axes and `rules`;
-    `config_overrides` change DiTConfig execution options (e.g. param_dtype="bfloat16" reads the
-    fp32 training weights as bf16).
-    """
-    model_config = dataclasses.replace(dit_config(config), **config_overrides)
-    graphdef, abstract = nnx.split(dit_lib.abstract_model(model_config), nnx.Param)
-    shardings = None if mesh is None else sharding.state_shardings(abstract, mesh, rules)
-    params = checkpointing.restore_run_params(
-        workdir, abstract, use_ema=use_ema, shardings=shardings
-    )
-    return nnx.merge(graphdef, params)
-
-
-def restore_model_for_inference(
-    workdir_or_checkpoint: str | os.PathLike,
-    config: ml_collections.ConfigDict,
-    *,
-    mesh: jax.sharding.Mesh | None = None,
-    rules: sharding.LogicalRules = sharding.DEFAULT_RULES,
-    **config_overrides: Any,
-) -> dit_lib.WanDiT:
-    """A training run directory, or a converted DiT checkpoint (config.json + params/).
-
-    `mesh`, `rules` and `config_overrides` as in `restore_model`.
-    """
-    path = Path(workdir_or_checkpoint)
-    if (path / "config.json").is_file() and (path / "params").is_dir():
-        return dit_lib.load_dit(path, mesh=mesh, rules=rules, **config_overrides)
-    if not checkpointing.checkpoint_dir(path).is_dir():
-        raise FileNotFoundError(
-            f"{path} is neither a training run (no checkpoints/) nor a converted DiT checkpoint"
-        )
-    return restore_model(config, path, mesh=mesh, rules=rules, **config_overrides)

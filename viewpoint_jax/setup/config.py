@@ -20,7 +20,7 @@ Schema:
     config.optim        AdamW: lr, warmup_steps, schedule, b1, b2, eps, weight_decay, grad_clip,
                         mu_dtype, ema_decay (0 = no EMA)
     config.mesh         data, fsdp, sequence, tensor (one may be -1: the remaining devices)
-    config.sharding_rules  logical axis -> mesh axes (viewpoint_jax.sharding.DEFAULT_RULES)
+    config.sharding_rules  logical axis -> mesh axes (viewpoint_jax.common.sharding.DEFAULT_RULES)
     config.checkpoint   every_steps, keep, async_save
     config.log          every_steps, image_every_steps, peak_tflops (0: by device kind)
     config.max_consecutive_nonfinite  stop after this many NaN/Inf losses in a row
@@ -38,15 +38,15 @@ import jax
 import ml_collections
 import numpy as np
 
-from viewpoint_jax import sharding
-from viewpoint_jax.cli import UserError
+from viewpoint_jax.common import sharding
+from viewpoint_jax.common.cli import UserError
+from viewpoint_jax.common.sharding import DEFAULT_RULES, MESH_AXES
 from viewpoint_jax.data.conditions import DEFAULT_CONDITION_MIXTURE, parse_mixture, sample_view
 from viewpoint_jax.diffusion.flow_matching import Loss
 from viewpoint_jax.geometry import Representation, layout_size
 from viewpoint_jax.models.autoencoder import BlockDCTAutoencoder
 from viewpoint_jax.models.dit import PRESETS, BlockKind, DiTConfig
 from viewpoint_jax.models.vae import WanVAEConfig
-from viewpoint_jax.sharding import DEFAULT_RULES, MESH_AXES
 
 # The DiTConfig fields a config may set, with their types: None keeps the preset's value, as a
 # typed placeholder, so that the command line can set it too (`--config.model.dim=48`).
@@ -246,7 +246,7 @@ def packaged_config(name: str) -> Path:
     """A config file of this installation by name ("tiny.py"): inside the package where a wheel
     installs `configs/` (pyproject.toml ships it as viewpoint_jax/configs), else `configs/`
     beside the package (a checkout, an editable install)."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]
     folders = (package / "configs", package.parent / "configs")
     for folder in folders:
         if (folder / name).is_file():

@@ -15,10 +15,10 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from viewpoint_jax import build
-from viewpoint_jax import config as config_lib
-from viewpoint_jax import sharding as sharding_lib
+from viewpoint_jax.common import sharding as sharding_lib
 from viewpoint_jax.models import dit as dit_lib
+from viewpoint_jax.setup import build
+from viewpoint_jax.setup import config as config_lib
 
 
 def sharded_bytes(abstract_tree, mesh_sizes: dict[str, int], rules, dtype_bytes=None) -> int:

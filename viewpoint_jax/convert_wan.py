@@ -4,7 +4,7 @@
     viewpoint-convert vae  --src Wan2.1_VAE.pth --dst ckpt/vae
     viewpoint-convert umt5 --src models_t5_umt5-xxl-enc-bf16.pth --dst ckpt/umt5
 
-(`python -m viewpoint_jax.convert.cli` or `python tools/convert_wan.py` are the same command.)
+(`python -m viewpoint_jax.convert_wan` or `python tools/convert_wan.py` are the same command.)
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 
 from absl import flags
 
-from viewpoint_jax.cli import UserError, run
+from viewpoint_jax.common.cli import UserError, run
 from viewpoint_jax.convert.dit import convert_dit
 from viewpoint_jax.convert.umt5 import convert_umt5
 from viewpoint_jax.convert.vae import convert_vae

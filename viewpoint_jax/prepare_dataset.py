@@ -10,7 +10,7 @@ videos at 16 fps by default (the paper's ERP size, Wan's frame rate). A build th
 (crash, kill) resumes where it was when run again. Training reads it with
 config.data.data_dir = DATA_DIR and config.data.name = NAME.
 
-(`python -m viewpoint_jax.data.prepare_dataset` or `python tools/prepare_dataset.py` are the
+(`python -m viewpoint_jax.prepare_dataset` or `python tools/prepare_dataset.py` are the
 same command.)
 """
 
@@ -20,9 +20,9 @@ import time
 
 from absl import flags
 
-from viewpoint_jax.cli import refuse_positional, run
+from viewpoint_jax.common.cli import refuse_positional, run
+from viewpoint_jax.common.video_io import STEREO_LAYOUTS
 from viewpoint_jax.data import builder
-from viewpoint_jax.video_io import STEREO_LAYOUTS
 
 
 def define_flags() -> None:

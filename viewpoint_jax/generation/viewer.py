@@ -19,7 +19,7 @@ import os
 import cv2
 import numpy as np
 
-from viewpoint_jax.io_utils import atomic_write_text
+from viewpoint_jax.common.fileio import atomic_write_text
 
 _PAGE = """<!doctype html>
 <html lang="en">

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from viewpoint_jax.io_utils import atomic_path
+from viewpoint_jax.common.fileio import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
