@@ -133,15 +133,15 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path):
 
 
 def test_every_representation_validates_and_sizes_its_frames():
-    from viewpoint_jax.setup.config import layout_hw
+    from viewpoint_jax.setup.config import canvas_hw
 
     config = load("wan14b")
-    assert layout_hw(config.data) == (640, 640)  # the ViewPoint map, the default
+    assert canvas_hw(config.data) == (640, 640)  # the ViewPoint map, the default
     config.model.attention_pattern = "pano"
     for representation, frames in (("erp", (448, 896)), ("cube_2x3", (512, 768))):
         config.data.representation = representation
         validate_config(config, num_devices=8)
-        assert layout_hw(config.data) == frames
+        assert canvas_hw(config.data) == frames
 
 
 @pytest.mark.parametrize(

@@ -232,9 +232,9 @@ def _panorama_clips(representation: Representation, seed: int = 0) -> outpaintin
     `representation` at map size 16 (as load_eval_clips gives them)."""
     rng = np.random.default_rng(seed)
     erp = rng.uniform(-1, 1, (N, F, 16, 32, 3)).astype(np.float32)
-    hw = geometry.layout_size(representation, 16)
-    target = np.asarray(geometry.erp_to_layout(erp, representation, hw))
-    _, mask = geometry.perspective_to_layout(
+    hw = geometry.canvas_size(representation, 16)
+    target = np.asarray(geometry.erp_to_canvas(erp, representation, hw))
+    _, mask = geometry.perspective_to_canvas(
         np.zeros((8, 14, 1)), 90.0, 30.0, 0.0, 0.0, representation, hw
     )
     mask = np.broadcast_to(np.asarray(mask), (N, F, *hw, 1)).copy()
@@ -283,7 +283,7 @@ def test_panorama_outpainting_of_the_ground_truth_is_its_round_trip(representati
     assert result.maps.shape == (2, *clips.target_map.shape)
     # Sampling lands on the ground-truth frames: what is left is the representation's own
     # round trip ERP -> frames -> ERP (none for an ERP of the clips' size).
-    truth = np.asarray(sampler.map_to_panorama(clips.target_map, 16, 32, representation))
+    truth = np.asarray(sampler.canvas_to_panorama(clips.target_map, 16, 32, representation))
     floor = outpainting.erp_outpainted_mse(truth, clips, masks)
     np.testing.assert_allclose(result.mse, floor, rtol=1e-4, atol=1e-9)
     if representation == Representation.ERP:

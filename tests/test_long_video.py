@@ -146,7 +146,7 @@ def test_continuation_keeps_the_given_frames_exactly():
     assert result.map_video.shape == (9, 64, 64, 3) and result.panorama.shape == (9, 32, 64, 3)
     np.testing.assert_array_equal(result.panorama[:5], source)
     assert result.window_starts == [3, 6]
-    source_map = sampler.panorama_to_map(source, 64)
+    source_map = sampler.panorama_to_canvas(source, 64)
     given = np.asarray(models.autoencoder.encode(source_map[None, -2:]))
     # The known latent frames (mask 1) are the given ones after sampling: re-imposed.
     np.testing.assert_array_equal(result.window_latents[0][:, :2], given)

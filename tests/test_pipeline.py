@@ -281,13 +281,13 @@ def test_target_condition_and_mask_agree_in_every_representation(representation)
     example = pipeline.ExampleMaker(config, "eval")(
         _smooth_record(height, F), np.random.default_rng(2)
     )
-    hw = geometry.layout_size(representation, map_size)
+    hw = geometry.canvas_size(representation, map_size)
     target, condition = example["target_map"], example["condition_map"]
     mask = example["condition_mask"]
     assert target.shape == condition.shape == (F, *hw, 3) and mask.shape == (F, *hw, 1)
     # The target is the ERP clip (carried by eval examples) in this representation's frames.
     np.testing.assert_allclose(
-        target, geometry.erp_to_layout(example["erp"], representation, hw), atol=1e-6
+        target, geometry.erp_to_canvas(example["erp"], representation, hw), atol=1e-6
     )
     # The condition is the target where the view lands (two resamplings of the smooth scene
     # vs one: measured 0.014 to 0.015), and 0 elsewhere.
@@ -300,5 +300,5 @@ def test_target_condition_and_mask_agree_in_every_representation(representation)
     _, erp_mask = geometry.perspective_to_erp(
         np.zeros((*example["perspective"].shape[1:3], 1)), fov, yaw, pitch, roll, height=height
     )
-    in_erp = np.asarray(geometry.layout_to_erp(mask[0], representation, height)) > 0.5
+    in_erp = np.asarray(geometry.canvas_to_erp(mask[0], representation, height)) > 0.5
     assert np.mean(in_erp != (np.asarray(erp_mask) == 1)) < 0.01  # measured 0.15 to 0.25 %

@@ -376,12 +376,12 @@ def test_another_representation_trains_a_step_and_samples_the_same_files(represe
     models = sample.load_models(config, run_dir, dtype="float32")
     settings = sampler.SampleSettings(num_steps=2, scheduler="euler", guidance_scale=2.0)
     out = sample.run_request(models, config, request, settings, tmp_path / "out", checkpoint="x")
-    frames = sample.layout_video_name(representation)
+    frames = sample.canvas_video_name(representation)
     assert frames == f"{representation}.mp4"
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["pano.mp4", frames, "faces.png", "viewer.html", "settings.json"]
     )
     assert video_io.read_video(out / "pano.mp4")[0].shape == (FRAMES, 32, 64, 3)
-    layout_hw = geometry.layout_size(representation, config.data.map_size)
-    assert video_io.read_video(out / frames)[0].shape == (FRAMES, *layout_hw, 3)
+    canvas_hw = geometry.canvas_size(representation, config.data.map_size)
+    assert video_io.read_video(out / frames)[0].shape == (FRAMES, *canvas_hw, 3)
     assert json.loads((out / "settings.json").read_text())["representation"] == representation

@@ -268,7 +268,7 @@ def test_valid_frame_counts_are_one_plus_4k():
 
 def test_map_to_panorama_fuses_into_erp():
     constant = jnp.full((2, 64, 64, 3), 0.25)
-    erp = sampler.map_to_panorama(constant, 32, 64)
+    erp = sampler.canvas_to_panorama(constant, 32, 64)
     assert erp.shape == (2, 32, 64, 3)
     np.testing.assert_allclose(erp, 0.25, atol=1e-6)  # weights of the copies sum to 1
     np.testing.assert_array_equal(
@@ -341,7 +341,7 @@ def test_decode_spread_over_a_mesh_equals_one_device():
 def test_conditions_and_panorama_follow_the_representation(representation):
     autoencoder = SpaceToDepthAutoencoder(factor=8)
     context = jnp.ones((1, 5, TEXT_DIM))
-    hw = geometry.layout_size(representation, 64)
+    hw = geometry.canvas_size(representation, 64)
     video = np.full((5, 24, 32, 3), 255, np.uint8)
     conditions = sampler.make_conditions(
         autoencoder, context, -context, map_size=64, num_frames=5, video=video, yaw_deg=30.0,
@@ -354,12 +354,12 @@ def test_conditions_and_panorama_follow_the_representation(representation):
     assert conditions.latent.shape == (1, 5, hw[0] // 8, hw[1] // 8, 192)
     np.testing.assert_allclose(conditions.latent, autoencoder.encode(projected[None]), atol=1e-6)
     # Back in ERP, the condition is the white view where the camera looks, and 0 elsewhere.
-    erp = np.asarray(sampler.map_to_panorama(projected[:1], 32, 64, representation))[0]
+    erp = np.asarray(sampler.canvas_to_panorama(projected[:1], 32, 64, representation))[0]
     _, view = geometry.perspective_to_erp(video[0, ..., :1], 90.0, 30.0, height=32)
     view = np.asarray(view)[..., 0] == 1
     assert np.mean(np.abs(erp.mean(axis=-1) - view) > 0.5) < 0.02
     # Constant frames give a constant panorama: every pixel is a convex blend.
-    constant = sampler.map_to_panorama(jnp.full((2, *hw, 3), 0.25), 32, 64, representation)
+    constant = sampler.canvas_to_panorama(jnp.full((2, *hw, 3), 0.25), 32, 64, representation)
     np.testing.assert_allclose(constant, 0.25, atol=1e-6)
     # A known prefix and the text-only condition are frames of this representation too.
     prefix = sampler.make_conditions(

@@ -356,7 +356,7 @@ def abstract_train_step(config, mesh, rules):
         text_encoder=text_lib.TextEncoder(build.abstract_text_model(config), None),
     )
     data, b = config.data, config.data.batch_size
-    (h, w), f = config_lib.layout_hw(data), data.num_frames
+    (h, w), f = config_lib.canvas_hw(data), data.num_frames
     if data.precomputed_latents:
         latent = latent_shape(trainer.autoencoder, (b, f, h, w, 3))
         shapes = {"latents": latent, "condition_latents": latent, "latent_mask": (*latent[:4], 1)}

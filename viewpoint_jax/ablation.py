@@ -295,10 +295,10 @@ def representation_row(
     round-trip floor of its representation: the ground-truth frames converted to ERP), and its
     panoramas' consistency metrics (overlap disagreement only for the ViewPoint map)."""
     representation = config_lib.data_representation(config.data)
-    height, width = config_lib.layout_hw(config.data)
+    height, width = config_lib.canvas_hw(config.data)
     token = 2 * config_lib.autoencoder_factors(config)[0]  # 2 x 2 patches of latent cells
     erp_hw = clips.erp.shape[2:4]
-    truth = sampler.map_to_panorama(clips.target_map, *erp_hw, representation)
+    truth = sampler.canvas_to_panorama(clips.target_map, *erp_hw, representation)
     floor = outpainting.erp_outpainted_mse(
         np.asarray(truth), clips, outpainting.erp_condition_masks(clips)
     )

@@ -161,7 +161,7 @@ def latent_shape(config, num_frames: int | None = None) -> tuple[int, int, int, 
     """The `(1, f, h, w, C)` map latent (of the frames of `config.data.representation`) of one
     sample of `config.data` (from the autoencoder's shapes only: no weights are read)."""
     data = config.data
-    video = (1, num_frames or data.num_frames, *config_lib.layout_hw(data), 3)
+    video = (1, num_frames or data.num_frames, *config_lib.canvas_hw(data), 3)
     return autoencoder_lib.latent_shape(build.abstract_autoencoder(config), video)
 
 
@@ -422,7 +422,9 @@ def generate_long(
     map_video, window_latents, starts = _extend_windows(
         models, contexts, settings, first_map, num_frames, window, overlap_frames, 1, progress
     )
-    panorama = sampler.map_to_panorama(map_video, data.erp_height, data.erp_width, representation)
+    panorama = sampler.canvas_to_panorama(
+        map_video, data.erp_height, data.erp_width, representation
+    )
     return LongGeneration(
         map_video=video_io.to_uint8(map_video),
         panorama=video_io.to_uint8(panorama),
@@ -460,7 +462,7 @@ def continue_video(
     window = int(window or data.num_frames)
     _, overlap_frames = _window_frames(temporal, window, overlap_latent_frames)
     representation = config_lib.data_representation(data)
-    source_map = sampler.panorama_to_map(
+    source_map = sampler.panorama_to_canvas(
         pano_erp_video, data.map_size, "pano_erp_video", representation=representation
     )
     source_frames = source_map.shape[0]
@@ -478,7 +480,7 @@ def continue_video(
     map_video, window_latents, starts = _extend_windows(
         models, contexts, settings, source_map, num_frames, window, overlap_frames, 1, progress
     )
-    new_panorama = sampler.map_to_panorama(
+    new_panorama = sampler.canvas_to_panorama(
         map_video[source_frames:], data.erp_height, data.erp_width, representation
     )
     source = np.asarray(pano_erp_video)
@@ -486,7 +488,7 @@ def continue_video(
         source = video_io.to_uint8(source)
     if source.shape[1:3] != (data.erp_height, data.erp_width):  # other sizes: through its map
         source = video_io.to_uint8(
-            sampler.map_to_panorama(source_map, data.erp_height, data.erp_width, representation)
+            sampler.canvas_to_panorama(source_map, data.erp_height, data.erp_width, representation)
         )
     return LongGeneration(
         map_video=video_io.to_uint8(map_video),
@@ -558,7 +560,7 @@ def settings_record(
     }
 
 
-def layout_video_name(representation: Representation) -> str:
+def canvas_video_name(representation: Representation) -> str:
     """The file of the frames the model generated: viewpoint.mp4 (the map), erp.mp4,
     cube_2x3.mp4."""
     return f"{Representation(representation).value}.mp4"
@@ -574,8 +576,8 @@ def write_outputs(
     """Writes the five outputs into `out` (one atomic directory rename)."""
     with atomic_directory(out, overwrite=overwrite) as tmp:
         video_io.write_video(tmp / "pano.mp4", generation.panorama, fps, spherical=True)
-        layout_video = tmp / layout_video_name(generation.representation)
-        video_io.write_video(layout_video, generation.map_video, fps)
+        canvas_video = tmp / canvas_video_name(generation.representation)
+        video_io.write_video(canvas_video, generation.map_video, fps)
         sheet = faces_contact_sheet(generation.panorama)
         with atomic_path(tmp / "faces.png") as path:
             if not cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
@@ -1115,8 +1117,8 @@ def main(argv: list[str]) -> int:
         models, config, request, settings, args.out,
         checkpoint=str(args.checkpoint), overwrite=args.overwrite, inputs=inputs,
     )  # fmt: skip
-    layout_video = layout_video_name(representation)
-    print(f"wrote {out}/pano.mp4, {layout_video}, faces.png, viewer.html, settings.json")
+    canvas_video = canvas_video_name(representation)
+    print(f"wrote {out}/pano.mp4, {canvas_video}, faces.png, viewer.html, settings.json")
     return 0
 
 

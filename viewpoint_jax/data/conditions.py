@@ -9,9 +9,9 @@ projected back onto the ViewPoint map with the mask of the pixels it covers
 The sampling of a view is a pure function of a `np.random.Generator`; the rendering is a pure
 jax function of the clip and the (traced) angles, so one compiled program serves every view.
 
-`representation` (`config.data.representation`, geometry/layouts.py) chooses the frames the DiT
+`representation` (`config.data.representation`, geometry/canvas.py) chooses the frames the DiT
 sees: the ViewPoint map (default), the ERP or the cube raster. Target, condition and mask are
-rendered straight into it, at `layouts.layout_size(representation, map_size)`; "map" in the names
+rendered straight into it, at `layouts.canvas_size(representation, map_size)`; "map" in the names
 below is that frame, whatever the representation.
 
 One model serves every condition: training draws a `ConditionKind` per example from
@@ -99,13 +99,13 @@ def render_condition(
     Returns:
       perspective `(..., h, w, C)`, condition map `(..., Hm, Wm, C)` (0 outside the mask), mask
       `(..., Hm, Wm, 1)` (1 where the view covers the pixel, else 0); (Hm, Wm) = (M, M) for the
-      ViewPoint map, `layouts.layout_size(representation, M)` in general.
+      ViewPoint map, `layouts.canvas_size(representation, M)` in general.
     """
     fov, yaw, pitch, roll = (view[i] for i in range(4))
     perspective = geometry.erp_to_perspective(erp, fov, yaw, pitch, roll, out_hw=out_hw)
-    layout_hw = geometry.layout_size(representation, map_size)
-    condition, mask = geometry.perspective_to_layout(
-        perspective, fov, yaw, pitch, roll, representation, layout_hw
+    canvas_hw = geometry.canvas_size(representation, map_size)
+    condition, mask = geometry.perspective_to_canvas(
+        perspective, fov, yaw, pitch, roll, representation, canvas_hw
     )
     return perspective, condition, mask
 
@@ -124,8 +124,8 @@ def target_and_condition(
     `(F, Hm, Wm, 3)`, condition_mask `(F, Hm, Wm, 1)` ((Hm, Wm) as in `render_condition`); one
     compiled program per clip shape.
     """
-    target = geometry.erp_to_layout(
-        erp, representation, geometry.layout_size(representation, map_size)
+    target = geometry.erp_to_canvas(
+        erp, representation, geometry.canvas_size(representation, map_size)
     )
     perspective, condition, mask = render_condition(erp, view, map_size, out_hw, representation)
     return {
@@ -291,10 +291,10 @@ def target_and_views(
     Returns a dict: target_map `(F, Hm, Wm, 3)`, perspective `(F, h, w, 3)` (view 0's clip),
     condition_map `(F, Hm, Wm, 3)` (where views overlap, the mean of their projections; 0 outside
     the union), condition_mask `(F, Hm, Wm, 1)` (the union of the active views' masks);
-    (Hm, Wm) = `layouts.layout_size(representation, map_size)`.
+    (Hm, Wm) = `layouts.canvas_size(representation, map_size)`.
     """
-    target = geometry.erp_to_layout(
-        erp, representation, geometry.layout_size(representation, map_size)
+    target = geometry.erp_to_canvas(
+        erp, representation, geometry.canvas_size(representation, map_size)
     )
     rendered = [
         render_condition(erp, views[i], map_size, out_hw, representation)

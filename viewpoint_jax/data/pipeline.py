@@ -3,7 +3,7 @@
 Per record (in grain workers): a random clip of `num_frames` frames every `frame_stride` frames
 is decoded (OpenCV) and resized to the ERP size; a random yaw turn (a horizontal roll of the
 ERP, exact) augments it; the jitted geometry maps it onto the ViewPoint map (or the frames of
-`config.representation`: ERP or cube raster, see geometry/layouts.py) and renders the
+`config.representation`: ERP or cube raster, see geometry/canvas.py) and renders the
 condition of a kind drawn from `condition_mixture` (by default mostly the paper's: a random
 perspective view of the clip projected back onto the map with its mask; see conditions.py);
 the caption is dropped (set to "") at rate `caption_dropout` for
@@ -17,7 +17,7 @@ every epoch), processed in `worker_count` processes, and the iterator state is c
 
 Training batches (`make_train_iterator`), host-local batch B = batch_size // process_count,
 F = num_frames for video batches and 1 for image batches, (Hm, Wm) = (M, M) with M = map_size
-for the ViewPoint map, `config.layout_hw(config)` for any representation:
+for the ViewPoint map, `config.canvas_hw(config)` for any representation:
 
     target_map       (B, F, Hm, Wm, 3) float32 in [-1, 1]
     condition_map    (B, F, Hm, Wm, 3) float32 in [-1, 1], 0 outside the mask
@@ -72,8 +72,8 @@ from viewpoint_jax.data import builder, conditions, latents, perspective_clips
 from viewpoint_jax.data.builder import as_text
 from viewpoint_jax.setup.config import (
     DataSource,
+    canvas_hw,
     data_representation,
-    layout_hw,
     validate_data_config,
 )
 from viewpoint_jax.setup.config import data_source as source_kind
@@ -183,7 +183,7 @@ class ExampleMaker:
         self.erp_hw = (int(config.erp_height), int(config.erp_width))
         self.map_size = int(config.map_size)
         self.representation = data_representation(config)
-        self.layout_hw = layout_hw(config)
+        self.canvas_hw = canvas_hw(config)
         self.condition_hw = _condition_hw(config)
         self.view_ranges = {
             "fov_range": tuple(config.condition_fov_range),
@@ -287,7 +287,7 @@ class ExampleMaker:
         elif kind == conditions.ConditionKind.PREFIX:
             known = int(rng.integers(1, self.latent_frames))  # k in [1, latent frames - 1]
             frames = conditions.prefix_pixel_frames(known, self.temporal_factor)
-            mask = conditions.prefix_mask(self.num_frames, frames, self.layout_hw)
+            mask = conditions.prefix_mask(self.num_frames, frames, self.canvas_hw)
             condition = maps["target_map"] * mask
         return condition, mask
 

@@ -31,7 +31,7 @@ from viewpoint_jax.data.latents import (
 )
 from viewpoint_jax.models.autoencoder import compiler_options, encode_maps, latent_shape
 from viewpoint_jax.setup import build
-from viewpoint_jax.setup.config import layout_hw
+from viewpoint_jax.setup.config import canvas_hw
 
 
 def jitted_encoder(
@@ -285,7 +285,7 @@ def _latents_config(
     name: str, autoencoder: Any, data: ml_collections.ConfigDict, dtype: str
 ) -> LatentsConfig:
     """The latents dataset's builder config: the latent shape of one clip of `data`."""
-    latent = latent_shape(autoencoder, (1, data.num_frames, *layout_hw(data), 3))
+    latent = latent_shape(autoencoder, (1, data.num_frames, *canvas_hw(data), 3))
     return LatentsConfig(
         name=name,
         latent_frames=latent[1],

@@ -10,7 +10,7 @@ Wan's VAE; channels last) at timestep `t` and predicts the flow velocity `noise 
 Optionally the predicted clean latent is made consistent across the overlaps of the map at every
 step (`fuse_every_step`): the two copies of a shared sphere region are replaced by their weighted
 blend (spec §4), at latent resolution. The final map -> ERP conversion always fuses, in pixel
-space (`map_to_panorama`). Optionally (`keep_known`) the clean latent the model predicts is replaced
+space (`canvas_to_panorama`). Optionally (`keep_known`) the clean latent the model predicts is replaced
 by the condition's latent on every latent cell the condition covers wholly, at every step: the
 known view then comes back exactly (up to the autoencoder) and the model paints around it.
 
@@ -20,10 +20,10 @@ frame 0 only; `prefix_condition` knows the first frames of a panorama in full (c
 `encode_condition` encodes a condition with the autoencoder and brings the mask to latent
 resolution. `impose_known_frames` pastes wholly known latent frames back after sampling.
 
-`representation` (`config.data.representation`, geometry/layouts.py): the "map" here is the frame
+`representation` (`config.data.representation`, geometry/canvas.py): the "map" here is the frame
 the model denoises, the ViewPoint map by default or the ERP / cube raster of about as many
-pixels (`geometry.layout_size(representation, map_size)`); conditions are projected onto it
-and `map_to_panorama` converts it to ERP. Per-step fusion needs the ViewPoint map.
+pixels (`geometry.canvas_size(representation, map_size)`); conditions are projected onto it
+and `canvas_to_panorama` converts it to ERP. Per-step fusion needs the ViewPoint map.
 """
 
 from __future__ import annotations
@@ -359,7 +359,7 @@ def perspective_condition(
     representation: Representation = Representation.VIEWPOINT,
 ) -> tuple[jax.Array, jax.Array]:
     """Projects a perspective video `(F, h, w, 3)` (uint8, or float in [-1, 1]) onto the map
-    (the frames of `representation`, (Hm, Wm) = `geometry.layout_size(representation, map_size)`).
+    (the frames of `representation`, (Hm, Wm) = `geometry.canvas_size(representation, map_size)`).
 
     Returns the condition video `(F, Hm, Wm, 3)` in [-1, 1], 0 outside the covered area, and the
     coverage mask `(F, Hm, Wm, 1)` in [0, 1]. `fov_deg` is the horizontal field of view.
@@ -369,9 +369,9 @@ def perspective_condition(
     video = jnp.asarray(video)
     if video.dtype == jnp.uint8:
         video = video.astype(jnp.float32) / 127.5 - 1.0
-    layout_hw = geometry.layout_size(representation, map_size)
-    projected, mask = geometry.perspective_to_layout(
-        video, fov_deg, yaw_deg, pitch_deg, roll_deg, representation, layout_hw
+    canvas_hw = geometry.canvas_size(representation, map_size)
+    projected, mask = geometry.perspective_to_canvas(
+        video, fov_deg, yaw_deg, pitch_deg, roll_deg, representation, canvas_hw
     )
     mask = mask.astype(jnp.float32)
     return projected * mask, mask
@@ -480,7 +480,7 @@ def image_condition(
     return condition, jnp.concatenate([mask, jnp.zeros((later, *mask.shape[1:]))], axis=0)
 
 
-def panorama_to_map(
+def panorama_to_canvas(
     pano_erp_video: np.ndarray | jax.Array,
     map_size: int,
     name: str = "pano_erp_video",
@@ -495,8 +495,8 @@ def panorama_to_map(
         raise ValueError(
             f"{name} must be a 2:1 equirectangular video (F, H, 2H, 3), got shape {shape}"
         )
-    layout_hw = geometry.layout_size(representation, map_size)
-    return geometry.erp_to_layout(_as_unit_range(pano_erp_video), representation, layout_hw)
+    canvas_hw = geometry.canvas_size(representation, map_size)
+    return geometry.erp_to_canvas(_as_unit_range(pano_erp_video), representation, canvas_hw)
 
 
 def prefix_condition(
@@ -570,7 +570,7 @@ def make_conditions(
 
     With none of them the map is all unknown (text-to-360): the condition is an all-zero video
     with mask 0, for `num_frames` frames. The map is the frame of `representation`, (Hm, Wm) =
-    `geometry.layout_size(representation, map_size)` ((M, M) for the ViewPoint map).
+    `geometry.canvas_size(representation, map_size)` ((M, M) for the ViewPoint map).
     """
     temporal = autoencoder.temporal_factor
     given = [
@@ -584,22 +584,22 @@ def make_conditions(
         frames = valid_frame_count(num_frames, temporal)
         if frames != num_frames:
             raise ValueError(f"num_frames must be 1 + {temporal}k, got {num_frames}")
-    layout_hw = geometry.layout_size(representation, map_size)
+    canvas_hw = geometry.canvas_size(representation, map_size)
     place = dict(fov_deg=fov_deg, yaw_deg=yaw_deg, pitch_deg=pitch_deg, roll_deg=roll_deg)
     if image is not None:
         condition, mask = image_condition(
             image, map_size, num_frames, **place, representation=representation
         )
     elif prefix_map is not None:
-        if tuple(np.shape(prefix_map))[1:] != (*layout_hw, 3):
+        if tuple(np.shape(prefix_map))[1:] != (*canvas_hw, 3):
             raise ValueError(
-                f"prefix_map must be (P, {layout_hw[0]}, {layout_hw[1]}, 3), got "
+                f"prefix_map must be (P, {canvas_hw[0]}, {canvas_hw[1]}, 3), got "
                 f"{np.shape(prefix_map)}"
             )
         condition, mask = prefix_condition(prefix_map, num_frames, temporal)
     elif video is None:
-        condition = jnp.zeros((num_frames, *layout_hw, 3), jnp.float32)
-        mask = jnp.zeros((num_frames, *layout_hw, 1), jnp.float32)
+        condition = jnp.zeros((num_frames, *canvas_hw, 3), jnp.float32)
+        mask = jnp.zeros((num_frames, *canvas_hw, 1), jnp.float32)
     else:
         if (len(video) - 1) % temporal:
             raise ValueError(
@@ -660,7 +660,7 @@ def decode_latents(
 
 
 @functools.partial(jax.jit, static_argnames=("height", "width", "representation"))
-def map_to_panorama(
+def canvas_to_panorama(
     map_video: jax.Array,
     height: int,
     width: int,
@@ -668,8 +668,8 @@ def map_to_panorama(
 ) -> jax.Array:
     """Map video `(..., M, M, 3)` -> ERP `(..., height, width, 3)`, blending the overlapping
     copies of each sphere region (the final pixel-space fusion); frames of another
-    `representation` `(..., Hm, Wm, 3)` -> ERP by `geometry.layout_to_erp`."""
-    return geometry.layout_to_erp(map_video, representation, height, width)
+    `representation` `(..., Hm, Wm, 3)` -> ERP by `geometry.canvas_to_erp`."""
+    return geometry.canvas_to_erp(map_video, representation, height, width)
 
 
 def decode_to_panorama(
@@ -683,7 +683,7 @@ def decode_to_panorama(
 ) -> tuple[jax.Array, jax.Array]:
     """Map latents `(B, f, h, w, C)` -> (map video `(B, F, Hm, Wm, 3)`, ERP video
     `(B, F, height, width, 3)`), both in [-1, 1]; the ERP blends the overlapping copies (of the
-    ViewPoint map; other representations: `map_to_panorama`). The decode is spread over `mesh`
+    ViewPoint map; other representations: `canvas_to_panorama`). The decode is spread over `mesh`
     (`decode_latents`)."""
     map_video = decode_latents(autoencoder, latents, mesh=mesh)
-    return map_video, map_to_panorama(map_video, height, width, representation)
+    return map_video, canvas_to_panorama(map_video, height, width, representation)

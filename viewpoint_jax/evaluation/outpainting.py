@@ -334,7 +334,7 @@ def panorama_outpainting(
     representation: Representation,
 ) -> PanoramaOutpainting:
     """Samples every clip once per seed (`sampled_maps`), converts the model's frames of
-    `representation` to ERP at the clips' ERP size (`sampler.map_to_panorama`) and measures the
+    `representation` to ERP at the clips' ERP size (`sampler.canvas_to_panorama`) and measures the
     error outside the condition view there (`erp_outpainted_mse`): a number comparable across
     representations. `clips` must hold their ERP clips (`load_eval_clips` loads them)."""
     if clips.erp is None:
@@ -342,11 +342,11 @@ def panorama_outpainting(
     height, width = clips.erp.shape[2:4]
     masks = erp_condition_masks(clips)
     errors, panoramas, maps = [], [], []
-    for layout in sampled_maps(model, autoencoder, text_encoder, clips, settings, seeds):
-        erp = sampler.map_to_panorama(layout, height, width, representation)
+    for canvas in sampled_maps(model, autoencoder, text_encoder, clips, settings, seeds):
+        erp = sampler.canvas_to_panorama(canvas, height, width, representation)
         errors.append(erp_outpainted_mse(np.asarray(erp), clips, masks))
         panoramas.append(video_io.to_uint8(erp))
-        maps.append(video_io.to_uint8(layout))
+        maps.append(video_io.to_uint8(canvas))
     return PanoramaOutpainting(
         mse=np.mean(errors, axis=0),
         panoramas=np.stack(panoramas),

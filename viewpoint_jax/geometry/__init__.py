@@ -1,20 +1,20 @@
 """Panoramic geometry in pure jax.numpy: ERP, cube faces, perspective views, the ViewPoint map,
-and the representations the DiT can see (layouts.py).
+and the representations the DiT can see (canvas.py).
 
 Conventions and layout: docs/viewpoint-map.md.
 """
 
-from viewpoint_jax.geometry.layouts import Representation, layout_size
+from viewpoint_jax.geometry.canvas import Representation, canvas_size
 from viewpoint_jax.geometry.projections import (
+    canvas_to_erp,
     cubemap_to_erp,
+    erp_to_canvas,
     erp_to_cubemap,
-    erp_to_layout,
     erp_to_perspective,
     erp_to_viewpoint,
     fuse_overlaps,
-    layout_to_erp,
+    perspective_to_canvas,
     perspective_to_erp,
-    perspective_to_layout,
     perspective_to_viewpoint,
     viewpoint_directions,
     viewpoint_to_erp,
@@ -33,19 +33,19 @@ __all__ = [
     "SUBREGIONS",
     "Representation",
     "camera_basis",
+    "canvas_size",
+    "canvas_to_erp",
     "cube_face_directions",
     "cubemap_to_erp",
     "erp_directions",
+    "erp_to_canvas",
     "erp_to_cubemap",
-    "erp_to_layout",
     "erp_to_perspective",
     "erp_to_viewpoint",
     "fuse_overlaps",
-    "layout_size",
-    "layout_to_erp",
     "perspective_directions",
+    "perspective_to_canvas",
     "perspective_to_erp",
-    "perspective_to_layout",
     "perspective_to_viewpoint",
     "subregion_index",
     "subregion_slices",

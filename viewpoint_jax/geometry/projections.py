@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from viewpoint_jax.geometry import layouts, sampling, sphere, viewpoint_map
-from viewpoint_jax.geometry.layouts import Representation
+from viewpoint_jax.geometry import canvas, sampling, sphere, viewpoint_map
+from viewpoint_jax.geometry.canvas import Representation
 
 MODES = ("bilinear", "nearest")
 
@@ -119,16 +119,16 @@ def viewpoint_directions_np(map_size: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
-def layout_directions_np(representation: Representation, hw: tuple[int, int]) -> np.ndarray:
-    """`layouts.layout_directions`, cached (the map's shared with `viewpoint_directions_np`)."""
+def canvas_directions_np(representation: Representation, hw: tuple[int, int]) -> np.ndarray:
+    """`canvas.canvas_directions`, cached (the map's shared with `viewpoint_directions_np`)."""
     if representation == Representation.VIEWPOINT:
         return viewpoint_directions_np(hw[0])
-    return layouts.layout_directions(representation, hw)
+    return canvas.canvas_directions(representation, hw)
 
 
 @functools.lru_cache(maxsize=16)
-def _erp_to_layout_plan(height: int, width: int, representation, out_hw, mode: str):
-    directions = layout_directions_np(representation, out_hw)
+def _erp_to_canvas_plan(height: int, width: int, representation, out_hw, mode: str):
+    directions = canvas_directions_np(representation, out_hw)
     row, col = sphere.direction_to_erp_pixel(directions, height, width)
     idx, w = sampling.erp_taps(row, col, height, width, mode)
     return sampling.make_plan(idx, w, (height, width), out_hw)
@@ -241,7 +241,7 @@ def _erp_to_perspective_plan(height, width, angles, out_hw, mode):
 @functools.lru_cache(maxsize=64)
 def _perspective_to_grid_plan(in_hw, angles, target: Representation, out_hw, mode):
     """Plan and mask `(H_out, W_out)` from a perspective image onto a frame of `target`."""
-    d = layout_directions_np(target, out_hw)
+    d = canvas_directions_np(target, out_hw)
     idx, w, mask = _perspective_taps(d, *angles, *in_hw, mode, np)
     return sampling.make_plan(idx, w, in_hw, out_hw), mask
 
@@ -257,7 +257,7 @@ def viewpoint_directions(map_size: int = 640) -> jax.Array:
 def erp_to_viewpoint(erp: jax.Array, map_size: int = 640, *, mode: str = "bilinear") -> jax.Array:
     """ERP `(..., H, 2H, C)` -> ViewPoint map `(..., M, M, C)`."""
     map_size = viewpoint_map.check_map_size(map_size)
-    return erp_to_layout(erp, Representation.VIEWPOINT, (map_size, map_size), mode=mode)
+    return erp_to_canvas(erp, Representation.VIEWPOINT, (map_size, map_size), mode=mode)
 
 
 def viewpoint_to_erp(
@@ -347,7 +347,7 @@ def _perspective_to_grid(img, fov_deg, yaw_deg, pitch_deg, roll_deg, target, out
         out = sampling.resample(img, plan)
         mask = jnp.asarray(mask)
     else:
-        d = jnp.asarray(layout_directions_np(target, out_hw), jnp.float32)
+        d = jnp.asarray(canvas_directions_np(target, out_hw), jnp.float32)
         angles = [jnp.asarray(v, jnp.float32) for v in (fov_deg, yaw_deg, pitch_deg, roll_deg)]
         idx, w, mask = _perspective_taps(d, *angles, *in_hw, mode, jnp)
         out = sampling.resample_taps(img, idx, w, in_hw, out_hw)
@@ -393,33 +393,33 @@ def perspective_to_viewpoint(
     covers (same dtype as the map); the map is 0 elsewhere.
     """
     map_size = viewpoint_map.check_map_size(map_size)
-    layout_hw = (map_size, map_size)
-    return perspective_to_layout(
-        img, fov_deg, yaw_deg, pitch_deg, roll_deg, Representation.VIEWPOINT, layout_hw, mode=mode
+    canvas_hw = (map_size, map_size)
+    return perspective_to_canvas(
+        img, fov_deg, yaw_deg, pitch_deg, roll_deg, Representation.VIEWPOINT, canvas_hw, mode=mode
     )
 
 
-# Any representation (layouts.py) ------------------------------------------------------------------
+# Any representation (canvas.py) --------------------------------------------------------------------
 
 
-def erp_to_layout(
+def erp_to_canvas(
     erp: jax.Array,
     representation: Representation,
-    layout_hw: tuple[int, int],
+    canvas_hw: tuple[int, int],
     *,
     mode: str = "bilinear",
 ) -> jax.Array:
-    """ERP `(..., H, 2H, C)` -> frames `(..., h, w, C)` of `representation` at `layout_hw`
-    (`layouts.layout_size`): the ViewPoint map, an ERP of another size, or the cube raster."""
+    """ERP `(..., H, 2H, C)` -> frames `(..., h, w, C)` of `representation` at `canvas_hw`
+    (`canvas.canvas_size`): the ViewPoint map, an ERP of another size, or the cube raster."""
     erp = _check_erp(erp)
     representation = Representation(representation)
-    out_hw = layouts.check_layout_hw(representation, _check_hw(layout_hw, "layout_hw"))
+    out_hw = canvas.check_canvas_hw(representation, _check_hw(canvas_hw, "canvas_hw"))
     height, width = erp.shape[-3:-1]
-    plan = _erp_to_layout_plan(height, width, representation, out_hw, _check_mode(mode))
+    plan = _erp_to_canvas_plan(height, width, representation, out_hw, _check_mode(mode))
     return sampling.resample(erp, plan)
 
 
-def layout_to_erp(
+def canvas_to_erp(
     frames: jax.Array,
     representation: Representation,
     height: int,
@@ -434,31 +434,31 @@ def layout_to_erp(
     """
     frames = _check_images(frames, "frames")
     representation = Representation(representation)
-    layouts.check_layout_hw(representation, frames.shape[-3:-1])
+    canvas.check_canvas_hw(representation, frames.shape[-3:-1])
     if representation == Representation.VIEWPOINT:
         return viewpoint_to_erp(frames, height, width, mode=mode)
     if representation == Representation.CUBE_2X3:
-        return cubemap_to_erp(layouts.raster_to_faces(frames), height, width, mode=mode)
+        return cubemap_to_erp(canvas.raster_to_faces(frames), height, width, mode=mode)
     height, width = _check_erp_size(height, width)
-    return erp_to_layout(frames, Representation.ERP, (height, width), mode=mode)
+    return erp_to_canvas(frames, Representation.ERP, (height, width), mode=mode)
 
 
-def perspective_to_layout(
+def perspective_to_canvas(
     img: jax.Array,
     fov_deg: float,
     yaw_deg: float,
     pitch_deg: float,
     roll_deg: float,
     representation: Representation,
-    layout_hw: tuple[int, int],
+    canvas_hw: tuple[int, int],
     *,
     mode: str = "bilinear",
 ) -> tuple[jax.Array, jax.Array]:
     """Perspective view `(..., h, w, C)` -> (frames `(..., H, W, C)` of `representation` at
-    `layout_hw`, mask `(..., H, W, 1)`): one resampling straight onto the frame's pixels; the
+    `canvas_hw`, mask `(..., H, W, 1)`): one resampling straight onto the frame's pixels; the
     mask is 1 where the view covers a pixel, the frames 0 elsewhere. Angles may be traced."""
     representation = Representation(representation)
-    out_hw = layouts.check_layout_hw(representation, _check_hw(layout_hw, "layout_hw"))
+    out_hw = canvas.check_canvas_hw(representation, _check_hw(canvas_hw, "canvas_hw"))
     return _perspective_to_grid(
         img, fov_deg, yaw_deg, pitch_deg, roll_deg, representation, out_hw, mode
     )

@@ -43,7 +43,7 @@ from viewpoint_jax.common.cli import UserError
 from viewpoint_jax.common.sharding import DEFAULT_RULES, MESH_AXES
 from viewpoint_jax.data.conditions import DEFAULT_CONDITION_MIXTURE, parse_mixture, sample_view
 from viewpoint_jax.diffusion.flow_matching import Loss
-from viewpoint_jax.geometry import Representation, layout_size
+from viewpoint_jax.geometry import Representation, canvas_size
 from viewpoint_jax.models.autoencoder import BlockDCTAutoencoder
 from viewpoint_jax.models.dit import PRESETS, BlockKind, DiTConfig
 from viewpoint_jax.models.vae import WanVAEConfig
@@ -114,8 +114,8 @@ def data_config() -> ml_collections.ConfigDict:
     c.erp_height = 64
     c.erp_width = 128
     c.map_size = 64
-    # The frames the DiT sees (geometry/layouts.py): "viewpoint" (the M x M map), "erp" or
-    # "cube_2x3" (each about M x M pixels, `layout_hw`); subregion attention needs "viewpoint".
+    # The frames the DiT sees (geometry/canvas.py): "viewpoint" (the M x M map), "erp" or
+    # "cube_2x3" (each about M x M pixels, `canvas_hw`); subregion attention needs "viewpoint".
     c.representation = Representation.VIEWPOINT.value
     c.num_frames = 9  # frames per video clip (1 + 4k for the Wan VAE)
     c.frame_stride = 1  # take every stride-th frame
@@ -291,10 +291,10 @@ def data_representation(data: ml_collections.ConfigDict) -> Representation:
     return Representation(data.get("representation", Representation.VIEWPOINT))
 
 
-def layout_hw(data: ml_collections.ConfigDict) -> tuple[int, int]:
+def canvas_hw(data: ml_collections.ConfigDict) -> tuple[int, int]:
     """(H, W) of the frames the DiT sees: the map's (M, M), or the ERP / cube raster of about
-    as many pixels (`geometry.layout_size`)."""
-    return layout_size(data_representation(data), data.map_size)
+    as many pixels (`geometry.canvas_size`)."""
+    return canvas_size(data_representation(data), data.map_size)
 
 
 def validate_data_config(data: ml_collections.ConfigDict) -> None:
@@ -446,7 +446,7 @@ def _validate_encoders_and_sizes(config: ml_collections.ConfigDict) -> None:
     representation = data_representation(data)
     if representation == Representation.VIEWPOINT and data.map_size % multiple:
         _fail("data.map_size", f"must be a multiple of {multiple}, got {data.map_size}")
-    height, width = layout_hw(data)
+    height, width = canvas_hw(data)
     if height % (multiple // 2) or width % (multiple // 2):
         _fail(
             "data.representation",

@@ -67,7 +67,7 @@ def activation_bytes(
     """
     data = config.data
     spatial, temporal = config_lib.autoencoder_factors(config)
-    height, width = config_lib.layout_hw(data)  # the map's, or another representation's frames
+    height, width = config_lib.canvas_hw(data)  # the map's, or another representation's frames
     latent = (1 + (data.num_frames - 1) // temporal, height // spatial, width // spatial)
     pt, ph, pw = model_config.patch_size
     tokens = (latent[0] // pt) * (latent[1] // ph) * (latent[2] // pw)

@@ -1,6 +1,7 @@
-"""The panorama representations the DiT can see, and the frame size of each (numpy, static).
+"""The canvas: the 2D frame the DiT denoises, for each panorama representation (numpy, static).
 
-A representation is how one panoramic frame is laid out as the 2D frame the DiT denoises:
+A representation is how one panoramic frame is laid out on the canvas ("map" is kept for the
+ViewPoint map alone):
 
 - VIEWPOINT: the ViewPoint map, M x M (viewpoint_map.py; the paper's representation);
 - ERP: the equirectangular frame, H x 2H;
@@ -8,9 +9,9 @@ A representation is how one panoramic frame is laid out as the 2D frame the DiT 
   out: F R B on the top row, L U D below, each face oriented as `erp_to_cubemap` gives it (the
   top row is continuous across both of its inner edges).
 
-Frame sizes (`layout_size`): every representation of a config gets about as many pixels, hence
+Canvas sizes (`canvas_size`): every representation of a config gets about as many pixels, hence
 latent tokens, as its ViewPoint map of side M (`config.data.map_size`), with sides multiples of
-`LAYOUT_MULTIPLE` so the autoencoder's cells and the DiT's patches tile them (and no token of
+`CANVAS_MULTIPLE` so the autoencoder's cells and the DiT's patches tile them (and no token of
 the cube raster straddles two faces):
 
     ERP       H = 16 round(M / (16 sqrt 2)),  2 H^2 ~ M^2   (M 640: 448 x 896, 0.98 M^2)
@@ -30,24 +31,24 @@ from viewpoint_jax.geometry import sphere, viewpoint_map
 
 
 class Representation(enum.StrEnum):
-    """The layout of the frames the DiT sees (`config.data.representation`)."""
+    """How a panoramic frame is laid out on the canvas (`config.data.representation`)."""
 
     VIEWPOINT = "viewpoint"
     ERP = "erp"
     CUBE_2X3 = "cube_2x3"
 
 
-# Sides of the ERP and cube layouts are multiples of this: the Wan VAE's 8 x the DiT's 2 x 2
+# Sides of the ERP and cube canvases are multiples of this: the Wan VAE's 8 x the DiT's 2 x 2
 # patch, one latent token (also a multiple of the tiny configs' 4 x 2 and 8 x 2).
-LAYOUT_MULTIPLE = 16
+CANVAS_MULTIPLE = 16
 CUBE_ROWS = 2  # the raster holds the faces in FACE_NAMES order, row-major, in 2 rows of 3
 
 
 def _nearest_multiple(value: float) -> int:
-    return max(1, round(value / LAYOUT_MULTIPLE)) * LAYOUT_MULTIPLE
+    return max(1, round(value / CANVAS_MULTIPLE)) * CANVAS_MULTIPLE
 
 
-def layout_size(representation: Representation | str, map_size: int) -> tuple[int, int]:
+def canvas_size(representation: Representation | str, map_size: int) -> tuple[int, int]:
     """(H, W) of a frame of `representation` whose pixel budget matches an M x M ViewPoint map
     (module docstring); the map's own (M, M) for VIEWPOINT."""
     representation = Representation(representation)
@@ -61,7 +62,7 @@ def layout_size(representation: Representation | str, map_size: int) -> tuple[in
     return CUBE_ROWS * face, (6 // CUBE_ROWS) * face
 
 
-def check_layout_hw(representation: Representation, hw: tuple[int, int], name: str = "frames"):
+def check_canvas_hw(representation: Representation, hw: tuple[int, int], name: str = "frames"):
     """ValueError unless (H, W) is a frame shape of `representation` (square and even, 2:1,
     or 2a x 3a); returns `hw` as ints."""
     height, width = int(hw[0]), int(hw[1])
@@ -96,9 +97,9 @@ def raster_to_faces(raster):
     return einops.rearrange(raster, "... (r h) (c w) ch -> ... (r c) h w ch", r=CUBE_ROWS, c=3)
 
 
-def layout_directions(representation: Representation, hw: tuple[int, int]) -> np.ndarray:
+def canvas_directions(representation: Representation, hw: tuple[int, int]) -> np.ndarray:
     """Unit directions `(H, W, 3)` (float64) of the pixel centres of a frame of `representation`."""
-    height, width = check_layout_hw(representation, hw)
+    height, width = check_canvas_hw(representation, hw)
     if representation == Representation.VIEWPOINT:
         return viewpoint_map.map_directions(height)
     if representation == Representation.ERP:
