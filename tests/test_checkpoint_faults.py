@@ -10,9 +10,8 @@ import pytest
 from orbax.checkpoint import future
 from test_train import ONE_DEVICE, micro_config, procedural_records
 
-from viewpoint_jax import train
 from viewpoint_jax.models import weights
-from viewpoint_jax.training import checkpoints
+from viewpoint_jax.training import checkpoints, loop
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +20,7 @@ def records():
 
 
 def _train(config, workdir, records):
-    return train.train(config, workdir, data_source=records, devices=ONE_DEVICE, progress=False)
+    return loop.train(config, workdir, data_source=records, devices=ONE_DEVICE, progress=False)
 
 
 def _logged_steps(workdir):
@@ -62,7 +61,7 @@ def test_failed_save_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, recor
     monkeypatch.undo()
     checkpointer = checkpoints.Checkpointer(directory, every_steps=1, keep=9)
     assert checkpointer.latest_step() == 2
-    trainer = train.make_trainer(config, *train.mesh_and_rules(config, ONE_DEVICE))
+    trainer = loop.make_trainer(config, *loop.mesh_and_rules(config, ONE_DEVICE))
     state = checkpointer.restore(2, trainer.abstract_state_with_shardings())
     assert int(state["step"]) == 2
     checkpointer.close()

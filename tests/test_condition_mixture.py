@@ -162,12 +162,12 @@ def test_eval_keeps_the_papers_condition_and_batches_count_kinds():
 def test_training_logs_the_count_of_each_kind(tmp_path):
     from test_train import ONE_DEVICE, micro_config, procedural_records
 
-    from viewpoint_jax import train
+    from viewpoint_jax.training import loop
 
     config = micro_config()
     config.num_steps = 2
     config.data.condition_mixture = {"none": 1.0, "prefix": 1.0}
-    train.train(
+    loop.train(
         config, tmp_path, data_source=procedural_records(), devices=ONE_DEVICE, progress=False
     )
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]

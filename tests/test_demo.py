@@ -12,13 +12,13 @@ import pytest
 from flax import nnx
 from test_train import ONE_DEVICE, subprocess_env
 
-from viewpoint_jax import demo, train
+from viewpoint_jax import demo
 from viewpoint_jax.common import sharding as sharding_lib
 from viewpoint_jax.common import video_io
 from viewpoint_jax.common.cli import UserError
 from viewpoint_jax.diffusion import flow_matching
 from viewpoint_jax.evaluation import outpainting
-from viewpoint_jax.training import telemetry
+from viewpoint_jax.training import loop, telemetry
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +154,7 @@ def test_untrained_model_is_the_training_init():
     config = demo.demo_config(demo.CONFIG_FILE.parent, quick=True, train_steps=None)
     config.mesh.update(dict(data=1, fsdp=1, sequence=1, tensor=1))
     mesh = sharding_lib.make_mesh(dict(data=1, fsdp=1, sequence=1, tensor=1), ONE_DEVICE)
-    trainer = train.make_trainer(config, mesh, tuple(config.sharding_rules))
+    trainer = loop.make_trainer(config, mesh, tuple(config.sharding_rules))
     expected = trainer.init_state()["params"]
     got = nnx.state(demo.untrained_model(config), nnx.Param)
     jax.tree.map(np.testing.assert_array_equal, got, expected)

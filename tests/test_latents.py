@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from test_train import ONE_DEVICE, micro_config, run_tool, write_dataset
 
-from viewpoint_jax import train
 from viewpoint_jax.common import sharding as sharding_lib
 from viewpoint_jax.data import builder, latents, pipeline, precompute
 from viewpoint_jax.setup import build
+from viewpoint_jax.training import loop
 
 NAME = "micro_latents"
 SAMPLES, IMAGE_SAMPLES = 2, 1
@@ -143,7 +143,7 @@ def test_batched_over_devices_equals_one_at_a_time(dataset):
 def _step_losses(config, batches):
     mesh = sharding_lib.make_mesh(dict(data=1, fsdp=1, sequence=1, tensor=1), ONE_DEVICE)
     rules = tuple(tuple(r) for r in config.sharding_rules)
-    trainer = train.make_trainer(config, mesh, rules)
+    trainer = loop.make_trainer(config, mesh, rules)
     state = trainer.init_state()
     losses = []
     for batch in batches:
@@ -180,7 +180,7 @@ def test_train_on_precomputed_latents(dataset, tmp_path):
     config.data.image_ratio = 0.5
     config.num_steps = 4
     config.log.image_every_steps = 2
-    result = train.train(config, tmp_path / "run", devices=ONE_DEVICE, progress=False)
+    result = loop.train(config, tmp_path / "run", devices=ONE_DEVICE, progress=False)
     assert result["step"] == 4 and all(np.isfinite(list(result["losses"].values())))
     # The stored condition kinds are counted as in-step batches are.
     for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():

@@ -12,12 +12,12 @@ import numpy as np
 from flax import nnx
 from test_train import micro_config
 
-from viewpoint_jax import train
 from viewpoint_jax.common import sharding as sharding_lib
 from viewpoint_jax.models import dit as dit_lib
 from viewpoint_jax.models import umt5, vae
 from viewpoint_jax.setup import build
 from viewpoint_jax.setup import config as config_lib
+from viewpoint_jax.training import loop
 
 REPO = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("memory_plan", REPO / "tools" / "memory_plan.py")
@@ -54,7 +54,7 @@ def test_analytic_state_bytes_match_the_trainers_shardings():
     config.mesh.update(dict(data=2, fsdp=2, sequence=1, tensor=2))
     plan = memory_plan.analytic_plan(config, devices=8)
     mesh = sharding_lib.make_mesh(dict(data=2, fsdp=2, sequence=1, tensor=2))
-    trainer = train.make_trainer(config, mesh, tuple(config.sharding_rules))
+    trainer = loop.make_trainer(config, mesh, tuple(config.sharding_rules))
     abstract = trainer.abstract_state_with_shardings()
 
     def per_device(tree):

@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 from test_train import cli, micro_config, read_losses, subprocess_env, write_dataset
 
-from viewpoint_jax import train
-from viewpoint_jax.training import checkpoints
+from viewpoint_jax.training import checkpoints, optim
 
 STEPS = 12  # the uninterrupted run (checkpoints at 6 and 12)
 RESUME_AT = 6  # the interrupted run starts from the uninterrupted run's checkpoint here
@@ -148,8 +147,8 @@ def _sigterm_after(process, metrics_file, lines: int, timeout=240) -> int:
 def _restore(checkpoint_dir, step: int) -> dict:
     """The train state of checkpoint `step`, restored into this (single) process."""
     config = micro_config()
-    tx, _ = train.make_optimizer(config.optim, config.num_steps)
-    abstract = jax.eval_shape(functools.partial(train.init_state, config, tx), jax.random.key(0))
+    tx, _ = optim.make_optimizer(config.optim, config.num_steps)
+    abstract = jax.eval_shape(functools.partial(step.init_state, config, tx), jax.random.key(0))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract

@@ -14,12 +14,11 @@ from flax import nnx
 from test_train import ONE_DEVICE, REPO, load_config, micro_config, subprocess_env
 
 from viewpoint_jax import pretrain as pretrain_lib
-from viewpoint_jax import train
 from viewpoint_jax.common.cli import UserError
 from viewpoint_jax.models import dit as dit_lib
 from viewpoint_jax.setup import build
 from viewpoint_jax.setup import config as config_lib
-from viewpoint_jax.training import telemetry
+from viewpoint_jax.training import loop, telemetry
 
 ASSET = REPO / "viewpoint_jax" / "assets" / "tiny_perspective"
 REPRODUCED_STEPS = 3
@@ -109,7 +108,7 @@ def test_pretraining_then_fine_tuning_at_the_micro_size(tmp_path):
     finetune = micro_config()
     finetune.model.init_checkpoint = str(out)
     mesh, rules = config_lib.mesh_and_rules(finetune, ONE_DEVICE)
-    params = train.make_trainer(finetune, mesh, rules).init_state()["params"]
+    params = loop.make_trainer(finetune, mesh, rules).init_state()["params"]
     channels = pretrained.config.in_dim
     kernel = np.asarray(params["patch_kernel"][...])
     np.testing.assert_array_equal(kernel[..., :channels, :], pretrained.patch_kernel[...])

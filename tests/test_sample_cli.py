@@ -232,13 +232,13 @@ def tiny_run(tmp_path_factory):
     """A training run of configs/tiny.py:micro, two steps: RUN_DIR/config.json + checkpoints/."""
     from test_train import ONE_DEVICE, micro_config, procedural_records
 
-    from viewpoint_jax import train
+    from viewpoint_jax.training import loop
 
     config = micro_config()
     config.num_steps = 2
     config.checkpoint.every_steps = 2
     workdir = tmp_path_factory.mktemp("run")
-    train.train(
+    loop.train(
         config, workdir, data_source=procedural_records(), devices=ONE_DEVICE, progress=False
     )
     return workdir
@@ -356,15 +356,16 @@ def test_another_representation_trains_a_step_and_samples_the_same_files(represe
     outputs a ViewPoint model writes, its own frames under the representation's name."""
     from test_train import ONE_DEVICE, micro_config, procedural_records
 
-    from viewpoint_jax import geometry, train
+    from viewpoint_jax import geometry
     from viewpoint_jax.diffusion import sampler
+    from viewpoint_jax.training import loop
 
     config = micro_config()
     config.data.representation = representation
     config.model.attention_pattern = "pano"
     config.num_steps = config.checkpoint.every_steps = config.log.image_every_steps = 1
     run_dir = tmp_path / "run"
-    result = train.train(
+    result = loop.train(
         config, run_dir, data_source=procedural_records(), devices=ONE_DEVICE, progress=False
     )
     assert np.isfinite(result["losses"][1])

@@ -16,12 +16,11 @@ import jax
 import numpy as np
 import pytest
 
-from viewpoint_jax import train
 from viewpoint_jax.common import sharding as sharding_lib
 from viewpoint_jax.data import builder
 from viewpoint_jax.models import text_encoder as text_lib
 from viewpoint_jax.setup import build
-from viewpoint_jax.training import checkpoints
+from viewpoint_jax.training import checkpoints, loop
 
 REPO = Path(__file__).resolve().parents[1]
 # Every run of the micro config compiles the same programs: keep them across tests and processes.
@@ -153,7 +152,7 @@ def test_loss_falls_and_logs(tmp_path):
     config.num_steps = 24
     config.checkpoint.every_steps = 12
     config.log.image_every_steps = 12
-    result = train.train(
+    result = loop.train(
         config, tmp_path, data_source=procedural_records(), devices=ONE_DEVICE, progress=False
     )
     losses = [result["losses"][s] for s in range(1, 25)]
@@ -182,15 +181,15 @@ def test_resume_gives_the_same_losses(tmp_path):
     config = micro_config()
     config.num_steps = 6
     config.checkpoint.every_steps = 3
-    straight = train.train(
+    straight = loop.train(
         config, tmp_path / "straight", data_source=records, devices=ONE_DEVICE, progress=False
     )
     config.num_steps = 3
-    train.train(
+    loop.train(
         config, tmp_path / "resumed", data_source=records, devices=ONE_DEVICE, progress=False
     )
     config.num_steps = 6
-    resumed = train.train(
+    resumed = loop.train(
         config, tmp_path / "resumed", data_source=records, devices=ONE_DEVICE, progress=False
     )
     assert sorted(resumed["losses"]) == [4, 5, 6]  # it did not redo steps 1-3
@@ -202,7 +201,7 @@ def test_resume_gives_the_same_losses(tmp_path):
 
 
 def _two_steps(config, mesh, batches):
-    trainer = train.make_trainer(config, mesh, tuple(config.sharding_rules))
+    trainer = loop.make_trainer(config, mesh, tuple(config.sharding_rules))
     state = trainer.init_state()
     losses = []
     for batch in batches:
@@ -242,8 +241,8 @@ def test_nonfinite_loss_skips_update_then_stops(tmp_path):
 
     it = pipeline.make_train_iterator(config.data, data_source=procedural_records())
     batches = [next(it) for _ in range(10)]
-    with pytest.raises(train.NonFiniteLossError, match="3 NaN/Inf losses in a row at step 6"):
-        train.train(
+    with pytest.raises(loop.NonFiniteLossError, match="3 NaN/Inf losses in a row at step 6"):
+        loop.train(
             config,
             tmp_path,
             data_iterator=_nan_batches(batches, 3),
@@ -259,7 +258,7 @@ def test_nonfinite_loss_skips_update_then_stops(tmp_path):
 
     # A skipped step leaves the weights and optimizer moments exactly as they were.
     mesh = sharding_lib.make_mesh(dict(data=1, fsdp=1, sequence=1, tensor=1), ONE_DEVICE)
-    trainer = train.make_trainer(config, mesh, tuple(config.sharding_rules))
+    trainer = loop.make_trainer(config, mesh, tuple(config.sharding_rules))
     state = trainer.init_state()
     before = jax.device_get({k: state[k] for k in ("params", "opt_state")})
     bad = dict(batches[0], target_map=np.full_like(batches[0]["target_map"], np.inf))
@@ -277,11 +276,11 @@ def test_precomputed_text_gives_the_same_losses_and_writes_the_cache(tmp_path):
     config = micro_config()
     config.num_steps = 4
     config.data.caption_dropout = 0.5  # some batches hold "", a caption no record has
-    encoded = train.train(
+    encoded = loop.train(
         config, tmp_path / "encoded", data_source=records, devices=ONE_DEVICE, progress=False
     )
     config.text_encoder.precompute = True
-    cached = train.train(
+    cached = loop.train(
         config, tmp_path / "cached", data_source=records, devices=ONE_DEVICE, progress=False
     )
     np.testing.assert_allclose(
@@ -353,7 +352,7 @@ def test_step_loss_is_the_flow_matching_formula(loss):
     config.text_encoder.precompute = True  # the batch carries the context
     config.diffusion.loss = loss
     mesh = sharding_lib.make_mesh(dict(data=1, fsdp=1, sequence=1, tensor=1), ONE_DEVICE)
-    trainer = train.make_trainer(config, mesh, tuple(config.sharding_rules))
+    trainer = loop.make_trainer(config, mesh, tuple(config.sharding_rules))
     model_config = trainer.model_config
     rng = np.random.default_rng(0)
 

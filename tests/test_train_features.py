@@ -9,12 +9,11 @@ from flax import nnx
 from test_train import ONE_DEVICE, micro_config, procedural_records
 from wan_release import original_dit_config, save_dit, to_original_dit_layout
 
-from viewpoint_jax import train
 from viewpoint_jax.convert import dit as convert_dit_lib
 from viewpoint_jax.models import dit as dit_lib
 from viewpoint_jax.setup import build
 from viewpoint_jax.setup import config as config_lib
-from viewpoint_jax.training import checkpoints
+from viewpoint_jax.training import checkpoints, loop
 
 
 def _flat(tree) -> dict[str, np.ndarray]:
@@ -35,7 +34,7 @@ def _assert_trees_equal(actual, expected: dict[str, np.ndarray]):
 def _saved_states(config, workdir, steps):
     """The full train state checkpointed at each of `steps`, and the initial one."""
     mesh, rules = config_lib.mesh_and_rules(config, ONE_DEVICE)
-    trainer = train.make_trainer(config, mesh, rules)
+    trainer = loop.make_trainer(config, mesh, rules)
     manager = checkpoints.Checkpointer(
         checkpoints.checkpoint_dir(workdir), every_steps=1, keep=len(steps)
     )
@@ -55,7 +54,7 @@ def test_ema_follows_the_recurrence_and_restores(tmp_path):
     config.optim.warmup_steps = 0  # every step moves the weights (warmup's first lr is 0)
     decay = 0.75  # not 1/2: a swapped decay and 1 - decay would give other numbers
     config.optim.ema_decay = decay
-    train.train(
+    loop.train(
         config, tmp_path, data_source=procedural_records(), devices=ONE_DEVICE, progress=False
     )
     initial, saved = _saved_states(config, tmp_path, (1, 2))
@@ -133,7 +132,7 @@ def test_init_checkpoint_starts_from_the_inflated_wan_weights(tmp_path):
     config.model.init_checkpoint = str(tmp_path / "converted")
     config.num_steps = 1
     config.checkpoint.every_steps = 1
-    result = train.train(
+    result = loop.train(
         config,
         tmp_path / "run",
         data_source=procedural_records(),

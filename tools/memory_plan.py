@@ -335,20 +335,20 @@ def compile_attention_backend(config) -> tuple[str, str | None]:
 
 
 def abstract_train_step(config, mesh, rules):
-    """The train step as `train.make_trainer` jits it, with abstract encoders (no checkpoint is
+    """The train step as `loop.make_trainer` jits it, with abstract encoders (no checkpoint is
     read, no weight allocated, so any model size lowers on CPU), and its abstract arguments
     (state, batch, frozen encoder weights) as sharded shapes: `step_fn.lower(*arguments)`.
     """
     import jax
     import jax.numpy as jnp
 
-    from viewpoint_jax import train
     from viewpoint_jax.models import text_encoder as text_lib
     from viewpoint_jax.models.autoencoder import latent_shape
     from viewpoint_jax.setup import build
     from viewpoint_jax.setup import config as config_lib
+    from viewpoint_jax.training import loop
 
-    trainer = train.make_trainer(
+    trainer = loop.make_trainer(
         config,
         mesh,
         rules,

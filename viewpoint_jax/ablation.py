@@ -44,7 +44,6 @@ import ml_collections
 import numpy as np
 
 from viewpoint_jax import demo, evaluate
-from viewpoint_jax import train as train_lib
 from viewpoint_jax.common import video_io
 from viewpoint_jax.common.cli import UserError
 from viewpoint_jax.common.fileio import atomic_write_text
@@ -56,7 +55,7 @@ from viewpoint_jax.geometry import Representation
 from viewpoint_jax.models.dit import BlockKind
 from viewpoint_jax.setup import build
 from viewpoint_jax.setup import config as config_lib
-from viewpoint_jax.training import checkpoints
+from viewpoint_jax.training import checkpoints, loop
 
 # The two trainings compared: condition_mixture of each.
 TRAINING_MIXTURES: dict[str, dict[str, float]] = {
@@ -109,7 +108,7 @@ def train_arms(
         config = arm_config(out, quick, train_steps, overrides)
         run_dir = out / f"run_{name}"
         print(f"training {name} ({dict(overrides)}) for {config.num_steps} steps -> {run_dir}")
-        result = train_lib.train(config, run_dir, devices=devices, progress=True)
+        result = loop.train(config, run_dir, devices=devices, progress=True)
         if result["stopped"]:
             raise UserError("training was stopped (SIGTERM); rerun to resume it")
         runs[name] = run_dir

@@ -48,7 +48,6 @@ from flax import nnx
 
 from viewpoint_jax import pretrain as pretrain_lib
 from viewpoint_jax import sample as sample_lib
-from viewpoint_jax import train as train_lib
 from viewpoint_jax.common import video_io
 from viewpoint_jax.common.cli import UserError, refuse_positional, run
 from viewpoint_jax.common.fileio import atomic_write_text
@@ -59,7 +58,7 @@ from viewpoint_jax.evaluation import outpainting
 from viewpoint_jax.models import dit as dit_lib
 from viewpoint_jax.setup import build
 from viewpoint_jax.setup import config as config_lib
-from viewpoint_jax.training import checkpoints, telemetry
+from viewpoint_jax.training import checkpoints, loop, optim, step, telemetry
 
 CONFIG_FILE = config_lib.packaged_config("tiny.py")
 DATASET_NAME = "demo"
@@ -154,7 +153,7 @@ def ensure_pretrained(out: Path, config: ml_collections.ConfigDict, spec: str) -
 
 def train_run(config: ml_collections.ConfigDict, run_dir: Path) -> int:
     """Trains (or resumes) `config` in `run_dir`; returns the steps trained."""
-    result = train_lib.train(config, run_dir, progress=True)
+    result = loop.train(config, run_dir, progress=True)
     if result["stopped"]:
         raise UserError("training was stopped (SIGTERM); rerun the demo to resume it")
     return int(result["step"])
@@ -173,8 +172,8 @@ def ensure_dataset(out: Path, dataset: dict[str, Any]) -> None:
 def untrained_model(config: ml_collections.ConfigDict) -> nnx.Module:
     """The DiT exactly as training initialises it (`train.init_state`, the same seed, jitted as
     the trainer jits it), before any step."""
-    tx, _ = train_lib.make_optimizer(config.optim, config.num_steps)
-    init = jax.jit(functools.partial(train_lib.init_state, config, tx))
+    tx, _ = optim.make_optimizer(config.optim, config.num_steps)
+    init = jax.jit(functools.partial(step.init_state, config, tx))
     params = init(jax.random.key(config.seed))["params"]
     graphdef, _ = nnx.split(dit_lib.abstract_model(build.dit_config(config)), nnx.Param)
     return nnx.merge(graphdef, params)

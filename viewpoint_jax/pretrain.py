@@ -29,12 +29,11 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from viewpoint_jax import train as train_lib
 from viewpoint_jax.common.cli import UserError, refuse_positional, run
 from viewpoint_jax.models import dit as dit_lib
 from viewpoint_jax.setup import build
 from viewpoint_jax.setup.config import data_source, diffusion_loss, takes_condition
-from viewpoint_jax.training import checkpoints, telemetry
+from viewpoint_jax.training import checkpoints, loop, telemetry
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.py"
 
@@ -57,7 +56,7 @@ def pretrain(
             "pretraining needs a plain text-to-video source ('demo_scenes')"
         )
     workdir = Path(workdir).absolute()
-    result = train_lib.train(config, workdir, progress=progress, devices=devices)
+    result = loop.train(config, workdir, progress=progress, devices=devices)
     if result["stopped"]:
         raise UserError("pretraining was stopped (SIGTERM); rerun the same command to resume it")
     model = checkpoints.restore_model(config, workdir)
