@@ -9,7 +9,7 @@ viewpoint_jax/assets/tiny_perspective (made by `:pretrain`; its README.md has th
 
     python -m viewpoint_jax.train --config configs/tiny.py --workdir runs/tiny
     python -m viewpoint_jax.train --config configs/tiny.py:micro ...   # test size
-    python tools/pretrain_tiny.py --config configs/tiny.py:pretrain ... # the pretrained DiT
+    python -m viewpoint_jax.pretrain --config configs/tiny.py:pretrain ... # the pretrained DiT
 
 Arguments: "micro" (the test size, from scratch), "pretrain" (a plain text-to-video Wan of the
 same size on perspective clips of demo scenes), "micro_pretrain" (both).
@@ -18,7 +18,8 @@ same size on perspective clips of demo scenes), "micro_pretrain" (both).
 from pathlib import Path
 
 import viewpoint_jax
-from viewpoint_jax.setup.config import DataSource, base_config
+from viewpoint_jax.data.config import DataSource
+from viewpoint_jax.setup.config import base_config
 
 PRETRAINED = Path(viewpoint_jax.__file__).parent / "assets" / "tiny_perspective"
 ARGS = (None, "micro", "pretrain", "micro_pretrain")

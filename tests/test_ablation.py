@@ -1,5 +1,6 @@
-"""The representation ablation (tools/ablation.py, viewpoint_jax/ablation.py): Table 2's arms,
-its rows and references, and a micro run of the tool."""
+"""The representation ablation (`python -m viewpoint_jax.ablation`,
+studies/representation_ablation.py): Table 2's arms, its rows and references, and a micro run of
+the tool."""
 
 import json
 import subprocess
@@ -7,17 +8,18 @@ import sys
 
 import numpy as np
 import pytest
-from test_train import ONE_DEVICE, REPO, subprocess_env
+from test_train import ONE_DEVICE, subprocess_env
 
-from viewpoint_jax import ablation
+from viewpoint_jax.data.config import data_representation
 from viewpoint_jax.evaluation import outpainting, panorama_metrics
 from viewpoint_jax.setup import build
-from viewpoint_jax.setup.config import data_representation, validate_config
+from viewpoint_jax.setup.config import validate_config
+from viewpoint_jax.studies import ablation, condition_ablation, representation_ablation
 
 
 def test_each_arm_is_the_demo_config_with_its_overrides(tmp_path):
     kinds = {}
-    for name, overrides in ablation.REPRESENTATION_ARMS.items():
+    for name, overrides in representation_ablation.REPRESENTATION_ARMS.items():
         config = ablation.arm_config(tmp_path, True, 3, overrides)
         validate_config(config, num_devices=1)  # subregion blocks only on the ViewPoint map
         assert config.num_steps == 3 and config.data.data_dir == str(tmp_path / "data")
@@ -28,7 +30,9 @@ def test_each_arm_is_the_demo_config_with_its_overrides(tmp_path):
         assert set(kinds[name][1]) == {"pano"}, name
     assert (kinds["erp"][0], kinds["cube_2x3"][0]) == ("erp", "cube_2x3")
     # A mapping value replaces the whole sub-config (the condition ablation's mixtures).
-    config = ablation.arm_config(tmp_path, True, None, ablation.condition_arms()["video_only"])
+    config = ablation.arm_config(
+        tmp_path, True, None, condition_ablation.condition_arms()["video_only"]
+    )
     assert config.data.condition_mixture.to_dict() == {"perspective_video": 1.0}
 
 
@@ -36,13 +40,13 @@ def test_consistency_means_skip_what_a_video_does_not_have():
     rng = np.random.default_rng(0)
     erp = rng.integers(0, 256, (3, 16, 32, 3), dtype=np.uint8)
     static = np.repeat(erp[:1], 3, axis=0)
-    means = ablation.mean_consistency([(erp, None), (static, None)])
-    assert set(means) == set(ablation.CONSISTENCY_METRICS)
+    means = representation_ablation.mean_consistency([(erp, None), (static, None)])
+    assert set(means) == set(representation_ablation.CONSISTENCY_METRICS)
     assert means["overlap_disagreement"] is None  # no map video
     flicker = panorama_metrics.temporal_flicker(erp)
     np.testing.assert_allclose(means["flicker"], flicker / 2)  # the static video flickers 0
     map_video = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
-    with_map = ablation.mean_consistency([(erp, map_video), (static, None)])
+    with_map = representation_ablation.mean_consistency([(erp, map_video), (static, None)])
     overlap = panorama_metrics.overlap_disagreement(map_video)
     np.testing.assert_allclose(with_map["overlap_disagreement"], overlap)  # only the one
 
@@ -54,10 +58,13 @@ def test_table_has_a_row_per_arm_and_the_references():
         flicker=2.0, flicker_lowpass=1.0, overlap_disagreement=None,
     )  # fmt: skip
     references = {
-        "ground_truth": {"mse": 0.0, **dict.fromkeys(ablation.CONSISTENCY_METRICS, 1.5)},
+        "ground_truth": {
+            "mse": 0.0,
+            **dict.fromkeys(representation_ablation.CONSISTENCY_METRICS, 1.5),
+        },
         "mid_grey_fill": {"mse": 0.3, "psnr_db": 11.25},
     }
-    markdown = ablation.representation_markdown({"erp": row}, references)
+    markdown = representation_ablation.representation_markdown({"erp": row}, references)
     lines = markdown.splitlines()
     columns = lines[0].count("|")
     assert all(line.count("|") == columns for line in lines[:5])
@@ -69,7 +76,7 @@ def test_table_has_a_row_per_arm_and_the_references():
 def test_micro_ablation_writes_table_2(tmp_path):
     out = tmp_path / "ablation"
     arms = ("viewpoint", "cube_2x3")
-    summary = ablation.representation_ablation(
+    summary = representation_ablation.representation_ablation(
         out, train_steps=1, quick=True, seeds=(0,), arms=arms, devices=ONE_DEVICE
     )
     written = json.loads((out / "table2.json").read_text())
@@ -92,7 +99,7 @@ def test_micro_ablation_writes_table_2(tmp_path):
 
 def test_tool_refuses_an_unknown_arm_in_one_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "ablation.py"), f"--out={tmp_path}", "--quick",
+        [sys.executable, "-m", "viewpoint_jax.ablation", f"--out={tmp_path}", "--quick",
          "--arms=viewpoint,cubemap"],
         env=subprocess_env(), capture_output=True, text=True, timeout=120,
     )  # fmt: skip

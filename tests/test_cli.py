@@ -14,20 +14,39 @@ ENTRY_POINTS = {
     "train": (["-m", "viewpoint_jax.train"], "workdir", "--workdri=x", "--workdir"),
     "sample": (["-m", "viewpoint_jax.sample"], "negative_prompt", "--negative-prompt=x", None),
     "demo": (["-m", "viewpoint_jax.demo"], "train_steps", "--train_stpes=3", "--train_steps"),
-    "convert": (["tools/convert_wan.py"], "in_dim", "--in_dmi=33", "--in_dim"),
-    "convert_module": (["-m", "viewpoint_jax.convert_wan"], "src", "--srcc=x", "--src"),
-    "precompute_text": (["tools/precompute_text.py"], "cache_dir", "--cache_dri=x", "--cache_dir"),
+    "convert": (["-m", "viewpoint_jax.convert_wan"], "in_dim", "--in_dmi=33", "--in_dim"),
+    "precompute_text": (
+        ["-m", "viewpoint_jax.precompute_text"],
+        "cache_dir",
+        "--cache_dri=x",
+        "--cache_dir",
+    ),
     "precompute_latents": (
-        ["tools/precompute_latents.py"],
+        ["-m", "viewpoint_jax.precompute_latents"],
         "image_samples",
         "--smaples=2",
         "--samples",
     ),
     "memory_plan": (["tools/memory_plan.py"], "hbm_gb", "--hbm_bg=40", "--hbm_gb"),
     "show_projection": (["tools/show_projection.py"], "map_size", "--map-size=64", None),
-    "prepare_dataset": (["tools/prepare_dataset.py"], "workers", "--dry-run", "--dry_run"),
-    "inspect_dataset": (["tools/inspect_dataset.py"], "num_batches", "--num_batch=2", None),
-    "condition_ablation": (["tools/condition_ablation.py"], "seeds", "--seds=1", "--seeds"),
+    "prepare_dataset": (
+        ["-m", "viewpoint_jax.prepare_dataset"],
+        "workers",
+        "--dry-run",
+        "--dry_run",
+    ),
+    "inspect_dataset": (
+        ["-m", "viewpoint_jax.inspect_dataset"],
+        "num_batches",
+        "--num_batch=2",
+        None,
+    ),
+    "condition_ablation": (
+        ["-m", "viewpoint_jax.condition_ablation"],
+        "seeds",
+        "--seds=1",
+        "--seeds",
+    ),
     "evaluate": (["-m", "viewpoint_jax.evaluate"], "view_size", "--view_sise=4", "--view_size"),
     "bench_convert": (["tools/bench_convert.py"], "sizes_gb", "--sizes-gb=1", "--sizes_gb"),
     "bench_dit": (["tools/bench_dit.py"], "compile_layers", "--peak-tflops=1", "--peak_tflops"),
@@ -36,13 +55,13 @@ ENTRY_POINTS = {
     "bench_sample": (["tools/bench_sample.py"], "devices", "--map-size=64", "--map_size"),
     "bench_vae": (["tools/bench_vae.py"], "tiled_size", "--skip-tiled", "--skip_tiled"),
     "demo_dataset": (
-        ["-m", "viewpoint_jax.data.demo_dataset"],
+        ["-m", "viewpoint_jax.make_demo_dataset"],
         "num_train",
         "--num-train=3",
         "--num_train",
     ),
-    "ablation": (["tools/ablation.py"], "arms", "--train_stpes=3", "--train_steps"),
-    "pretrain_tiny": (["tools/pretrain_tiny.py"], "workdir", "--wrokdir=x", "--workdir"),
+    "ablation": (["-m", "viewpoint_jax.ablation"], "arms", "--train_stpes=3", "--train_steps"),
+    "pretrain": (["-m", "viewpoint_jax.pretrain"], "workdir", "--wrokdir=x", "--workdir"),
 }
 CONFIG_TAKING = (
     "train",
@@ -50,7 +69,7 @@ CONFIG_TAKING = (
     "precompute_text",
     "precompute_latents",
     "inspect_dataset",
-    "pretrain_tiny",
+    "pretrain",
 )
 
 

@@ -1,5 +1,6 @@
-"""The condition ablation (tools/condition_ablation.py): video-only vs mixture training, errors
-under three conditions; and the error masks each condition is measured with."""
+"""The condition ablation (`python -m viewpoint_jax.condition_ablation`,
+studies/condition_ablation.py): video-only vs mixture training, errors under three conditions;
+and the error masks each condition is measured with."""
 
 import json
 
@@ -7,9 +8,9 @@ import numpy as np
 import pytest
 from test_train import ONE_DEVICE
 
-from viewpoint_jax import ablation
 from viewpoint_jax.data.conditions import ConditionKind
 from viewpoint_jax.evaluation import outpainting
+from viewpoint_jax.studies import condition_ablation
 
 
 def _clips(count=2, frames=5, map_size=16, seed=0) -> outpainting.EvalClips:
@@ -70,27 +71,29 @@ def test_goals_compare_the_right_models():
         "continuation": {"untrained": 0.4, "video_only": 0.3, "mixture": 0.5},
     }
     grey = {name: 0.25 for name in errors}
-    table = ablation.ablation_table(errors, grey, known_latent_frames=1)
+    table = condition_ablation.ablation_table(errors, grey, known_latent_frames=1)
     goals = table["goals"]
     assert goals["outpainting_mixture_over_video_only"] == pytest.approx(1.05)
     assert goals["outpainting_within_10_percent"]
     assert goals["text_only_mixture_beats_untrained"]
     assert not goals["continuation_mixture_beats_untrained"]
-    markdown = ablation.markdown_table(table)
+    markdown = condition_ablation.markdown_table(table)
     assert "| continuation |" in markdown and "0.5000 (9.03 dB)" in markdown
 
 
 def test_micro_ablation_writes_every_row(tmp_path):
     out = tmp_path / "ablation"
-    summary = ablation.condition_ablation(out, train_steps=2, quick=True, devices=ONE_DEVICE)
+    summary = condition_ablation.condition_ablation(
+        out, train_steps=2, quick=True, devices=ONE_DEVICE
+    )
     assert summary["train_steps"] == 2
-    for name in ablation.TRAINING_MIXTURES:
+    for name in condition_ablation.TRAINING_MIXTURES:
         assert (out / f"run_{name}" / "metrics.jsonl").is_file()
     written = json.loads((out / "ablation.json").read_text())
     assert written["rows"] == summary["rows"]
     assert set(written["rows"]) == {"outpainting", "text_only", "continuation"}
     for name, row in written["rows"].items():
-        for model in ablation.MODELS:
+        for model in condition_ablation.MODELS:
             assert np.isfinite(row[model]["mse"]) and row[model]["mse"] > 0, (name, model)
             assert row[model]["psnr_db"] == pytest.approx(
                 float(outpainting.psnr(row[model]["mse"]))
@@ -98,7 +101,7 @@ def test_micro_ablation_writes_every_row(tmp_path):
         assert np.isfinite(row["grey_fill_mse"])
     # Two steps from the same init: a trained model samples other maps than the untrained one.
     outpainting_row = written["rows"]["outpainting"]
-    assert outpainting_row["video_only"]["mse"] != outpainting["untrained"]["mse"]
+    assert outpainting_row["video_only"]["mse"] != outpainting_row["untrained"]["mse"]
     markdown = (out / "ablation.md").read_text()
     for name in ("outpainting", "text_only", "continuation"):
         assert f"| {name} |" in markdown

@@ -7,10 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from viewpoint_jax.data import builder, conditions, pipeline
+from viewpoint_jax.data import conditions, panoramic_videos, pipeline
+from viewpoint_jax.data import config as data_config_lib
 from viewpoint_jax.data.conditions import ConditionKind
 from viewpoint_jax.models.autoencoder import latent_mask
-from viewpoint_jax.setup import config as config_lib
 
 H, W, M, F = 16, 32, 16, 9  # 9 frames: 3 latent frames under the Wan VAE's grouping of 4
 
@@ -19,7 +19,7 @@ def _record(index: int, num_frames: int = F) -> dict:
     rng = np.random.default_rng(index)
     frames = (rng.random((num_frames, H, W, 3)) * 255).astype(np.uint8)
     return {
-        "frames": [builder.encode_frame(f, "png") for f in frames],
+        "frames": [panoramic_videos.encode_frame(f, "png") for f in frames],
         "caption": f"clip {index}".encode(),
         "source": f"clip{index}".encode(),
         "is_image": False,
@@ -28,7 +28,7 @@ def _record(index: int, num_frames: int = F) -> dict:
 
 
 def _config(mixture: dict, **overrides):
-    config = config_lib.data_config()
+    config = data_config_lib.data_config()
     config.update(dict(erp_height=H, erp_width=W, map_size=M, num_frames=F, batch_size=2))
     config.update(overrides)
     config.condition_mixture = mixture
@@ -71,7 +71,7 @@ def test_mixture_weights_are_normalised_and_zero_weights_dropped():
 )
 def test_bad_mixtures_are_refused_naming_the_key(mixture, message):
     with pytest.raises(ValueError, match=message):
-        config_lib.validate_data_config(_config(mixture))
+        data_config_lib.validate_data_config(_config(mixture))
 
 
 def test_none_knows_nothing():
@@ -182,7 +182,7 @@ def test_training_logs_the_count_of_each_kind(tmp_path):
 def test_precomputed_latents_record_the_mixture_they_were_drawn_with():
     from viewpoint_jax.data import latents
 
-    mixture = config_lib.data_config().condition_mixture
+    mixture = data_config_lib.data_config().condition_mixture
     stored = json.loads(json.dumps(latents.jsonable(mixture)))
     assert "condition_mixture" in latents.DRAW_DATA_KEYS
     assert stored == conditions.DEFAULT_CONDITION_MIXTURE == latents.jsonable(mixture)

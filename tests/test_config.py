@@ -133,7 +133,7 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path):
 
 
 def test_every_representation_validates_and_sizes_its_frames():
-    from viewpoint_jax.setup.config import canvas_hw
+    from viewpoint_jax.data.config import canvas_hw
 
     config = load("wan14b")
     assert canvas_hw(config.data) == (640, 640)  # the ViewPoint map, the default

@@ -146,7 +146,8 @@ def test_cli_converts(reference, tmp_path):
     )
     cmd = [
         sys.executable,
-        "tools/convert_wan.py",
+        "-m",
+        "viewpoint_jax.convert_wan",
         "dit",
         "--src",
         str(tmp_path / "src"),

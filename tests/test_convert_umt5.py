@@ -143,7 +143,7 @@ def test_cli_dispatches_to_convert_umt5(reference, tmp_path, monkeypatch, capsys
     ]
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as exit_info:
-        runpy.run_path(str(REPO / "tools" / "convert_wan.py"), run_name="__main__")
+        runpy.run_module("viewpoint_jax.convert_wan", run_name="__main__", alter_sys=True)
     assert exit_info.value.code in (0, None)
     assert umt5.read_config(tmp_path / "out").num_layers == 3
 

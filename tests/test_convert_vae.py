@@ -114,7 +114,7 @@ def test_cli_converts_to_bfloat16(reference, tmp_path, monkeypatch):
             "--dst", str(dst), "--dtype", "bfloat16"]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as exit_info:
-        runpy.run_path("tools/convert_wan.py", run_name="__main__")
+        runpy.run_module("viewpoint_jax.convert_wan", run_name="__main__", alter_sys=True)
     assert exit_info.value.code == 0
     vae = vae_lib.load_vae(dst)
     assert vae.config.base_dim == 4 and vae.config.param_dtype == "bfloat16"

@@ -4,10 +4,10 @@ many stop training with a message, a missing or truncated shard is named when it
 import logging
 
 import pytest
-from test_builder import LINES, _write_folder
+from test_preparation import LINES, _write_folder
 
-from viewpoint_jax.data import builder, pipeline
-from viewpoint_jax.setup.config import data_config
+from viewpoint_jax.data import panoramic_videos, pipeline, preparation
+from viewpoint_jax.data.config import data_config
 
 
 @pytest.fixture()
@@ -15,7 +15,7 @@ def dataset(tmp_path):
     """(data_dir, name, first train shard) of a tiny dataset: 3 train records, a shard per
     source file (the builder's resumable unit)."""
     src = _write_folder(tmp_path / "src", LINES)
-    out = builder.prepare(
+    out = preparation.prepare(
         src, tmp_path / "data", "tiny", frame_format="png", max_frames=4, progress=False
     )
     shards = sorted(out.glob("*-train.array_record-*"))
@@ -53,7 +53,7 @@ def _config(data_dir, name, **overrides):
 def test_corrupt_record_is_skipped_and_counted(dataset, caplog):
     data_dir, name, shard = dataset
     _flip_first_record(shard)
-    source = builder.open_data_source(data_dir, name, "train")  # the footer still reads
+    source = panoramic_videos.open_data_source(data_dir, name, "train")  # the footer still reads
     with pytest.raises(RuntimeError, match="hash mismatch"):
         source[0]
     config = _config(data_dir, name, max_bad_fraction=0.5)
@@ -77,11 +77,11 @@ def test_missing_shard_is_named_when_the_dataset_opens(dataset):
     data_dir, name, shard = dataset
     shard.unlink()
     with pytest.raises(FileNotFoundError, match=f"dataset shard {shard} is missing"):
-        builder.open_data_source(data_dir, name, "train")
+        panoramic_videos.open_data_source(data_dir, name, "train")
 
 
 def test_truncated_shard_is_named_when_the_dataset_opens(dataset):
     data_dir, name, shard = dataset
     shard.write_bytes(shard.read_bytes()[:5000])
     with pytest.raises(ValueError, match=f"dataset shard {shard} cannot be opened"):
-        builder.open_data_source(data_dir, name, "train")
+        panoramic_videos.open_data_source(data_dir, name, "train")

@@ -12,12 +12,12 @@ import pytest
 from flax import nnx
 from test_train import ONE_DEVICE, subprocess_env
 
-from viewpoint_jax import demo
 from viewpoint_jax.common import sharding as sharding_lib
 from viewpoint_jax.common import video_io
 from viewpoint_jax.common.cli import UserError
 from viewpoint_jax.diffusion import flow_matching
 from viewpoint_jax.evaluation import outpainting
+from viewpoint_jax.studies import demo, figures
 from viewpoint_jax.training import loop, telemetry
 
 
@@ -162,8 +162,8 @@ def test_untrained_model_is_the_training_init():
 
 def test_moving_average_is_a_trailing_mean():
     values = np.asarray([1.0, 3.0, 5.0, 7.0])
-    np.testing.assert_allclose(demo.moving_average(values, 2), [1.0, 2.0, 4.0, 6.0])
-    np.testing.assert_allclose(demo.moving_average(values, 1), values)
+    np.testing.assert_allclose(figures.moving_average(values, 2), [1.0, 2.0, 4.0, 6.0])
+    np.testing.assert_allclose(figures.moving_average(values, 1), values)
 
 
 def test_loss_curve_draws_the_losses_where_they_are():
@@ -171,22 +171,22 @@ def test_loss_curve_draws_the_losses_where_they_are():
     # the height, dark blue for the first run; the second run's, at 0.5, is dark orange.
     steps = np.arange(1, 101)
     curves = {"one": (steps, np.ones(100)), "two": (steps, np.full(100, 0.5))}
-    image = demo.loss_curve_image(curves, width=900, height=500)
+    image = figures.loss_curve_image(curves, width=900, height=500)
     top, bottom = 50, 500 - 60
     column = image[:, 450].astype(int)
-    for value, colour in ((1.0, demo.CURVE_COLOURS[0][1]), (0.5, demo.CURVE_COLOURS[1][1])):
+    for value, colour in ((1.0, figures.CURVE_COLOURS[0][1]), (0.5, figures.CURVE_COLOURS[1][1])):
         y = round(bottom - (bottom - top) * value / 1.05)
         rows = np.flatnonzero(np.abs(column - colour).max(axis=1) < 40)
         assert rows.size and abs(rows.mean() - y) <= 2, (value, rows)
     with pytest.raises(ValueError, match="no losses"):
-        demo.loss_curve_image({"empty": (np.zeros(0), np.zeros(0))})
+        figures.loss_curve_image({"empty": (np.zeros(0), np.zeros(0))})
 
 
 def test_loss_curve_names_every_loss():
     """The title names the run's `diffusion.loss`; a new loss without a description fails."""
     steps = np.arange(1, 11)
     images = [
-        demo.loss_curve_image({"one": (steps, np.ones(10))}, loss=loss)
+        figures.loss_curve_image({"one": (steps, np.ones(10))}, loss=loss)
         for loss in flow_matching.Loss
     ]
     assert np.any(images[0][:40] != images[1][:40])  # the titles differ

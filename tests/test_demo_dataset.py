@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from viewpoint_jax.data import builder, pipeline
+from viewpoint_jax.data import config as data_config_lib
 from viewpoint_jax.data import demo_dataset as demo
-from viewpoint_jax.setup import config as config_lib
+from viewpoint_jax.data import panoramic_videos, pipeline
 
 HEIGHT, FRAMES, FPS = 32, 9, 4.0
 
@@ -107,7 +107,7 @@ def test_demo_dataset_builds_deterministically_and_feeds_the_pipeline(tmp_path):
         data_dir, name = demo.build_demo_dataset(tmp_path / run, "demo", **sizes)
         assert name == "demo" and data_dir == tmp_path / run / "data"
         records = sorted(
-            builder.open_data_source(data_dir, name, "train"), key=lambda r: r["source"]
+            panoramic_videos.open_data_source(data_dir, name, "train"), key=lambda r: r["source"]
         )
         out[run] = records
     a, b = out["a"], out["b"]
@@ -122,12 +122,12 @@ def test_demo_dataset_builds_deterministically_and_feeds_the_pipeline(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "a/source/captions.jsonl").read_text().splitlines()]
     assert [x["split"] for x in lines] == ["train"] * 3 + ["test", "train"]
     assert lines[0]["caption"] == demo.scene_for(5, 0).caption
-    counts = builder.split_counts(tmp_path / "a/data", "demo")
+    counts = panoramic_videos.split_counts(tmp_path / "a/data", "demo")
     assert counts["train"]["videos"] == 3 and counts["train"]["images"] == 1
     assert counts["test"]["videos"] == 1
     assert a[1]["num_frames"] == FRAMES and (a[1]["height"], a[1]["width"]) == (HEIGHT, 2 * HEIGHT)
 
-    config = config_lib.data_config()
+    config = data_config_lib.data_config()
     config.update(
         dict(data_dir=str(tmp_path / "a/data"), name="demo", erp_height=16, erp_width=32,
              map_size=16, num_frames=5, batch_size=2, image_ratio=0.5)

@@ -1,4 +1,5 @@
-"""The evaluation CLI: six-view export for VBench, panorama metrics, its files and its errors.
+"""The evaluation CLI and its library (evaluation/report.py): six-view export for VBench,
+panorama metrics, its files and its errors.
 
 The inputs are made here: a smooth panorama that turns slowly, written as a sampler output
 folder (pano.mp4, viewpoint.mp4, settings.json naming a condition video cut from the same
@@ -15,10 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from viewpoint_jax import evaluate, geometry
+from viewpoint_jax import geometry
 from viewpoint_jax.common import video_io
 from viewpoint_jax.common.cli import UserError
 from viewpoint_jax.evaluation import panorama_metrics
+from viewpoint_jax.evaluation import report as report_lib
 from viewpoint_jax.geometry import sphere
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,33 +76,35 @@ def run_cli(*args, cwd=None) -> subprocess.CompletedProcess:
 
 
 def test_face_views_are_the_cube_faces():
-    assert tuple(evaluate.FACE_VIEWS) == geometry.FACE_NAMES
+    assert tuple(report_lib.FACE_VIEWS) == geometry.FACE_NAMES
     erp = turning_panorama(frames=2)
     faces = np.asarray(geometry.erp_to_cubemap(jnp.asarray(erp, jnp.float32), 16))
     for k, face in enumerate(geometry.FACE_NAMES):
-        view = evaluate.face_view(erp, face, 16)
+        view = report_lib.face_view(erp, face, 16)
         assert view.shape == (2, 16, 16, 3) and view.dtype == np.uint8
         np.testing.assert_allclose(view, faces[:, k], atol=0.51)  # rounding to uint8 only
 
 
 def test_inputs_are_found_in_folders_and_named_uniquely(inputs, tmp_path):
-    found = evaluate.find_inputs([inputs])
+    found = report_lib.find_inputs([inputs])
     assert [item.name for item in found] == ["bare", "scene"]
     bare, scene = found
     assert bare.map_video is None and bare.condition is None
     assert scene.panorama == inputs / "scene" / "pano.mp4"
     assert scene.map_video == inputs / "scene" / "viewpoint.mp4"
-    assert scene.condition == evaluate.Condition(inputs / "scene" / "condition.mp4", 90, 30, 10, 0)
-    again = evaluate.find_inputs([inputs / "scene", inputs / "scene" / "pano.mp4"])
+    assert scene.condition == report_lib.Condition(
+        inputs / "scene" / "condition.mp4", 90, 30, 10, 0
+    )
+    again = report_lib.find_inputs([inputs / "scene", inputs / "scene" / "pano.mp4"])
     assert [item.name for item in again] == ["scene", "pano"]
-    twice = evaluate.find_inputs([inputs / "bare.mp4", inputs / "bare.mp4"])
+    twice = report_lib.find_inputs([inputs / "bare.mp4", inputs / "bare.mp4"])
     assert [item.name for item in twice] == ["bare", "bare_2"]
-    given = evaluate.Condition(Path("other.mp4"), 60, 0, 0, 0)
-    assert all(item.condition == given for item in evaluate.find_inputs([inputs], given))
+    given = report_lib.Condition(Path("other.mp4"), 60, 0, 0, 0)
+    assert all(item.condition == given for item in report_lib.find_inputs([inputs], given))
     with pytest.raises(UserError, match="nowhere: no such file or folder"):
-        evaluate.find_inputs([tmp_path / "nowhere"])
+        report_lib.find_inputs([tmp_path / "nowhere"])
     with pytest.raises(UserError, match=r"no pano\.mp4 output folders or videos"):
-        evaluate.find_inputs([tmp_path])
+        report_lib.find_inputs([tmp_path])
 
 
 def test_bad_videos_are_named_and_leave_no_output(inputs, tmp_path):
@@ -108,11 +112,11 @@ def test_bad_videos_are_named_and_leave_no_output(inputs, tmp_path):
     video_io.write_video(square, np.zeros((2, 16, 16, 3), np.uint8), 16.0)
     text = tmp_path / "notes.mp4"
     text.write_text("not a video")
-    good = evaluate.find_inputs([inputs / "bare.mp4"])
+    good = report_lib.find_inputs([inputs / "bare.mp4"])
     for bad, message in [(square, "not an equirectangular video"), (text, "cannot read video")]:
         out = tmp_path / "out"
         with pytest.raises(ValueError, match=message) as error:
-            evaluate.evaluate([*good, evaluate.EvalInput("bad", bad)], out, view_size=16)
+            report_lib.evaluate([*good, report_lib.EvalInput("bad", bad)], out, view_size=16)
         assert str(bad) in str(error.value)
         assert not out.exists()  # checked before any work: nothing is written
 
@@ -129,7 +133,7 @@ def test_cli_exports_views_and_writes_the_metrics(inputs, tmp_path):
 
     # Each view is erp_to_perspective of the decoded panorama, up to the H.264 4:2:0 encoding.
     erp, _ = video_io.read_video(inputs / "scene" / "pano.mp4")
-    for face, (yaw, pitch) in evaluate.FACE_VIEWS.items():
+    for face, (yaw, pitch) in report_lib.FACE_VIEWS.items():
         exported, fps = video_io.read_video(out / "views" / f"scene_{face}.mp4")
         expected = np.asarray(
             geometry.erp_to_perspective(jnp.asarray(erp), 90.0, yaw, pitch, out_hw=(VIEW, VIEW))
@@ -139,7 +143,7 @@ def test_cli_exports_views_and_writes_the_metrics(inputs, tmp_path):
         # Measured at crf 0 on these 32 x 32 views: mean 1.6-2.1, 99th percentile 5-8 levels
         # (4:2:0 chroma of a colourful pattern); another face is tens of levels away.
         assert error.mean() < 3 and np.percentile(error, 99) < 12, face
-        other = evaluate.face_view(erp, "U" if face != "U" else "D", VIEW)
+        other = report_lib.face_view(erp, "U" if face != "U" else "D", VIEW)
         assert np.abs(exported.astype(np.float32) - other).mean() > 10, face
 
     report = json.loads((out / "metrics.json").read_text())
@@ -179,7 +183,7 @@ def test_cli_exports_views_and_writes_the_metrics(inputs, tmp_path):
     assert f"--videos_path {out / 'views'} --mode=custom_input" in table
 
     with pytest.raises(FileExistsError, match="pass overwrite"):
-        evaluate.evaluate(evaluate.find_inputs([inputs]), out, view_size=16)
+        report_lib.evaluate(report_lib.find_inputs([inputs]), out, view_size=16)
 
 
 def test_cli_metrics_only_with_a_condition_flag(inputs, tmp_path):

@@ -14,15 +14,16 @@ import pytest
 from flax import nnx
 
 from viewpoint_jax import geometry
-from viewpoint_jax.data import builder
-from viewpoint_jax.diffusion import sampler
+from viewpoint_jax.data import config as data_config_lib
+from viewpoint_jax.data import panoramic_videos
+from viewpoint_jax.diffusion import denoising
 from viewpoint_jax.evaluation import outpainting, panorama_metrics
+from viewpoint_jax.generation import decoding
 from viewpoint_jax.geometry import Representation
 from viewpoint_jax.models.autoencoder import BlockDCTAutoencoder, SpaceToDepthAutoencoder
-from viewpoint_jax.setup import config as config_lib
 
 N, F, M = 2, 3, 16
-SETTINGS = sampler.SampleSettings(num_steps=4, shift=3.0, guidance_scale=3.0, scheduler="euler")
+SETTINGS = denoising.SampleSettings(num_steps=4, shift=3.0, guidance_scale=3.0, scheduler="euler")
 
 
 class FakeTextEncoder:
@@ -200,7 +201,7 @@ def test_load_eval_clips_stacks_the_held_out_videos():
     def record(index, num_frames, is_image=False):
         frames = (rng.random((num_frames, 16, 32, 3)) * 255).astype(np.uint8)
         return {
-            "frames": [builder.encode_frame(f, "png") for f in frames],
+            "frames": [panoramic_videos.encode_frame(f, "png") for f in frames],
             "caption": f"clip {index}".encode(),
             "source": f"clip{index}.mp4".encode(),
             "is_image": is_image,
@@ -208,7 +209,7 @@ def test_load_eval_clips_stacks_the_held_out_videos():
         }
 
     source = [record(0, 8), record(1, 1, is_image=True), record(2, 8), record(3, 8)]
-    config = config_lib.data_config()
+    config = data_config_lib.data_config()
     config.update(dict(erp_height=16, erp_width=32, map_size=16, num_frames=5))
     clips = outpainting.load_eval_clips(config, num_clips=3, data_source=source)
     assert len(clips) == 2  # the image among the first three records is skipped
@@ -283,7 +284,7 @@ def test_panorama_outpainting_of_the_ground_truth_is_its_round_trip(representati
     assert result.maps.shape == (2, *clips.target_map.shape)
     # Sampling lands on the ground-truth frames: what is left is the representation's own
     # round trip ERP -> frames -> ERP (none for an ERP of the clips' size).
-    truth = np.asarray(sampler.canvas_to_panorama(clips.target_map, 16, 32, representation))
+    truth = np.asarray(decoding.canvas_to_panorama(clips.target_map, 16, 32, representation))
     floor = outpainting.erp_outpainted_mse(truth, clips, masks)
     np.testing.assert_allclose(result.mse, floor, rtol=1e-4, atol=1e-9)
     if representation == Representation.ERP:

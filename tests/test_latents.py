@@ -6,10 +6,10 @@ import json
 import jax
 import numpy as np
 import pytest
-from test_train import ONE_DEVICE, micro_config, run_tool, write_dataset
+from test_train import ONE_DEVICE, micro_config, run_command, write_dataset
 
 from viewpoint_jax.common import sharding as sharding_lib
-from viewpoint_jax.data import builder, latents, pipeline, precompute
+from viewpoint_jax.data import latents, panoramic_videos, pipeline, precompute
 from viewpoint_jax.setup import build
 from viewpoint_jax.training import loop
 
@@ -25,7 +25,7 @@ def _config(data_dir, name):
 
 
 def _precompute_cli(config, *args):
-    return run_tool("precompute_latents.py", config.data.data_dir, config.data.name, *args)
+    return run_command("precompute_latents", config.data.data_dir, config.data.name, *args)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def written(tmp_path_factory):
 def dataset(written):
     """A fresh micro config reading the written dataset, and the source records."""
     data_dir, name = written
-    return _config(data_dir, name), builder.open_data_source(data_dir, name, "train")
+    return _config(data_dir, name), panoramic_videos.open_data_source(data_dir, name, "train")
 
 
 def _recomputed(config, record, index, mode, sample):
@@ -66,7 +66,9 @@ def test_records_are_the_pipelines_draws_encoded(dataset):
     config, source = dataset
     stored = latents.open_latents(config.data.data_dir, NAME, "train")
     assert len(stored) == len(source) * (SAMPLES + IMAGE_SAMPLES)
-    counts = builder.split_counts(config.data.data_dir, NAME, latents.LATENTS_DATASET)["train"]
+    counts = panoramic_videos.split_counts(config.data.data_dir, NAME, latents.LATENTS_DATASET)[
+        "train"
+    ]
     assert counts == {
         "video_samples": SAMPLES * len(source),
         "image_samples": IMAGE_SAMPLES * len(source),
@@ -95,7 +97,9 @@ def test_records_are_the_pipelines_draws_encoded(dataset):
 
 def test_float16_storage_is_the_rounded_float32(dataset):
     config, _ = dataset
-    precompute.precompute(config, "half", samples=1, progress=False)
+    precompute.precompute(
+        config, "half", build.build_autoencoder(config), samples=1, progress=False
+    )
     half = latents.open_latents(config.data.data_dir, "half", "train")
     exact = latents.open_latents(config.data.data_dir, NAME, "train")
     exact = {
@@ -118,6 +122,7 @@ def test_batched_over_devices_equals_one_at_a_time(dataset):
     precompute.precompute(
         config,
         "batched",
+        build.build_autoencoder(config),
         samples=SAMPLES,
         image_samples=IMAGE_SAMPLES,
         dtype="float32",
@@ -137,7 +142,7 @@ def test_batched_over_devices_equals_one_at_a_time(dataset):
         for field in (*latents.LATENT_KEYS, "view", "caption"):
             np.testing.assert_array_equal(record[field], single[key][field], err_msg=str(key))
     with pytest.raises(ValueError, match="multiple of the 8 local devices"):
-        precompute.precompute(config, "x", batch_size=3)
+        precompute.precompute(config, "x", build.build_autoencoder(config), batch_size=3)
 
 
 def _step_losses(config, batches):
@@ -217,18 +222,20 @@ def test_a_config_that_does_not_match_is_refused(dataset, key, value, message):
 
 def test_missing_image_samples_and_bad_arguments_are_named(dataset, tmp_path):
     config, _ = dataset
-    precompute.precompute(config, "videos_only", samples=1, progress=False)
+    precompute.precompute(
+        config, "videos_only", build.build_autoencoder(config), samples=1, progress=False
+    )
     config.data.precomputed_latents = "videos_only"
     config.data.image_ratio = 0.5
     with pytest.raises(ValueError, match=r"has no image samples.*image_ratio = 0\.5"):
         pipeline.make_train_iterator(config.data)
     with pytest.raises(ValueError, match="dtype must be one of"):
-        precompute.precompute(config, "x", dtype="bfloat16")
+        precompute.precompute(config, "x", build.build_autoencoder(config), dtype="bfloat16")
     result = _precompute_cli(config)
     assert result.returncode == 2 and "error: --name is required" in result.stderr
     config.data.data_dir = str(tmp_path / "empty")
     result = _precompute_cli(config, "--name=x")
-    assert result.returncode == 2 and "tools/prepare_dataset.py" in result.stderr
+    assert result.returncode == 2 and "python -m viewpoint_jax.prepare_dataset" in result.stderr
 
 
 def test_wan_vae_encoder_split_over_devices_equals_one_device():

@@ -151,8 +151,8 @@ def test_14b_samples_on_one_80_gb_device_in_bf16_and_on_8_of_40_gb():
 
 
 def test_sample_weight_bytes_match_the_sampling_shardings():
-    """The analytic DiT weight bytes are those `sample.load_models` restores into."""
-    from viewpoint_jax import sample
+    """The analytic DiT weight bytes are those `models.load_models` restores into."""
+    from viewpoint_jax.generation.models import sampling_mesh
 
     config = micro_config()
     plan = memory_plan.sample_plan(config, 8, "bfloat16", NO_VAE)
@@ -160,7 +160,7 @@ def test_sample_weight_bytes_match_the_sampling_shardings():
     model_config = dataclasses.replace(model_config, dtype="bfloat16", param_dtype="bfloat16")
     _, params = nnx.split(dit_lib.abstract_model(model_config), nnx.Param)
     shardings = sharding_lib.state_shardings(
-        params, sample.sampling_mesh(), config_lib.logical_rules(config)
+        params, sampling_mesh(), config_lib.logical_rules(config)
     )
     shard_bytes = sum(
         math.prod(s.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
@@ -183,10 +183,10 @@ def test_vae_decode_bytes_are_one_tile_per_device_however_many_share_them(tmp_pa
     """The decode column: the tiled decode spread over 8 devices holds one tile's activations
     per device, as on one device, not the 8 tiles of a step (6 tiles of 8 latent pixels here;
     the sampler's 32 would be one tile at this size)."""
-    from viewpoint_jax.diffusion import sampler
+    from viewpoint_jax.generation import decoding
 
-    monkeypatch.setattr(sampler, "DECODE_TILE", 8)
-    monkeypatch.setattr(sampler, "DECODE_TILE_OVERLAP", 2)
+    monkeypatch.setattr(decoding, "DECODE_TILE", 8)
+    monkeypatch.setattr(decoding, "DECODE_TILE_OVERLAP", 2)
     checkpoint = tmp_path / "vae"
     checkpoint.mkdir()
     tiny = vae.WanVAEConfig(base_dim=8, num_res_blocks=1)

@@ -4,15 +4,15 @@ import numpy as np
 import pytest
 
 from viewpoint_jax import geometry
+from viewpoint_jax.data import config as data_config_lib
 from viewpoint_jax.data import demo_dataset, perspective_clips, pipeline
-from viewpoint_jax.setup import config as config_lib
 
 HEIGHT, CLIP_FRAMES, FPS = 32, 9, 4.0
 
 
 def _scenes_config(**scenes):
-    config = config_lib.data_config()
-    config.source = config_lib.DataSource.DEMO_SCENES.value
+    config = data_config_lib.data_config()
+    config.source = data_config_lib.DataSource.DEMO_SCENES.value
     config.erp_height, config.erp_width = HEIGHT, 2 * HEIGHT
     config.num_frames = 3
     config.batch_size = 4
@@ -104,4 +104,4 @@ def test_bad_scene_config_names_the_key(key, value, message):
         node = node[part]
     node[last] = value
     with pytest.raises(ValueError, match=message):
-        config_lib.validate_data_config(config)
+        data_config_lib.validate_data_config(config)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from viewpoint_jax import geometry
-from viewpoint_jax.data import builder, pipeline, scenes
-from viewpoint_jax.setup import config as config_lib
+from viewpoint_jax.data import config as data_config_lib
+from viewpoint_jax.data import panoramic_videos, pipeline, scenes
 
 H, W, M, F = 16, 32, 16, 5
 
@@ -16,7 +16,7 @@ H, W, M, F = 16, 32, 16, 5
 def _record(index: int, num_frames: int, is_image: bool = False, corrupt: bool = False) -> dict:
     rng = np.random.default_rng(index)
     frames = (rng.random((num_frames, H, W, 3)) * 255).astype(np.uint8)
-    encoded = [builder.encode_frame(f, "png") for f in frames]
+    encoded = [panoramic_videos.encode_frame(f, "png") for f in frames]
     if corrupt:
         encoded = [b"\x89PNG garbage"] * num_frames
     kind = "image" if is_image else "clip"
@@ -35,7 +35,7 @@ def _source(num_videos=6, num_images=0, corrupt=()):
 
 
 def _config(**overrides):
-    config = config_lib.data_config()
+    config = data_config_lib.data_config()
     config.update(
         dict(erp_height=H, erp_width=W, map_size=M, num_frames=F, batch_size=2, caption_dropout=0.0)
     )
@@ -75,7 +75,7 @@ def test_batches_have_the_documented_shapes_and_ranges():
 
 def test_target_is_the_map_of_the_clip_turned_by_a_whole_pixel_roll():
     record = _record(0, F)
-    erp = np.stack([builder.decode_frame(f) for f in record["frames"]]).astype(np.float32)
+    erp = np.stack([panoramic_videos.decode_frame(f) for f in record["frames"]]).astype(np.float32)
     erp = erp / 127.5 - 1
     plain = pipeline.ExampleMaker(_config(yaw_augment=False), "video")
     example = plain(record, np.random.default_rng(0))
@@ -249,7 +249,7 @@ def test_yaw_turn_is_applied_with_a_random_shift_per_example():
     erp_to_viewpoint of the decoded clip rolled by exactly one of the W shifts, and the shifts
     vary (a maker that skips the roll would always match shift 0)."""
     record = _record(0, F)
-    erp = np.stack([builder.decode_frame(f) for f in record["frames"]]).astype(np.float32)
+    erp = np.stack([panoramic_videos.decode_frame(f) for f in record["frames"]]).astype(np.float32)
     erp = erp / 127.5 - 1
     rolled_maps = np.asarray(
         geometry.erp_to_viewpoint(np.stack([np.roll(erp, k, axis=2) for k in range(W)]), M)
@@ -269,7 +269,7 @@ def _smooth_record(height: int, num_frames: int) -> dict:
     """A clip of the smooth scene (still), as the builder stores it: resampling it twice (view,
     then back onto the frames) stays close to resampling it once."""
     frame = np.asarray(scenes.render_erp(height, 0.0, "smooth", samples=2))
-    frames = [builder.encode_frame(scenes.to_uint8(frame), "png")] * num_frames
+    frames = [panoramic_videos.encode_frame(scenes.to_uint8(frame), "png")] * num_frames
     return {"frames": frames, "caption": b"smooth", "source": b"smooth", "is_image": False}
 
 

@@ -1,15 +1,15 @@
-"""tools/precompute_text.py: a dataset's captions embedded once, read by every host's TextFeeder."""
+"""`python -m viewpoint_jax.precompute_text`: a dataset's captions embedded once, read by every host's TextFeeder."""
 
 import numpy as np
 import pytest
-from test_train import CountingEncoder, micro_config, run_tool, write_dataset
+from test_train import CountingEncoder, micro_config, run_command, write_dataset
 
 from viewpoint_jax.models import text_encoder as text_lib
 from viewpoint_jax.setup import build
 
 
 def _tool(data_dir, name, *args):
-    return run_tool("precompute_text.py", data_dir, name, *args)
+    return run_command("precompute_text", data_dir, name, *args)
 
 
 @pytest.fixture(scope="module")

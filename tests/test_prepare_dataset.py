@@ -1,6 +1,6 @@
-"""tools/prepare_dataset.py on real footage made by ffmpeg at test time: 4K 30 fps ERP, stereo,
+"""`python -m viewpoint_jax.prepare_dataset` on real footage made by ffmpeg at test time: 4K 30 fps ERP, stereo,
 cut-off and wrongly shaped files; preflight, resampling, stereo eyes, memory, kill -9 + resume,
-and tools/inspect_dataset.py on the result."""
+and `python -m viewpoint_jax.inspect_dataset` on the result."""
 
 import json
 import logging
@@ -14,14 +14,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from test_train import run_tool
+from test_train import run_command
 
 from viewpoint_jax.common import video_io
-from viewpoint_jax.data import builder, pipeline
-from viewpoint_jax.setup import config as config_lib
+from viewpoint_jax.data import config as data_config_lib
+from viewpoint_jax.data import panoramic_videos, pipeline, preparation
 
 ROOT = Path(__file__).resolve().parents[1]
-PREPARE = [sys.executable, str(ROOT / "tools" / "prepare_dataset.py")]
+PREPARE = [sys.executable, "-m", "viewpoint_jax.prepare_dataset"]
 # Peak RSS of the Python process building the 4K clip at 512 x 1024: it measures about 0.27 GB,
 # mostly imports, as ffmpeg hands over one small frame at a time. Holding the file's decoded 4K
 # frames (60 x 22 MB) would pass 1.3 GB, its 512 x 1024 frames (32 x 1.5 MB) 0.3 GB more.
@@ -70,7 +70,9 @@ def cubemap_clip(path: Path, monkeypatch) -> Path:
 
 
 def write_captions(folder: Path, lines: list[dict]) -> Path:
-    (folder / builder.CAPTIONS_FILE).write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (folder / panoramic_videos.CAPTIONS_FILE).write_text(
+        "".join(json.dumps(x) + "\n" for x in lines)
+    )
     return folder
 
 
@@ -103,7 +105,9 @@ BAD = [
 
 def test_preflight_lists_everything_and_refuses_bad_files(footage, tmp_path):
     write_captions(footage, GOOD + BAD)
-    check = builder.preflight(footage, builder.PanoramaConfig(name="x", height=512, fps=16))
+    check = preparation.preflight(
+        footage, panoramic_videos.PanoramaConfig(name="x", height=512, fps=16)
+    )
     assert [p.entry.file for p in check.planned] == ["erp_4k.mp4", "stereo_tb.mkv", "still.png"]
     erp, stereo, _ = check.planned
     assert (erp.media.width, erp.media.height, erp.media.fps) == (3840, 1920, 30.0)
@@ -140,7 +144,7 @@ def test_one_bad_file_is_one_line(footage, tmp_path):
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr == (
-        f"error: wide.mp4 ({builder.CAPTIONS_FILE} line 1): not equirectangular: 640x360 is not "
+        f"error: wide.mp4 ({panoramic_videos.CAPTIONS_FILE} line 1): not equirectangular: 640x360 is not "
         "2:1\n"
     )
 
@@ -148,10 +152,10 @@ def test_one_bad_file_is_one_line(footage, tmp_path):
 def test_untagged_stereo_needs_the_flag(tmp_path):
     lavfi_clip(tmp_path / "square.mp4", "testsrc2", "256x256", 0.2)
     write_captions(tmp_path, [{"file": "square.mp4", "caption": "x"}])
-    ((_, reason),) = builder.preflight(tmp_path).rejected
+    ((_, reason),) = preparation.preflight(tmp_path).rejected
     assert reason.endswith("is not 2:1; top-bottom stereo? pass --stereo top-bottom")
-    config = builder.PanoramaConfig(name="x", stereo="top-bottom")
-    (plan,) = builder.preflight(tmp_path, config).planned
+    config = panoramic_videos.PanoramaConfig(name="x", stereo="top-bottom")
+    (plan,) = preparation.preflight(tmp_path, config).planned
     assert plan.eye_hw == (128, 256)
 
 
@@ -191,7 +195,7 @@ def test_records_are_512x1024_at_16fps_and_memory_stays_bounded(built):
     records = [
         source[i]
         for split in ("train", "test")
-        for source in [builder.open_data_source(data_dir, "real", split)]
+        for source in [panoramic_videos.open_data_source(data_dir, "real", split)]
         for i in range(len(source))
     ]
     assert all((r["height"], r["width"]) == (512, 1024) for r in records)
@@ -203,23 +207,25 @@ def test_records_are_512x1024_at_16fps_and_memory_stays_bounded(built):
     # The stereo clip keeps its top (red) eye, at the ERP size.
     stereo = [r for r in records if r["source"] == b"stereo_tb.mkv"]
     assert abs(sum(int(r["num_frames"]) for r in stereo) - 16) <= 1
-    frame = builder.decode_frame(stereo[0]["frames"][0])
+    frame = panoramic_videos.decode_frame(stereo[0]["frames"][0])
     assert frame.shape == (512, 1024, 3)
     assert frame[..., 0].mean() > 200 and frame[..., 2].mean() < 60
     (still,) = [r for r in records if r["is_image"]]
-    assert still["source"] == b"still.png" and builder.decode_frame(still["frames"][0]).shape == (
+    assert still["source"] == b"still.png" and panoramic_videos.decode_frame(
+        still["frames"][0]
+    ).shape == (
         512,
         1024,
         3,
     )
-    counts = builder.split_counts(data_dir, "real")
+    counts = panoramic_videos.split_counts(data_dir, "real")
     assert counts["train"]["skipped_files"] == ["cut_off.mp4", "wide.mp4", "cube.mp4"]
-    assert not (data_dir / "panoramic_videos" / "real" / builder.STAGING_DIR).exists()
+    assert not (data_dir / "panoramic_videos" / "real" / preparation.STAGING_DIR).exists()
 
 
 def test_pipeline_says_what_it_does_with_images(built, caplog):
     data_dir, _ = built
-    config = config_lib.data_config()
+    config = data_config_lib.data_config()
     config.data_dir, config.name = str(data_dir), "real"
     with caplog.at_level(logging.WARNING):
         pipeline._train_source(config)  # video-only training of a split with an image
@@ -234,8 +240,8 @@ def test_pipeline_says_what_it_does_with_images(built, caplog):
 def test_inspect_dataset(built, tmp_path):
     data_dir, _ = built
     sheet = tmp_path / "sheet.png"
-    result = run_tool(
-        "inspect_dataset.py", data_dir, "real", f"--out={sheet}", "--config.data.batch_size=2",
+    result = run_command(
+        "inspect_dataset", data_dir, "real", f"--out={sheet}", "--config.data.batch_size=2",
         "--config.data.image_ratio=0",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -259,7 +265,7 @@ def _small_footage(folder: Path) -> Path:
 def _all_records(data_dir: Path, name: str) -> dict:
     records = {}
     for split in ("train", "test"):
-        source = builder.open_data_source(data_dir, name, split)
+        source = panoramic_videos.open_data_source(data_dir, name, split)
         records[split] = [
             {key: (list(v) if key == "frames" else v) for key, v in source[i].items()}
             for i in range(len(source))
@@ -277,7 +283,7 @@ def test_kill_9_then_rerun_resumes_and_equals_an_uninterrupted_build(tmp_path):
     src = _small_footage(tmp_path / "src")
     command = [*PREPARE, "--src", str(src), "--name", "k", "--height", "64", "--workers", "1"]
     data_dir = tmp_path / "data"
-    staging = data_dir / "panoramic_videos" / "k" / builder.STAGING_DIR
+    staging = data_dir / "panoramic_videos" / "k" / preparation.STAGING_DIR
     process = subprocess.Popen([*command, "--out", str(data_dir)], stdout=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not _finished(staging) and process.poll() is None and time.time() < deadline:
@@ -308,7 +314,7 @@ def test_kill_9_then_rerun_resumes_and_equals_an_uninterrupted_build(tmp_path):
     assert shard.stat().st_ino == inode  # the first file's shard is the one written before the kill
 
     # The same build uninterrupted (in this process: the CLI is a thin layer over prepare).
-    builder.prepare(src, tmp_path / "clean", "k", height=64, fps=16, progress=False)
+    preparation.prepare(src, tmp_path / "clean", "k", height=64, fps=16, progress=False)
     resumed, uninterrupted = _all_records(data_dir, "k"), _all_records(tmp_path / "clean", "k")
     assert [len(resumed[s]) for s in ("train", "test")] == [2, 1]
     assert resumed == uninterrupted

@@ -13,12 +13,12 @@ import pytest
 from flax import nnx
 from test_train import ONE_DEVICE, REPO, load_config, micro_config, subprocess_env
 
-from viewpoint_jax import pretrain as pretrain_lib
 from viewpoint_jax.common.cli import UserError
 from viewpoint_jax.models import dit as dit_lib
 from viewpoint_jax.setup import build
 from viewpoint_jax.setup import config as config_lib
 from viewpoint_jax.training import loop, telemetry
+from viewpoint_jax.training import pretrain as pretrain_lib
 
 ASSET = REPO / "viewpoint_jax" / "assets" / "tiny_perspective"
 REPRODUCED_STEPS = 3
@@ -68,7 +68,7 @@ def test_the_readme_command_reproduces_the_committed_losses(tmp_path):
     """The command in the checkpoint's README, stopped after a few steps, logs the losses the
     committed run logged at those steps (deterministic on CPU: same data, init and noise)."""
     readme = (ASSET / "README.md").read_text()
-    (command,) = re.findall(r"```bash\n(python tools/pretrain_tiny\.py[^\n]*)\n```", readme)
+    (command,) = re.findall(r"```bash\n(python -m viewpoint_jax\.pretrain [^\n]*)\n```", readme)
     assert command in (REPO / "README.md").read_text()  # the main README states it too
     arguments = [
         *shlex.split(command)[1:],

@@ -67,11 +67,11 @@ DEVICES = 2
 # Program -> the flags appended to its README commands. A program missing here fails the test:
 # a new command in the README needs a line (and a thought about its stand-in size).
 STAND_IN_FLAGS = {
-    "tools/convert_wan.py": (),
-    "tools/prepare_dataset.py": (),
-    "tools/inspect_dataset.py": TINY_14B,
-    "tools/precompute_latents.py": TINY_14B,
-    "tools/precompute_text.py": TINY_14B,
+    "viewpoint_jax.convert_wan": (),
+    "viewpoint_jax.prepare_dataset": (),
+    "viewpoint_jax.inspect_dataset": TINY_14B,
+    "viewpoint_jax.precompute_latents": TINY_14B,
+    "viewpoint_jax.precompute_text": TINY_14B,
     "viewpoint_jax.train": (
         *TINY_14B,
         "--config.num_steps=2",
@@ -86,10 +86,10 @@ STAND_IN_FLAGS = {
 # README commands of these run two at a time (2 cores; most of a tiny command is imports and
 # compiling, one thread each).
 READ_ONLY = {
-    "tools/convert_wan.py",
-    "tools/inspect_dataset.py",
-    "tools/precompute_latents.py",
-    "tools/precompute_text.py",
+    "viewpoint_jax.convert_wan",
+    "viewpoint_jax.inspect_dataset",
+    "viewpoint_jax.precompute_latents",
+    "viewpoint_jax.precompute_text",
     "tools/memory_plan.py",
     "viewpoint_jax.sample",
 }
@@ -97,7 +97,7 @@ READ_ONLY = {
 NOT_RUN = {
     "--coordinator_address=": "several hosts",
     # An hour of CPU; tests/test_pretrain.py replays its first steps against the committed log.
-    "tools/pretrain_tiny.py": "the committed checkpoint's pretraining",
+    "-m viewpoint_jax.pretrain": "the committed checkpoint's pretraining",
 }
 
 
@@ -231,8 +231,8 @@ def test_readme_pipeline_runs_as_written(tmp_path):
     assert all(skipped.values()), f"NOT_RUN entries the README no longer has: {skipped}"
     commands = [c for c in commands if not any(c in found for found in skipped.values())]
     names = [program(c) for c in commands]
-    assert names.index("tools/convert_wan.py") < names.index("tools/prepare_dataset.py")
-    assert names.index("tools/prepare_dataset.py") < names.index("viewpoint_jax.train")
+    assert names.index("viewpoint_jax.convert_wan") < names.index("viewpoint_jax.prepare_dataset")
+    assert names.index("viewpoint_jax.prepare_dataset") < names.index("viewpoint_jax.train")
     assert names.index("viewpoint_jax.train") < names.index("viewpoint_jax.sample")
     # The first sampling command needs nothing but the run, a prompt and an output folder.
     sample = commands[names.index("viewpoint_jax.sample")]
@@ -240,7 +240,7 @@ def test_readme_pipeline_runs_as_written(tmp_path):
 
     root = tmp_path / "machine"
     write_wan_release(root / "weights" / "Wan2.1-T2V-14B")
-    prepare = commands[names.index("tools/prepare_dataset.py")]
+    prepare = commands[names.index("viewpoint_jax.prepare_dataset")]
     (captions,) = code_blocks(section_text(markdown, "Preparing a dataset"), "json")
     write_panorama_folder(Path(option(stand_in_command(prepare, root), "--src")), captions)
     cwd = working_folder(tmp_path / "work")
@@ -253,13 +253,13 @@ def test_readme_pipeline_runs_as_written(tmp_path):
     assert (dit["in_dim"], dit["param_dtype"], dit["dim"]) == (33, "bfloat16", 48)
     for converted in ("wan_vae", "umt5_xxl"):
         assert (root / "ckpt" / converted / "config.json").is_file()
-    assert "train: 1 videos" in outputs[names.index("tools/prepare_dataset.py")].stdout
+    assert "train: 1 videos" in outputs[names.index("viewpoint_jax.prepare_dataset")].stdout
     # Each long job reports its progress in plain lines (`progress.Progress`).
     for name, line in (
-        ("tools/convert_wan.py", "converting wan14b_dit: 0 B/"),
-        ("tools/prepare_dataset.py", "encoding: file 2/2 ("),
-        ("tools/precompute_latents.py", "encoding train: record 2/2 ("),
-        ("tools/precompute_text.py", "embedding: caption 3/3 ("),
+        ("viewpoint_jax.convert_wan", "converting wan14b_dit: 0 B/"),
+        ("viewpoint_jax.prepare_dataset", "encoding: file 2/2 ("),
+        ("viewpoint_jax.precompute_latents", "encoding train: record 2/2 ("),
+        ("viewpoint_jax.precompute_text", "embedding: caption 3/3 ("),
         ("viewpoint_jax.train", "train: step 2/2 ("),
         ("viewpoint_jax.sample", "sampling: step 2/2 ("),
         ("viewpoint_jax.sample", f"reading {cwd / 'runs' / 'vp14b'}"),
@@ -311,9 +311,9 @@ DRIFTS = {
         "--config configs/wan_14b.py --workdir runs/vp14b",
         "configs/wan_14b.py",
     ),
-    "python tools/prepare_dataset.py": (
-        "python tools/prepare_datasets.py",
-        "README runs tools/prepare_datasets.py, which this test does not know",
+    "python -m viewpoint_jax.prepare_dataset": (
+        "python -m viewpoint_jax.prepare_datasets",
+        "README runs viewpoint_jax.prepare_datasets, which this test does not know",
     ),
 }
 

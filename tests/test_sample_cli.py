@@ -17,6 +17,14 @@ from test_train import subprocess_env
 from viewpoint_jax import sample
 from viewpoint_jax.common import cli, video_io
 from viewpoint_jax.common.cli import UserError
+from viewpoint_jax.generation.models import (
+    load_config,
+    load_models,
+    sampling_config,
+    sampling_meshes,
+)
+from viewpoint_jax.generation.outputs import canvas_video_name, faces_contact_sheet
+from viewpoint_jax.generation.requests import Request, read_condition, run_request
 from viewpoint_jax.models.dit import WanDiT
 
 FFPROBE = shutil.which("ffprobe")
@@ -66,7 +74,7 @@ def test_faces_contact_sheet_shows_the_six_views():
     faces = np.broadcast_to(np.array(colours, np.float32)[:, None, None], (6, 16, 16, 3))
     erp = np.asarray(geometry.cubemap_to_erp(jnp.asarray(faces), 32, 64))
     video = np.repeat(np.round(erp).astype(np.uint8)[None], 3, axis=0)
-    sheet = sample.faces_contact_sheet(video, face_size=16)
+    sheet = faces_contact_sheet(video, face_size=16)
     gap, label_width, header = 4, 56, 22  # the sheet's layout
     for row in range(3):
         for k, colour in enumerate(colours):
@@ -163,12 +171,12 @@ def test_existing_output_and_missing_config_are_reported(config_file, tmp_path, 
 def test_frame_counts_are_trimmed_to_one_plus_4k(tmp_path, capsys):
     path = tmp_path / "clip.mp4"
     video_io.write_video(path, condition_video(frames=8), fps=10)
-    video, fps = sample.read_condition(str(path), max_frames=None)
+    video, fps = read_condition(str(path), max_frames=None)
     assert len(video) == 5 and fps == pytest.approx(10)
     assert "has 8 frames; using the first 5" in capsys.readouterr().err
     image = tmp_path / "still.png"
     cv2.imwrite(str(image), condition_video(frames=1)[0])
-    assert len(sample.read_condition(str(image), max_frames=49)[0]) == 1
+    assert len(read_condition(str(image), max_frames=49)[0]) == 1
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +187,7 @@ def tiny_checkpoint(tmp_path_factory):
 
     from viewpoint_jax.setup import build
 
-    config = sample.load_config(str(REPO / "configs" / "tiny.py:micro"))
+    config = load_config(str(REPO / "configs" / "tiny.py:micro"))
     model_config = build.dit_config(config)
     model = nnx.jit(lambda: WanDiT(model_config, rngs=nnx.Rngs(0)))()
     path = tmp_path_factory.mktemp("checkpoint") / "dit"
@@ -259,20 +267,20 @@ def test_a_run_directory_samples_with_the_config_that_trained_it(tiny_run, tmp_p
 
 
 def test_component_paths_come_from_flags_or_are_refused_by_name(tiny_run, tmp_path):
-    config = sample.sampling_config(tiny_run)
+    config = sampling_config(tiny_run)
     config.autoencoder.kind = "wan_vae"
     config.autoencoder.checkpoint = ""
     with pytest.raises(UserError, match=r"config.autoencoder.checkpoint is empty.*--vae=PATH"):
-        sample.sampling_config(tiny_run, config)
+        sampling_config(tiny_run, config)
     missing = str(tmp_path / "nowhere")
     with pytest.raises(UserError, match=r"config.autoencoder.checkpoint .*nowhere.*--vae=PATH"):
-        sample.sampling_config(tiny_run, config, {"vae": missing})
+        sampling_config(tiny_run, config, {"vae": missing})
     vae_dir = tmp_path / "vae"
     vae_dir.mkdir()
-    chosen = sample.sampling_config(tiny_run, config, {"vae": str(vae_dir), "tokenizer": None})
+    chosen = sampling_config(tiny_run, config, {"vae": str(vae_dir), "tokenizer": None})
     assert chosen.autoencoder.checkpoint == str(vae_dir)
     with pytest.raises(UserError, match=r"no config.json of a training run: pass --config$"):
-        sample.sampling_config(tmp_path)
+        sampling_config(tmp_path)
 
 
 def test_long_image_and_continued_videos_through_the_cli(tiny_run, tmp_path, monkeypatch, capsys):
@@ -280,7 +288,7 @@ def test_long_image_and_continued_videos_through_the_cli(tiny_run, tmp_path, mon
     --continue extends a 360 video, its frames kept as given."""
     monkeypatch.chdir(tmp_path)
     common = ["--checkpoint", str(tiny_run), "--prompt", "x", "--steps", "2"]
-    clip = sample.sampling_config(tiny_run).data.num_frames  # 5 for the micro config
+    clip = sampling_config(tiny_run).data.num_frames  # 5 for the micro config
     code, stderr = run_in_process([*common, "--num_frames", "13", "--out", "long"], capsys)
     assert code == 0, stderr
     record = json.loads((tmp_path / "long" / "settings.json").read_text())
@@ -334,20 +342,20 @@ def test_bad_condition_combinations_are_refused(tiny_run, tmp_path, capsys, extr
 def test_mesh_flag_is_parsed_or_refused_by_name():
     devices = jax.local_devices()
     n = len(devices)
-    (mesh,) = sample.sampling_meshes(f"fsdp={n}")
+    (mesh,) = sampling_meshes(f"fsdp={n}")
     assert dict(mesh.shape)["fsdp"] == n
-    (default,) = sample.sampling_meshes(None)
+    (default,) = sampling_meshes(None)
     assert dict(default.shape)["fsdp"] == n
     # Smaller than the devices: one mesh per group of consecutive devices (8 devices: 4 groups).
-    groups = sample.sampling_meshes("fsdp=1,tensor=2")
+    groups = sampling_meshes("fsdp=1,tensor=2")
     assert [list(m.devices.flat) for m in groups] == [devices[i : i + 2] for i in range(0, n, 2)]
     assert all(dict(m.shape)["tensor"] == 2 for m in groups)
-    (everything,) = sample.sampling_meshes("tensor=2,fsdp=-1")
+    (everything,) = sampling_meshes("tensor=2,fsdp=-1")
     assert dict(everything.shape)["fsdp"] == n // 2
     with pytest.raises(UserError, match=r"--mesh 'bogus=2': expected axis=size pairs"):
-        sample.sampling_meshes("bogus=2")
+        sampling_meshes("bogus=2")
     with pytest.raises(UserError, match=r"--mesh 'fsdp=3,tensor=5': a model on 15 devices"):
-        sample.sampling_meshes("fsdp=3,tensor=5")  # 15 devices: never this machine's count
+        sampling_meshes("fsdp=3,tensor=5")  # 15 devices: never this machine's count
 
 
 @pytest.mark.parametrize("representation", ["erp", "cube_2x3"])
@@ -357,7 +365,7 @@ def test_another_representation_trains_a_step_and_samples_the_same_files(represe
     from test_train import ONE_DEVICE, micro_config, procedural_records
 
     from viewpoint_jax import geometry
-    from viewpoint_jax.diffusion import sampler
+    from viewpoint_jax.diffusion import denoising
     from viewpoint_jax.training import loop
 
     config = micro_config()
@@ -373,11 +381,11 @@ def test_another_representation_trains_a_step_and_samples_the_same_files(represe
 
     clip = tmp_path / "clip.mp4"
     video_io.write_video(clip, condition_video(), fps=8)
-    request = sample.Request(prompt="bands", video=str(clip), fov=80.0, yaw=40.0)
-    models = sample.load_models(config, run_dir, dtype="float32")
-    settings = sampler.SampleSettings(num_steps=2, scheduler="euler", guidance_scale=2.0)
-    out = sample.run_request(models, config, request, settings, tmp_path / "out", checkpoint="x")
-    frames = sample.canvas_video_name(representation)
+    request = Request(prompt="bands", video=str(clip), fov=80.0, yaw=40.0)
+    models = load_models(config, run_dir, dtype="float32")
+    settings = denoising.SampleSettings(num_steps=2, scheduler="euler", guidance_scale=2.0)
+    out = run_request(models, config, request, settings, tmp_path / "out", checkpoint="x")
+    frames = canvas_video_name(representation)
     assert frames == f"{representation}.mp4"
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["pano.mp4", frames, "faces.png", "viewer.html", "settings.json"]

@@ -13,10 +13,13 @@ import numpy as np
 from test_sample_cli import REPO, run_in_process, tiny_run  # noqa: F401 (a fixture)
 from test_train import subprocess_env
 
-from viewpoint_jax import sample
 from viewpoint_jax.common import video_io
 from viewpoint_jax.common.cli import UserError
-from viewpoint_jax.diffusion import sampler
+from viewpoint_jax.diffusion import denoising
+from viewpoint_jax.generation.generate import generate
+from viewpoint_jax.generation.models import load_models, sampling_config, sampling_meshes
+from viewpoint_jax.generation.outputs import faces_contact_sheet
+from viewpoint_jax.generation.requests import Request, read_prompt_file
 
 
 def _write_lines(path, lines):
@@ -38,8 +41,8 @@ def test_lines_take_the_flags_as_defaults_and_bad_lines_are_named(tmp_path):
             {"prompt": "w", "video": "a.mp4", "image": "b.png"},
         ],
     )
-    defaults = sample.Request(prompt="", fov=70.0, seed=9)
-    requests = sample.read_prompt_file(prompts, defaults)
+    defaults = Request(prompt="", fov=70.0, seed=9)
+    requests = read_prompt_file(prompts, defaults)
     assert len(requests) == 7  # the empty line is no request
     beach, forest, *bad = requests
     assert (beach.name, beach.seed, beach.fov) == ("00001", 3, 70.0)
@@ -123,26 +126,26 @@ def test_device_groups_make_each_line_once_as_one_device_would(
     names = [f"{i:05d}" for i in range(1, 6)]
     out = tmp_path / "out"
     common = ["--checkpoint", str(tiny_run), "--steps", "2", "--dtype", "float32"]
-    compiled = sampler.sample_latents._cache_size()
+    compiled = denoising.sample_latents._cache_size()
     code, stderr = run_in_process(
         [*common, "--prompts", str(prompts), "--mesh", "fsdp=2", "--out", str(out)], capsys
     )
     assert code == 0, stderr
-    assert sampler.sample_latents._cache_size() - compiled == 4
+    assert denoising.sample_latents._cache_size() - compiled == 4
     assert sorted(p.name for p in out.iterdir()) == names
     written = sorted(line for line in stderr.splitlines() if line.startswith("wrote "))
     assert written == [f"wrote {out / name}" for name in names]
 
-    config = sample.sampling_config(tiny_run)
-    settings = sampler.SampleSettings.from_config(config.sample, num_steps=2)
-    one_device = sample.sampling_meshes(None, jax.devices()[:1])[0]
-    models = sample.load_models(config, tiny_run, mesh=one_device, dtype="float32")
-    for request in sample.read_prompt_file(prompts, sample.Request(prompt="")):
+    config = sampling_config(tiny_run)
+    settings = denoising.SampleSettings.from_config(config.sample, num_steps=2)
+    one_device = sampling_meshes(None, jax.devices()[:1])[0]
+    models = load_models(config, tiny_run, mesh=one_device, dtype="float32")
+    for request in read_prompt_file(prompts, Request(prompt="")):
         made = out / request.name
         assert json.loads((made / "settings.json").read_text())["seed"] == request.seed
         settings = dataclasses.replace(settings, seed=request.seed)
-        single = sample.generate(models, request.prompt, settings).panorama
+        single = generate(models, request.prompt, settings).panorama
         ours = cv2.cvtColor(cv2.imread(str(made / "faces.png")), cv2.COLOR_BGR2RGB)
-        theirs = sample.faces_contact_sheet(single)
+        theirs = faces_contact_sheet(single)
         # fp32 sums in another order on the 2-device group: at most one uint8 level apart.
         assert np.abs(ours.astype(int) - theirs).max() <= 1, request.name

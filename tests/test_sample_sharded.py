@@ -15,19 +15,21 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from viewpoint_jax import sample
 from viewpoint_jax.common import sharding
-from viewpoint_jax.diffusion import sampler
+from viewpoint_jax.diffusion import denoising
+from viewpoint_jax.generation import conditioning, decoding
+from viewpoint_jax.generation.generate import generate, generate_long
+from viewpoint_jax.generation.models import load_config, load_models, sampling_mesh
 from viewpoint_jax.models.dit import WanDiT
 from viewpoint_jax.setup import build
 
 REPO = Path(__file__).resolve().parents[1]
-SETTINGS = sampler.SampleSettings(num_steps=3, scheduler="euler", guidance_scale=3.0, seed=1)
+SETTINGS = denoising.SampleSettings(num_steps=3, scheduler="euler", guidance_scale=3.0, seed=1)
 
 
 @pytest.fixture(scope="module")
 def config():
-    return sample.load_config(str(REPO / "configs" / "tiny.py:micro"))
+    return load_config(str(REPO / "configs" / "tiny.py:micro"))
 
 
 def _string_keys(tree):
@@ -51,22 +53,22 @@ def checkpoint(config, tmp_path_factory):
 
 
 def one_device():
-    return sample.sampling_mesh(jax.devices()[:1])
+    return sampling_mesh(jax.devices()[:1])
 
 
 def run(models, prompt="a red door in the snow", seed=1):
-    return sample.generate(models, prompt, dataclasses.replace(SETTINGS, seed=seed))
+    return generate(models, prompt, dataclasses.replace(SETTINGS, seed=seed))
 
 
 @pytest.fixture(scope="module")
 def reference(config, checkpoint):
     """fp32 latents on one device: what every sharded run is compared with."""
-    models = sample.load_models(config, checkpoint, mesh=one_device(), dtype="float32")
+    models = load_models(config, checkpoint, mesh=one_device(), dtype="float32")
     return run(models).latents
 
 
 def test_weights_are_restored_sharded_and_in_the_asked_dtype(config, checkpoint):
-    models = sample.load_models(config, checkpoint)  # default: bf16, fsdp over all 8 devices
+    models = load_models(config, checkpoint)  # default: bf16, fsdp over all 8 devices
     assert models.mesh.shape["fsdp"] == 8
     kernel = models.model.blocks.ffn_in.kernel[...]  # (layers, dim 32, ffn 64): ("embed", "mlp")
     assert kernel.dtype == jax.numpy.bfloat16
@@ -83,7 +85,7 @@ def test_weights_are_restored_sharded_and_in_the_asked_dtype(config, checkpoint)
     ids=["fsdp8", "data2-sequence2-tensor2"],
 )
 def test_sharded_sampling_equals_one_device(config, checkpoint, reference, axes):
-    models = sample.load_models(config, checkpoint, mesh=sharding.make_mesh(axes), dtype="float32")
+    models = load_models(config, checkpoint, mesh=sharding.make_mesh(axes), dtype="float32")
     latents = run(models).latents
     # fp32 sums in another order (sharded matmuls reduce partial sums across devices): relative
     # rounding of ~1e-7 per operation, grown through 2 blocks x 3 steps x guidance scale 3.
@@ -92,7 +94,7 @@ def test_sharded_sampling_equals_one_device(config, checkpoint, reference, axes)
 
 
 def test_bf16_sampling_is_close_to_fp32(config, checkpoint, reference):
-    models = sample.load_models(config, checkpoint, dtype="bfloat16")
+    models = load_models(config, checkpoint, dtype="bfloat16")
     latents = run(models).latents
     # bf16 keeps 8 mantissa bits (relative rounding 2^-9 = 2e-3 per weight and matmul input);
     # the residual stream, norms and scheduler stay fp32, so the error stays a few times that.
@@ -103,7 +105,7 @@ def test_bf16_sampling_is_close_to_fp32(config, checkpoint, reference):
 def test_new_prompt_and_seed_reuse_the_compiled_sampler_after_the_text_encoder_is_released(
     config, checkpoint
 ):
-    models = sample.load_models(config, checkpoint)
+    models = load_models(config, checkpoint)
     encoder_arrays = jax.tree.leaves(nnx.state(models.text_encoder.encoder))
     embeddings = models.encode_prompts(["a harbour at night", "a desert road", ""])
     assert embeddings.shape == (3, config.text_encoder.max_length, models.model.config.text_dim)
@@ -113,38 +115,38 @@ def test_new_prompt_and_seed_reuse_the_compiled_sampler_after_the_text_encoder_i
         models.encode_prompts(["a city"])
 
     first = run(models, "a harbour at night", seed=3)
-    compiled = sampler.sample_latents._cache_size()
+    compiled = denoising.sample_latents._cache_size()
     second = run(models, "a desert road", seed=4)
-    assert sampler.sample_latents._cache_size() == compiled
+    assert denoising.sample_latents._cache_size() == compiled
     assert not np.allclose(first.latents, second.latents)
     np.testing.assert_array_equal(run(models, "a harbour at night", seed=3).latents, first.latents)
 
 
 def test_research_code_form_compiles_once_for_new_prompts_and_seeds(config, checkpoint):
-    """`sampler.sample(model, conditions, key, settings)` under `sharding.use_mesh` (the README's
+    """`denoising.sample(model, conditions, key, settings)` under `sharding.use_mesh` (the README's
     form), on conditions already sharded over the mesh or still on the host: one compiled
     program for every prompt, seed and placement; the spread decode likewise."""
-    models = sample.load_models(config, checkpoint)  # bf16, fsdp over all 8 devices
+    models = load_models(config, checkpoint)  # bf16, fsdp over all 8 devices
     contexts = models.encode_prompts(["a harbour at night", "a desert road", ""])[:, None]
     data = config.data
 
     def conditions(prompt):
-        return sampler.make_conditions(
+        return conditioning.make_conditions(
             models.autoencoder, contexts[prompt], contexts[2], data.map_size, data.num_frames
         )
 
     with sharding.use_mesh(models.mesh, models.rules):
-        placed = sampler.place_conditions(conditions(0), models.mesh, models.rules)
+        placed = denoising.place_conditions(conditions(0), models.mesh, models.rules)
         assert placed.context.sharding.mesh == models.mesh
-        first = sampler.sample(models.model, placed, jax.random.key(0), SETTINGS)
-        compiled = sampler.sample_latents._cache_size()
-        decoded = sampler.decode_latents(models.autoencoder, first, mesh=models.mesh)
-        decodes = sampler._jitted.cache_info().currsize
-        second = sampler.sample(models.model, conditions(1), jax.random.key(1), SETTINGS)
-        sampler.decode_latents(models.autoencoder, second, mesh=models.mesh)
-        again = sampler.sample(models.model, conditions(0), jax.random.key(0), SETTINGS)
-    assert sampler.sample_latents._cache_size() == compiled
-    assert sampler._jitted.cache_info().currsize == decodes
+        first = denoising.sample(models.model, placed, jax.random.key(0), SETTINGS)
+        compiled = denoising.sample_latents._cache_size()
+        decoded = decoding.decode_latents(models.autoencoder, first, mesh=models.mesh)
+        decodes = decoding._jitted.cache_info().currsize
+        second = denoising.sample(models.model, conditions(1), jax.random.key(1), SETTINGS)
+        decoding.decode_latents(models.autoencoder, second, mesh=models.mesh)
+        again = denoising.sample(models.model, conditions(0), jax.random.key(0), SETTINGS)
+    assert denoising.sample_latents._cache_size() == compiled
+    assert decoding._jitted.cache_info().currsize == decodes
     assert first.sharding.mesh == models.mesh and decoded.shape[1] == data.num_frames
     assert not np.allclose(first, second)
     np.testing.assert_array_equal(np.asarray(again), np.asarray(first))
@@ -154,8 +156,8 @@ def test_a_replica_on_another_device_group_samples_the_same(config, checkpoint):
     """`Models.replica`: the weights copied to another group of devices (here of one device;
     `test_sample_prompts` runs groups of 2) with the same specs; the same program on another
     device gives the same latents, bit for bit."""
-    first_group, second_group = (sample.sampling_mesh(jax.devices()[i : i + 1]) for i in (0, 1))
-    models = sample.load_models(config, checkpoint, mesh=first_group, dtype="float32")
+    first_group, second_group = (sampling_mesh(jax.devices()[i : i + 1]) for i in (0, 1))
+    models = load_models(config, checkpoint, mesh=first_group, dtype="float32")
     with pytest.raises(ValueError, match="release_text_encoder"):
         models.replica(second_group)
     models.encode_prompts(["a red door in the snow", ""])
@@ -169,13 +171,13 @@ def test_a_replica_on_another_device_group_samples_the_same(config, checkpoint):
 
 def test_meshes_that_do_not_divide_the_model_are_refused(config, checkpoint):
     with pytest.raises(ValueError, match="'tensor' of size 8 does not divide the DiT's num_heads"):
-        sample.load_models(config, checkpoint, mesh=sharding.make_mesh({"tensor": 8}))
+        load_models(config, checkpoint, mesh=sharding.make_mesh({"tensor": 8}))
     model_config = build.dit_config(config)
     odd_tokens = (1, 5, 6, 6, 192)  # a 3 x 3 token grid per frame: 45 tokens
     with pytest.raises(ValueError, match="'sequence' of size 8 does not divide the 45 tokens"):
-        sampler.check_mesh_fits(model_config, sharding.make_mesh({"sequence": 8}), odd_tokens)
+        denoising.check_mesh_fits(model_config, sharding.make_mesh({"sequence": 8}), odd_tokens)
     with pytest.raises(ValueError, match="dtype must be one of"):
-        sample.load_models(config, checkpoint, dtype="float16")
+        load_models(config, checkpoint, dtype="float16")
 
 
 def test_training_run_weights_are_read_as_bf16_into_shardings(config, tmp_path):
@@ -209,8 +211,8 @@ def test_long_generation_on_a_mesh_equals_one_device(config, checkpoint):
     num_frames = 2 * config.data.num_frames + 3  # three windows of the micro clip
 
     def long_video(mesh):
-        models = sample.load_models(config, checkpoint, mesh=mesh, dtype="float32")
-        return sample.generate_long(models, "a long walk", settings, num_frames=num_frames)
+        models = load_models(config, checkpoint, mesh=mesh, dtype="float32")
+        return generate_long(models, "a long walk", settings, num_frames=num_frames)
 
     single, sharded = long_video(one_device()), long_video(sharding.make_mesh({"fsdp": 8}))
     assert (

@@ -14,7 +14,8 @@ from flax import nnx
 
 from viewpoint_jax import geometry
 from viewpoint_jax.common import video_io
-from viewpoint_jax.diffusion import sampler
+from viewpoint_jax.diffusion import denoising
+from viewpoint_jax.generation import conditioning, decoding
 from viewpoint_jax.models import autoencoder as autoencoder_lib
 from viewpoint_jax.models.autoencoder import SpaceToDepthAutoencoder
 
@@ -45,7 +46,7 @@ class StandInModel(nnx.Module):
 
 def make_conditions(seed=1):
     keys = jax.random.split(jax.random.key(seed), 4)
-    return sampler.Conditions(
+    return denoising.Conditions(
         context=jax.random.normal(keys[0], (1, 5, TEXT_DIM)),
         negative_context=jax.random.normal(keys[1], (1, 5, TEXT_DIM)),
         latent=jax.random.normal(keys[2], LATENT_SHAPE),
@@ -57,7 +58,7 @@ def reference_loop(model, conditions, rng, scheduler, guidance):
     """diffusers' scheduler driving the same model eagerly, CFG as two separate passes."""
     x = torch.from_numpy(np.array(jax.random.normal(rng, LATENT_SHAPE, jnp.float32)))
     model = jax.jit(model.__call__)
-    inputs = lambda x: sampler.model_input(
+    inputs = lambda x: denoising.model_input(
         jnp.asarray(x.numpy()), conditions.latent, conditions.mask
     )
     for t in scheduler.timesteps:
@@ -72,7 +73,7 @@ def reference_loop(model, conditions, rng, scheduler, guidance):
 @pytest.mark.parametrize("name", ["unipc", "euler"])
 def test_sample_matches_diffusers_loop(name):
     model, conditions = StandInModel(nnx.Rngs(0)), make_conditions()
-    settings = sampler.SampleSettings(num_steps=4, shift=3.0, guidance_scale=4.5, scheduler=name)
+    settings = denoising.SampleSettings(num_steps=4, shift=3.0, guidance_scale=4.5, scheduler=name)
     if name == "unipc":
         scheduler = UniPCMultistepScheduler(
             prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
@@ -83,17 +84,17 @@ def test_sample_matches_diffusers_loop(name):
         scheduler.set_timesteps(sigmas=np.linspace(1.0, 1e-3, 5)[:-1])
     rng = jax.random.key(7)
     expected = reference_loop(model, conditions, rng, scheduler, 4.5)
-    latents = sampler.sample(model, conditions, rng, settings)
+    latents = denoising.sample(model, conditions, rng, settings)
     assert latents.shape == LATENT_SHAPE and latents.dtype == jnp.float32
     np.testing.assert_allclose(latents, expected, atol=1e-5)
 
 
 def test_same_seed_same_output_other_seed_differs():
     model, conditions = StandInModel(nnx.Rngs(0)), make_conditions()
-    settings = sampler.SampleSettings(num_steps=4, guidance_scale=3.0)
-    first = sampler.sample(model, conditions, jax.random.key(3), settings)
-    again = sampler.sample(model, conditions, jax.random.key(3), settings)
-    other = sampler.sample(model, conditions, jax.random.key(4), settings)
+    settings = denoising.SampleSettings(num_steps=4, guidance_scale=3.0)
+    first = denoising.sample(model, conditions, jax.random.key(3), settings)
+    again = denoising.sample(model, conditions, jax.random.key(3), settings)
+    other = denoising.sample(model, conditions, jax.random.key(4), settings)
     np.testing.assert_array_equal(first, again)
     assert np.abs(np.asarray(first) - np.asarray(other)).mean() > 0.1
 
@@ -103,21 +104,21 @@ def test_all_steps_compile_once():
     scales reuse the compiled program."""
     model = StandInModel(nnx.Rngs(0))
     graphdef, params = nnx.split(model)
-    settings = sampler.SampleSettings(num_steps=12, shift=5.0, guidance_scale=5.0)
-    sampler.sample((graphdef, params), make_conditions(1), jax.random.key(0), settings)
+    settings = denoising.SampleSettings(num_steps=12, shift=5.0, guidance_scale=5.0)
+    denoising.sample((graphdef, params), make_conditions(1), jax.random.key(0), settings)
     assert TRACED_BATCHES == [2]  # one trace, conditional + unconditional in one batch
-    changed = sampler.SampleSettings(num_steps=12, shift=3.0, guidance_scale=7.5, seed=5)
-    sampler.sample((graphdef, params), make_conditions(2), jax.random.key(9), changed)
+    changed = denoising.SampleSettings(num_steps=12, shift=3.0, guidance_scale=7.5, seed=5)
+    denoising.sample((graphdef, params), make_conditions(2), jax.random.key(9), changed)
     assert TRACED_BATCHES == [2]
 
 
 def test_guidance_scale_one_skips_the_unconditional_branch():
     model, conditions = StandInModel(nnx.Rngs(0)), make_conditions()
-    settings = sampler.SampleSettings(num_steps=4, guidance_scale=1.0)
-    latents = sampler.sample(model, conditions, jax.random.key(0), settings)
+    settings = denoising.SampleSettings(num_steps=4, guidance_scale=1.0)
+    latents = denoising.sample(model, conditions, jax.random.key(0), settings)
     assert TRACED_BATCHES == [1]
     other_negative = conditions._replace(negative_context=-conditions.negative_context)
-    again = sampler.sample(model, other_negative, jax.random.key(0), settings)
+    again = denoising.sample(model, other_negative, jax.random.key(0), settings)
     np.testing.assert_array_equal(latents, again)
 
 
@@ -127,8 +128,8 @@ def test_fusing_every_step_makes_the_overlaps_agree():
     model, conditions = StandInModel(nnx.Rngs(0)), make_conditions()
 
     def disagreement(fuse):
-        settings = sampler.SampleSettings(num_steps=4, fuse_every_step=fuse)
-        latents = sampler.sample(model, conditions, jax.random.key(0), settings)
+        settings = denoising.SampleSettings(num_steps=4, fuse_every_step=fuse)
+        latents = denoising.sample(model, conditions, jax.random.key(0), settings)
         return float(jnp.abs(geometry.fuse_overlaps(latents) - latents).mean())
 
     fused, unfused = disagreement(True), disagreement(False)
@@ -151,7 +152,7 @@ def test_keeping_the_known_cells_is_replacing_them_on_the_noise_path():
     x = torch.from_numpy(noise.copy())
     for t, sigma in zip(scheduler.timesteps, scheduler.sigmas):
         x = torch.from_numpy(np.where(known, (1 - float(sigma)) * latent + float(sigma) * noise, x))
-        inputs = sampler.model_input(jnp.asarray(x.numpy()), conditions.latent, conditions.mask)
+        inputs = denoising.model_input(jnp.asarray(x.numpy()), conditions.latent, conditions.mask)
         timestep = jnp.full((1,), float(t))
         cond = forward(inputs, timestep, conditions.context)
         uncond = forward(inputs, timestep, conditions.negative_context)
@@ -159,15 +160,15 @@ def test_keeping_the_known_cells_is_replacing_them_on_the_noise_path():
         x = scheduler.step(velocity, t, x)[0]
     expected = np.where(known, latent, x.numpy())
 
-    settings = sampler.SampleSettings(
+    settings = denoising.SampleSettings(
         num_steps=4, shift=3.0, guidance_scale=4.5, scheduler="euler", keep_known=True
     )
-    kept = np.asarray(sampler.sample(model, conditions, rng, settings))
+    kept = np.asarray(denoising.sample(model, conditions, rng, settings))
     np.testing.assert_allclose(kept, expected, atol=1e-5)
     inside = np.broadcast_to(known, kept.shape)
     np.testing.assert_allclose(kept[inside], latent[inside], atol=1e-5)
     free = np.asarray(
-        sampler.sample(model, conditions, rng, dataclasses.replace(settings, keep_known=False))
+        denoising.sample(model, conditions, rng, dataclasses.replace(settings, keep_known=False))
     )
     # The stand-in model works per cell, so holding some cells leaves the others as they were.
     np.testing.assert_allclose(kept[~inside], free[~inside], atol=1e-5)
@@ -180,12 +181,12 @@ def test_unipc_ends_on_the_known_cells_and_repaints_the_partly_known(fuse):
     cells; a cell with mask < 1 is the model's, like any unknown cell."""
     model, conditions = StandInModel(nnx.Rngs(0)), make_conditions()
     partly = conditions._replace(mask=conditions.mask * 0.9)
-    settings = sampler.SampleSettings(num_steps=5, keep_known=True, fuse_every_step=fuse)
-    latents = np.asarray(sampler.sample(model, conditions, jax.random.key(1), settings))
+    settings = denoising.SampleSettings(num_steps=5, keep_known=True, fuse_every_step=fuse)
+    latents = np.asarray(denoising.sample(model, conditions, jax.random.key(1), settings))
     known = np.broadcast_to(np.asarray(conditions.mask) >= 1.0, latents.shape)
     assert known.any() and not known.all()
     np.testing.assert_allclose(latents[known], np.asarray(conditions.latent)[known], atol=1e-5)
-    repainted = np.asarray(sampler.sample(model, partly, jax.random.key(1), settings))
+    repainted = np.asarray(denoising.sample(model, partly, jax.random.key(1), settings))
     assert np.abs(repainted - np.asarray(conditions.latent))[known].mean() > 0.1
 
 
@@ -193,14 +194,14 @@ def test_keep_known_comes_from_the_config_and_is_a_compile_time_choice():
     sample_config = ml_collections.ConfigDict(
         {"steps": 3, "shift": 2.0, "guidance_scale": 1.0, "scheduler": "euler", "keep_known": True}
     )
-    settings = sampler.SampleSettings.from_config(sample_config)
+    settings = denoising.SampleSettings.from_config(sample_config)
     assert settings.keep_known and not settings.fuse_every_step
-    assert not sampler.SampleSettings.from_config(sample_config, keep_known=False).keep_known
+    assert not denoising.SampleSettings.from_config(sample_config, keep_known=False).keep_known
     model = StandInModel(nnx.Rngs(0))
-    sampler.sample(model, make_conditions(), jax.random.key(0), settings)
-    sampler.sample(model, make_conditions(), jax.random.key(0), settings)
+    denoising.sample(model, make_conditions(), jax.random.key(0), settings)
+    denoising.sample(model, make_conditions(), jax.random.key(0), settings)
     assert TRACED_BATCHES == [1]
-    sampler.sample(
+    denoising.sample(
         model, make_conditions(), jax.random.key(0), dataclasses.replace(settings, keep_known=False)
     )
     assert TRACED_BATCHES == [1, 1]
@@ -208,9 +209,9 @@ def test_keep_known_comes_from_the_config_and_is_a_compile_time_choice():
 
 def test_progress_is_reported_for_every_step():
     steps = []
-    settings = sampler.SampleSettings(num_steps=4, guidance_scale=2.0)
+    settings = denoising.SampleSettings(num_steps=4, guidance_scale=2.0)
     model, conditions = StandInModel(nnx.Rngs(0)), make_conditions()
-    latents = sampler.sample(
+    latents = denoising.sample(
         model, conditions, jax.random.key(0), settings, progress=lambda i: steps.append(int(i))
     )
     jax.block_until_ready(latents)
@@ -219,14 +220,14 @@ def test_progress_is_reported_for_every_step():
 
 
 def test_settings_validate_and_round_trip():
-    settings = sampler.SampleSettings(num_steps=10, shift=3.0, scheduler="euler", seed=4)
-    assert sampler.SampleSettings.from_dict(settings.to_dict()) == settings
+    settings = denoising.SampleSettings(num_steps=10, shift=3.0, scheduler="euler", seed=4)
+    assert denoising.SampleSettings.from_dict(settings.to_dict()) == settings
     with pytest.raises(ValueError, match="scheduler"):
-        sampler.SampleSettings(scheduler="ddim")
+        denoising.SampleSettings(scheduler="ddim")
     with pytest.raises(ValueError, match="num_steps"):
-        sampler.SampleSettings(num_steps=0)
+        denoising.SampleSettings(num_steps=0)
     with pytest.raises(ValueError, match="unknown SampleSettings fields"):
-        sampler.SampleSettings.from_dict({"steps": 3})
+        denoising.SampleSettings.from_dict({"steps": 3})
 
 
 # --- Conditions ----------------------------------------------------------------------------------
@@ -234,16 +235,16 @@ def test_settings_validate_and_round_trip():
 
 def test_perspective_condition_is_zero_outside_its_mask():
     video = np.full((5, 24, 32, 3), 255, np.uint8)
-    condition, mask = sampler.perspective_condition(video, map_size=64, fov_deg=90.0)
+    condition, mask = conditioning.perspective_condition(video, map_size=64, fov_deg=90.0)
     assert condition.shape == (5, 64, 64, 3) and mask.shape == (5, 64, 64, 1)
     np.testing.assert_array_equal(np.asarray(condition)[np.asarray(mask)[..., 0] == 0], 0.0)
     np.testing.assert_allclose(np.asarray(condition)[np.asarray(mask)[..., 0] == 1], 1.0)
     # The front view lands in the front (top-left, F) subregion, around its centre.
     assert mask[0, 16, 16, 0] == 1 and mask[0, 48, 48, 0] == 0
-    _, behind = sampler.perspective_condition(video, map_size=64, fov_deg=60.0, yaw_deg=180.0)
+    _, behind = conditioning.perspective_condition(video, map_size=64, fov_deg=60.0, yaw_deg=180.0)
     assert behind[0, 48, 48, 0] == 1 and behind[0, 16, 16, 0] == 0
     with pytest.raises(ValueError, match="field of view"):
-        sampler.perspective_condition(video, map_size=64, fov_deg=180.0)
+        conditioning.perspective_condition(video, map_size=64, fov_deg=180.0)
 
 
 def test_latent_mask_pools_pixels_and_frame_groups():
@@ -261,14 +262,14 @@ def test_latent_mask_pools_pixels_and_frame_groups():
 
 
 def test_valid_frame_counts_are_one_plus_4k():
-    assert [sampler.valid_frame_count(n) for n in (1, 4, 5, 8, 49, 50)] == [1, 1, 5, 5, 49, 49]
+    assert [conditioning.valid_frame_count(n) for n in (1, 4, 5, 8, 49, 50)] == [1, 1, 5, 5, 49, 49]
     with pytest.raises(ValueError, match="at least one frame"):
-        sampler.valid_frame_count(0)
+        conditioning.valid_frame_count(0)
 
 
 def test_map_to_panorama_fuses_into_erp():
     constant = jnp.full((2, 64, 64, 3), 0.25)
-    erp = sampler.canvas_to_panorama(constant, 32, 64)
+    erp = decoding.canvas_to_panorama(constant, 32, 64)
     assert erp.shape == (2, 32, 64, 3)
     np.testing.assert_allclose(erp, 0.25, atol=1e-6)  # weights of the copies sum to 1
     np.testing.assert_array_equal(
@@ -280,17 +281,19 @@ def test_make_conditions_encodes_the_projected_video():
     autoencoder = SpaceToDepthAutoencoder(factor=8)
     context = jnp.ones((1, 5, TEXT_DIM))
     video = np.random.default_rng(0).integers(0, 256, (5, 24, 32, 3), dtype=np.uint8)
-    conditions = sampler.make_conditions(
+    conditions = conditioning.make_conditions(
         autoencoder, context, -context, map_size=64, num_frames=9, video=video, yaw_deg=30.0
     )
-    projected, mask = sampler.perspective_condition(video, 64, 90.0, 30.0)
+    projected, mask = conditioning.perspective_condition(video, 64, 90.0, 30.0)
     np.testing.assert_allclose(conditions.latent, autoencoder.encode(projected[None]), atol=1e-6)
     pooled = jax.vmap(lambda m: autoencoder_lib.latent_mask(m, 8, 1))(mask[None])
     np.testing.assert_allclose(conditions.mask, pooled)
     assert conditions.latent.shape == (1, 5, 8, 8, 192) and conditions.mask.shape == (1, 5, 8, 8, 1)
     assert 0 < float(conditions.mask.mean()) < 0.5
 
-    text_only = sampler.make_conditions(autoencoder, context, -context, map_size=64, num_frames=9)
+    text_only = conditioning.make_conditions(
+        autoencoder, context, -context, map_size=64, num_frames=9
+    )
     assert text_only.latent.shape == (1, 9, 8, 8, 192)
     assert not np.any(text_only.mask) and not np.any(text_only.latent)
 
@@ -304,12 +307,12 @@ def test_make_conditions_rejects_frame_counts_the_autoencoder_cannot_take():
 
     autoencoder, context = FourFrameGroups(factor=8), jnp.ones((1, 5, TEXT_DIM))
     with pytest.raises(ValueError, match="has 6 frames; frame counts must be 1 \\+ 4k"):
-        sampler.make_conditions(
+        conditioning.make_conditions(
             autoencoder, context, context, 64, 9, video=np.zeros((6, 8, 8, 3), np.uint8)
         )
     with pytest.raises(ValueError, match="num_frames must be 1 \\+ 4k"):
-        sampler.make_conditions(autoencoder, context, context, 64, num_frames=8)
-    conditions = sampler.make_conditions(autoencoder, context, context, 64, num_frames=9)
+        conditioning.make_conditions(autoencoder, context, context, 64, num_frames=8)
+    conditions = conditioning.make_conditions(autoencoder, context, context, 64, num_frames=9)
     assert conditions.mask.shape == (1, 3, 8, 8, 1)
 
 
@@ -325,12 +328,12 @@ def test_decode_spread_over_a_mesh_equals_one_device():
 
     latents = np.random.default_rng(6).normal(size=(1, 2, 12, 12, 16)).astype(np.float32)
     mesh = sharding.make_mesh({"fsdp": 8})
-    replicated = sampler.replicate(tiny_vae(), mesh)
+    replicated = decoding.replicate(tiny_vae(), mesh)
     kernel = replicated.decoder.conv_in.kernel[...]
     assert kernel.sharding.mesh == mesh and kernel.sharding.is_fully_replicated
     tiles = dict(tile=8, tile_overlap=4)  # 2 x 2 tiles, 4 zero-weight padding tiles
-    spread = sampler.decode_latents(replicated, latents, mesh=mesh, **tiles)
-    one = sampler.decode_latents(tiny_vae(), latents, **tiles)
+    spread = decoding.decode_latents(replicated, latents, mesh=mesh, **tiles)
+    one = decoding.decode_latents(tiny_vae(), latents, **tiles)
     assert spread.shape == (1, 5, 96, 96, 3) and spread.sharding.mesh == mesh
     # The same tiles summed in the same order; XLA optimises the partitioned program's
     # convolutions differently, so fp32 rounding of values in [-1, 1] (measured: 2.3e-6).
@@ -343,33 +346,33 @@ def test_conditions_and_panorama_follow_the_representation(representation):
     context = jnp.ones((1, 5, TEXT_DIM))
     hw = geometry.canvas_size(representation, 64)
     video = np.full((5, 24, 32, 3), 255, np.uint8)
-    conditions = sampler.make_conditions(
+    conditions = conditioning.make_conditions(
         autoencoder, context, -context, map_size=64, num_frames=5, video=video, yaw_deg=30.0,
         representation=representation,
     )  # fmt: skip
-    projected, mask = sampler.perspective_condition(
+    projected, mask = conditioning.perspective_condition(
         video, 64, 90.0, 30.0, representation=representation
     )
     assert projected.shape == (5, *hw, 3) and mask.shape == (5, *hw, 1)
     assert conditions.latent.shape == (1, 5, hw[0] // 8, hw[1] // 8, 192)
     np.testing.assert_allclose(conditions.latent, autoencoder.encode(projected[None]), atol=1e-6)
     # Back in ERP, the condition is the white view where the camera looks, and 0 elsewhere.
-    erp = np.asarray(sampler.canvas_to_panorama(projected[:1], 32, 64, representation))[0]
+    erp = np.asarray(decoding.canvas_to_panorama(projected[:1], 32, 64, representation))[0]
     _, view = geometry.perspective_to_erp(video[0, ..., :1], 90.0, 30.0, height=32)
     view = np.asarray(view)[..., 0] == 1
     assert np.mean(np.abs(erp.mean(axis=-1) - view) > 0.5) < 0.02
     # Constant frames give a constant panorama: every pixel is a convex blend.
-    constant = sampler.canvas_to_panorama(jnp.full((2, *hw, 3), 0.25), 32, 64, representation)
+    constant = decoding.canvas_to_panorama(jnp.full((2, *hw, 3), 0.25), 32, 64, representation)
     np.testing.assert_allclose(constant, 0.25, atol=1e-6)
     # A known prefix and the text-only condition are frames of this representation too.
-    prefix = sampler.make_conditions(
+    prefix = conditioning.make_conditions(
         autoencoder, context, -context, map_size=64, num_frames=5,
         prefix_map=np.zeros((1, *hw, 3), np.float32), representation=representation,
     )  # fmt: skip
     assert prefix.latent.shape == conditions.latent.shape
     np.testing.assert_array_equal(prefix.mask[0, 0], 1.0)
     with pytest.raises(ValueError, match=rf"prefix_map must be \(P, {hw[0]}, {hw[1]}, 3\)"):
-        sampler.make_conditions(
+        conditioning.make_conditions(
             autoencoder, context, -context, map_size=64, num_frames=5,
             prefix_map=np.zeros((1, 64, 128, 3), np.float32), representation=representation,
         )  # fmt: skip

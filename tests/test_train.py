@@ -1,6 +1,6 @@
 """The train loop on a micro config: loss falls, resume is exact, sharded equals unsharded, NaNs.
 
-Helpers here (micro_config, procedural_records, write_dataset, subprocess_env, cli, run_tool,
+Helpers here (micro_config, procedural_records, write_dataset, subprocess_env, cli, run_command,
 CountingEncoder) are shared with other test files.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from viewpoint_jax.common import sharding as sharding_lib
-from viewpoint_jax.data import builder
+from viewpoint_jax.data import panoramic_videos, preparation
 from viewpoint_jax.models import text_encoder as text_lib
 from viewpoint_jax.setup import build
 from viewpoint_jax.training import checkpoints, loop
@@ -66,7 +66,8 @@ def procedural_records(count: int = 6, num_frames: int = 7, height: int = 32) ->
     return [
         {
             "frames": [
-                builder.encode_frame(f, "png") for f in procedural_frames(i, num_frames, height)
+                panoramic_videos.encode_frame(f, "png")
+                for f in procedural_frames(i, num_frames, height)
             ],
             "caption": f"a pattern of bands number {i}",
             "is_image": False,
@@ -87,7 +88,7 @@ def write_dataset(root: Path, count: int = 6, num_frames: int = 7, height: int =
         write_video(source / f"clip{i}.mp4", procedural_frames(i, num_frames, height), 8.0)
         lines.append(json.dumps({"file": f"clip{i}.mp4", "caption": f"bands number {i}"}))
     (source / "captions.jsonl").write_text("\n".join(lines) + "\n")
-    builder.prepare(source, root / "data", "micro", progress=False, frame_format="png")
+    preparation.prepare(source, root / "data", "micro", progress=False, frame_format="png")
     return root / "data", "micro"
 
 
@@ -117,12 +118,14 @@ def cli(workdir: Path, data_dir: Path, name: str, *overrides: str) -> list[str]:
     ]
 
 
-def run_tool(script: str, data_dir, name: str, *args: str) -> subprocess.CompletedProcess:
-    """`python tools/<script> --config=configs/tiny.py:micro` on the dataset (data_dir, name)."""
+def run_command(command: str, data_dir, name: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -m viewpoint_jax.<command> --config=configs/tiny.py:micro` on the dataset
+    (data_dir, name)."""
     return subprocess.run(
         [
             sys.executable,
-            str(REPO / "tools" / script),
+            "-m",
+            f"viewpoint_jax.{command}",
             f"--config={REPO / 'configs' / 'tiny.py'}:micro",
             f"--config.data.data_dir={data_dir}",
             f"--config.data.name={name}",
@@ -339,7 +342,7 @@ def test_step_loss_is_the_flow_matching_formula(loss):
     t = 1000 s and the loss is mean((prediction - (e - x))^2), or for `diffusion.loss = "clean"`
     the error of the clean latent it implies, mean((s (prediction - (e - x)))^2) = mean((x_s -
     s prediction - x)^2). Two steps: the rng follows the
-    step. Latents and text embeddings come precomputed (as from tools/precompute_*.py), so x,
+    step. Latents and text embeddings come precomputed (as from `python -m viewpoint_jax.precompute_*`), so x,
     the condition, the mask (a random 0/1 pattern, the condition zero outside it) and the
     context are chosen here."""
     import jax.numpy as jnp

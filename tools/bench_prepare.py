@@ -8,7 +8,7 @@ Without --src, makes a 3840 x 1920, 30 fps H.264 clip of `--seconds` (ffmpeg's t
   ffmpeg decode only         ffmpeg -i FILE -f null -                      (the decoder's floor)
   ffmpeg raw rgb24 frames    ffmpeg -i FILE -f rawvideo -pix_fmt rgb24 -   (plain decoding)
   ffmpeg fps + scale         the same with -vf fps=16,scale=1024:512       (our decoder's command)
-  prepare_dataset            builder.prepare at the CLI defaults (512 x 1024, 16 fps, JPEG 95)
+  prepare_dataset            preparation.prepare at the CLI defaults (512 x 1024, 16 fps, JPEG 95)
 
 Speeds are source frames (duration x source fps) per second of wall time; prepare's time covers
 preflight, decoding, JPEG encoding, writing and assembly, not the Python imports. Its peak RSS is
@@ -52,7 +52,7 @@ def time_ffmpeg(src: Path, *output: str) -> float:
 
 def child(src: Path, out: Path, height: int, fps: float, workers: int) -> None:
     """Runs in its own process: one build, then its time and peak memory as JSON."""
-    from viewpoint_jax.data import builder
+    from viewpoint_jax.data import panoramic_videos, preparation
 
     imported_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     folder = out / "src"
@@ -60,16 +60,16 @@ def child(src: Path, out: Path, height: int, fps: float, workers: int) -> None:
     (folder / src.name).unlink(missing_ok=True)
     (folder / src.name).symlink_to(src.resolve())
     line = json.dumps({"file": src.name, "caption": "benchmark"})
-    (folder / builder.CAPTIONS_FILE).write_text(line + "\n")
+    (folder / panoramic_videos.CAPTIONS_FILE).write_text(line + "\n")
     start = time.perf_counter()
-    builder.prepare(folder, out / "data", "bench", height=height, fps=fps, workers=workers, progress=False)  # fmt: skip
+    preparation.prepare(folder, out / "data", "bench", height=height, fps=fps, workers=workers, progress=False)  # fmt: skip
     seconds = time.perf_counter() - start
     result = {
         "seconds": seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "imported_rss_mb": imported_kb / 1024,
         "ffmpeg_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-        "records": builder.split_counts(out / "data", "bench")["train"]["video_segments"],
+        "records": panoramic_videos.split_counts(out / "data", "bench")["train"]["video_segments"],
     }
     print(json.dumps(result))
 

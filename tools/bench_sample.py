@@ -13,10 +13,10 @@ Measurements alternate between the variants and the best of `--repeats` rounds i
 filters out noise from other processes on a shared machine; on CPU the clock is the process's
 CPU time (see `main`).
 
---devices N1,N2,...: the sampler on the sampling mesh (`sample.sampling_mesh`, FSDP over the first
-N devices, weights sharded by their logical axes, under `sharding.use_mesh`) for each N: ms per
-step and per-device bytes (XLA's memory analysis of the compiled loop: arguments + outputs +
-temporaries), both also as ratios to the first N. Without an accelerator the devices are
+--devices N1,N2,...: the sampler on the sampling mesh (`generation.models.sampling_mesh`, FSDP over
+the first N devices, weights sharded by their logical axes, under `sharding.use_mesh`) for each
+N: ms per step and per-device bytes (XLA's memory analysis of the compiled loop: arguments +
+outputs + temporaries), both also as ratios to the first N. Without an accelerator the devices are
 simulated on the host CPU (`--xla_force_host_platform_device_count`): they share its cores and
 the clock is CPU time, so a time ratio there is the total work of all devices (the cost of
 sharding), not a speed-up.
@@ -34,7 +34,7 @@ from absl import flags
 from flax import nnx
 
 from viewpoint_jax.common.cli import UserError, refuse_positional, run
-from viewpoint_jax.diffusion import sampler, schedulers
+from viewpoint_jax.diffusion import denoising, schedulers
 from viewpoint_jax.models.dit import DiTConfig, WanDiT
 
 
@@ -64,24 +64,24 @@ def simulate_devices(args) -> None:
 
 def bench_devices(args, config, conditions, backend: str) -> None:
     """Per-step time and per-device bytes of the sampler on 1..N-device meshes."""
-    from viewpoint_jax import sample
     from viewpoint_jax.common import sharding
+    from viewpoint_jax.generation.models import sampling_mesh
 
     counts = [int(n) for n in args.devices.split(",")]
     if max(counts) > jax.device_count():
         raise UserError(f"--devices {args.devices}: only {jax.device_count()} devices")
-    settings = sampler.SampleSettings(num_steps=args.steps, scheduler="unipc", guidance_scale=5.0)
+    settings = denoising.SampleSettings(num_steps=args.steps, scheduler="unipc", guidance_scale=5.0)
     schedule = schedulers.make_schedule("unipc", args.steps, 5.0)
     model = WanDiT(config, rngs=nnx.Rngs(0))
     clock = time.process_time if backend == "cpu" else time.perf_counter
     rows = []
     for count in counts:
-        mesh = sample.sampling_mesh(jax.devices()[:count])
+        mesh = sampling_mesh(jax.devices()[:count])
         graphdef, params = nnx.split(model)
         params = jax.device_put(params, sharding.state_shardings(params, mesh))
         with sharding.use_mesh(mesh):
-            placed = sampler.place_conditions(conditions, mesh, sharding.DEFAULT_RULES)
-            compiled = sampler.sample_latents.lower(
+            placed = denoising.place_conditions(conditions, mesh, sharding.DEFAULT_RULES)
+            compiled = denoising.sample_latents.lower(
                 graphdef,
                 params,
                 placed,
@@ -92,7 +92,7 @@ def bench_devices(args, config, conditions, backend: str) -> None:
             ).compile()
 
             def run(model=(graphdef, params), seed=0):
-                return sampler.sample(model, conditions, jax.random.key(seed), settings)
+                return denoising.sample(model, conditions, jax.random.key(seed), settings)
 
             jax.block_until_ready(run())  # compile
             seconds = min(
@@ -145,7 +145,7 @@ def main(argv: list[str]) -> int:
     shape = (1, latent_frames, side, side, 16)
     keys = jax.random.split(jax.random.key(0), 4)
     text_len = 512 if args.preset == "1.3b" else 64
-    conditions = sampler.Conditions(
+    conditions = denoising.Conditions(
         context=jax.random.normal(keys[0], (1, text_len, config.text_dim)),
         negative_context=jax.random.normal(keys[1], (1, text_len, config.text_dim)),
         latent=jax.random.normal(keys[2], shape),
@@ -161,7 +161,7 @@ def main(argv: list[str]) -> int:
 
     # The bare forward on exactly the sampler's per-step inputs (2B batch).
     inputs = jnp.concatenate(
-        [sampler.model_input(conditions.latent, conditions.latent, conditions.mask)] * 2
+        [denoising.model_input(conditions.latent, conditions.latent, conditions.mask)] * 2
     )
     context = jnp.concatenate([conditions.context, conditions.negative_context])
     timesteps = jnp.full((2,), 500.0)
@@ -190,7 +190,7 @@ def main(argv: list[str]) -> int:
     condition2 = inputs[..., shape[-1] :]
 
     def run_sampler(**static):
-        return lambda: sampler.sample_latents(
+        return lambda: denoising.sample_latents(
             graphdef, params, conditions, keys[3], schedule, guidance, **static
         )
 

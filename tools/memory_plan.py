@@ -5,10 +5,10 @@
     python tools/memory_plan.py --config configs/wan14b.py --mode sample --devices 1,2,4,8
 
 --mode sample: the memory of generating one video (`viewpoint_jax.sample`) on the sampling
-  mesh (`sample.sampling_mesh`: FSDP over all devices) with `--dtype` weights, a row per device
-  count of `--devices`; analytic: `sample_plan` (its VAE decode compiled over that many simulated
-  devices, `vae_decode_bytes`); compiled (`--map_size` to shrink the xla backend's attention
-  scores): `compiled_sample_plan`.
+  mesh (`generation.models.sampling_mesh`: FSDP over all devices) with `--dtype` weights, a row
+  per device count of `--devices`; analytic: `sample_plan` (its VAE decode compiled over that
+  many simulated devices, `vae_decode_bytes`); compiled (`--map_size` to shrink the xla
+  backend's attention scores): `compiled_sample_plan`.
 
 --method analytic (default; needs no devices, any model size): parameter, optimizer-state and
   gradient bytes are exact, leaf by leaf, from the model's abstract shapes and the sharding rules
@@ -104,28 +104,31 @@ def sample_activation_bytes(model_config, tokens: int, mesh_sizes: dict[str, int
     return {"samples_per_device": b, "activations": live, "attention_scores": scores}
 
 
-def vae_decode_bytes(config, latent: tuple[int, ...], devices: int = 1) -> dict[str, int]:
+def vae_decode_bytes(
+    config, latent: tuple[int, ...], devices: int = 1, autoencoder=None
+) -> dict[str, int]:
     """XLA's memory analysis, per device, of the autoencoder's decode of one `latent` as
-    sampling runs it (`sampler.decode_latents`: tiles of `sampler.DECODE_TILE` latent pixels,
+    sampling runs it (`decoding.decode_latents`: tiles of `decoding.DECODE_TILE` latent pixels,
     one per device at a time, spread over `devices` simulated devices, the weights replicated).
-    Compiled here on the CPU from abstract weights (~1 min for the Wan VAE at 640 / 49 frames).
-    Returns the weights, the temporaries (one tile's activations, the tiles of a step gathered,
-    the blended video) and the output (the map video)."""
+    Compiled here on the CPU from abstract weights (~1 min for the Wan VAE at 640 / 49 frames);
+    `autoencoder`: the config's abstract one where the caller holds it. Returns the weights,
+    the temporaries (one tile's activations, the tiles of a step gathered, the blended video)
+    and the output (the map video)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from viewpoint_jax import sample
-    from viewpoint_jax.diffusion import sampler
+    from viewpoint_jax.generation import decoding
+    from viewpoint_jax.generation.models import sampling_mesh
     from viewpoint_jax.models import autoencoder as autoencoder_lib
     from viewpoint_jax.setup import build
 
     if jax.device_count() < devices:
         raise ValueError(f"{devices} devices asked for, {jax.device_count()} simulated")
-    autoencoder = build.abstract_autoencoder(config)
-    mesh = sample.sampling_mesh(jax.devices()[:devices])
-    tiling = sampler.Tiling(sampler.DECODE_TILE, sampler.DECODE_TILE_OVERLAP, mesh)
-    decode, arrays = sampler.autoencoder_function(autoencoder, "decode", tiling)
+    autoencoder = build.abstract_autoencoder(config) if autoencoder is None else autoencoder
+    mesh = sampling_mesh(jax.devices()[:devices])
+    tiling = decoding.Tiling(decoding.DECODE_TILE, decoding.DECODE_TILE_OVERLAP, mesh)
+    decode, arrays = decoding.autoencoder_function(autoencoder, "decode", tiling)
     everywhere = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
     def placed(x):
@@ -144,9 +147,18 @@ def vae_decode_bytes(config, latent: tuple[int, ...], devices: int = 1) -> dict[
     }
 
 
-def sample_plan(config, devices: int, dtype: str = "bfloat16", vae: dict | None = None) -> dict:
+def sample_plan(
+    config,
+    devices: int,
+    dtype: str = "bfloat16",
+    vae: dict | None = None,
+    *,
+    model_config=None,
+    latent: tuple[int, ...] | None = None,
+) -> dict:
     """Per-device bytes of generating one video of `config.data`'s size on `devices` devices
-    with the sampling mesh (FSDP over all of them) and `dtype` DiT weights.
+    with the sampling mesh (FSDP over all of them) and `dtype` DiT weights. `model_config` (the
+    DiT's, in `dtype`) and `latent` (`models.latent_shape`): where the caller holds them.
 
     Three phases, and the peak is the largest:
       encode  DiT weights + text encoder weights (both sharded; activations of 512 tokens are
@@ -164,12 +176,14 @@ def sample_plan(config, devices: int, dtype: str = "bfloat16", vae: dict | None 
     import numpy as np
     from flax import nnx
 
-    from viewpoint_jax import sample
+    from viewpoint_jax.generation.models import latent_shape
     from viewpoint_jax.models import dit as dit_lib
     from viewpoint_jax.setup import build
     from viewpoint_jax.setup import config as config_lib
 
-    model_config = dataclasses.replace(build.dit_config(config), dtype=dtype, param_dtype=dtype)
+    if model_config is None:
+        model_config = build.dit_config(config)
+        model_config = dataclasses.replace(model_config, dtype=dtype, param_dtype=dtype)
     mesh_sizes = {"data": 1, "fsdp": devices, "sequence": 1, "tensor": 1}  # sampling_mesh
     rules = config_lib.logical_rules(config)
     _, params = nnx.split(dit_lib.abstract_model(model_config), nnx.Param)
@@ -185,11 +199,15 @@ def sample_plan(config, devices: int, dtype: str = "bfloat16", vae: dict | None 
             math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(blocks)
         )
         gathered = 2 * group * block_bytes / model_config.num_layers
-    latent = sample.latent_shape(config)
+    # One abstract autoencoder for the latent's shape and the decode.
+    autoencoder = build.abstract_autoencoder(config) if latent is None or vae is None else None
+    if latent is None:
+        latent = latent_shape(config, autoencoder=autoencoder)
     pt, ph, pw = model_config.patch_size
     tokens = (latent[1] // pt) * (latent[2] // ph) * (latent[3] // pw)
     activations = sample_activation_bytes(model_config, tokens, mesh_sizes)
-    vae = vae_decode_bytes(config, latent, devices) if vae is None else vae
+    if vae is None:
+        vae = vae_decode_bytes(config, latent, devices, autoencoder)
     data = config.data
     erp = data.num_frames * data.erp_height * data.erp_width * 3 * 4
     phases = {
@@ -214,7 +232,7 @@ def sample_plan(config, devices: int, dtype: str = "bfloat16", vae: dict | None 
 
 
 def compiled_sample_plan(config, devices: int, dtype: str = "bfloat16") -> dict[str, float]:
-    """XLA's memory analysis of the compiled sampling loop (`sampler.sample_latents`, the DiT
+    """XLA's memory analysis of the compiled sampling loop (`denoising.sample_latents`, the DiT
     forward on the guidance batch of 2 at `config.data`'s size) on `devices` simulated devices of
     the sampling mesh, weights abstract (`dtype`, sharded by the config's rules), per device;
     beside the analytic terms it checks (weights; gathered group + activations + scores).
@@ -229,24 +247,25 @@ def compiled_sample_plan(config, devices: int, dtype: str = "bfloat16") -> dict[
     import jax.numpy as jnp
     from flax import nnx
 
-    from viewpoint_jax import sample
     from viewpoint_jax.common import sharding as sharding_lib
-    from viewpoint_jax.diffusion import sampler, schedulers
+    from viewpoint_jax.diffusion import denoising, schedulers
+    from viewpoint_jax.generation.models import latent_shape, sampling_mesh
     from viewpoint_jax.models import dit as dit_lib
     from viewpoint_jax.setup import build
     from viewpoint_jax.setup import config as config_lib
 
     if jax.device_count() < devices:
         raise ValueError(f"{devices} devices asked for, {jax.device_count()} simulated")
-    backend, _ = compile_attention_backend(config)
+    model_config = build.dit_config(config)
+    backend, _ = compile_attention_backend(config, model_config)
     model_config = dataclasses.replace(
-        build.dit_config(config), dtype=dtype, param_dtype=dtype, attention_backend=backend
+        model_config, dtype=dtype, param_dtype=dtype, attention_backend=backend
     )
-    mesh = sample.sampling_mesh(jax.devices()[:devices])
+    mesh = sampling_mesh(jax.devices()[:devices])
     rules = config_lib.logical_rules(config)
     graphdef, params = nnx.split(dit_lib.abstract_model(model_config))
     params = sharding_lib.with_shardings(params, sharding_lib.state_shardings(params, mesh, rules))
-    latent = sample.latent_shape(config)
+    latent = latent_shape(config)
     text = (1, int(config.text_encoder.max_length), model_config.text_dim)
 
     def placed(shape):
@@ -254,14 +273,14 @@ def compiled_sample_plan(config, devices: int, dtype: str = "bfloat16") -> dict[
         named = sharding_lib.named_sharding(mesh, logical, shape, rules)
         return jax.ShapeDtypeStruct(shape, jnp.float32, sharding=named)
 
-    conditions = sampler.Conditions(
+    conditions = denoising.Conditions(
         placed(text), placed(text), placed(latent), placed((*latent[:4], 1))
     )
     sample_config = config.sample
     schedule = schedulers.make_schedule(
         str(sample_config.scheduler), int(sample_config.steps), float(sample_config.shift)
     )
-    compiled = sampler.sample_latents.lower(
+    compiled = denoising.sample_latents.lower(
         graphdef,
         params,
         conditions,
@@ -271,7 +290,10 @@ def compiled_sample_plan(config, devices: int, dtype: str = "bfloat16") -> dict[
         mesh_context=(mesh, rules),
     ).compile()
     analysis = compiled.memory_analysis()
-    analytic = sample_plan(config, devices, dtype, {"weights": 0, "temp": 0, "output": 0})
+    # The analytic terms of the same DiT (its weights and activations do not depend on the
+    # attention backend) and latent.
+    no_vae = {"weights": 0, "temp": 0, "output": 0}
+    analytic = sample_plan(config, devices, dtype, no_vae, model_config=model_config, latent=latent)
     xla_model = dataclasses.replace(model_config, attention_backend="xla")
     pt, ph, pw = model_config.patch_size
     tokens = (latent[1] // pt) * (latent[2] // ph) * (latent[3] // pw)
@@ -316,14 +338,16 @@ def format_sample_table(config_name: str, dtype: str, plans: dict[int, dict], hb
     return "\n".join(lines)
 
 
-def compile_attention_backend(config) -> tuple[str, str | None]:
+def compile_attention_backend(config, model_config=None) -> tuple[str, str | None]:
     """The attention backend the compiled plan can use here, and a note when it is not the
-    config's: cudnn (GPU) and splash (TPU) do not compile on CPU, so CPU plans use 'xla'."""
+    config's: cudnn (GPU) and splash (TPU) do not compile on CPU, so CPU plans use 'xla'.
+    `model_config`: the config's DiT config, where the caller holds it."""
     import jax
 
     from viewpoint_jax.setup import build
 
-    named = build.dit_config(config).attention_backend
+    model_config = build.dit_config(config) if model_config is None else model_config
+    named = model_config.attention_backend
     runs_here = {"xla": True, "cudnn": "gpu", "splash": "tpu"}.get(named)
     if runs_here is True or runs_here == jax.default_backend():
         return named, None
@@ -342,10 +366,10 @@ def abstract_train_step(config, mesh, rules):
     import jax
     import jax.numpy as jnp
 
+    from viewpoint_jax.data import config as data_config_lib
     from viewpoint_jax.models import text_encoder as text_lib
     from viewpoint_jax.models.autoencoder import latent_shape
     from viewpoint_jax.setup import build
-    from viewpoint_jax.setup import config as config_lib
     from viewpoint_jax.training import loop
 
     trainer = loop.make_trainer(
@@ -356,7 +380,7 @@ def abstract_train_step(config, mesh, rules):
         text_encoder=text_lib.TextEncoder(build.abstract_text_model(config), None),
     )
     data, b = config.data, config.data.batch_size
-    (h, w), f = config_lib.canvas_hw(data), data.num_frames
+    (h, w), f = data_config_lib.canvas_hw(data), data.num_frames
     if data.precomputed_latents:
         latent = latent_shape(trainer.autoencoder, (b, f, h, w, 3))
         shapes = {"latents": latent, "condition_latents": latent, "latent_mask": (*latent[:4], 1)}
@@ -385,11 +409,11 @@ def compiled_notes(config, devices: int) -> tuple[str, ...]:
     estimate of the attention scores its temporaries include."""
     from viewpoint_jax.setup import build
 
-    backend, note = compile_attention_backend(config)
+    model_config = build.dit_config(config)
+    backend, note = compile_attention_backend(config, model_config)
     if backend != "xla":
         return (f"attention: compiled with the config's {backend!r} backend",)
     notes = [note or "attention: compiled with the config's 'xla' backend"]
-    model_config = build.dit_config(config)
     mesh_sizes = _resolved_mesh(config, devices)
     with_scores = dataclasses.replace(model_config, attention_backend="xla")
     without = dataclasses.replace(model_config, attention_backend="cudnn")

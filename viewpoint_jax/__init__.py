@@ -1,14 +1,21 @@
 """viewpoint_jax: ViewPoint panoramic video generation with pretrained Wan2.1 diffusion models.
 
-Package layout:
-  geometry/   pure jnp panoramic projections (ERP, cube map, perspective, ViewPoint map)
-  models/     Wan DiT with Pano and subregion attention, Wan VAE, umT5 text encoder
-  convert/    PyTorch Wan checkpoints -> Orbax
-  data/       TFDS builder, grain pipeline, conditions, procedural scenes
-  diffusion/  flow matching, schedulers, the compiled sampler
-  sharding    device mesh and logical-axis rules
-  train       `python -m viewpoint_jax.train --config configs/wan14b.py`
-  sample      `python -m viewpoint_jax.sample ...` (360 video generation CLI)
+The library, one folder per stage, lowest floor first (docs/architecture.md); a module imports
+only from its own floor or below:
+  common/      cli, atomic file writes, progress, sharding (mesh, logical axes), distributed, video io
+  geometry/    pure jnp projections (ERP, cube map, perspective, ViewPoint map), the canvas
+  models/      Wan DiT (Pano and subregion attention), Wan VAE, umT5, converted-weight restore
+  diffusion/   flow matching, schedulers, the one compiled denoising loop
+  data/        the panoramic_videos dataset, its preparation, the grain pipeline, conditions
+  setup/       the run config (schema, validation, files) and the parts it names
+  training/    the train step, the loop, optimizer, run checkpoints, telemetry, memory plan
+  generation/  loading, conditioning, decoding, long videos, outputs, prompt files, viewer
+  evaluation/  panorama metrics, outpainting error, the evaluate report
+  studies/     the demo and the ablations
+  convert/     PyTorch Wan checkpoints -> Orbax (offline; only its command imports it)
+The commands stand at the top, `python -m viewpoint_jax.<command>`: train, sample, evaluate,
+demo, convert_wan, prepare_dataset, inspect_dataset, precompute_latents, precompute_text,
+make_demo_dataset, pretrain, ablation, condition_ablation.
 """
 
 import flax

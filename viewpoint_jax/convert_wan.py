@@ -4,7 +4,7 @@
     viewpoint-convert vae  --src Wan2.1_VAE.pth --dst ckpt/vae
     viewpoint-convert umt5 --src models_t5_umt5-xxl-enc-bf16.pth --dst ckpt/umt5
 
-(`python -m viewpoint_jax.convert_wan` or `python tools/convert_wan.py` are the same command.)
+(`python -m viewpoint_jax.convert_wan` is the same command.)
 """
 
 from __future__ import annotations

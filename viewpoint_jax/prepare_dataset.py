@@ -10,8 +10,7 @@ videos at 16 fps by default (the paper's ERP size, Wan's frame rate). A build th
 (crash, kill) resumes where it was when run again. Training reads it with
 config.data.data_dir = DATA_DIR and config.data.name = NAME.
 
-(`python -m viewpoint_jax.prepare_dataset` or `python tools/prepare_dataset.py` are the
-same command.)
+(`python -m viewpoint_jax.prepare_dataset` is the same command.)
 """
 
 from __future__ import annotations
@@ -22,14 +21,14 @@ from absl import flags
 
 from viewpoint_jax.common.cli import refuse_positional, run
 from viewpoint_jax.common.video_io import STEREO_LAYOUTS
-from viewpoint_jax.data import builder
+from viewpoint_jax.data import panoramic_videos, preparation
 
 
 def define_flags() -> None:
     flags.DEFINE_string("src", None, "folder with the media and captions.jsonl", required=True)
     flags.DEFINE_string("out", None, "TFDS data dir to write", required=True)
     flags.DEFINE_string("name", "default", "dataset name (config.data.name)")
-    flags.DEFINE_string("captions", builder.CAPTIONS_FILE, "JSONL file inside --src")
+    flags.DEFINE_string("captions", panoramic_videos.CAPTIONS_FILE, "JSONL file inside --src")
     flags.DEFINE_integer("height", 512, "store frames at H x 2H (0: source size)", lower_bound=0)
     flags.DEFINE_float("fps", 16.0, "resample videos (0: every frame)", lower_bound=0)
     flags.DEFINE_enum(
@@ -38,7 +37,7 @@ def define_flags() -> None:
         STEREO_LAYOUTS,
         "keep the top / left eye of every file (default: each file's stereo metadata)",
     )
-    flags.DEFINE_enum("format", "jpeg", builder.FRAME_FORMATS, "how frames are stored")
+    flags.DEFINE_enum("format", "jpeg", panoramic_videos.FRAME_FORMATS, "how frames are stored")
     flags.DEFINE_integer("jpeg_quality", 95, "JPEG quality of stored frames", 1, 100)
     flags.DEFINE_integer("max_frames", 256, "longest segment a record", lower_bound=1)
     flags.DEFINE_integer("workers", 1, "files encoded at once", lower_bound=1)
@@ -60,14 +59,14 @@ def main(argv: list[str]) -> int:
         skip_unreadable=values.skip_unreadable,
     )
     if values.dry_run:
-        check = builder.preflight(
-            values.src, builder.PanoramaConfig(name=values.name, **config), values.workers
+        check = preparation.preflight(
+            values.src, panoramic_videos.PanoramaConfig(name=values.name, **config), values.workers
         )
         print(check.summary())
         return 0
     start = time.time()
-    out = builder.prepare(values.src, values.out, values.name, workers=values.workers, **config)
-    counts = builder.split_counts(values.out, values.name)
+    out = preparation.prepare(values.src, values.out, values.name, workers=values.workers, **config)
+    counts = panoramic_videos.split_counts(values.out, values.name)
     for split, count in sorted(counts.items()):
         print(
             f"{split}: {count['videos']} videos ({count['video_segments']} records), "

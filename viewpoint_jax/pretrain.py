@@ -1,110 +1,27 @@
-"""Pretraining a plain text-to-video DiT, published as a converted Wan checkpoint.
+"""Pretrains a plain text-to-video DiT and publishes it as a converted Wan checkpoint.
 
-    python tools/pretrain_tiny.py --config=configs/tiny.py:pretrain --workdir=runs/tiny_pretrain \\
-        --out=viewpoint_jax/assets/tiny_perspective
+    python -m viewpoint_jax.pretrain --config=configs/tiny.py:pretrain \\
+        --workdir=runs/tiny_pretrain --out=viewpoint_jax/assets/tiny_perspective
 
-ViewPoint starts from Wan2.1, a DiT pretrained on perspective video, and fine-tunes it on
-ViewPoint maps. `pretrain` makes such a starting point at any size: it trains a config whose
-data are perspective clips without a condition (`config.data.source = "demo_scenes"`, e.g.
-configs/tiny.py:pretrain) with train.py's trainer in `workdir` (a rerun resumes it), then writes
-the final weights to `out` in the layout of a converted Wan DiT (`dit.save_dit`: config.json +
-params/), beside the run's metrics.jsonl and a README.md that states the command. A ViewPoint
-config fine-tunes from it with `config.model.init_checkpoint = out`, through the restore path of
-converted Wan weights (`dit.load_pretrained_params`: the patch embedding gains the condition
-channels, their weights zero).
+Trains the config (a plain text-to-video config: perspective clips without a condition, e.g.
+configs/tiny.py:pretrain, the default) in --workdir (a rerun resumes it), then writes the final
+weights to --out in the layout of a converted Wan DiT (config.json + params/) with the run's
+metrics.jsonl and a README.md stating this command. The command above made the committed
+viewpoint_jax/assets/tiny_perspective that configs/tiny.py fine-tunes from. The work is
+training/pretrain.py's; this module is its flags.
 """
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
 import shlex
 import sys
 from pathlib import Path
 
-import jax
-import ml_collections
-import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from viewpoint_jax.common.cli import UserError, refuse_positional, run
-from viewpoint_jax.models import dit as dit_lib
-from viewpoint_jax.setup import build
-from viewpoint_jax.setup.config import data_source, diffusion_loss, takes_condition
-from viewpoint_jax.training import checkpoints, loop, telemetry
-
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny.py"
-
-
-def pretrain(
-    config: ml_collections.ConfigDict,
-    workdir: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    command: str,
-    progress: bool = True,
-    devices: list[jax.Device] | None = None,
-) -> dict:
-    """Trains `config` (a plain text-to-video config) in `workdir` up to `config.num_steps`, then
-    writes its weights to `out` (replaced) with metrics.jsonl and a README.md naming `command`.
-    `devices`: the mesh's (default all, as train.train). Returns train.train's result."""
-    if takes_condition(config):
-        raise UserError(
-            f"config.data.source {data_source(config.data).value!r} trains a ViewPoint model; "
-            "pretraining needs a plain text-to-video source ('demo_scenes')"
-        )
-    workdir = Path(workdir).absolute()
-    result = loop.train(config, workdir, progress=progress, devices=devices)
-    if result["stopped"]:
-        raise UserError("pretraining was stopped (SIGTERM); rerun the same command to resume it")
-    model = checkpoints.restore_model(config, workdir)
-    metrics = (workdir / "metrics.jsonl").read_text()
-    readme = pretrained_readme(config, command, workdir / "metrics.jsonl")
-    dit_lib.save_dit(
-        out, model, extra_files={"metrics.jsonl": metrics, "README.md": readme}, overwrite=True
-    )
-    return result
-
-
-def pretrained_readme(config: ml_collections.ConfigDict, command: str, metrics_file: Path) -> str:
-    """What the checkpoint is, the command that made it and how its run went (Markdown)."""
-    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-    step_seconds = sum(row.get("step_time_s", 0.0) for row in rows)
-    steps, losses = telemetry.read_losses(metrics_file)
-    tail = losses[-min(100, len(losses)) :]
-    # The run's last logged step, not this export (a rerun of the command only re-exports).
-    finished = datetime.datetime.fromtimestamp(metrics_file.stat().st_mtime, datetime.UTC)
-    model = build.dit_config(config)
-    scenes = config.data.scenes
-    return f"""# A pretrained plain text-to-video DiT (Wan layout)
-
-Made by (from the repository root; deterministic on CPU, fixed seed {config.seed}):
-
-```bash
-{command}
-```
-
-- model: Wan DiT, {model.num_layers} blocks of pano attention, dim {model.dim}, \
-{model.in_dim} input channels (the noisy latent alone: no condition; autoencoder \
-{config.autoencoder.kind!r}), text width {model.text_dim};
-- data: text-to-video on perspective clips of {scenes.count} procedural demo scenes (seed \
-{scenes.seed}; the demo dataset's scenes are seed 0), {config.data.num_frames} frames of \
-{tuple(scenes.size)} pixels, fov {tuple(scenes.fov_range)} deg, pitch \
-{tuple(scenes.pitch_range)} deg, with their captions;
-- {int(steps[-1])} steps of batch {config.data.batch_size}; loss (flow matching, \
-{diffusion_loss(config.diffusion).description}, `diffusion.loss`) {losses[0]:.4f} at step \
-{int(steps[0])}, mean of the last {len(tail)} steps {np.mean(tail):.4f} (`metrics.jsonl`: every \
-step);
-- the steps took {step_seconds / 60:.1f} min in all (`step_time_s` of metrics.jsonl; compiling \
-and start-up not counted) on {os.cpu_count()} CPU cores, finished \
-{finished:%Y-%m-%d %H:%M} UTC.
-
-`config.json` + `params/` are the layout `tools/convert_wan.py dit` writes for a Wan DiT, so
-`configs/tiny.py` fine-tunes from this folder as from converted Wan weights
-(`config.model.init_checkpoint`; the patch embedding gains the condition channels, zero).
-"""
+from viewpoint_jax.common.cli import refuse_positional, run
+from viewpoint_jax.training.pretrain import DEFAULT_CONFIG, pretrain
 
 
 def define_flags() -> None:
@@ -118,15 +35,18 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> int:
+    """Pretrains --config in --workdir and writes --out; the README names this command."""
     refuse_positional(argv)
     given = flags.FLAGS
-    command = shlex.join(["python", *sys.argv])
+    # As typed with `-m` (sys.argv[0] is then this file's absolute path, no use to a reader).
+    command = shlex.join(["python", "-m", "viewpoint_jax.pretrain", *sys.argv[1:]])
     pretrain(given.config, given.workdir, given.out, command=command)
     print(f"wrote {Path(given.out).absolute()}")
     return 0
 
 
 def console_main() -> None:
+    """`main` under the package's CLI plumbing (flags, one-line errors)."""
     run(main, define_flags)
 
 

@@ -13,7 +13,7 @@ them as ERP mp4 files (plus a few still images) and a captions.jsonl under `out_
 runs the TFDS builder into `out_dir/data` as dataset "demo" with splits "train" and "test"
 (held-out clips for evaluation). Everything is a deterministic function of the seed.
 
-    python -m viewpoint_jax.data.demo_dataset --out demo_output
+    python -m viewpoint_jax.make_demo_dataset --out demo_output
 """
 
 from __future__ import annotations
@@ -21,19 +21,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import time
 from pathlib import Path
 
 import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import flags
 
-from viewpoint_jax.common.cli import refuse_positional, run
 from viewpoint_jax.common.fileio import atomic_write_text
 from viewpoint_jax.common.video_io import write_video
-from viewpoint_jax.data import builder, scenes
+from viewpoint_jax.data import panoramic_videos, preparation, scenes
 from viewpoint_jax.geometry import sphere
 
 COLOURS = {
@@ -278,7 +275,9 @@ def write_demo_source(
         if not cv2.imwrite(str(out / name), cv2.cvtColor(still, cv2.COLOR_RGB2BGR)):
             raise OSError(f"could not write {out / name}")
         lines.append({"file": name, "caption": scene.caption, "split": "train"})
-    atomic_write_text(out / builder.CAPTIONS_FILE, "".join(json.dumps(x) + "\n" for x in lines))
+    atomic_write_text(
+        out / panoramic_videos.CAPTIONS_FILE, "".join(json.dumps(x) + "\n" for x in lines)
+    )
     return out
 
 
@@ -293,38 +292,5 @@ def build_demo_dataset(
     out_dir = Path(out_dir)
     source = write_demo_source(out_dir / "source", **kwargs)
     data_dir = out_dir / "data"
-    builder.prepare(source, data_dir, name, frame_format="png", progress=False)
+    preparation.prepare(source, data_dir, name, frame_format="png", progress=False)
     return data_dir, name
-
-
-def define_flags() -> None:
-    flags.DEFINE_string("out", "demo_output", "output folder (source/ and data/)")
-    flags.DEFINE_string("name", "demo", "dataset name (config.data.name)")
-    flags.DEFINE_integer("num_train", 48, "training clips", lower_bound=1)
-    flags.DEFINE_integer("num_test", 8, "held-out clips", lower_bound=0)
-    flags.DEFINE_integer("num_images", 8, "still images (training split)", lower_bound=0)
-    flags.DEFINE_integer("height", 64, "ERP height (width 2 x height)", lower_bound=8)
-    flags.DEFINE_integer("num_frames", 17, "frames per clip", lower_bound=1)
-    flags.DEFINE_integer("seed", 0, "seed of every scene")
-
-
-def main(argv: list[str]) -> int:
-    refuse_positional(argv)
-    values = flags.FLAGS
-    start = time.time()
-    data_dir, name = build_demo_dataset(
-        values.out,
-        values.name,
-        num_train=values.num_train,
-        num_test=values.num_test,
-        num_images=values.num_images,
-        height=values.height,
-        num_frames=values.num_frames,
-        seed=values.seed,
-    )
-    print(f"demo dataset {name!r} written to {data_dir} in {time.time() - start:.1f} s")
-    return 0
-
-
-if __name__ == "__main__":
-    run(main, define_flags)

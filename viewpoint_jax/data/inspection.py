@@ -3,7 +3,7 @@
 `split_statistics` reads every record of a panoramic_videos dataset (counts, frames, seconds,
 frame rates, sizes); `render_sheet` draws training examples exactly as the pipeline makes them
 (ERP clip after the yaw turn, ViewPoint map, condition view, condition map, mask) into one PNG.
-tools/inspect_dataset.py is the command line.
+`python -m viewpoint_jax.inspect_dataset` is the command line.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from viewpoint_jax.common.fileio import atomic_path
-from viewpoint_jax.data import builder, pipeline
+from viewpoint_jax.data import panoramic_videos, pipeline
 
 # Columns of the sheet: (example key, title); every tile is scaled to TILE_HEIGHT pixels high.
 SHEET_COLUMNS = (
@@ -34,11 +34,11 @@ LABEL_HEIGHT = 22
 def split_statistics(data_dir: str | os.PathLike, name: str = "default") -> dict[str, dict]:
     """Per split: records, videos, images, video frames and seconds, frames per record
     (min, mean, max), frame rates and stored sizes (value -> records), skipped files."""
-    info = builder.open_data_source(data_dir, name).dataset_info
-    counts = builder.split_counts(data_dir, name)
+    info = panoramic_videos.open_data_source(data_dir, name).dataset_info
+    counts = panoramic_videos.split_counts(data_dir, name)
     statistics = {}
     for split in sorted(info.splits):
-        source = builder.open_data_source(data_dir, name, split)
+        source = panoramic_videos.open_data_source(data_dir, name, split)
         videos, images, frames, seconds, lengths = set(), 0, 0, 0.0, []
         rates, sizes = collections.Counter(), collections.Counter()
         for index in range(len(source)):
@@ -108,7 +108,9 @@ def training_examples(
 ) -> list[list[dict]]:
     """`num_batches` batches of training examples (lists of `config.batch_size` dicts), made as
     the pipeline makes them: a batch is images with probability image_ratio, else videos."""
-    source = builder.open_data_source(config.data_dir, config.name, split or config.train_split)
+    source = panoramic_videos.open_data_source(
+        config.data_dir, config.name, split or config.train_split
+    )
     rng = np.random.default_rng(seed)
     makers = {
         mode: pipeline.ExampleMaker(config, mode, with_images=True) for mode in ("video", "image")

@@ -4,7 +4,7 @@ The config chooses (`config.data.precomputed_latents`): "" encodes the maps in t
 a name reads `panoramic_latents/<name>` from `config.data.data_dir`, written from the config's
 panoramic_videos dataset by
 
-    python tools/precompute_latents.py --config configs/wan14b.py --name vp640 [--samples 4]
+    `python -m viewpoint_jax.precompute_latents` --config configs/wan14b.py --name vp640 [--samples 4]
 
 Each record is one training sample drawn once, at preparation, exactly as the in-step pipeline
 draws it (`pipeline.ExampleMaker`: a random clip, yaw turn and condition view, seeded per
@@ -40,7 +40,7 @@ from typing import Any
 
 import ml_collections
 
-from viewpoint_jax.data import builder
+from viewpoint_jax.data import panoramic_videos
 
 LATENTS_DATASET = "panoramic_latents"
 LATENT_KEYS = ("latents", "condition_latents", "latent_mask")
@@ -87,15 +87,17 @@ def jsonable(value: Any) -> Any:
 
 def read_metadata(data_dir: str | os.PathLike, name: str) -> dict[str, Any]:
     """The metadata `precompute` wrote (source, autoencoder, data, draws, counts)."""
-    path = builder.dataset_dir(data_dir, name, LATENTS_DATASET) / "metadata.json"
+    path = panoramic_videos.dataset_dir(data_dir, name, LATENTS_DATASET) / "metadata.json"
     if not path.is_file():
-        raise ValueError(f"{path} is missing: not a dataset written by tools/precompute_latents.py")
+        raise ValueError(
+            f"{path} is missing: not a dataset written by `python -m viewpoint_jax.precompute_latents`"
+        )
     return json.loads(path.read_text())
 
 
 def open_latents(data_dir: str | os.PathLike, name: str, split: str) -> Any:
     """Random-access latent records of a split (ArrayRecord, no TensorFlow)."""
-    return builder.open_data_source(data_dir, name, split, dataset=LATENTS_DATASET)
+    return panoramic_videos.open_data_source(data_dir, name, split, dataset=LATENTS_DATASET)
 
 
 def check_matches_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -111,7 +113,7 @@ def check_matches_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
         if key in stored and stored[key] != jsonable(data[key]):
             raise ValueError(
                 f"config.data.{key} is {data[key]!r} but the {where} were written with "
-                f"{stored[key]!r}; rerun tools/precompute_latents.py or set "
+                f"{stored[key]!r}; rerun `python -m viewpoint_jax.precompute_latents` or set "
                 "config.data.precomputed_latents = '' to encode in the step"
             )
     autoencoder = describe_autoencoder(config)

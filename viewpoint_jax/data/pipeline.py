@@ -29,7 +29,7 @@ for the ViewPoint map, `config.canvas_hw(config)` for any representation:
     is_image         (B,) bool (all equal within a batch)
     skipped_records  () int64: corrupt records skipped so far on this host (for metrics)
 
-With `config.precomputed_latents` (a dataset written by tools/precompute_latents.py, see
+With `config.precomputed_latents` (a dataset written by `python -m viewpoint_jax.precompute_latents`, see
 latents.py) the records are fixed draws already encoded, and training batches carry, instead of
 the three maps, with f latent frames and (h, w) = (Hm, Wm) / spatial factor:
 
@@ -50,7 +50,7 @@ A record that cannot be read (a corrupt ArrayRecord chunk: `ReadGuardedSource`, 
 its index) or decoded is skipped with a warning and counted in `skipped_records`; the run never
 dies on one bad file, only when more than `config.max_bad_fraction` of the records read (from
 20 on) or 1000 in a row are bad. Missing or truncated shards are named when the dataset opens
-(`builder.check_shards`).
+(`panoramic_videos.check_shards`).
 """
 
 from __future__ import annotations
@@ -68,15 +68,15 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from viewpoint_jax.data import builder, conditions, latents, perspective_clips
-from viewpoint_jax.data.builder import as_text
-from viewpoint_jax.setup.config import (
+from viewpoint_jax.data import conditions, latents, panoramic_videos, perspective_clips
+from viewpoint_jax.data.config import (
     DataSource,
     canvas_hw,
     data_representation,
     validate_data_config,
 )
-from viewpoint_jax.setup.config import data_source as source_kind
+from viewpoint_jax.data.config import data_source as source_kind
+from viewpoint_jax.data.panoramic_videos import as_text
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,9 @@ def decode_clip(frames: list[bytes], indices: np.ndarray, erp_hw: tuple[int, int
     """Decodes the frames at `indices` (each once) -> RGB uint8 `(F, H, W, 3)` at `erp_hw`."""
     decoded = {}
     for i in np.unique(indices):
-        decoded[int(i)] = builder.resize_frame(builder.decode_frame(frames[int(i)]), erp_hw)
+        decoded[int(i)] = panoramic_videos.resize_frame(
+            panoramic_videos.decode_frame(frames[int(i)]), erp_hw
+        )
     return np.stack([decoded[int(i)] for i in indices])
 
 
@@ -518,13 +520,13 @@ def _train_source(config: ml_collections.ConfigDict) -> Any:
     if config.precomputed_latents:
         name, dataset = config.precomputed_latents, latents.LATENTS_DATASET
         kinds = {"video": "video_samples", "image": "image_samples"}
-        fix = "rerun tools/precompute_latents.py with --samples / --image_samples"
+        fix = "rerun `python -m viewpoint_jax.precompute_latents` with --samples / --image_samples"
     else:
-        name, dataset = config.name, builder.DATASET_NAME
+        name, dataset = config.name, panoramic_videos.DATASET_NAME
         kinds = {"video": "video_segments", "image": None}  # any record gives image samples
         fix = "set config.data.image_ratio = 1 to train on images only"
-    source = builder.open_data_source(config.data_dir, name, split, dataset=dataset)
-    counts = builder.split_counts(config.data_dir, name, dataset).get(split)
+    source = panoramic_videos.open_data_source(config.data_dir, name, split, dataset=dataset)
+    counts = panoramic_videos.split_counts(config.data_dir, name, dataset).get(split)
     if counts is not None:
         needed = {"video": config.image_ratio < 1, "image": config.image_ratio > 0}
         for kind, key in kinds.items():
@@ -653,7 +655,7 @@ def make_eval_iterator(
     """
     validate_data_config(config)
     if data_source is None:
-        data_source = builder.open_data_source(
+        data_source = panoramic_videos.open_data_source(
             config.data_dir, config.name, split or config.eval_split
         )
     ds = grain.MapDataset.source(ReadGuardedSource(data_source))

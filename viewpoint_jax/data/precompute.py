@@ -1,5 +1,5 @@
 """Writes a training config's dataset as precomputed autoencoder latents (`data/latents.py` reads
-them): `precompute(config, name)`, the body of `tools/precompute_latents.py`.
+them): `precompute(config, name)`, the body of `python -m viewpoint_jax.precompute_latents`.
 
 Each record is one draw of the input pipeline's own `ExampleMaker` (clip, yaw turn, condition
 view), seeded per record and draw, encoded in batches split over the host's devices by
@@ -22,7 +22,8 @@ import tensorflow_datasets as tfds
 from flax import nnx
 
 from viewpoint_jax.common.progress import Progress
-from viewpoint_jax.data import builder, latents, pipeline
+from viewpoint_jax.data import latents, panoramic_videos, pipeline
+from viewpoint_jax.data.config import canvas_hw
 from viewpoint_jax.data.latents import (
     DRAW_DATA_KEYS,
     LATENTS_DATASET,
@@ -30,8 +31,6 @@ from viewpoint_jax.data.latents import (
     STORAGE_DTYPES,
 )
 from viewpoint_jax.models.autoencoder import compiler_options, encode_maps, latent_shape
-from viewpoint_jax.setup import build
-from viewpoint_jax.setup.config import canvas_hw
 
 
 def jitted_encoder(
@@ -195,7 +194,7 @@ def _record_draws(
                 yield f"{index}:bad", None
                 return
             example.update(
-                source=builder.as_text(record.get("source", "")),
+                source=panoramic_videos.as_text(record.get("source", "")),
                 segment=int(record.get("segment", 0)),
                 sample=sample,
             )
@@ -299,6 +298,7 @@ def _latents_config(
 def precompute(
     config: ml_collections.ConfigDict,
     name: str,
+    autoencoder: Any,
     *,
     splits: tuple[str, ...] | None = None,
     samples: int = 4,
@@ -306,15 +306,15 @@ def precompute(
     dtype: str = "float16",
     seed: int = 0,
     batch_size: int | None = None,
-    autoencoder: Any = None,
     progress: bool = True,
 ) -> Path:
     """Writes `panoramic_latents/<name>` under `config.data.data_dir`; returns its directory.
 
     Args:
       config: a training config: its data section names the source dataset and how samples are
-        drawn; its autoencoder section the encoder (built here unless `autoencoder` is given).
+        drawn; its autoencoder section describes `autoencoder` in the dataset's metadata.
       name: the latents dataset's name (what `config.data.precomputed_latents` will name).
+      autoencoder: the encoder the config builds (`setup.build.build_autoencoder`).
       splits: source splits to encode (default: the config's train split).
       samples: video draws per video record; image_samples: 1-frame draws per record.
       dtype: storage dtype of the latents, float16 (half the bytes) or float32 (exact).
@@ -329,9 +329,10 @@ def precompute(
     data = config.data
     _check_arguments(name, samples, image_samples, dtype)
     splits = tuple(splits or (data.train_split,))
-    sources = {split: builder.open_data_source(data.data_dir, data.name, split) for split in splits}
-    if autoencoder is None:
-        autoencoder = build.build_autoencoder(config)
+    sources = {
+        split: panoramic_videos.open_data_source(data.data_dir, data.name, split)
+        for split in splits
+    }
     devices = jax.local_devices()
     batch_size = _check_batch_size(batch_size, len(devices))
     encode = jitted_encoder(autoencoder, devices)
@@ -360,7 +361,7 @@ def precompute(
         "draws": {"samples": samples, "image_samples": image_samples, "seed": seed},
     }
     builder_config = _latents_config(name, autoencoder, data, dtype)
-    return builder.build_atomically(
+    return panoramic_videos.build_atomically(
         lambda staging: PanoramicLatents(
             generators=generators,
             metadata=metadata,

@@ -22,7 +22,8 @@ import enum
 import jax
 import jax.numpy as jnp
 
-NUM_TRAIN_TIMESTEPS = 1000
+from viewpoint_jax.models.dit import NUM_TRAIN_TIMESTEPS
+
 SAMPLERS = ("logit_normal", "shifted_uniform")
 
 

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-NUM_TRAIN_TIMESTEPS = 1000
+from viewpoint_jax.models.dit import NUM_TRAIN_TIMESTEPS
+
 SCHEDULERS = ("unipc", "euler")
 
 

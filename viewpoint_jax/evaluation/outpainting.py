@@ -32,10 +32,11 @@ import numpy as np
 from viewpoint_jax import geometry
 from viewpoint_jax.common import video_io
 from viewpoint_jax.data import pipeline
-from viewpoint_jax.data.builder import as_text
 from viewpoint_jax.data.conditions import ConditionKind, prefix_mask
-from viewpoint_jax.diffusion import sampler
+from viewpoint_jax.data.panoramic_videos import as_text
+from viewpoint_jax.diffusion import denoising
 from viewpoint_jax.evaluation.panorama_metrics import erp_area_weights
+from viewpoint_jax.generation import conditioning, decoding
 from viewpoint_jax.geometry import Representation
 
 PEAK_TO_PEAK = 2.0  # pixel range [-1, 1]
@@ -196,15 +197,15 @@ def clips_with_condition(
 
 def clip_conditions(
     autoencoder: Any, text_encoder: Any, clips: EvalClips, negative_prompt: str = ""
-) -> sampler.Conditions:
-    """The sampler's conditions for a batch of clips: their condition maps and masks encoded to
+) -> denoising.Conditions:
+    """The denoiser's conditions for a batch of clips: their condition maps and masks encoded to
     latent resolution, their captions (and the negative prompt) embedded."""
-    latent, mask = sampler.encode_condition(
+    latent, mask = conditioning.encode_condition(
         autoencoder, jnp.asarray(clips.condition_map), jnp.asarray(clips.condition_mask)
     )
     context, _ = text_encoder.encode_text(list(clips.captions))
     negative, _ = text_encoder.encode_text([negative_prompt] * len(clips))
-    return sampler.Conditions(
+    return denoising.Conditions(
         context=jnp.asarray(context, jnp.float32),
         negative_context=jnp.asarray(negative, jnp.float32),
         latent=jnp.asarray(latent, jnp.float32),
@@ -217,14 +218,14 @@ def outpainting_error(
     autoencoder: Any,
     text_encoder: Any,
     clips: EvalClips,
-    settings: sampler.SampleSettings,
+    settings: denoising.SampleSettings,
     seeds: Sequence[int] = (0,),
 ) -> OutpaintingResult:
     """Samples every clip's map once per seed (all clips in one batch, noise from
     `jax.random.key(seed)`) and measures the error outside the condition mask.
 
     The clips' own condition is used (`clips_with_condition` swaps it for another kind); wholly
-    known latent frames (a prefix) are re-imposed after sampling, as `sample.generate` does.
+    known latent frames (a prefix) are re-imposed after sampling, as `generate.generate` does.
 
     `model`: an NNX module `model(x, t, context)` or its `(graphdef, params)`. `settings.seed` is
     not used: `seeds` are, so every model compared gets the same noise.
@@ -244,19 +245,19 @@ def sampled_maps(
     autoencoder: Any,
     text_encoder: Any,
     clips: EvalClips,
-    settings: sampler.SampleSettings,
+    settings: denoising.SampleSettings,
     seeds: Sequence[int],
 ) -> Iterator[jax.Array]:
     """For each seed, the maps `(N, F, Hm, Wm, 3)` in [-1, 1] sampled from every clip's condition
     (all clips in one batch, noise from `jax.random.key(seed)`, wholly known latent frames
-    re-imposed, as `sample.generate` does)."""
+    re-imposed, as `generate.generate` does)."""
     if not seeds:
         raise ValueError("an evaluation needs at least one seed")
     conditions = clip_conditions(autoencoder, text_encoder, clips)
     for seed in seeds:
-        latents = sampler.sample(model, conditions, jax.random.key(int(seed)), settings)
-        latents = sampler.impose_known_frames(latents, conditions)
-        yield sampler.decode_latents(autoencoder, latents)
+        latents = denoising.sample(model, conditions, jax.random.key(int(seed)), settings)
+        latents = denoising.impose_known_frames(latents, conditions)
+        yield decoding.decode_latents(autoencoder, latents)
 
 
 def autoencoder_ceiling(autoencoder: Any, clips: EvalClips) -> OutpaintingResult:
@@ -267,8 +268,8 @@ def autoencoder_ceiling(autoencoder: Any, clips: EvalClips) -> OutpaintingResult
     Returns per-clip errors outside the condition and the round-tripped maps `(N, F, M, M, 3)`
     in [-1, 1]; no seeds (nothing is sampled).
     """
-    latent = sampler.encode_video(autoencoder, jnp.asarray(clips.target_map))
-    maps = np.asarray(sampler.decode_latents(autoencoder, latent))
+    latent = conditioning.encode_video(autoencoder, jnp.asarray(clips.target_map))
+    maps = np.asarray(decoding.decode_latents(autoencoder, latent))
     mse = np.asarray(outpainted_mse(maps, clips.target_map, clips.condition_mask))
     return OutpaintingResult(mse=mse, maps=maps, seeds=())
 
@@ -329,12 +330,12 @@ def panorama_outpainting(
     autoencoder: Any,
     text_encoder: Any,
     clips: EvalClips,
-    settings: sampler.SampleSettings,
+    settings: denoising.SampleSettings,
     seeds: Sequence[int],
     representation: Representation,
 ) -> PanoramaOutpainting:
     """Samples every clip once per seed (`sampled_maps`), converts the model's frames of
-    `representation` to ERP at the clips' ERP size (`sampler.canvas_to_panorama`) and measures the
+    `representation` to ERP at the clips' ERP size (`decoding.canvas_to_panorama`) and measures the
     error outside the condition view there (`erp_outpainted_mse`): a number comparable across
     representations. `clips` must hold their ERP clips (`load_eval_clips` loads them)."""
     if clips.erp is None:
@@ -343,7 +344,7 @@ def panorama_outpainting(
     masks = erp_condition_masks(clips)
     errors, panoramas, maps = [], [], []
     for canvas in sampled_maps(model, autoencoder, text_encoder, clips, settings, seeds):
-        erp = sampler.canvas_to_panorama(canvas, height, width, representation)
+        erp = decoding.canvas_to_panorama(canvas, height, width, representation)
         errors.append(erp_outpainted_mse(np.asarray(erp), clips, masks))
         panoramas.append(video_io.to_uint8(erp))
         maps.append(video_io.to_uint8(canvas))

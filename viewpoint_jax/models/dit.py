@@ -37,9 +37,12 @@ from flax import nnx
 
 from viewpoint_jax.common import fileio
 from viewpoint_jax.common.sharding import DEFAULT_RULES, LogicalRules, constrain
-from viewpoint_jax.diffusion.flow_matching import NUM_TRAIN_TIMESTEPS
 from viewpoint_jax.models import attention as attention_lib
 from viewpoint_jax.models import layers, weights
+
+# Wan's time input: the DiT sees t = NUM_TRAIN_TIMESTEPS * sigma for noise level sigma in [0, 1]
+# (the sinusoidal embedding was trained on that scale); diffusion/ reads it from here.
+NUM_TRAIN_TIMESTEPS = 1000
 
 
 class BlockKind(enum.StrEnum):

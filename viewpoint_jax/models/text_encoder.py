@@ -257,7 +257,7 @@ def _check_compatible(
 
 # --- Training's text inputs ------------------------------------------------------------------
 
-# The file tools/precompute_text.py writes into a text cache dir, read by every host.
+# The file `python -m viewpoint_jax.precompute_text` writes into a text cache dir, read by every host.
 SHARED_TEXT_CACHE = "embeddings.npz"
 
 
@@ -266,7 +266,7 @@ class TextFeeder:
     embeddings computed once per distinct caption (`text_encoder.encode_captions`).
 
     With `cache_path` (`text_cache_path(cache_dir, process)`), the feeder starts from the
-    captions `tools/precompute_text.py` embedded into `cache_dir/embeddings.npz` (shared by all
+    captions `python -m viewpoint_jax.precompute_text` embedded into `cache_dir/embeddings.npz` (shared by all
     hosts, read only) and from this host's own file; captions met later (as batches arrive; a
     dropped caption is "") are embedded then, and `flush()` writes those to this host's file
     atomically (hosts see different captions and never write the same file), so a restarted run

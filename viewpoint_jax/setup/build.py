@@ -1,14 +1,15 @@
 """The parts a config names, built in one place for training and sampling.
 
-    dit_config(config)                 -> the DiTConfig: preset + overrides + derived dims
-    build_model(config, rngs)          -> WanDiT sized for the config's autoencoder and text encoder
+    dit_config(config)                 -> the DiTConfig: preset + overrides + derived dims, sized
+                                          for the config's autoencoder and text encoder (a
+                                          command derives it once and hands it down)
     build_autoencoder(config)          -> SpaceToDepthAutoencoder | BlockDCTAutoencoder | WanVAE
     build_text_encoder(config)         -> TextEncoder (tokenizer + umT5), `encode_text(prompts)`
     abstract_autoencoder(config), abstract_text_model(config): the same modules with
                                           `jax.ShapeDtypeStruct` weights, no checkpoint read
-    restore_model(config, run_dir)     -> the trained WanDiT of a training run (EMA if it has one)
-    restore_model_for_inference(path, config): a run directory or a converted DiT checkpoint
-    (both, and build_text_encoder, restore straight into a mesh's shardings when given one)
+    (build_text_encoder restores straight into a mesh's shardings when given one)
+
+The trained DiT of a run is restored by training/checkpoints.py (`restore_model`).
 
 The DiT's input is concat[noisy latent, condition latent, mask] (2 C + 1 channels, 33 for the
 Wan VAE's C = 16), or the noisy latent alone for a plain text-to-video DiT (`config.data.source`
@@ -88,16 +89,6 @@ def dit_config(config: ml_collections.ConfigDict) -> dit_lib.DiTConfig:
 
 
 # --- Builders ----------------------------------------------------------------------------------
-
-
-def build_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> dit_lib.WanDiT:
-    """A freshly initialised DiT for `config` (see `dit_config`)."""
-    return dit_lib.WanDiT(dit_config(config), rngs=rngs)
-
-
-def abstract_model(config: ml_collections.ConfigDict) -> dit_lib.WanDiT:
-    """`build_model` with `jax.ShapeDtypeStruct` weights (no memory): shapes and shardings."""
-    return nnx.eval_shape(lambda: build_model(config, nnx.Rngs(0)))
 
 
 def build_autoencoder(config: ml_collections.ConfigDict) -> autoencoder_lib.Autoencoder:

@@ -30,15 +30,12 @@ from viewpoint_jax.common.distributed import StopFlag
 from viewpoint_jax.common.fileio import atomic_write_text
 from viewpoint_jax.data import latents as latents_lib
 from viewpoint_jax.data import pipeline
+from viewpoint_jax.models import dit as dit_lib
 from viewpoint_jax.models.autoencoder import latent_shape
 from viewpoint_jax.models.dit import load_pretrained_params
 from viewpoint_jax.models.text_encoder import TextFeeder, text_cache_path
 from viewpoint_jax.setup import build
-from viewpoint_jax.setup.config import (
-    autoencoder_factors,
-    mesh_and_rules,
-    validate_config,
-)
+from viewpoint_jax.setup.config import autoencoder_factors, mesh_and_rules, validate_config
 from viewpoint_jax.training import checkpoints, telemetry
 from viewpoint_jax.training import step as step_lib
 from viewpoint_jax.training.optim import make_optimizer
@@ -112,14 +109,17 @@ def make_trainer(
     text_cache_dir: Path | None = None,
     autoencoder: Any = None,
     text_encoder: Any = None,
+    model_config: dit_lib.DiTConfig | None = None,
 ) -> Trainer:
     """The run's jitted functions, shardings and frozen encoders.
 
-    The encoders are the config's (`build.build_autoencoder`, `build_text_encoder`) unless given;
+    The parts are the config's (`build.dit_config`, `build.build_autoencoder`,
+    `build_text_encoder`) unless handed down;
     encoders with `jax.ShapeDtypeStruct` weights give a trainer whose step can be lowered and
     compiled but not run (tools/memory_plan.py).
     """
     precompute = bool(config.text_encoder.precompute)
+    model_config = build.dit_config(config) if model_config is None else model_config
     autoencoder = build.build_autoencoder(config) if autoencoder is None else autoencoder
     text_encoder = build.build_text_encoder(config) if text_encoder is None else text_encoder
     cache_path = None
@@ -129,9 +129,9 @@ def make_trainer(
     text = TextFeeder(text_encoder, precompute, cache_path, local_batch_size)
     frozen = step_lib.Frozen(autoencoder, None if precompute else text_encoder)
     tx, schedule = make_optimizer(config.optim, config.num_steps)
-    graphdef, _ = nnx.split(build.abstract_model(config), nnx.Param)
+    graphdef, _ = nnx.split(dit_lib.abstract_model(model_config), nnx.Param)
 
-    init = functools.partial(step_lib.init_state, config, tx)
+    init = functools.partial(step_lib.init_state, config, tx, model_config=model_config)
     abstract_state = jax.eval_shape(init, jax.random.key(0))
     state_sharding = sharding_lib.state_shardings(abstract_state, mesh, rules)
     frozen_sharding = sharding_lib.state_shardings(frozen.arrays, mesh, rules)
@@ -160,7 +160,7 @@ def make_trainer(
         rules=rules,
         autoencoder=autoencoder,
         text=text,
-        model_config=build.dit_config(config),
+        model_config=model_config,
         abstract_state=abstract_state,
         state_sharding=state_sharding,
         batch_sharding=batch_sharding,
@@ -236,12 +236,13 @@ def _set_up_run(
     """Validates the config, records it in the run directory, builds the trainer."""
     validate_config(config, len(devices), jax.process_count())
     mesh, rules = mesh_and_rules(config, devices)
+    model_config = build.dit_config(config)  # built once, handed down
     if jax.process_index() == 0:
-        print(telemetry.startup_summary(config, mesh, build.dit_config(config)), file=sys.stderr)
+        print(telemetry.startup_summary(config, mesh, model_config), file=sys.stderr)
         workdir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
     cache_dir = Path(config.text_encoder.cache_dir or workdir / "text_cache")
-    return make_trainer(config, mesh, rules, text_cache_dir=cache_dir)
+    return make_trainer(config, mesh, rules, text_cache_dir=cache_dir, model_config=model_config)
 
 
 def _train_iterator(config: ml_collections.ConfigDict, data_source: Any) -> Iterator[dict]:

@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from viewpoint_jax.common import sharding as sharding_lib
+from viewpoint_jax.data import config as data_config_lib
 from viewpoint_jax.models import dit as dit_lib
 from viewpoint_jax.setup import build
 from viewpoint_jax.setup import config as config_lib
@@ -67,7 +68,7 @@ def activation_bytes(
     """
     data = config.data
     spatial, temporal = config_lib.autoencoder_factors(config)
-    height, width = config_lib.canvas_hw(data)  # the map's, or another representation's frames
+    height, width = data_config_lib.canvas_hw(data)  # the map's, or another representation's frames
     latent = (1 + (data.num_frames - 1) // temporal, height // spatial, width // spatial)
     pt, ph, pw = model_config.patch_size
     tokens = (latent[0] // pt) * (latent[1] // ph) * (latent[2] // pw)
@@ -95,12 +96,15 @@ def activation_bytes(
 
 
 def training_plan(
-    config: ml_collections.ConfigDict, mesh_sizes: dict[str, int]
+    config: ml_collections.ConfigDict,
+    mesh_sizes: dict[str, int],
+    model_config: dit_lib.DiTConfig | None = None,
 ) -> dict[str, float]:
     """Per-device bytes of one training step on a mesh of `mesh_sizes` (every axis of
     `sharding.MESH_AXES`): parameters, optimizer state (AdamW moments, EMA), gradients,
-    activations, and their total; plus the parameter count and tokens per sample."""
-    model_config = build.dit_config(config)
+    activations, and their total; plus the parameter count and tokens per sample.
+    `model_config`: the run's DiTConfig where the caller holds it (default: `build.dit_config`)."""
+    model_config = build.dit_config(config) if model_config is None else model_config
     rules = tuple(tuple(r) for r in config.sharding_rules)
     _, params = nnx.split(dit_lib.abstract_model(model_config), nnx.Param)
     param_bytes = sharded_bytes(params, mesh_sizes, rules)

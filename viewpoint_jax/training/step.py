@@ -25,14 +25,13 @@ from flax import nnx
 
 from viewpoint_jax.common import sharding as sharding_lib
 from viewpoint_jax.data.latents import LATENT_KEYS
+from viewpoint_jax.diffusion import denoising
 from viewpoint_jax.diffusion import flow_matching as fm
-from viewpoint_jax.diffusion import sampler
+from viewpoint_jax.models import dit as dit_lib
 from viewpoint_jax.models.autoencoder import encode_maps
 from viewpoint_jax.models.text_encoder import masked_embeddings
 from viewpoint_jax.setup import build
-from viewpoint_jax.setup.config import (
-    diffusion_loss,
-)
+from viewpoint_jax.setup.config import diffusion_loss
 
 PREVIEW_SIGMA = 0.75  # the noise level of the one-step predictions in the preview images
 
@@ -41,10 +40,17 @@ PREVIEW_SIGMA = 0.75  # the noise level of the one-step predictions in the previ
 
 
 def init_state(
-    config: ml_collections.ConfigDict, tx: optax.GradientTransformation, rng: jax.Array
+    config: ml_collections.ConfigDict,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    *,
+    model_config: dit_lib.DiTConfig | None = None,
 ) -> dict[str, Any]:
-    """The train state: step, fp32 params, optimizer state, EMA params (if any), NaN counters."""
-    params = nnx.state(build.build_model(config, nnx.Rngs(rng)), nnx.Param)
+    """The train state: step, fp32 params, optimizer state, EMA params (if any), NaN counters.
+
+    `model_config`: the run's DiTConfig as its trainer holds it (default: `build.dit_config`)."""
+    model_config = build.dit_config(config) if model_config is None else model_config
+    params = nnx.state(dit_lib.WanDiT(model_config, rngs=nnx.Rngs(rng)), nnx.Param)
     return state_from_params(config, tx, params)
 
 
@@ -128,7 +134,7 @@ def train_step(
         timesteps_from = (d.timestep_sampler, d.shift, d.logit_mean, d.logit_std)
         sigmas = fm.sample_sigmas(sigma_rng, x.shape[0], *timesteps_from)
         condition = encoded.get("condition_latents"), encoded.get("latent_mask")  # None: plain t2v
-        inputs = sampler.model_input(fm.noisy_latents(x, noise, sigmas), *condition)
+        inputs = denoising.model_input(fm.noisy_latents(x, noise, sigmas), *condition)
 
         def loss_fn(params):
             model = nnx.merge(graphdef, params)
@@ -189,7 +195,7 @@ def preview_step(
         noise = jax.random.normal(jax.random.key(config.seed + 1), x.shape, jnp.float32)
         sigmas = jnp.full((x.shape[0],), PREVIEW_SIGMA, jnp.float32)
         noisy = fm.noisy_latents(x, noise, sigmas)
-        inputs = sampler.model_input(
+        inputs = denoising.model_input(
             noisy, encoded.get("condition_latents"), encoded.get("latent_mask")
         )
         velocity = nnx.merge(graphdef, params)(inputs, fm.timesteps(sigmas), encoded["context"])

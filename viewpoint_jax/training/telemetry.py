@@ -34,9 +34,9 @@ import numpy as np
 
 from viewpoint_jax.common.progress import Progress
 from viewpoint_jax.common.video_io import encode_png, to_uint8, write_png
-from viewpoint_jax.data import builder
+from viewpoint_jax.data import panoramic_videos
+from viewpoint_jax.data.config import DataSource, data_source
 from viewpoint_jax.models.dit import BlockKind, DiTConfig, abstract_model, count_params
-from viewpoint_jax.setup.config import DataSource, data_source
 from viewpoint_jax.training import memory
 
 # Dense bf16 peak per device, FLOP/s (vendor figures, no sparsity).
@@ -269,16 +269,20 @@ def startup_summary(
         "mesh: " + ", ".join(f"{axis}={size}" for axis, size in mesh.shape.items()),
         f"batch: {batch} global, {batch // batch_shards} per data shard ({batch_shards} shards)",
         f"parameters: {count:,} ({count * 4 / 1e9:.2f} GB as fp32 master weights)",
-        memory_summary(config, dict(mesh.shape)),
+        memory_summary(config, dict(mesh.shape), model_config),
         f"steps: {config.num_steps}, checkpoint every {config.checkpoint.every_steps}",
         dataset_summary(config.data),
     ]
     return "\n".join(lines)
 
 
-def memory_summary(config: ml_collections.ConfigDict, mesh_sizes: dict[str, int]) -> str:
+def memory_summary(
+    config: ml_collections.ConfigDict,
+    mesh_sizes: dict[str, int],
+    model_config: DiTConfig | None = None,
+) -> str:
     """The analytic per-device memory plan of a step (`memory.training_plan`), one line."""
-    plan = memory.training_plan(config, mesh_sizes)
+    plan = memory.training_plan(config, mesh_sizes, model_config)
     terms = [
         ("weights", "param_bytes"),
         ("optimizer", "optimizer_bytes"),
@@ -302,7 +306,7 @@ def dataset_summary(data: ml_collections.ConfigDict) -> str:
             f"(seed {scenes.seed}), {tuple(scenes.size)} pixels, rendered on the fly"
         )
     try:
-        counts = builder.split_counts(data.data_dir, data.name).get(data.train_split)
+        counts = panoramic_videos.split_counts(data.data_dir, data.name).get(data.train_split)
     except ValueError as error:  # not built: the input pipeline says so, in its own words
         return f"dataset: {error}"
     line = f"dataset: {data.name}/{data.train_split} in {data.data_dir}"

@@ -1,6 +1,6 @@
 """Encodes a training config's dataset into latents, so its train step skips the autoencoder.
 
-    python tools/precompute_latents.py --config configs/wan14b.py --name vp640 \\
+    python -m viewpoint_jax.precompute_latents --config configs/wan14b.py --name vp640 \\
         [--samples 4] [--image_samples 0] [--dtype float16] [--splits train] [--batch_size N]
         [--config.k=v ...]
 
@@ -13,11 +13,7 @@ writes `panoramic_latents/<name>` into config.data.data_dir. Train on it with
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from absl import flags
 from ml_collections import config_flags
@@ -26,7 +22,7 @@ from viewpoint_jax.common.cli import refuse_positional, run
 
 
 def define_flags() -> None:
-    from viewpoint_jax.data import latents
+    from viewpoint_jax.data import latents  # lazy: --help answers before JAX loads
 
     config_flags.DEFINE_config_file(
         "config", None, "a configs/*.py file (`path[:arg]`)", lock_config=True
@@ -44,7 +40,8 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> int:
-    from viewpoint_jax.data import builder, latents, precompute
+    from viewpoint_jax.data import latents, panoramic_videos, precompute  # lazy: as define_flags
+    from viewpoint_jax.setup import build  # lazy: as define_flags
 
     refuse_positional(argv)
     values = flags.FLAGS
@@ -55,6 +52,7 @@ def main(argv: list[str]) -> int:
     out = precompute.precompute(
         config,
         values.name,
+        build.build_autoencoder(config),
         splits=tuple(values.splits) if values.splits else None,
         samples=values.samples,
         image_samples=values.image_samples,
@@ -62,7 +60,9 @@ def main(argv: list[str]) -> int:
         seed=values.seed,
         batch_size=values.batch_size,
     )
-    counts = builder.split_counts(config.data.data_dir, values.name, latents.LATENTS_DATASET)
+    counts = panoramic_videos.split_counts(
+        config.data.data_dir, values.name, latents.LATENTS_DATASET
+    )
     for split, count in sorted(counts.items()):
         print(
             f"{split}: {count['video_samples']} video and {count['image_samples']} image "

@@ -1,6 +1,6 @@
 """Embeds every caption of a training config's dataset once, for `text_encoder.precompute`.
 
-    python tools/precompute_text.py --config configs/wan14b.py --cache_dir /data/text_cache \\
+    python -m viewpoint_jax.precompute_text --config configs/wan14b.py --cache_dir /data/text_cache \\
         [--splits train] [--batch_size 8] [--config.k=v ...]
 
 Encodes the distinct captions of the split(s) of config.data (and "", the dropped caption) with
@@ -12,11 +12,8 @@ reads the file, and captions it lacks are still embedded as they come (text_lib.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from absl import flags
 from ml_collections import config_flags
@@ -37,9 +34,9 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> int:
-    from viewpoint_jax.data import builder
-    from viewpoint_jax.models import text_encoder as text_lib
-    from viewpoint_jax.setup import build
+    from viewpoint_jax.data import panoramic_videos  # lazy: --help answers before JAX loads
+    from viewpoint_jax.models import text_encoder as text_lib  # lazy: as above
+    from viewpoint_jax.setup import build  # lazy: as above
 
     refuse_positional(argv)
     values = flags.FLAGS
@@ -50,7 +47,7 @@ def main(argv: list[str]) -> int:
     data = config.data
     captions = [""]  # the caption of every dropped-caption (classifier-free guidance) example
     for split in values.splits or [data.train_split]:
-        captions += builder.split_captions(data.data_dir, data.name, split)
+        captions += panoramic_videos.split_captions(data.data_dir, data.name, split)
     start = time.time()
     path = Path(directory) / text_lib.SHARED_TEXT_CACHE
     cache = text_lib.cache_text_embeddings(

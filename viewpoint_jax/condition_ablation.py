@@ -1,19 +1,17 @@
 """Video-only vs condition-mixture training on the demo data: outpainting, text-only and
-continuation errors of both models and the untrained one (viewpoint_jax/ablation.py).
+continuation errors of both models and the untrained one.
 
-    python tools/condition_ablation.py --out ablation_output [--train_steps 300] [--quick]
+    python -m viewpoint_jax.condition_ablation --out ablation_output [--train_steps 300] [--quick]
         [--known_latent_frames 1] [--seeds 0,1]
 
 Writes `ablation.json` and `ablation.md` (the table) into --out; a rerun reuses the dataset and
-resumes (or skips) the trainings.
+resumes (or skips) the trainings. The work is studies/condition_ablation.py's; this module is
+its flags.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from absl import flags
 
@@ -21,6 +19,7 @@ from viewpoint_jax.common.cli import refuse_positional, run
 
 
 def define_flags() -> None:
+    """The command's flags; defined only when this module is the program."""
     flags.DEFINE_string("out", "ablation_output", "output folder (dataset, runs, table)")
     flags.DEFINE_integer("train_steps", None, "training steps of each model (default: config's)")
     flags.DEFINE_bool("quick", False, "test size: the demo's --quick dataset and micro model")
@@ -29,12 +28,13 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> int:
-    from viewpoint_jax import ablation
+    """Trains and evaluates both models into --out, then prints the table."""
+    from viewpoint_jax.studies import condition_ablation  # lazy: --help needs no jax
 
     refuse_positional(argv)
     values = flags.FLAGS
     seeds = tuple(int(s) for s in values.seeds) if values.seeds else None
-    summary = ablation.condition_ablation(
+    summary = condition_ablation.condition_ablation(
         values.out,
         train_steps=values.train_steps,
         quick=values.quick,

@@ -1,6 +1,6 @@
 """Prints per-split statistics of a prepared dataset and renders training examples as a PNG.
 
-    python tools/inspect_dataset.py --config configs/wan14b.py \\
+    python -m viewpoint_jax.inspect_dataset --config configs/wan14b.py \\
         --config.data.data_dir=/data/tfds --config.data.name=my_panoramas \\
         [--num_batches 1] [--out sheet.png] [--split train] [--seed 0] [--config.k=v ...]
 
@@ -10,11 +10,6 @@ config.data (see viewpoint_jax/data/inspection.py).
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from absl import flags
 from ml_collections import config_flags
