@@ -162,7 +162,7 @@ def test_cli_converts(reference, tmp_path):
     config = dit_lib.read_config(tmp_path / "dst")
     assert config.in_dim == 33 and config.param_dtype == "bfloat16"
     bad = subprocess.run(
-        [*cmd[:4], str(tmp_path / "nope"), "--dst", str(tmp_path / "d2")],
+        [*cmd[:5], str(tmp_path / "nope"), "--dst", str(tmp_path / "d2")],
         capture_output=True,
         text=True,
     )

@@ -56,7 +56,7 @@ def test_quick_demo_writes_every_output(quick_demo):
     assert b"sv3d" in (sample / "pano.mp4").read_bytes()  # tagged as a 360 video
     assert "<video" in (sample / "viewer.html").read_text()
 
-    summary = json.loads((out / "outpainting.json").read_text())
+    summary = json.loads((out / "evaluation.json").read_text())
     settings = json.loads((sample / "settings.json").read_text())
     assert settings["prompt"] == summary["clips"][0]["caption"]
     assert settings["condition"]["video"] == summary["clips"][0]["source"]
@@ -93,7 +93,7 @@ def test_quick_demo_continues_its_360_video(quick_demo, tmp_path):
 
 
 def test_quick_demo_reports_the_evaluation(quick_demo):
-    summary = json.loads((quick_demo / "outpainting.json").read_text())
+    summary = json.loads((quick_demo / "evaluation.json").read_text())
     num_clips = demo.QUICK["dataset"]["num_test"]
     assert len(summary["clips"]) == num_clips
     assert summary["trained_steps"] == {demo.FINETUNED: 8, demo.SCRATCH: 8}

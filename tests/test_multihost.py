@@ -22,6 +22,7 @@ import pytest
 from test_train import cli, micro_config, read_losses, subprocess_env, write_dataset
 
 from viewpoint_jax.training import checkpoints, optim
+from viewpoint_jax.training import step as step_lib
 
 STEPS = 12  # the uninterrupted run (checkpoints at 6 and 12)
 RESUME_AT = 6  # the interrupted run starts from the uninterrupted run's checkpoint here
@@ -148,7 +149,7 @@ def _restore(checkpoint_dir, step: int) -> dict:
     """The train state of checkpoint `step`, restored into this (single) process."""
     config = micro_config()
     tx, _ = optim.make_optimizer(config.optim, config.num_steps)
-    abstract = jax.eval_shape(functools.partial(step.init_state, config, tx), jax.random.key(0))
+    abstract = jax.eval_shape(functools.partial(step_lib.init_state, config, tx), jax.random.key(0))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract

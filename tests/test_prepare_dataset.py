@@ -169,9 +169,10 @@ def built(footage, tmp_path_factory):
     # large test process would report its parent's peak.
     measure = (
         "import re, runpy, sys\n"
-        "sys.argv = sys.argv[1:]\n"
+        "module = sys.argv[2]  # after '-c': '-m', the command's module, its flags\n"
+        "sys.argv = [module, *sys.argv[3:]]\n"
         "try:\n"
-        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "    runpy.run_module(module, run_name='__main__', alter_sys=True)\n"
         "finally:\n"
         "    status = open('/proc/self/status').read()\n"
         "    print('peak_rss_kb', re.search(r'VmHWM:\\s*(\\d+)', status).group(1))\n"

@@ -18,7 +18,7 @@ panorama model by fine-tuning on ViewPoint maps.
    (the scratch run's initialisation), the scratch and the fine-tuned model, the same noise for
    all, and measures the error outside the condition against two fills that see no input, a
    mid-grey one and the training clips' mean map, and the ceiling: the ground truth through the
-   autoencoder (`outpainting.json`, `outpainting.png`: ground truth | condition | autoencoded |
+   autoencoder (`evaluation.json`, `outpainting.png`: ground truth | condition | autoencoded |
    scratch | fine-tuned);
 6. generates a 360 video from a held-out perspective clip and its caption with the fine-tuned
    model (`sample/`: pano.mp4, viewpoint.mp4, faces.png, viewer.html);

@@ -17,7 +17,7 @@ panorama model by fine-tuning on ViewPoint maps.
    (the scratch run's initialisation), the scratch and the fine-tuned model, the same noise for
    all, and measures the error outside the condition against two fills that see no input, a
    mid-grey one and the training clips' mean map, and the ceiling: the ground truth through the
-   autoencoder (`evaluate_outpainting`: `outpainting.json`, `outpainting.png`: ground truth |
+   autoencoder (`evaluate_outpainting`: `evaluation.json`, `outpainting.png`: ground truth |
    condition | autoencoded | scratch | fine-tuned);
 6. generates a 360 video from a held-out perspective clip and its caption with the fine-tuned
    model (`generate_sample`: `sample/`: pano.mp4, viewpoint.mp4, faces.png, viewer.html);
@@ -338,7 +338,7 @@ def run_demo(
     config: str | None = None,
 ) -> dict:
     """Runs the seven steps into `out` with the config file `config` (`path.py[:arg]`, default
-    configs/tiny.py); returns the summary also written to `out/outpainting.json`."""
+    configs/tiny.py); returns the summary also written to `out/evaluation.json`."""
     out = Path(out).absolute()
     preset = QUICK if quick else FULL
     spec = config or config_spec(quick)
@@ -389,7 +389,7 @@ def run_demo(
     seconds["continuation"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - started
     summary["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
-    atomic_write_text(out / "outpainting.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "evaluation.json", json.dumps(summary, indent=2) + "\n")
     _print_summary(out, summary, sample_dir, continuation_dir)
     return summary
 
@@ -421,6 +421,6 @@ def _print_summary(out: Path, summary: dict, sample_dir: Path, continuation_dir:
             out / "outpainting.png",
             "ground truth | condition | autoencoded | from scratch | fine-tuned",
         ),
-        (out / "outpainting.json", "the numbers"),
+        (out / "evaluation.json", "the numbers"),
     ):
         print(f"  {path}  {what}")
