@@ -20,7 +20,8 @@ from test_train import ONE_DEVICE, cli, micro_config, procedural_records, subpro
 
 from viewpoint_jax import evaluate
 from viewpoint_jax.common import cli as cli_lib
-from viewpoint_jax.common import locks, video_io
+from viewpoint_jax.common import video_io
+from viewpoint_jax.common.cli import UserError
 from viewpoint_jax.data import preparation
 from viewpoint_jax.generation import models as models_lib
 from viewpoint_jax.training import checkpoints, loop
@@ -94,6 +95,8 @@ with locks.hold(sys.argv[1], "training run", "--workdir"):
 def test_a_second_run_on_a_locked_folder_is_refused_and_a_dead_runs_lock_is_taken_over(
     tmp_path, capsys
 ):
+    from viewpoint_jax.common import locks
+
     folder = tmp_path / "shared"
     src = source_folder(tmp_path / "src")
     holder = subprocess.Popen(
@@ -179,6 +182,15 @@ def test_sampling_onto_a_full_disk_is_refused_before_the_model_loads(
     assert f"cannot write {full / 'out'}: it needs about" in line and f"{full} has 0.1 MiB" in line
 
 
+def test_training_onto_a_full_disk_is_refused_before_the_first_step(tmp_path, tmpfs):
+    full = tmpfs("full", size="2m")
+    fill(full, leave_bytes=128 * 1024)  # less than one checkpoint of the micro model
+    config = micro_config()
+    with pytest.raises(UserError, match=rf"cannot write {full}/run/checkpoints: it needs about"):
+        train_in(full / "run")(config)
+    assert not (full / "run" / "metrics.jsonl").exists()
+
+
 def test_a_full_disk_while_preparing_names_what_survives(tmp_path, tmpfs):
     full = tmpfs("full", size="1m")
     src = source_folder(tmp_path / "src", height=128, frames=12, noise=True)
@@ -208,7 +220,7 @@ def test_an_exploding_learning_rate_saves_nothing_bad_and_says_which_checkpoint_
     with pytest.raises(loop.NonFiniteLossError) as info:
         train(config)
     assert f"the last good checkpoint is {tmp_path / 'checkpoints' / '2'}" in str(info.value)
-    assert checkpoints.latest_complete_step(tmp_path) == 2  # no exploded state saved
+    assert saved_steps(tmp_path) == [2]  # no exploded state saved
     steps = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["nonfinite_total"] for r in steps[2:]] == [1, 2, 3]  # each skipped and counted
     jax_tree_equal(checkpoint_params(tmp_path, config, 2), good)
@@ -216,7 +228,14 @@ def test_an_exploding_learning_rate_saves_nothing_bad_and_says_which_checkpoint_
     fresh = tmp_path / "fresh"  # from the first step on: no checkpoint, and the message says so
     with pytest.raises(loop.NonFiniteLossError, match="no checkpoint was saved"):
         train_in(fresh)(config)
-    assert checkpoints.latest_complete_step(fresh) is None
+    assert saved_steps(fresh) == []
+
+
+def saved_steps(workdir):
+    folder = workdir / "checkpoints"
+    return (
+        sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.exists() else []
+    )
 
 
 def train_in(workdir):

@@ -83,16 +83,22 @@ def evaluate_main(argv: list[str]) -> int:
             Path(values.condition), values.fov, values.yaw, values.pitch, values.roll
         )
     inputs = find_inputs([*values.inputs, *argv[1:]], condition)
-    report = evaluate(
-        inputs,
-        values.out,
-        view_size=values.view_size,
-        export=values.export_views,
-        crf=values.crf,
-        pole_cap_deg=values.pole_cap_deg,
-        overwrite=values.overwrite,
-        log=lambda line: print(line, file=sys.stderr),
-    )
+    try:
+        report = evaluate(
+            inputs,
+            values.out,
+            view_size=values.view_size,
+            export=values.export_views,
+            crf=values.crf,
+            pole_cap_deg=values.pole_cap_deg,
+            overwrite=values.overwrite,
+            log=lambda line: print(line, file=sys.stderr),
+        )
+    except (OSError, RuntimeError) as error:  # a full disk: one line, nothing half written
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if not any(s in reason for s in ("No space left", "Disk quota", "Read-only")):
+            raise
+        raise UserError(f"writing {values.out} failed ({reason}); nothing was written") from None
     print(f"wrote {values.out}/metrics.json, metrics.md" + (", views/" if report["views"] else ""))
     return 0
 

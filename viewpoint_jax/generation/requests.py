@@ -156,7 +156,7 @@ def read_prompt_file(path: str | os.PathLike, defaults: Request) -> list[Request
             if request.name in names:
                 raise UserError(f"name {request.name!r} is used by an earlier line")
             request.check(prefix="")
-        except (UserError, ValueError, TypeError) as error:
+        except (UserError, ValueError, TypeError, OverflowError) as error:
             requests.append(UserError(f"{where}: {error}"))
             continue
         names.add(request.name)

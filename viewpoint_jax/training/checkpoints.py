@@ -102,6 +102,12 @@ class Checkpointer:
         except Exception as error:
             raise self._save_error(error) from error
 
+    def last_saved_step(self) -> int | None:
+        """The step of the newest complete checkpoint, once the save in flight (if any) is
+        done; raises CheckpointSaveError if that save failed."""
+        self._wait_for_previous_save()
+        return self.manager.latest_step()
+
     def raise_if_save_failed(self) -> None:
         """Raises CheckpointSaveError if the last save has finished and failed; never blocks on
         a save still being written."""

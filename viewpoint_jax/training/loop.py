@@ -362,8 +362,7 @@ def _report(
     values = logger.log(step, jax.device_get(step_metrics), latent_grid, skipped)
     limit = logger.config.max_consecutive_nonfinite
     if values["nonfinite_run"] >= limit:
-        checkpointer.raise_if_save_failed()
-        last = checkpointer.latest_step()
+        last = checkpointer.last_saved_step()
         good = (
             f"the last good checkpoint is {checkpointer.directory / str(last)}"
             if last is not None
