@@ -136,10 +136,10 @@ def test_preflight_lists_everything_and_refuses_bad_files(footage, tmp_path):
 def test_one_bad_file_is_one_line(footage, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    (src / "wide.mp4").symlink_to(footage / "wide.mp4")
+    (src / "wide.mp4").symlink_to(footage / "wide.mp4")  # out of --src: --follow_links
     write_captions(src, [{"file": "wide.mp4", "caption": "x"}])
     result = subprocess.run(
-        [*PREPARE, "--src", str(src), "--out", str(tmp_path / "data")],
+        [*PREPARE, "--src", str(src), "--out", str(tmp_path / "data"), "--follow_links"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2

@@ -25,7 +25,8 @@ import sys
 from pathlib import Path
 
 from viewpoint_jax.common.cli import UserError, run
-from viewpoint_jax.evaluation.report import Condition, evaluate, find_inputs
+from viewpoint_jax.common.fileio import check_replaceable, check_writable
+from viewpoint_jax.evaluation.report import REPORT_NAMES, Condition, evaluate, find_inputs
 
 
 def define_flags() -> None:
@@ -66,6 +67,12 @@ def evaluate_main(argv: list[str]) -> int:
         raise UserError(f"--pole_cap_deg must be in (0, 90], got {values.pole_cap_deg:g}")
     if Path(values.out).exists() and not values.overwrite:
         raise UserError(f"--out {values.out} exists (pass --overwrite to replace it)")
+    if values.overwrite:  # only a folder evaluate wrote, never an input or the cwd
+        check_replaceable(
+            values.out, owned=REPORT_NAMES, marker="metrics.json",
+            keep=[*values.inputs, *argv[1:]],
+        )  # fmt: skip
+    check_writable(values.out)  # before the work, not at its end
     condition = None
     if values.condition:
         if not 0 < values.fov < 180:
@@ -76,16 +83,22 @@ def evaluate_main(argv: list[str]) -> int:
             Path(values.condition), values.fov, values.yaw, values.pitch, values.roll
         )
     inputs = find_inputs([*values.inputs, *argv[1:]], condition)
-    report = evaluate(
-        inputs,
-        values.out,
-        view_size=values.view_size,
-        export=values.export_views,
-        crf=values.crf,
-        pole_cap_deg=values.pole_cap_deg,
-        overwrite=values.overwrite,
-        log=lambda line: print(line, file=sys.stderr),
-    )
+    try:
+        report = evaluate(
+            inputs,
+            values.out,
+            view_size=values.view_size,
+            export=values.export_views,
+            crf=values.crf,
+            pole_cap_deg=values.pole_cap_deg,
+            overwrite=values.overwrite,
+            log=lambda line: print(line, file=sys.stderr),
+        )
+    except (OSError, RuntimeError) as error:  # a full disk: one line, nothing half written
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if not any(s in reason for s in ("No space left", "Disk quota", "Read-only")):
+            raise
+        raise UserError(f"writing {values.out} failed ({reason}); nothing was written") from None
     print(f"wrote {values.out}/metrics.json, metrics.md" + (", views/" if report["views"] else ""))
     return 0
 

@@ -43,6 +43,11 @@ def define_flags() -> None:
     flags.DEFINE_integer("workers", 1, "files encoded at once", lower_bound=1)
     flags.DEFINE_bool("skip_unreadable", False, "skip rejected or undecodable files")
     flags.DEFINE_bool("dry_run", False, "print the preflight summary only")
+    flags.DEFINE_bool(
+        "follow_links",
+        False,
+        "read links inside --src that point outside it (else such a captions line is refused)",
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -60,12 +65,18 @@ def main(argv: list[str]) -> int:
     )
     if values.dry_run:
         check = preparation.preflight(
-            values.src, panoramic_videos.PanoramaConfig(name=values.name, **config), values.workers
+            values.src,
+            panoramic_videos.PanoramaConfig(name=values.name, **config),
+            values.workers,
+            follow_links=values.follow_links,
         )
         print(check.summary())
         return 0
     start = time.time()
-    out = preparation.prepare(values.src, values.out, values.name, workers=values.workers, **config)
+    out = preparation.prepare(
+        values.src, values.out, values.name, workers=values.workers,
+        follow_links=values.follow_links, **config,
+    )  # fmt: skip
     counts = panoramic_videos.split_counts(values.out, values.name)
     for split, count in sorted(counts.items()):
         print(

@@ -18,6 +18,7 @@ The command parses and checks the flags; the work is the library's (viewpoint_ja
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from ml_collections import config_flags
 
 from viewpoint_jax.common import distributed
 from viewpoint_jax.common.cli import UserError, refuse_positional, run
-from viewpoint_jax.common.fileio import check_writable
+from viewpoint_jax.common.fileio import check_replaceable, check_writable
 from viewpoint_jax.data import config as data_config_lib
 from viewpoint_jax.diffusion.denoising import SampleSettings
 from viewpoint_jax.generation import models as models_lib
@@ -119,12 +120,20 @@ def check_args(args: Any) -> None:
     """Cheap checks of the flags before anything heavy is loaded."""
     if bool(args.prompt) == bool(args.prompts):
         raise UserError("pass --prompt (one video) or --prompts FILE.jsonl (many), not both")
+    for name in ("shift", "guidance_scale"):  # inf would sample a black video, NaN worse
+        if args[name].value is not None and not math.isfinite(args[name].value):
+            raise UserError(f"--{name} must be a finite number, got {args[name].value}")
     request_from_flags(args).check()
     if args.prompts:
         if not Path(args.prompts).is_file():
             raise UserError(f"--prompts: no such file {args.prompts}")
     elif Path(args.out).exists() and not args.overwrite:
         raise UserError(f"--out {args.out} exists (pass --overwrite to replace it)")
+    elif args.overwrite:  # only a folder this program wrote, never the run or the cwd
+        check_replaceable(
+            args.out, owned=outputs.OUTPUT_NAMES, marker=outputs.OUTPUT_MARKER,
+            keep=[args.checkpoint],
+        )  # fmt: skip
     check_writable(args.out)  # before minutes of sampling, not after
 
 
@@ -160,6 +169,9 @@ def main(argv: list[str]) -> int:
         )  # fmt: skip
     request = request_from_flags(args)
     inputs = requests.read_inputs(request, config)  # a bad file is named before the models load
+    requests.check_output(
+        args.out, request, config, inputs, checkpoint=args.checkpoint, overwrite=args.overwrite
+    )  # room for the outputs, before the models load
     mesh = models_lib.sampling_meshes(args.mesh)[0]  # one video: one group of devices
     models = models_lib.load_models(config, args.checkpoint, mesh=mesh, dtype=args.dtype)
     # Encode the prompts, then free the text encoder's memory for the denoising loop.

@@ -15,7 +15,7 @@ from ml_collections import config_flags
 
 from viewpoint_jax.common import distributed
 from viewpoint_jax.common.cli import refuse_positional, run
-from viewpoint_jax.training import loop
+from viewpoint_jax.training import checkpoints, loop
 
 # --- CLI ------------------------------------------------------------------------------------------
 
@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
     distributed.initialize_from_flags()
     try:
         result = loop.train(given.config, given.workdir)
-    except loop.NonFiniteLossError as error:
+    except (loop.NonFiniteLossError, checkpoints.CheckpointSaveError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(f"done: step {result['step']}" + (" (stopped by SIGTERM)" if result["stopped"] else ""))

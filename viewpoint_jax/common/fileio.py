@@ -7,12 +7,14 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 from viewpoint_jax.common.cli import UserError
+from viewpoint_jax.common.locks import process_alive
 
 _Record = TypeVar("_Record")
 
@@ -56,24 +58,59 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _owner_tag() -> str:
+    """`<host>-<pid>`: which process made a temporary (so a later run knows when it is stale)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Removes the temporaries of `atomic_directory(path)` that a killed process of this host
+    left beside `path` (`.<name>.<host>-<pid>.*.tmp`, `.<name>.<host>-<pid>.old`): a SIGTERM or
+    kill -9 skips the cleanup of its `finally`. Those of live processes (a concurrent writer)
+    and of other hosts are left alone."""
+    prefix = f".{path.name}.{socket.gethostname()}-"
+    # The .old first: it may have to come back under the final name.
+    leftovers = sorted(path.parent.glob(f".{glob_escape(path.name)}.*"), key=lambda p: p.suffix)
+    for leftover in leftovers:
+        rest = leftover.name[len(prefix) :]
+        pid = rest.split(".", 1)[0]
+        if not leftover.name.startswith(prefix) or not pid.isdigit():
+            continue
+        if not leftover.name.endswith((".tmp", ".old")) or process_alive(int(pid)):
+            continue
+        if leftover.name.endswith(".old") and not path.exists():
+            os.replace(leftover, path)  # killed between its two renames: the old one comes back
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def glob_escape(name: str) -> str:
+    """`name` with glob's special characters taken literally."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yields an empty temporary directory; on success it replaces `path` in one rename.
 
     Raises FileExistsError naming `path` if it exists and `overwrite` is False. A failure inside
-    the block leaves no directory under the final name (and an existing one untouched). The
-    yielded path is absolute (writers such as Orbax refuse relative ones).
+    the block leaves no directory under the final name (and an existing one untouched); what a
+    killed process left is removed by the next call for the same `path`. The yielded path is
+    absolute (writers such as Orbax refuse relative ones).
     """
     path = Path(path).absolute()
+    if path.parent.is_dir():
+        _remove_leftovers(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"destination already exists: {path} (pass overwrite to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    owner = _owner_tag()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{owner}.", suffix=".tmp", dir=path.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private (0700)
     try:
         yield tmp
         if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            old = path.with_name(f".{path.name}.{owner}.old")
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
@@ -82,6 +119,47 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_replaceable(
+    path: str | os.PathLike,
+    *,
+    owned: Iterable[str],
+    marker: str,
+    flag: str = "--out",
+    keep: Iterable[str | os.PathLike] = (),
+) -> None:
+    """Before `--overwrite` replaces an existing `path`: refuses (UserError naming `flag` and
+    the folder) unless it is an output folder this program wrote, one holding `marker` and
+    nothing but the `owned` names, and it is neither the current directory nor a folder above
+    it, nor any of `keep` (a checkpoint, the inputs) or a folder above one. A missing `path` is
+    fine."""
+    path = Path(path).absolute()
+    if not path.exists() and not path.is_symlink():
+        return
+    real = path.resolve()
+    cwd = Path.cwd().resolve()
+    refuse = f"{flag} {path}: refusing to replace it"
+    if real == cwd or real in cwd.parents:
+        raise UserError(f"{refuse}, it is the current directory or holds it")
+    for kept in keep:
+        kept = Path(kept).resolve()
+        if real == kept or real in kept.parents:
+            raise UserError(f"{refuse}, it is (or holds) {kept}, an input of this command")
+    if path.is_symlink() or not path.is_dir():
+        raise UserError(f"{refuse}, it is not an output folder (a file or a link)")
+    names = {entry.name for entry in path.iterdir()}
+    others = sorted(names - set(owned))
+    if marker not in names or others:
+        what = f"it holds {', '.join(others[:3])}" if others else f"it has no {marker}"
+        raise UserError(
+            f"{refuse}, it is not a folder this program wrote ({what}); remove it yourself or "
+            f"pick another {flag}"
+        )
+
+
+def _size(num_bytes: float) -> str:
+    return f"{num_bytes / 2**30:.2f} GiB" if num_bytes >= 2**30 else f"{num_bytes / 2**20:.1f} MiB"
 
 
 def check_writable(path: str | os.PathLike, expected_bytes: int = 0) -> Path:
@@ -109,8 +187,8 @@ def check_writable(path: str | os.PathLike, expected_bytes: int = 0) -> Path:
     free = shutil.disk_usage(ancestor).free
     if free < expected_bytes:
         raise UserError(
-            f"cannot write {path}: it needs about {expected_bytes / 2**30:.2f} GiB but the "
-            f"filesystem of {ancestor} has {free / 2**30:.2f} GiB free"
+            f"cannot write {path}: it needs about {_size(expected_bytes)} but the "
+            f"filesystem of {ancestor} has {_size(free)} free"
         )
     return path
 

@@ -31,6 +31,7 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -44,7 +45,14 @@ from typing import Any
 import tensorflow_datasets as tfds
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from viewpoint_jax.common.fileio import atomic_directory, atomic_path, atomic_write_text
+from viewpoint_jax.common import locks
+from viewpoint_jax.common.cli import UserError
+from viewpoint_jax.common.fileio import (
+    atomic_directory,
+    atomic_path,
+    atomic_write_text,
+    check_writable,
+)
 from viewpoint_jax.common.progress import Progress
 from viewpoint_jax.common.video_io import (
     IMAGE_SUFFIXES,
@@ -98,11 +106,28 @@ class Entry:
         return f"{self.file} ({CAPTIONS_FILE} line {self.line})"
 
 
-def read_captions(src: str | os.PathLike, captions_file: str = CAPTIONS_FILE) -> list[Entry]:
+def _media_path(src: Path, file: str, where: str, follow_links: bool) -> Path:
+    """The media file a captions line names, which must lie inside `src`: no absolute path, no
+    `..`, and (unless `follow_links`) no link inside `src` to a file outside it."""
+    if Path(file).is_absolute() or ".." in Path(file).parts:
+        raise ValueError(f"{where}: 'file' must be a path inside {src}, got {file!r}")
+    media = src / file
+    if not follow_links and not media.resolve().is_relative_to(src.resolve()):
+        raise ValueError(
+            f"{where}: {file!r} is a link to {media.resolve()}, outside {src} "
+            "(pass --follow_links to read it)"
+        )
+    return media
+
+
+def read_captions(
+    src: str | os.PathLike, captions_file: str = CAPTIONS_FILE, follow_links: bool = False
+) -> list[Entry]:
     """Parses and checks the captions JSONL of a source folder.
 
     Raises ValueError naming the file and line of a bad line, a missing key, an unknown file type,
-    a missing media file or a duplicate entry.
+    a missing media file, a file outside `src` (a link out of it only if `follow_links`) or a
+    duplicate entry.
     """
     src = Path(src)
     path = src / captions_file
@@ -135,7 +160,7 @@ def read_captions(src: str | os.PathLike, captions_file: str = CAPTIONS_FILE) ->
             split = item.get("split", "train")
             if not isinstance(split, str) or not split.isidentifier():
                 raise ValueError(f"{where}: 'split' must be a name like 'train', got {split!r}")
-            media = src / item["file"]
+            media = _media_path(src, item["file"], where, follow_links)
             suffix = media.suffix.lower()
             if suffix not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
                 raise ValueError(
@@ -279,11 +304,14 @@ class Preflight:
 
 
 def preflight(
-    src: str | os.PathLike, config: PanoramaConfig | None = None, workers: int = 1
+    src: str | os.PathLike,
+    config: PanoramaConfig | None = None,
+    workers: int = 1,
+    follow_links: bool = False,
 ) -> Preflight:
     """Reads the captions of a source folder and probes every file (`workers` at a time)."""
     config = config or PanoramaConfig(name="default")
-    entries = read_captions(src, config.captions_file)
+    entries = read_captions(src, config.captions_file, follow_links)
 
     def check(entry: Entry) -> PlannedFile | str:
         try:
@@ -416,6 +444,7 @@ def prepare(
     *,
     workers: int = 1,
     progress: bool = True,
+    follow_links: bool = False,
     **config,
 ) -> Path:
     """Builds the dataset of a source folder; returns its directory (with dataset_info.json).
@@ -426,7 +455,12 @@ def prepare(
     crash reuses the finished shards. Last the shards are assembled into a dataset that
     replaces any previous one of the same name and version in one rename. `config`: the fields
     of `PanoramaConfig`. `progress` prints the preflight summary and the files encoded
-    (`progress.Progress`: a bar on a terminal, else a line per file).
+    (`progress.Progress`: a bar on a terminal, else a line per file). `follow_links`: captions
+    may name links inside `src` to files outside it.
+
+    `data_dir` is checked for writability first and locked for the build (a second build into
+    it is refused, naming the first: `common.locks`); a full disk during the build is a
+    UserError naming the path and the files kept for a rerun.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -434,15 +468,38 @@ def prepare(
     if not src.is_dir():
         raise ValueError(f"source folder not found: {src}")
     config = PanoramaConfig(name=name, **config)
+    check_writable(data_dir)
+    with locks.hold(data_dir, "prepare_dataset", "--out"):
+        return _prepare(src, Path(data_dir), config, workers, progress, follow_links)
+
+
+def _no_space(error: Exception) -> bool:
+    """Whether a write failed for want of room (or of a writable disk): ENOSPC as an OSError,
+    or in the text of the RuntimeError the ArrayRecord writer raises."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+    text = str(error)
+    return any(s in text for s in ("No space left", "Disk quota", "Read-only file system"))
+
+
+def _prepare(
+    src: Path,
+    data_dir: Path,
+    config: PanoramaConfig,
+    workers: int,
+    progress: bool,
+    follow_links: bool,
+) -> Path:
+    """`prepare` with `data_dir` locked."""
     report = print if progress else lambda *args: None
-    check = preflight(src, config, workers)
+    check = preflight(src, config, workers, follow_links)
     report(check.summary())
     if check.rejected and not config.skip_unreadable:
         raise ValueError(check.error())
     if not check.planned:
         raise ValueError(f"no readable files in {src}: nothing to build")
 
-    version_dir = Path(data_dir) / DATASET_NAME / name / str(PanoramicVideos.VERSION)
+    version_dir = data_dir / DATASET_NAME / config.name / str(PanoramicVideos.VERSION)
     staging = version_dir.parent / STAGING_DIR
     staging.mkdir(parents=True, exist_ok=True)
     features = make_builder(data_dir, config).info.features
@@ -457,9 +514,18 @@ def prepare(
     files = Progress(
         len(jobs), "encoding", unit="file", every=1, initial=len(summaries), enabled=progress
     )
-    with files:
-        _encode_files(jobs, summaries, config, features, workers, files)
-    out = _assemble(version_dir, config, check, jobs, summaries)
+    try:
+        with files:
+            _encode_files(jobs, summaries, config, features, workers, files)
+        out = _assemble(version_dir, config, check, jobs, summaries)
+    except (OSError, RuntimeError) as error:
+        if not _no_space(error):
+            raise
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UserError(
+            f"writing under {data_dir} failed ({reason}); the {len(summaries)} files encoded "
+            f"so far are kept in {staging} and a rerun resumes from them"
+        ) from None
     shutil.rmtree(staging, ignore_errors=True)
     return out
 

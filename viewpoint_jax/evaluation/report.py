@@ -52,6 +52,8 @@ FACE_VIEWS = {
     "D": (0.0, -90.0),
 }
 VIEWS_FOLDER = "views"
+# What `evaluate` writes into --out (`--overwrite` replaces only such a folder).
+REPORT_NAMES = frozenset([VIEWS_FOLDER, "metrics.json", "metrics.md"])
 VBENCH_DIMENSIONS = (
     "subject_consistency",
     "background_consistency",

@@ -194,9 +194,9 @@ def sampling_config(
             raise UserError(
                 f"--checkpoint {checkpoint} has no config.json of a training run: pass --config"
             )
-        config = config_lib.config_from_json(saved.read_text())
-        if "data" not in config:  # a converted DiT's config.json: the model's shape only
+        if (Path(checkpoint) / "params").is_dir():  # a converted DiT: the model's shape only
             raise UserError(f"--checkpoint {checkpoint} is a converted DiT: pass --config")
+        config = config_lib.run_config_from_file(saved)
     config = ml_collections.ConfigDict(config.to_dict())  # unlocked; the caller's stays as it is
     for flag, path in (components or {}).items():
         if path is not None:

@@ -22,6 +22,7 @@ import numpy as np
 
 from viewpoint_jax import geometry
 from viewpoint_jax.common import video_io
+from viewpoint_jax.common.cli import UserError
 from viewpoint_jax.common.fileio import atomic_directory, atomic_path, atomic_write_text
 from viewpoint_jax.generation import viewer
 from viewpoint_jax.generation.generate import Generation, LongGeneration
@@ -95,6 +96,22 @@ def canvas_video_name(representation: Representation) -> str:
     return f"{Representation(representation).value}.mp4"
 
 
+# What `write_outputs` puts in a folder; settings.json marks a folder it wrote (`--overwrite`
+# replaces only such a folder, `fileio.check_replaceable`).
+OUTPUT_NAMES = frozenset(
+    ["pano.mp4", "faces.png", "viewer.html", "settings.json"]
+    + [canvas_video_name(representation) for representation in Representation]
+)
+OUTPUT_MARKER = "settings.json"
+
+
+def estimated_bytes(num_frames: int, panorama_hw: tuple[int, int], canvas_hw: tuple[int, int]):
+    """A generous bound on the size of one output folder: the raw uint8 frames of the panorama
+    and the canvas (H.264 is far smaller; the viewer embeds pano.mp4 once more), plus 1 MiB."""
+    pixels = np.prod(panorama_hw) + np.prod(canvas_hw)
+    return int(num_frames * pixels * 3 + 2**20)
+
+
 def write_outputs(
     out: str | os.PathLike,
     generation: Generation | LongGeneration,
@@ -102,7 +119,25 @@ def write_outputs(
     record: dict[str, Any],
     overwrite: bool = False,
 ) -> Path:
-    """Writes the five outputs into `out` (one atomic directory rename)."""
+    """Writes the five outputs into `out` (one atomic directory rename). UserError naming `out`
+    if a write fails (a full disk, ffmpeg): nothing is left under `out`'s name, an earlier
+    folder there stays as it was."""
+    try:
+        _write_files(out, generation, fps, record, overwrite)
+    except (OSError, RuntimeError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        kept = " (the earlier one is kept)" if Path(out).exists() else ""
+        raise UserError(f"cannot write {out}: {reason}; nothing was written{kept}") from None
+    return Path(out)
+
+
+def _write_files(
+    out: str | os.PathLike,
+    generation: Generation | LongGeneration,
+    fps: float,
+    record: dict[str, Any],
+    overwrite: bool,
+) -> None:
     with atomic_directory(out, overwrite=overwrite) as tmp:
         video_io.write_video(tmp / "pano.mp4", generation.panorama, fps, spherical=True)
         canvas_video = tmp / canvas_video_name(generation.representation)
@@ -115,5 +150,6 @@ def write_outputs(
         viewer.write_viewer(
             tmp / "viewer.html", (tmp / "pano.mp4").read_bytes(), generation.panorama[0], title
         )
-        atomic_write_text(tmp / "settings.json", json.dumps(record, indent=2) + "\n")
-    return Path(out)
+        # allow_nan=False: settings.json stays valid JSON (the flags refuse non-finite numbers).
+        text = json.dumps(record, indent=2, allow_nan=False)
+        atomic_write_text(tmp / "settings.json", text + "\n")

@@ -21,7 +21,9 @@ import numpy as np
 
 from viewpoint_jax.common import video_io
 from viewpoint_jax.common.cli import UserError
+from viewpoint_jax.common.fileio import check_replaceable, check_writable
 from viewpoint_jax.common.progress import Progress
+from viewpoint_jax.data import config as data_config_lib
 from viewpoint_jax.diffusion import denoising
 from viewpoint_jax.generation import conditioning
 from viewpoint_jax.generation.generate import (
@@ -35,7 +37,10 @@ from viewpoint_jax.generation.generate import (
 from viewpoint_jax.generation.models import Models, load_models, sampling_meshes
 from viewpoint_jax.generation.outputs import (
     DEFAULT_FPS,
+    OUTPUT_MARKER,
+    OUTPUT_NAMES,
     condition_record,
+    estimated_bytes,
     settings_record,
     write_outputs,
 )
@@ -59,6 +64,7 @@ class Request:
     seed: int = 0
     fps: float | None = None
     name: str = ""
+    line: int = 0  # of its --prompts file (0: the flags), for messages
 
     def check(self, prefix: str = "--") -> None:
         """Cheap checks before anything heavy is loaded; messages name the flag (`prefix` "--")
@@ -86,8 +92,10 @@ class Request:
             )
         if self.overlap < 1:
             raise UserError(f"{prefix}overlap must be >= 1 latent frame, got {self.overlap}")
-        if self.fps is not None and not self.fps > 0:
-            raise UserError(f"{prefix}fps must be > 0, got {self.fps:g}")
+        if self.fps is not None and not (np.isfinite(self.fps) and self.fps > 0):
+            raise UserError(f"{prefix}fps must be a finite number > 0, got {self.fps:g}")
+        if not -(2**63) <= self.seed < 2**63:
+            raise UserError(f"{prefix}seed must be a 64-bit integer, got {self.seed}")
 
 
 # The keys of a --prompts line (besides "prompt") and the Request fields they set.
@@ -96,6 +104,27 @@ PROMPT_FILE_KEYS = {
     **{k: k for k in ("roll", "num_frames", "overlap", "seed", "fps")},
     "continue": "continue_from",
 }
+
+
+# The JSON types of a --prompts line's values (a 1.5 seed or a 5.0 frame count is a mistake to
+# name, not to pass on to the sampler).
+_INTEGER_KEYS = ("num_frames", "overlap", "seed")
+_NUMBER_KEYS = ("fov", "yaw", "pitch", "roll", "fps")
+_TEXT_KEYS = ("negative_prompt", "video", "image", "continue")
+
+
+def _check_types(record: dict[str, Any]) -> None:
+    """UserError naming the first key of a --prompts line whose value has the wrong type."""
+    for key, value in record.items():
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key in _INTEGER_KEYS and not (number and isinstance(value, int)):
+            raise UserError(f"{key} must be an integer, got {value!r}")
+        if key in _NUMBER_KEYS and not (number and np.isfinite(value)):
+            raise UserError(f"{key} must be a finite number, got {value!r}")
+        if key in _TEXT_KEYS and not (value is None or isinstance(value, str)):
+            raise UserError(f"{key} must be a string, got {value!r}")
+        if key == "name" and not (number or isinstance(value, str)):
+            raise UserError(f"name must be a string, got {value!r}")
 
 
 def read_prompt_file(path: str | os.PathLike, defaults: Request) -> list[Request | UserError]:
@@ -116,16 +145,18 @@ def read_prompt_file(path: str | os.PathLike, defaults: Request) -> list[Request
             unknown = sorted(set(record) - {"prompt", *PROMPT_FILE_KEYS})
             if unknown:
                 raise UserError(f"unknown keys {unknown}; known: {sorted(PROMPT_FILE_KEYS)}")
-            fields = {"name": f"{number:05d}", "prompt": record["prompt"]}
+            _check_types(record)
+            fields = {"name": f"{number:05d}", "prompt": record["prompt"], "line": number}
             fields.update({PROMPT_FILE_KEYS[k]: v for k, v in record.items() if k != "prompt"})
             request = dataclasses.replace(defaults, **fields)
             request = dataclasses.replace(request, name=str(request.name))
-            if not request.name or "/" in request.name or request.name.startswith("."):
+            bad = ("/", "\\", "\0")
+            if not request.name or any(c in request.name for c in bad) or request.name[0] == ".":
                 raise UserError(f"name {request.name!r} is not a folder name")
             if request.name in names:
                 raise UserError(f"name {request.name!r} is used by an earlier line")
             request.check(prefix="")
-        except (UserError, ValueError, TypeError) as error:
+        except (UserError, ValueError, TypeError, OverflowError) as error:
             requests.append(UserError(f"{where}: {error}"))
             continue
         names.add(request.name)
@@ -257,6 +288,28 @@ class StepProgress:
             self.bar.update(1)
 
 
+def check_output(
+    out: str | os.PathLike,
+    request: Request,
+    config: ml_collections.ConfigDict,
+    inputs: ConditionInputs | None = None,
+    *,
+    checkpoint: str | os.PathLike,
+    overwrite: bool,
+) -> None:
+    """Before sampling: `out` may be replaced (`--overwrite` replaces only an output folder
+    this program wrote, never the checkpoint or the current directory), can be written, and
+    its filesystem has room for the outputs (`outputs.estimated_bytes`). UserError naming it."""
+    if overwrite:
+        check_replaceable(out, owned=OUTPUT_NAMES, marker=OUTPUT_MARKER, keep=[checkpoint])
+    frames = request.num_frames or config.data.num_frames
+    if inputs is not None and inputs.video is not None:
+        frames = len(inputs.video)
+    panorama_hw = (config.data.erp_height, config.data.erp_width)
+    canvas_hw = data_config_lib.canvas_hw(config.data)
+    check_writable(out, expected_bytes=estimated_bytes(frames, panorama_hw, canvas_hw))
+
+
 def run_request(
     models: Models,
     config: ml_collections.ConfigDict,
@@ -273,6 +326,7 @@ def run_request(
     writes its outputs into `out` (atomically). Pass the same `progress` for every request of
     a model (see `StepProgress`)."""
     inputs = read_inputs(request, config) if inputs is None else inputs
+    check_output(out, request, config, inputs, checkpoint=checkpoint, overwrite=overwrite)
     settings = dataclasses.replace(settings, seed=request.seed)
     progress = StepProgress() if progress is None else progress
     started = time.time()
@@ -378,8 +432,11 @@ def _run_share(
                 models, config, request, settings, out / request.name,
                 checkpoint=checkpoint, overwrite=overwrite, progress=progress,
             )  # fmt: skip
-        except (UserError, ValueError, OSError) as error:
-            print(f"error: {source} ({request.name}): {error}", file=sys.stderr)
+        except Exception as error:  # any failure of this line: the others go on
+            reason = error if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+            first = (str(reason).strip().splitlines() or [""])[0]
+            where = f"{source} line {request.line} ({request.name})"
+            print(f"error: {where}: {first}", file=sys.stderr)
             failed.append(error)
             continue
         print(f"wrote {written}", file=sys.stderr)

@@ -11,6 +11,7 @@ sizes differ from a checkpoint's is named array by array before Orbax reads anyt
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -89,6 +90,18 @@ def check_matches(saved: Any, abstract: Any, what: str, *, partial: bool = False
 def _restore_arg(x: Any) -> ocp.ArrayRestoreArgs:
     sharding = getattr(x, "sharding", None) or jax.sharding.SingleDeviceSharding(jax.devices()[0])
     return ocp.ArrayRestoreArgs(sharding=sharding, global_shape=x.shape, dtype=x.dtype)
+
+
+class _StepMetadataFilter(logging.Filter):
+    """Drops Orbax's "Metadata file does not exist: <checkpoint>/_CHECKPOINT_METADATA": a run's
+    `<step>/state` read as a checkpoint of its own has its step metadata one folder up, so the
+    warning came with every sample and meant nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Metadata file does not exist")
+
+
+logging.getLogger("absl").addFilter(_StepMetadataFilter())
 
 
 def restore_params(path: str | os.PathLike, abstract_tree: Any, *, partial: bool = False) -> Any:

@@ -30,6 +30,7 @@ Schema:
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +209,57 @@ def config_from_json(text: str) -> ml_collections.ConfigDict:
         return value
 
     return ml_collections.ConfigDict(tuples(json.loads(text)))
+
+
+def run_config_from_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """A training run's config.json (what `sample --checkpoint RUN` samples with) read through
+    the schema: its values over `base_config()`, each section a JSON object, each value of its
+    key's type, then the checks of the model, encoders, sizes and representation. UserError
+    naming the file (and the key) for a file that is not such a config."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read {path} ({error})") from None
+    except json.JSONDecodeError as error:
+        raise UserError(
+            f"{path} is not valid JSON ({error.msg}: line {error.lineno} column {error.colno}); "
+            "the training run writes it (or pass --config)"
+        ) from None
+    if not isinstance(record, dict):
+        raise UserError(f"{path}: expected a JSON object, got {type(record).__name__}")
+    if "data" not in record:
+        raise UserError(
+            f"{path} has no 'data' section: not a training run's config (pass --config)"
+        )
+    config = base_config()
+    _merge_record(config, record, path, "")
+    try:
+        if config.model.preset not in PRESETS:
+            _fail("model.preset", f"must be one of {PRESETS}, got {config.model.preset!r}")
+        DiTConfig.preset(config.model.preset, **model_overrides(config))
+        _validate_encoders_and_sizes(config)
+        _validate_representation(config)
+    except (TypeError, ValueError, KeyError, AttributeError) as error:
+        raise UserError(f"{path}: {error}") from None
+    return config
+
+
+def _merge_record(schema: ml_collections.ConfigDict, record: dict, path: Path, prefix: str) -> None:
+    """Sets `record`'s values on `schema` (in place); UserError naming `path` and the key."""
+    for key, value in record.items():
+        name = f"config.{prefix}{key}"
+        if isinstance(schema.get(key), ml_collections.ConfigDict):
+            if not isinstance(value, dict):
+                raise UserError(f"{path}: {name} must be a section (a JSON object), got {value!r}")
+            _merge_record(schema[key], value, path, f"{prefix}{key}.")
+            continue
+        value = config_from_json(json.dumps({"v": value})).v  # lists as tuples
+        try:
+            schema[key] = value
+        except (TypeError, ValueError, AttributeError) as error:
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise UserError(f"{path}: {name} has the wrong type ({first})") from None
 
 
 def _fail(key: str, message: str):

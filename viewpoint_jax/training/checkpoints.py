@@ -102,6 +102,12 @@ class Checkpointer:
         except Exception as error:
             raise self._save_error(error) from error
 
+    def last_saved_step(self) -> int | None:
+        """The step of the newest complete checkpoint, once the save in flight (if any) is
+        done; raises CheckpointSaveError if that save failed."""
+        self._wait_for_previous_save()
+        return self.manager.latest_step()
+
     def raise_if_save_failed(self) -> None:
         """Raises CheckpointSaveError if the last save has finished and failed; never blocks on
         a save still being written."""
@@ -198,6 +204,16 @@ class Checkpointer:
         self.manager.close()
 
 
+def latest_complete_step(workdir: str | os.PathLike) -> int | None:
+    """The newest step with a checkpoint directory under `workdir` (a complete one: Orbax
+    renames it only then), or None; reads no file."""
+    directory = checkpoint_dir(workdir)
+    steps = (
+        [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.is_dir() else []
+    )
+    return max(steps, default=None)
+
+
 def restore_run_params(
     workdir: str | os.PathLike,
     abstract_params: nnx.State,
@@ -205,20 +221,44 @@ def restore_run_params(
     use_ema: bool = True,
     shardings: nnx.State | None = None,
 ) -> nnx.State:
-    """The model weights of a training run's latest checkpoint (EMA weights when saved and
-    asked for), never reading the optimizer state.
+    """The model weights of a training run's newest checkpoint that reads back (EMA weights
+    when saved and asked for), never reading the optimizer state.
 
     Each leaf is read in `abstract_params`' dtype (e.g. bf16 from fp32 training weights) straight
     into the matching leaf of `shardings` (`sharding.state_shardings`); default: the first device.
+    A checkpoint that fails to read (truncated or corrupt files) is reported on stderr with its
+    step and the reason and the one before it is read, as training resumes (nothing is moved:
+    the run is not this reader's); a config that does not match is an error, not a reason to
+    fall back. ValueError listing each failure if none reads back.
     """
     directory = checkpoint_dir(workdir)
-    with ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(read_only=True)
-    ) as manager:
-        step = manager.latest_step()
-    if step is None:
+    steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()), reverse=True)
+    if not steps:  # (the newest first: `latest_complete_step` and on down)
         raise FileNotFoundError(f"no complete checkpoint under {directory}")
-    path = directory / str(step) / "state"
+    failures = []
+    for step in steps:
+        try:
+            params = _restore_step_params(
+                directory / str(step), abstract_params, use_ema, shardings
+            )
+        except weights.ConfigMismatchError:
+            raise
+        except Exception as error:  # what a corrupt file raises varies (tensorstore, json, ...)
+            reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+            print(f"checkpoint step {step} does not read back, skipped ({reason})", file=sys.stderr)
+            failures.append(f"step {step}: {reason}")
+            continue
+        if failures:
+            print(f"using the newest readable checkpoint, {directory / str(step)}", file=sys.stderr)
+        return params
+    raise ValueError(f"no checkpoint under {directory} reads back ({'; '.join(failures)})")
+
+
+def _restore_step_params(
+    step_dir: Path, abstract_params: nnx.State, use_ema: bool, shardings: nnx.State | None
+) -> nnx.State:
+    """`restore_run_params` of one checkpoint `<workdir>/checkpoints/<step>`."""
+    path = step_dir / "state"
     saved = weights.saved_tree(path)
     key = "ema_params" if use_ema and "ema_params" in saved else "params"
     target = weights.abstract_pure(abstract_params, shardings)

@@ -12,7 +12,9 @@ its last complete checkpoint on the same data order.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import functools
 import os
 import sys
@@ -25,9 +27,11 @@ import ml_collections
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from viewpoint_jax.common import locks
 from viewpoint_jax.common import sharding as sharding_lib
+from viewpoint_jax.common.cli import UserError
 from viewpoint_jax.common.distributed import StopFlag
-from viewpoint_jax.common.fileio import atomic_write_text
+from viewpoint_jax.common.fileio import atomic_write_text, check_writable
 from viewpoint_jax.data import latents as latents_lib
 from viewpoint_jax.data import pipeline
 from viewpoint_jax.models import dit as dit_lib
@@ -195,11 +199,43 @@ def train(
     `data_iterator` (batches as pipeline.make_train_iterator yields them) or `data_source`
     (records) replace the config's dataset, and `devices` the devices of the mesh (default all),
     for tests. Returns {"step", "losses": {step: loss}, "stopped": bool (SIGTERM)}.
+
+    Before any work: `workdir` must be writable (UserError naming it) and is locked for the run
+    (`common.locks`: a second run on it is refused, naming the first); its filesystem must have
+    room for one checkpoint. A full disk during the run is one line naming the path and the
+    last complete checkpoint.
     """
-    stop = StopFlag()  # first: a SIGTERM during setup still ends in a clean exit
     workdir = Path(workdir).absolute()
+    check_writable(workdir)
+    lock = locks.hold(workdir, "training run", "--workdir")
+    with lock if jax.process_index() == 0 else contextlib.nullcontext():
+        try:
+            return _train(config, workdir, data_iterator, data_source, devices, progress)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise
+            last = checkpoints.latest_complete_step(workdir)
+            raise UserError(
+                f"writing {error.filename or workdir} failed ({error.strerror}); the last complete "
+                f"checkpoint is {'step ' + str(last) if last is not None else 'none'}"
+            ) from None
+
+
+def _train(
+    config: ml_collections.ConfigDict,
+    workdir: Path,
+    data_iterator: Iterator[dict] | None,
+    data_source: Any,
+    devices: list[jax.Device] | None,
+    progress: bool,
+) -> dict[str, Any]:
+    """`train` with the run directory locked."""
+    stop = StopFlag()  # first: a SIGTERM during setup still ends in a clean exit
     devices = jax.devices() if devices is None else list(devices)
     trainer = _set_up_run(config, workdir, devices)
+    # Room for one checkpoint (the whole state: weights, optimizer moments, EMA) before step 1.
+    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(trainer.abstract_state))
+    check_writable(checkpoints.checkpoint_dir(workdir), expected_bytes=state_bytes)
     checkpointer = checkpoints.Checkpointer(
         checkpoints.checkpoint_dir(workdir),
         every_steps=config.checkpoint.every_steps,
@@ -294,7 +330,7 @@ def _loop(
         stop.progressed = True  # from now on a SIGTERM saves this step before exiting
         step_metrics = {**step_metrics, **pipeline.condition_counts(batch)}
         if pending is not None:
-            _report(logger, pending)
+            _report(logger, pending, checkpointer)
         grid, skipped = trainer.latent_grid(device_batch), int(batch.get("skipped_records", 0))
         pending = (step, step_metrics, grid, skipped)
         image_every = config.log.image_every_steps
@@ -302,27 +338,37 @@ def _loop(
             logger.preview(step, jax.device_get(trainer.preview(state["params"], device_batch)))
         stopping = stop.should_stop()
         if step % config.checkpoint.every_steps == 0 or stopping or step == config.num_steps:
-            _report(logger, pending)
+            _report(logger, pending, checkpointer)
             pending = None
-            if int(jax.device_get(state["nonfinite"]["run"])) == 0:
+            saved = int(jax.device_get(state["nonfinite"]["run"])) == 0  # never a bad state
+            if saved:
                 checkpointer.save(step, state, data_iterator, force=True)
             trainer.text.flush()
         if stopping:
-            print(f"SIGTERM: saved step {step}, exiting", file=sys.stderr)
+            what = f"saved step {step}" if saved else f"step {step} not saved (non-finite)"
+            print(f"SIGTERM: {what}, exiting", file=sys.stderr)
             return step, True
     if pending is not None:
-        _report(logger, pending)
+        _report(logger, pending, checkpointer)
     return step, False
 
 
-def _report(logger: telemetry.TrainLogger, pending: tuple) -> None:
-    """Logs a step's (step, metrics, latent grid, skipped records); stops on a run of NaNs."""
+def _report(
+    logger: telemetry.TrainLogger, pending: tuple, checkpointer: checkpoints.Checkpointer
+) -> None:
+    """Logs a step's (step, metrics, latent grid, skipped records); stops on a run of NaNs,
+    naming the last checkpoint saved (only finite states are), or saying there is none."""
     step, step_metrics, latent_grid, skipped = pending
     values = logger.log(step, jax.device_get(step_metrics), latent_grid, skipped)
     limit = logger.config.max_consecutive_nonfinite
     if values["nonfinite_run"] >= limit:
+        last = checkpointer.last_saved_step()
+        good = (
+            f"the last good checkpoint is {checkpointer.directory / str(last)}"
+            if last is not None
+            else "no checkpoint was saved (none was of good weights)"
+        )
         raise NonFiniteLossError(
-            f"{int(values['nonfinite_run'])} NaN/Inf losses in a row at step {step} "
-            f"(config.max_consecutive_nonfinite = {limit}); the last checkpoint holds the last "
-            "good weights"
+            f"{int(values['nonfinite_run'])} NaN/Inf losses in a row at step {step} (or updates "
+            f"that explode the weights; config.max_consecutive_nonfinite = {limit}); {good}"
         )

@@ -6,8 +6,9 @@
   2. s ~ the config's timestep sampler, e ~ N(0, I): x_s = (1 - s) x + s e, target v = e - x;
   3. the DiT sees concat[x_s, condition latent, mask] (2 C + 1 channels) or x_s alone at t = 1000 s;
   4. MSE(v_pred, v) -> gradients of the fp32 master weights (the matmuls run in config.model.dtype);
-  5. AdamW with warmup and global-norm clipping; a NaN/Inf loss or gradient skips the update
-     (counted), optional EMA of the weights.
+  5. AdamW with warmup and global-norm clipping; a NaN/Inf loss or gradient, or an update that
+     makes a weight non-finite or moves the weights by more than their norm, skips the update
+     (counted as non-finite), optional EMA of the weights.
 
 The train state is a pytree of arrays (`init_state`): step, params, opt_state, ema_params? and
 the non-finite counters. `loop.py` jits the step with explicit shardings and donates the state.
@@ -143,9 +144,9 @@ def train_step(
 
         loss, grads = jax.value_and_grad(loss_fn)(state["params"])
     grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _sane_update(state["params"], params)
 
     def if_finite(new, old):  # a NaN/Inf step leaves weights and moments as they were
         return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
@@ -172,6 +173,21 @@ def train_step(
         "nonfinite_run": new_state["nonfinite"]["run"],
     }
     return new_state, step_metrics
+
+
+# An update larger than the weights it changes (global norms) is an explosion, not learning:
+# AdamW moves each weight by about the learning rate, a small fraction of the weights' norm.
+MAX_UPDATE_RATIO = 1.0
+
+
+def _sane_update(old: nnx.State, new: nnx.State) -> jax.Array:
+    """Whether the updated weights `new` are all finite and moved from `old` by less than
+    MAX_UPDATE_RATIO of their norm (a huge learning rate gives finite weights of 1e29 whose next
+    loss is NaN: such a state is skipped like a NaN loss, never saved)."""
+    all_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(new)]))
+    change = optax.global_norm(jax.tree.map(jnp.subtract, new, old))
+    scale = jnp.maximum(optax.global_norm(old), 1.0)  # weights that start at zero may move
+    return all_finite & (change <= MAX_UPDATE_RATIO * scale)
 
 
 def preview_step(
