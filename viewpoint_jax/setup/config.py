@@ -50,7 +50,7 @@ from viewpoint_jax.data.config import (
 from viewpoint_jax.diffusion.flow_matching import Loss
 from viewpoint_jax.geometry import Representation
 from viewpoint_jax.models.autoencoder import BlockDCTAutoencoder
-from viewpoint_jax.models.dit import PRESETS, BlockKind, DiTConfig
+from viewpoint_jax.models.dit import PRESETS, BlockKind, DiTConfig, RopeLayout
 from viewpoint_jax.models.vae import WanVAEConfig
 
 # The DiTConfig fields a config may set, with their types: None keeps the preset's value, as a
@@ -64,6 +64,7 @@ DIT_FIELDS = {
     "attention_pattern": object,  # a name or a tuple of block kinds
     "attention_backend": str,
     "prediction": str,
+    "rope_layout": str,  # "grid" (Wan's 3D RoPE) | "cube_faces" (CP-4DRoPE, on cube_2x3 only)
     "remat_policy": str,
     "dtype": str,
     "param_dtype": str,
@@ -344,9 +345,15 @@ def _validate_representation(config: ml_collections.ConfigDict) -> None:
     """Subregions and their overlaps exist only in the ViewPoint map: refuse asking for them in
     another representation."""
     representation = data_representation(config.data)
+    model = DiTConfig.preset(config.model.preset, **model_overrides(config))
+    if model.rope_layout == RopeLayout.CUBE_FACES and representation != Representation.CUBE_2X3:
+        _fail(
+            "model.rope_layout",
+            "'cube_faces' gives the tokens of a 2 x 3 cube-face raster 4D positions; "
+            f"config.data.representation is {representation.value!r}: use 'cube_2x3'",
+        )
     if representation == Representation.VIEWPOINT:
         return
-    model = DiTConfig.preset(config.model.preset, **model_overrides(config))
     if BlockKind.SUBREGION in model.block_kinds:
         _fail(
             "model.attention_pattern",
