@@ -49,7 +49,7 @@ def test_the_wan_configs_train_the_papers_condition_and_the_variant_every_condit
     variant = wan(f"{size}_all_conditions")
     assert dict(variant.data.condition_mixture) == conditions.DEFAULT_CONDITION_MIXTURE
     assert variant.model.preset == wan(size).model.preset
-    with pytest.raises(ValueError, match="configs/wan.py takes one of"):
+    with pytest.raises(ValueError, match=r"configs/wan\.py takes one of"):
         wan("14b_some_conditions")
 
 
@@ -92,7 +92,7 @@ def test_every_missing_input_is_named_at_once_a_line_each(tmp_path):
     assert f"{tmp_path / 'no_vae'} does not exist" in lines[2]
     assert "config.text_encoder.checkpoint: not set" in lines[3]
     # A run fed batches reads no dataset: that line goes.
-    with pytest.raises(ValueError, match="^4 problems"):
+    with pytest.raises(ValueError, match=r"^4 problems"):
         check_run_inputs(config, reads_dataset=False)
 
 
