@@ -1,5 +1,5 @@
-"""ViewPoint on Wan2.1-T2V, both model sizes: the paper's recipe where the paper states it, our
-choices where it does not (docs/paper-recipe.md lists every setting, which is which and why).
+"""ViewPoint on Wan2.1-T2V, both model sizes: the paper's settings where the paper states them,
+our choices where it does not (docs/paper-recipe.md lists every setting, which is which and why).
 
     --config configs/wan.py:14b     Wan2.1-T2V-14B; also configs/wan14b.py
     --config configs/wan.py:1_3b    Wan2.1-T2V-1.3B, fits one 80 GB device; also configs/wan1_3b.py
