@@ -128,7 +128,7 @@ def get_config(arg: str | None = None):
         config.autoencoder.factor = 8
         config.diffusion.loss = "velocity"
         config.diffusion.shift = 1.0
-        # The paper's random turns and views (the base config's): the tests cover that path.
+        # Random turns and views (the base config's, as real footage needs): the tests cover that path.
         defaults = base_config().data
         config.data.yaw_augment = defaults.yaw_augment
         config.data.condition_yaw_range = defaults.condition_yaw_range

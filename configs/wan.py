@@ -52,10 +52,10 @@ def get_config(arg: str | None = None):
     size = arg.removesuffix(ALL_CONDITIONS)
     preset, shift, remat_policy = SIZES[size]
     config = base_config()
-    config.num_steps = 10_000  # ours: the paper's step count is not stated
+    config.num_steps = 10_000  # ours: the paper's step count was not available to us
 
     config.model.preset = preset
-    # Paper: Pano and Perspective (subregion) attention; ours: strictly alternating, block by block.
+    # Paper: Pano and Perspective (subregion) attention; ours: strict alternation, block by block.
     config.model.attention_pattern = "alternate"
     config.model.attention_backend = "cudnn"
     config.model.remat_policy = remat_policy
@@ -69,7 +69,9 @@ def get_config(arg: str | None = None):
 
     config.data.erp_height = 512
     config.data.erp_width = 1024
-    config.data.map_size = 640  # ours: the map's side is not stated (80 x 80 latents)
+    config.data.map_size = (
+        640  # ours: the paper's map side was not available to us (80 x 80 latents)
+    )
     config.data.num_frames = 49
     config.data.frame_stride = 1
     mixture = DEFAULT_CONDITION_MIXTURE if arg.endswith(ALL_CONDITIONS) else PAPER_CONDITION_MIXTURE

@@ -84,7 +84,8 @@ class Prediction(enum.StrEnum):
 # would weigh the loss by 1 / s^2 without bound (as JiT clips it).
 CLEAN_MIN_SIGMA = 0.05
 
-# "alternate": PANO, SUBREGION, PANO, ... (the paper's design); or one kind for every block.
+# "alternate": PANO, SUBREGION, PANO, ... (our reading of the paper's Pano-Perspective
+# attention); or one kind for every block.
 PATTERNS = ("alternate", *BlockKind)
 REMAT_POLICIES = {
     "none": None,
