@@ -363,16 +363,12 @@ def _validate_encoders_and_sizes(config: ml_collections.ConfigDict) -> None:
             BlockDCTAutoencoder(int(ae.factor), int(ae.get("channels", 0)))
         except ValueError as error:
             _fail("autoencoder.channels", str(error).removeprefix("channels "))
-    if ae.kind == "wan_vae" and not ae.checkpoint:
-        _fail("autoencoder.checkpoint", "kind 'wan_vae' needs a converted VAE directory")
     spatial, temporal = autoencoder_factors(config)
     te = config.text_encoder
     if te.kind not in TEXT_ENCODERS:
         _fail("text_encoder.kind", f"must be one of {TEXT_ENCODERS}, got {te.kind!r}")
-    if te.kind == "umt5":
-        for key in ("checkpoint", "tokenizer"):
-            if not te[key]:
-                _fail(f"text_encoder.{key}", "kind 'umt5' needs it (a converted umT5 / its spm)")
+    # The paths kinds need (a converted VAE, umT5 and its tokenizer) are checked, all at once, by
+    # check_run_inputs.
     _positive_int(config, "text_encoder.max_length")
 
     data = config.data

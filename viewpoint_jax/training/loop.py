@@ -242,8 +242,8 @@ def _set_up_run(
 ) -> Trainer:
     """Validates the config and the inputs it names, records it in the run directory, builds
     the trainer."""
-    check_run_inputs(config, reads_dataset=reads_dataset)  # every missing path at once
     validate_config(config, len(devices), jax.process_count())
+    check_run_inputs(config, reads_dataset=reads_dataset)  # every missing path at once
     mesh, rules = mesh_and_rules(config, devices)
     model_config = build.dit_config(config)  # built once, handed down
     if jax.process_index() == 0:
