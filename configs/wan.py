@@ -10,8 +10,9 @@ our choices where it does not (docs/paper-recipe.md lists every setting, which i
 
 Paper: the ViewPoint map, Pano and Perspective (subregion) attention, the condition (one
 perspective video projected onto the map: `condition_mixture = {perspective_video: 1}`), joint
-image and video training, fine-tuning Wan2.1 from its weights (a Wan-size run without
-`model.init_checkpoint` is refused; `--config.model.init_checkpoint=none` trains from scratch).
+image and video training (as this project reads the paper), fine-tuning a pretrained video DiT,
+here Wan2.1 (a Wan-size run without `model.init_checkpoint` is refused;
+`--config.model.init_checkpoint=none` trains from scratch).
 Ours: 512 x 1024 ERP clips of 49 frames -> 640 x 640 maps (latents 13 x 80 x 80 x 16, 20800
 tokens), lr 1e-4, AdamW, 10,000 steps, warmup 100, grad clip 1.0, batch 1 per device (8 global),
 image share 0.2, strict alternation of Pano and subregion blocks, bf16 compute with fp32 master
