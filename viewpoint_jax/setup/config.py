@@ -263,7 +263,8 @@ def check_run_inputs(config: ml_collections.ConfigDict, *, reads_dataset: bool =
         elif not (Path(path).exists() if key == "text_encoder.tokenizer" else Path(path).is_dir()):
             problems.append(f"config.{key}: {path} does not exist; it needs {what}")
     data = config.data
-    if reads_dataset and data_source(data) == DataSource.PANORAMAS and not data.precomputed_latents:
+    reads_records = not data.get("precomputed_latents", "")
+    if reads_dataset and data_source(data) == DataSource.PANORAMAS and reads_records:
         try:
             panoramic_videos.dataset_dir(data.data_dir, data.name)
         except ValueError as error:
