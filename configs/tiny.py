@@ -67,8 +67,8 @@ def get_config(arg: str | None = None):
     config.data.map_size = 64
     config.data.num_frames = 5
     config.data.batch_size = 4
-    # Joint image and video training, as the paper's recipe (configs/wan.py: 0.2): half the
-    # batches are single frames, a still or one frame of a clip. In the time of 400 video steps
+    # Joint image and video training, as the paper's recipe (the shares are ours; configs/wan.py:
+    # 0.2): half the batches are single frames, a still or one frame of a clip. In the time of 400 video steps
     # the demo's fine-tuned model gains 0.88 dB (BENCHMARKS.md, "Joint image and video").
     config.data.image_ratio = 0.5
     # The condition camera faces the scene's front and the panorama is not turned: the demo
@@ -128,7 +128,7 @@ def get_config(arg: str | None = None):
         config.autoencoder.factor = 8
         config.diffusion.loss = "velocity"
         config.diffusion.shift = 1.0
-        # The paper's random turns and views (the base config's): the tests cover that path.
+        # Random turns and views (the base config's, as real footage needs): the tests cover that path.
         defaults = base_config().data
         config.data.yaw_augment = defaults.yaw_augment
         config.data.condition_yaw_range = defaults.condition_yaw_range

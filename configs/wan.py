@@ -1,13 +1,24 @@
-"""ViewPoint on Wan2.1-T2V: the paper's recipe, for both model sizes.
+"""ViewPoint on Wan2.1-T2V, both model sizes: the paper's settings where the paper states them,
+our choices where it does not (docs/paper-recipe.md lists every setting, which is which and why).
 
-    --config configs/wan.py:14b     Wan2.1-T2V-14B (the paper's model); also configs/wan14b.py
+    --config configs/wan.py:14b     Wan2.1-T2V-14B; also configs/wan14b.py
     --config configs/wan.py:1_3b    Wan2.1-T2V-1.3B, fits one 80 GB device; also configs/wan1_3b.py
+    --config configs/wan.py:14b_all_conditions, :1_3b_all_conditions
+                                    this project's extension, not the paper: one model for every
+                                    condition kind (text only, a view at frame 0, a known prefix,
+                                    2-3 views; data/conditions.py DEFAULT_CONDITION_MIXTURE)
 
-512 x 1024 ERP clips of 49 frames -> 640 x 640 ViewPoint maps (latents 13 x 80 x 80 x 16, 20800
-tokens), lr 1e-4, AdamW, batch 1 per device, bf16 compute with fp32 master weights and optimizer
-state, FSDP over every device, umT5-XXL embeddings precomputed once (the 5.7B encoder never shares
-memory with training). Per size: Wan's flow shift (5 for 14B, 3 for 1.3B) and the remat policy
-that fits 80 GB (full for 14B, saving the matmul outputs for 1.3B).
+Paper: the ViewPoint map, Pano and Perspective (subregion) attention, the condition (one
+perspective video projected onto the map: `condition_mixture = {perspective_video: 1}`), joint
+image and video training (as this project reads the paper), fine-tuning a pretrained video DiT,
+here Wan2.1 (a Wan-size run without `model.init_checkpoint` is refused;
+`--config.model.init_checkpoint=none` trains from scratch).
+Ours: 512 x 1024 ERP clips of 49 frames -> 640 x 640 maps (latents 13 x 80 x 80 x 16, 20800
+tokens), lr 1e-4, AdamW, 10,000 steps, warmup 100, grad clip 1.0, batch 1 per device (8 global),
+image share 0.2, strict alternation of Pano and subregion blocks, bf16 compute with fp32 master
+weights and optimizer state, FSDP over every device, umT5-XXL embeddings precomputed once. Per
+size: Wan's flow shift (5 for 14B, 3 for 1.3B; sampling: Wan's UniPC, 50 steps, guidance 5) and
+the remat policy that fits 80 GB (full for 14B, saving the matmul outputs for 1.3B).
 
     python -m viewpoint_jax.train --config configs/wan14b.py --workdir runs/vp14b \\
         --config.model.init_checkpoint=/ckpt/wan14b_dit \\
@@ -17,6 +28,9 @@ that fits 80 GB (full for 14B, saving the matmul outputs for 1.3B).
         --config.data.data_dir=/data/tfds --config.data.name=my_panoramas
 """
 
+import ml_collections
+
+from viewpoint_jax.data.conditions import DEFAULT_CONDITION_MIXTURE, ConditionKind
 from viewpoint_jax.setup.config import base_config
 
 # size -> (DiT preset, flow shift, remat policy)
@@ -24,16 +38,25 @@ SIZES = {
     "14b": ("wan_14b", 5.0, "full"),
     "1_3b": ("wan_1_3b", 3.0, "save_dots"),
 }
+ALL_CONDITIONS = "_all_conditions"  # the variant suffix: "14b_all_conditions"
+# The paper's condition: one perspective video projected onto the map, every example (the other
+# kinds listed at weight 0, so `--config.data.condition_mixture.none=0.1` can turn one on).
+PAPER_CONDITION_MIXTURE = {
+    kind.key: float(kind == ConditionKind.PERSPECTIVE_VIDEO) for kind in ConditionKind
+}
+ARGS = [*SIZES, *(size + ALL_CONDITIONS for size in SIZES)]
 
 
 def get_config(arg: str | None = None):
-    if arg not in SIZES:
-        raise ValueError(f"configs/wan.py takes a model size, one of {list(SIZES)}; got {arg!r}")
-    preset, shift, remat_policy = SIZES[arg]
+    if arg not in ARGS:
+        raise ValueError(f"configs/wan.py takes one of {ARGS}; got {arg!r}")
+    size = arg.removesuffix(ALL_CONDITIONS)
+    preset, shift, remat_policy = SIZES[size]
     config = base_config()
-    config.num_steps = 10_000
+    config.num_steps = 10_000  # ours: the paper's step count was not available to us
 
     config.model.preset = preset
+    # Paper: Pano and Perspective (subregion) attention; ours: strict alternation, block by block.
     config.model.attention_pattern = "alternate"
     config.model.attention_backend = "cudnn"
     config.model.remat_policy = remat_policy
@@ -47,13 +70,18 @@ def get_config(arg: str | None = None):
 
     config.data.erp_height = 512
     config.data.erp_width = 1024
-    config.data.map_size = 640
+    config.data.map_size = (
+        640  # ours: the paper's map side was not available to us (80 x 80 latents)
+    )
     config.data.num_frames = 49
     config.data.frame_stride = 1
+    mixture = DEFAULT_CONDITION_MIXTURE if arg.endswith(ALL_CONDITIONS) else PAPER_CONDITION_MIXTURE
+    config.data.condition_mixture = ml_collections.ConfigDict(dict(mixture))
     # The paper trains on images and videos jointly (images as 1-frame videos); the share is ours.
     config.data.image_ratio = 0.2
     config.data.caption_dropout = 0.1
-    config.data.batch_size = 8  # 1 per device on 8 devices
+    # The paper: "a batch size of 1" on 8 A100s (per device or global, unclear); ours: 1 per device.
+    config.data.batch_size = 8
     config.data.worker_count = 8
     config.data.data_dir = ""
     config.data.name = "default"
@@ -61,6 +89,7 @@ def get_config(arg: str | None = None):
     config.diffusion.timestep_sampler = "shifted_uniform"
     config.diffusion.shift = shift
 
+    # Ours, all of them (docs/paper-recipe.md): lr, warmup, clipping, no weight decay or EMA.
     config.optim.lr = 1e-4
     config.optim.warmup_steps = 100
     config.optim.weight_decay = 0.0
@@ -78,6 +107,7 @@ def get_config(arg: str | None = None):
     config.log.every_steps = 10
     config.log.image_every_steps = 250
 
+    # Ours: Wan2.1's own sampling defaults (UniPC, 50 steps, its shift, guidance 5).
     config.sample.scheduler = "unipc"
     config.sample.steps = 50
     config.sample.shift = shift

@@ -1,4 +1,5 @@
-"""ViewPoint on Wan2.1-T2V-14B: the paper's setup (`configs/wan.py:14b`; the recipe is there).
+"""ViewPoint on Wan2.1-T2V-14B: `configs/wan.py:14b` by name (docs/paper-recipe.md says which
+settings are the paper's and which are ours).
 
 python -m viewpoint_jax.train --config configs/wan14b.py --workdir runs/vp14b ...
 """

@@ -1,4 +1,5 @@
-"""ViewPoint on Wan2.1-T2V-1.3B: the smaller model, same data and recipe (`configs/wan.py:1_3b`; the recipe is there).
+"""ViewPoint on Wan2.1-T2V-1.3B: the smaller model, same data and recipe, `configs/wan.py:1_3b`
+by name (docs/paper-recipe.md says which settings are the paper's and which are ours).
 
 python -m viewpoint_jax.train --config configs/wan1_3b.py --workdir runs/vp1_3b ...
 """

@@ -10,7 +10,7 @@ import pytest
 
 from viewpoint_jax.data import conditions, pipeline
 from viewpoint_jax.setup import build
-from viewpoint_jax.setup.config import mesh_shape, validate_config
+from viewpoint_jax.setup.config import check_run_inputs, mesh_shape, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,8 +102,9 @@ def test_invalid_values_name_the_key(key, value, devices, message):
 def test_wan_configs_need_their_checkpoints():
     config = load("wan14b")
     config.autoencoder.checkpoint = ""
-    with pytest.raises(ValueError, match=r"config\.autoencoder\.checkpoint"):
-        validate_config(config, num_devices=8)
+    validate_config(config, num_devices=8)  # the values; the paths are check_run_inputs'
+    with pytest.raises(ValueError, match=r"config\.autoencoder\.checkpoint: not set"):
+        check_run_inputs(config)
 
 
 def run_train_cli(workdir, *overrides: str) -> subprocess.CompletedProcess:

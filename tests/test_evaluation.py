@@ -309,7 +309,7 @@ def _smooth_erp(height: int = 32, frames: int = 2) -> np.ndarray:
 
 
 def test_an_injected_seam_scores_worse_than_the_clean_panorama():
-    clean = _smooth_erp()
+    clean = _smooth_erp(64)  # seam_ratio compares pairs up to 13 columns apart: not too coarse
     width = clean.shape[2]
     # A brightness ramp around the longitudes: gentle inside, a 40-level jump at the wrap.
     seamed = clean + np.linspace(0, 40, width)[None, None, :, None]
@@ -319,7 +319,10 @@ def test_an_injected_seam_scores_worse_than_the_clean_panorama():
     )
     assert clean_score < 1.5
     assert seamed_score > 3 * clean_score and seamed_score > 4
-    assert panorama_metrics.seam_ratio(np.full((1, 8, 16, 3), 7, np.uint8)) == 1.0
+    assert panorama_metrics.seam_ratio(np.full((1, 32, 64, 3), 7, np.uint8)) == 1.0
+    assert panorama_metrics.end_continuity(seamed) > 20 * panorama_metrics.end_continuity(clean)
+    with pytest.raises(ValueError, match="at least 40 wide"):
+        panorama_metrics.seam_ratio(np.zeros((1, 8, 16, 3)))
     # The same numbers from uint8 frames, as read from an mp4.
     as_uint8 = np.round(seamed).astype(np.uint8)
     np.testing.assert_allclose(panorama_metrics.seam_ratio(as_uint8), seamed_score, rtol=0.05)
@@ -403,6 +406,7 @@ def test_psnr_and_ssim_of_views_on_the_8_bit_scale():
 def test_every_panorama_metric_states_its_direction_and_unit():
     functions = {
         "seam_ratio": panorama_metrics.seam_ratio,
+        "end_continuity": panorama_metrics.end_continuity,
         "pole_spread": panorama_metrics.pole_spread,
         "overlap_disagreement": panorama_metrics.overlap_disagreement,
         "flicker": panorama_metrics.temporal_flicker,

@@ -224,6 +224,7 @@ def test_cli_end_to_end(tiny_checkpoint, tmp_path):
     assert record["settings"]["scheduler"] == "euler"  # from the config
     assert record["settings"]["keep_known"] is True  # from the flag
     assert record["condition"]["fov"] == 75 and record["condition"]["frames"] == 5
+    assert record["condition"]["source_frames"] == 6  # the clip's, of which the first 5 used
     pano, fps = video_io.read_video(out / "pano.mp4")
     assert pano.shape == (5, 32, 64, 3) and fps == pytest.approx(10)
     assert video_io.read_video(out / "viewpoint.mp4")[0].shape == (5, 64, 64, 3)

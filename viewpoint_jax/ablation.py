@@ -1,5 +1,6 @@
 """The representation ablation, the paper's Table 2 at tiny size: the ViewPoint map with and
-without subregion (Perspective) attention, ERP and a 2 x 3 cube-map raster, each trained on the
+without subregion (Perspective) attention, ERP, a 2 x 3 cube-map raster and the same raster with
+per-face 4D RoPE (CP-4DRoPE), each trained on the
 demo data with the same steps and seed, then compared on held-out outpainting (error in ERP
 space outside the condition) and panorama consistency.
 
@@ -26,7 +27,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("train_steps", None, "training steps of each arm (default: config's)")
     flags.DEFINE_bool("quick", False, "test size: the demo's --quick dataset and micro model")
     flags.DEFINE_list("seeds", None, "sampling noise seeds (default: the demo's)")
-    flags.DEFINE_list("arms", None, "rows to run (default: viewpoint,viewpoint_pano,erp,cube_2x3)")
+    flags.DEFINE_list(
+        "arms", None, "rows to run (default: viewpoint,viewpoint_pano,erp,cube_2x3,cube_4drope)"
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -6,7 +6,7 @@
 DIR holds ERP videos (.mp4 ...) and images (.png/.jpg ...) and captions.jsonl with one
 {"file": "clip1.mp4", "caption": "...", "split": "train"} a line ("split" optional). Every file is
 probed first (the preflight summary; --dry_run stops there). Frames are stored at 512 x 1024 and
-videos at 16 fps by default (the paper's ERP size, Wan's frame rate). A build that stops
+videos at 16 fps by default (configs/wan.py's ERP size, our choice: docs/paper-recipe.md; Wan's frame rate). A build that stops
 (crash, kill) resumes where it was when run again. Training reads it with
 config.data.data_dir = DATA_DIR and config.data.name = NAME.
 

@@ -80,6 +80,21 @@ def read_video(
     return np.stack(frames), fps
 
 
+def frame_count(path: str | os.PathLike) -> int:
+    """The number of frames of a video as its container states it (1 for an image file);
+    ValueError naming the file if it cannot be opened."""
+    path = Path(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return 1
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            raise ValueError(f"cannot read video {path}: OpenCV could not open it")
+        return int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        capture.release()
+
+
 def to_uint8(video: np.ndarray) -> np.ndarray:
     """Pixels in [-1, 1] (any shape; numpy or jax) -> uint8, rounded, out-of-range clipped."""
     return np.round((np.clip(np.asarray(video, np.float32), -1.0, 1.0) + 1.0) * 127.5).astype(

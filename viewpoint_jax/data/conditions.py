@@ -178,7 +178,8 @@ class ConditionKind(enum.IntEnum):
         return self.name.lower()
 
 
-# The paper's condition stays the majority; the rest teach the other uses of the mask channel.
+# This project's extension (the paper trains perspective_video alone, configs/wan.py's default):
+# the paper's condition stays the majority; the rest teach the other uses of the mask channel.
 DEFAULT_CONDITION_MIXTURE = {
     "perspective_video": 0.7,
     "none": 0.1,

@@ -70,7 +70,8 @@ def data_config() -> ml_collections.ConfigDict:
     c.condition_size = (0, 0)  # perspective (h, w); (0, 0): conditions.condition_size(erp_height)
     c.yaw_augment = True  # random horizontal roll of the ERP
     # Condition kind -> weight (data/conditions.py ConditionKind); kinds left out weigh 0. Assign
-    # a whole dict to replace it (config.update merges). The paper's condition is the majority.
+    # a whole dict to replace it (config.update merges). The tiny configs train this project's
+    # mixture; configs/wan.py the paper's condition alone (docs/paper-recipe.md).
     c.condition_mixture = ml_collections.ConfigDict(dict(DEFAULT_CONDITION_MIXTURE))
     c.batch_size = 8  # global, over all hosts
     c.worker_count = 0  # grain worker processes per host (0: in the main process)

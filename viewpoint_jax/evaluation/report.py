@@ -286,7 +286,9 @@ def video_metrics(
     """Every metric of `panorama_metrics.PANORAMA_METRICS` for one video (None where it needs an input
     that is missing: a map video, a condition, or two frames)."""
     results: dict[str, float | None] = dict.fromkeys(panorama_metrics.PANORAMA_METRICS)
-    results["seam_ratio"] = panorama_metrics.seam_ratio(erp)
+    if erp.shape[2] >= panorama_metrics.SEAM_MIN_WIDTH:  # None for a thumbnail
+        results["seam_ratio"] = panorama_metrics.seam_ratio(erp)
+    results["end_continuity"] = panorama_metrics.end_continuity(erp)
     results["pole_spread"] = panorama_metrics.pole_spread(erp, pole_cap_deg)
     results["flicker"] = panorama_metrics.temporal_flicker(erp)
     results["flicker_lowpass"] = panorama_metrics.temporal_flicker(erp, block=8)

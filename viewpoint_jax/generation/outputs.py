@@ -59,10 +59,21 @@ def faces_contact_sheet(
 
 
 def condition_record(
-    video: str, frames: int, fov: float, yaw: float, pitch: float, roll: float
+    video: str,
+    frames: int,
+    fov: float,
+    yaw: float,
+    pitch: float,
+    roll: float,
+    source_frames: int | None = None,
 ) -> dict[str, Any]:
-    """How the condition view was placed, as settings.json records it."""
-    return {"video": video, "frames": frames, "fov": fov, "yaw": yaw, "pitch": pitch, "roll": roll}
+    """How the condition view was placed, as settings.json records it: `frames` of the clip
+    used (its first), of its `source_frames`."""
+    record = {"video": video, "frames": frames, "fov": fov, "yaw": yaw, "pitch": pitch}
+    record["roll"] = roll
+    if source_frames is not None:
+        record["source_frames"] = source_frames
+    return record
 
 
 def settings_record(

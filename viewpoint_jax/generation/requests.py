@@ -196,9 +196,23 @@ def read_inputs(request: Request, config: ml_collections.ConfigDict) -> Conditio
     if request.video:
         frames = request.num_frames or config.data.num_frames
         inputs.video, fps = read_condition(request.video, frames)
+        source_frames = video_io.frame_count(request.video)
+        if source_frames > frames:  # a clip longer than the video made: say what is used
+            limit = (
+                f"--num_frames {frames}"
+                if request.num_frames
+                else f"the model's clip, config.data.num_frames = {frames}"
+            )
+            print(
+                f"note: {request.video} has {source_frames} frames; the 360 video follows its "
+                f"first {len(inputs.video)} ({limit})",
+                file=sys.stderr,
+            )
         inputs.fps = fps or inputs.fps
         place = (request.fov, request.yaw, request.pitch, request.roll)
-        inputs.record = condition_record(str(request.video), len(inputs.video), *place)
+        inputs.record = condition_record(
+            str(request.video), len(inputs.video), *place, source_frames=source_frames
+        )
     elif request.image:
         inputs.image = video_io.read_video(request.image, num_frames=1)[0][0]
         place = dict(fov=request.fov, yaw=request.yaw, pitch=request.pitch, roll=request.roll)

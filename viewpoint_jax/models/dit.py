@@ -52,6 +52,20 @@ class BlockKind(enum.StrEnum):
     SUBREGION = "subregion"
 
 
+class RopeLayout(enum.StrEnum):
+    """Where a token's RoPE position comes from (`DiTConfig.rope_layout`).
+
+    GRID: Wan's 3D RoPE, (frame, row, column) of the token grid, whatever the canvas shows.
+    CUBE_FACES: the paper's Table 2 "CP-4DRoPE" row as we read it: a 2 x 3 cube-face raster
+    (`geometry.canvas.Representation.CUBE_2X3`) whose tokens get 4D positions (frame, face index,
+    row and column within the face), so every face has the same 2D positions as a perspective
+    frame of its size and the faces are told apart by a fourth axis (`cube_face_rope_tables`).
+    """
+
+    GRID = "grid"
+    CUBE_FACES = "cube_faces"
+
+
 class Prediction(enum.StrEnum):
     """What the head predicts; the model always returns the velocity.
 
@@ -70,7 +84,8 @@ class Prediction(enum.StrEnum):
 # would weigh the loss by 1 / s^2 without bound (as JiT clips it).
 CLEAN_MIN_SIGMA = 0.05
 
-# "alternate": PANO, SUBREGION, PANO, ... (the paper's design); or one kind for every block.
+# "alternate": PANO, SUBREGION, PANO, ... (our reading of the paper's Pano-Perspective
+# attention); or one kind for every block.
 PATTERNS = ("alternate", *BlockKind)
 REMAT_POLICIES = {
     "none": None,
@@ -100,6 +115,7 @@ class DiTConfig:
     attention_pattern: str | tuple[str, ...] = "alternate"
     attention_backend: str = "xla"
     prediction: str = "velocity"  # a Prediction
+    rope_layout: str = "grid"  # a RopeLayout
     remat_policy: str = "none"
     dtype: str = "float32"
     param_dtype: str = "float32"
@@ -120,6 +136,12 @@ class DiTConfig:
             raise ValueError(
                 f"prediction {self.prediction!r} not in {[p.value for p in Prediction]}"
             )
+        if self.rope_layout not in tuple(RopeLayout):
+            raise ValueError(
+                f"rope_layout {self.rope_layout!r} not in {[r.value for r in RopeLayout]}"
+            )
+        if self.rope_layout == RopeLayout.CUBE_FACES and BlockKind.SUBREGION in self.block_kinds:
+            raise ValueError("rope_layout 'cube_faces' is for a cube raster: use pano attention")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy {self.remat_policy!r} not in {list(REMAT_POLICIES)}")
         _ = self.block_kinds  # validates the pattern
@@ -235,6 +257,58 @@ def rope_tables(
         shape[axis] = size
         angles.append(np.broadcast_to(a.reshape(shape), (*grid, part // 2)))
     angle = np.concatenate(angles, axis=-1).reshape(-1, head_dim // 2)
+    return np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
+
+
+# The raster of cube faces the CUBE_FACES layout reads: 2 rows of 3 faces (geometry.canvas).
+CUBE_FACE_ROWS, CUBE_FACE_COLUMNS = 2, 3
+
+
+def rope_split_4d(head_dim: int) -> tuple[int, int, int, int]:
+    """The split of the head dim between frames, cube face, height and width: height and width
+    keep Wan's bands (`rope_split`), so a face's 2D positions rotate the same dims as in the
+    pretrained DiT; Wan's frame band is halved between frames and the face index (our choice: the
+    paper does not say how the fourth axis is sized)."""
+    frames, height, width = rope_split(head_dim)
+    face = 2 * (frames // 4)
+    return frames - face, face, height, width
+
+
+def _axis_angles(positions: np.ndarray, part: int, theta: float) -> np.ndarray:
+    """RoPE angles `(N, part/2)` of integer positions `(N,)` on one axis of `part` dims."""
+    inv_freq = 1.0 / theta ** (np.arange(0, part, 2, dtype=np.float64) / part)
+    return positions.astype(np.float64)[:, None] * inv_freq[None]
+
+
+@functools.lru_cache(maxsize=32)
+def cube_face_rope_tables(
+    grid: tuple[int, int, int], head_dim: int, theta: float = 10000.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin of the 4D RoPE of a 2 x 3 raster of cube faces (`RopeLayout.CUBE_FACES`).
+
+    `grid`: the token grid (frames, 2a, 3a) of the raster, faces a x a tokens in row-major
+    order (face k at raster row k // 3, column k % 3). Each token's position is (frame, k, row in
+    its face, column in its face), rotated over the bands of `rope_split_4d`. Returns two
+    (F*2a*3a, head_dim // 2) float32 arrays in the grid's token order.
+    """
+    frames, height, width = grid
+    side = height // CUBE_FACE_ROWS
+    if height % CUBE_FACE_ROWS or width != CUBE_FACE_COLUMNS * side or side < 1:
+        raise ValueError(
+            f"rope_layout 'cube_faces' needs a token grid of 2 x 3 square faces (2a x 3a), "
+            f"got {height}x{width}"
+        )
+    t, y, x = np.meshgrid(np.arange(frames), np.arange(height), np.arange(width), indexing="ij")
+    t, y, x = t.ravel(), y.ravel(), x.ravel()
+    face = (y // side) * CUBE_FACE_COLUMNS + x // side
+    positions = (t, face, y % side, x % side)
+    angle = np.concatenate(
+        [
+            _axis_angles(p, part, theta)
+            for p, part in zip(positions, rope_split_4d(head_dim), strict=True)
+        ],
+        axis=-1,
+    )
     return np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
 
 
@@ -439,7 +513,10 @@ class WanDiT(nnx.Module):
         ctx = constrain(ctx, ("batch", None, "act_embed"))
 
         sub_grid = (grid[0], grid[1] // 2, grid[2] // 2)
-        ropes = {BlockKind.PANO: rope_tables(grid, config.head_dim, config.rope_theta)}
+        pano_tables = (
+            cube_face_rope_tables if config.rope_layout == RopeLayout.CUBE_FACES else rope_tables
+        )
+        ropes = {BlockKind.PANO: pano_tables(grid, config.head_dim, config.rope_theta)}
         if BlockKind.SUBREGION in config.block_kinds:
             ropes[BlockKind.SUBREGION] = rope_tables(sub_grid, config.head_dim, config.rope_theta)
         ropes = {k: (jnp.asarray(c), jnp.asarray(s)) for k, (c, s) in ropes.items()}

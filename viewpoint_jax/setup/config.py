@@ -6,7 +6,8 @@ Schema:
 
     config.seed, num_steps                       run length and the seed of init, noise, data order
     config.model        preset ("tiny" | "wan_1_3b" | "wan_14b") + DiTConfig fields (None: preset's)
-                        init_checkpoint: a converted Wan DiT directory ("" = random init)
+                        init_checkpoint: a converted Wan DiT directory; "" = random init for
+                        the tiny preset, refused for the Wan presets ("none": from scratch, asked)
     config.autoencoder  kind ("space_to_depth" | "block_dct" | "wan_vae"), factor, channels (block_dct),
                         checkpoint (wan_vae)
     config.text_encoder kind ("tiny_random" | "umt5"), checkpoint, tokenizer, max_length, seed,
@@ -40,6 +41,7 @@ import ml_collections
 from viewpoint_jax.common import sharding
 from viewpoint_jax.common.cli import UserError
 from viewpoint_jax.common.sharding import DEFAULT_RULES, MESH_AXES
+from viewpoint_jax.data import panoramic_videos
 from viewpoint_jax.data.config import (
     DataSource,
     canvas_hw,
@@ -51,7 +53,7 @@ from viewpoint_jax.data.config import (
 from viewpoint_jax.diffusion.flow_matching import Loss
 from viewpoint_jax.geometry import Representation
 from viewpoint_jax.models.autoencoder import BlockDCTAutoencoder
-from viewpoint_jax.models.dit import PRESETS, BlockKind, DiTConfig
+from viewpoint_jax.models.dit import PRESETS, BlockKind, DiTConfig, RopeLayout
 from viewpoint_jax.models.vae import WanVAEConfig
 
 # The DiTConfig fields a config may set, with their types: None keeps the preset's value, as a
@@ -65,6 +67,7 @@ DIT_FIELDS = {
     "attention_pattern": object,  # a name or a tuple of block kinds
     "attention_backend": str,
     "prediction": str,
+    "rope_layout": str,  # "grid" (Wan's 3D RoPE) | "cube_faces" (CP-4DRoPE, on cube_2x3 only)
     "remat_policy": str,
     "dtype": str,
     "param_dtype": str,
@@ -262,6 +265,68 @@ def _merge_record(schema: ml_collections.ConfigDict, record: dict, path: Path, p
             raise UserError(f"{path}: {name} has the wrong type ({first})") from None
 
 
+# The presets the paper fine-tunes from Wan2.1's weights: a run of one starts from converted
+# weights (config.model.init_checkpoint) unless from-scratch training is asked for by name.
+WAN_PRESETS = ("wan_1_3b", "wan_14b")
+FROM_SCRATCH = "none"
+CONVERT_DIT_COMMAND = (
+    "python -m viewpoint_jax.convert_wan dit --src /weights/Wan2.1-T2V-14B --dst /ckpt/wan14b_dit "
+    "--in_dim=33 --dtype=bfloat16"
+)
+
+
+def init_checkpoint(config: ml_collections.ConfigDict) -> str | None:
+    """The converted DiT directory a run starts from (`config.model.init_checkpoint`), or None
+    for a random init ("" or "none")."""
+    value = str(config.model.get("init_checkpoint", "") or "")
+    return None if value in ("", FROM_SCRATCH) else value
+
+
+def check_run_inputs(config: ml_collections.ConfigDict, *, reads_dataset: bool = True) -> None:
+    """Before a training run builds anything: every input it reads is named and exists (the
+    dataset only if `reads_dataset`), and a Wan-size DiT starts from converted weights unless
+    `config.model.init_checkpoint` is "none". ValueError listing every problem at once, one line
+    each, naming its key (one problem: the line alone)."""
+    problems = []
+    model = config.model
+    if model.preset in WAN_PRESETS and not model.get("init_checkpoint", ""):
+        problems.append(
+            f"config.model.init_checkpoint: preset {model.preset!r} is fine-tuned from converted "
+            f"Wan2.1 weights (the paper's premise); convert them with `{CONVERT_DIT_COMMAND}` and "
+            f"pass --config.model.init_checkpoint=/ckpt/wan14b_dit, or "
+            f"--config.model.init_checkpoint={FROM_SCRATCH} to train from scratch"
+        )
+    # key -> (path, what it should be); "" where the config's kinds need none
+    paths = {"model.init_checkpoint": (init_checkpoint(config), "a converted DiT directory")}
+    if config.autoencoder.kind == "wan_vae":
+        paths["autoencoder.checkpoint"] = (
+            config.autoencoder.checkpoint,
+            "a converted VAE directory",
+        )
+    if config.text_encoder.kind == "umt5":
+        te = config.text_encoder
+        paths["text_encoder.checkpoint"] = (te.checkpoint, "a converted umT5 directory")
+        paths["text_encoder.tokenizer"] = (te.tokenizer, "umT5's spiece.model or its folder")
+    for key, (path, what) in paths.items():
+        if key == "model.init_checkpoint" and not path:
+            continue  # random init, allowed (or refused above)
+        if not path:
+            problems.append(f"config.{key}: not set; it needs {what}")
+        elif not (Path(path).exists() if key == "text_encoder.tokenizer" else Path(path).is_dir()):
+            problems.append(f"config.{key}: {path} does not exist; it needs {what}")
+    data = config.data
+    reads_records = not data.get("precomputed_latents", "")
+    if reads_dataset and data_source(data) == DataSource.PANORAMAS and reads_records:
+        try:
+            panoramic_videos.dataset_dir(data.data_dir, data.name)
+        except ValueError as error:
+            problems.append(f"config.data.data_dir, config.data.name: {error}")
+    if len(problems) > 1:
+        raise ValueError("\n".join([f"{len(problems)} problems with the run's inputs:", *problems]))
+    if problems:
+        raise ValueError(problems[0])
+
+
 def _fail(key: str, message: str):
     raise ValueError(f"config.{key}: {message}")
 
@@ -351,16 +416,12 @@ def _validate_encoders_and_sizes(config: ml_collections.ConfigDict) -> None:
             BlockDCTAutoencoder(int(ae.factor), int(ae.get("channels", 0)))
         except ValueError as error:
             _fail("autoencoder.channels", str(error).removeprefix("channels "))
-    if ae.kind == "wan_vae" and not ae.checkpoint:
-        _fail("autoencoder.checkpoint", "kind 'wan_vae' needs a converted VAE directory")
     spatial, temporal = autoencoder_factors(config)
     te = config.text_encoder
     if te.kind not in TEXT_ENCODERS:
         _fail("text_encoder.kind", f"must be one of {TEXT_ENCODERS}, got {te.kind!r}")
-    if te.kind == "umt5":
-        for key in ("checkpoint", "tokenizer"):
-            if not te[key]:
-                _fail(f"text_encoder.{key}", "kind 'umt5' needs it (a converted umT5 / its spm)")
+    # The paths kinds need (a converted VAE, umT5 and its tokenizer) are checked, all at once, by
+    # check_run_inputs.
     _positive_int(config, "text_encoder.max_length")
 
     data = config.data
@@ -396,9 +457,15 @@ def _validate_representation(config: ml_collections.ConfigDict) -> None:
     """Subregions and their overlaps exist only in the ViewPoint map: refuse asking for them in
     another representation."""
     representation = data_representation(config.data)
+    model = DiTConfig.preset(config.model.preset, **model_overrides(config))
+    if model.rope_layout == RopeLayout.CUBE_FACES and representation != Representation.CUBE_2X3:
+        _fail(
+            "model.rope_layout",
+            "'cube_faces' gives the tokens of a 2 x 3 cube-face raster 4D positions; "
+            f"config.data.representation is {representation.value!r}: use 'cube_2x3'",
+        )
     if representation == Representation.VIEWPOINT:
         return
-    model = DiTConfig.preset(config.model.preset, **model_overrides(config))
     if BlockKind.SUBREGION in model.block_kinds:
         _fail(
             "model.attention_pattern",

@@ -1,5 +1,6 @@
 """The representation ablation, the paper's Table 2 at tiny size: the ViewPoint map with and
-without subregion (Perspective) attention, ERP and a 2 x 3 cube-map raster, each trained on the
+without subregion (Perspective) attention, ERP, a 2 x 3 cube-map raster (CP-ICLoRA's layout, fully
+fine-tuned here, not LoRA) and the same raster with per-face 4D RoPE (CP-4DRoPE), each trained on the
 demo data with the same steps and seed (studies/ablation.py), then compared on held-out
 outpainting (error in ERP space outside the condition, `outpainting.panorama_outpainting`) and
 panorama consistency (`report.video_metrics`).
@@ -29,7 +30,7 @@ from viewpoint_jax.diffusion.denoising import SampleSettings
 from viewpoint_jax.evaluation import outpainting, report
 from viewpoint_jax.generation import decoding
 from viewpoint_jax.geometry import Representation
-from viewpoint_jax.models.dit import BlockKind, DiTConfig
+from viewpoint_jax.models.dit import BlockKind, DiTConfig, RopeLayout
 from viewpoint_jax.setup import build
 from viewpoint_jax.setup import config as config_lib
 from viewpoint_jax.studies import demo
@@ -47,6 +48,13 @@ REPRESENTATION_ARMS: dict[str, dict[str, Any]] = {
     "cube_2x3": {
         "data.representation": Representation.CUBE_2X3.value,
         "model.attention_pattern": PANO,
+    },
+    # CP-4DRoPE: the same raster, each face with its own 2D positions and the face index as a
+    # fourth RoPE axis (models.dit.RopeLayout.CUBE_FACES).
+    "cube_4drope": {
+        "data.representation": Representation.CUBE_2X3.value,
+        "model.attention_pattern": PANO,
+        "model.rope_layout": RopeLayout.CUBE_FACES.value,
     },
 }
 # report.video_metrics' metrics that need no condition file, averaged into each row.
@@ -98,6 +106,7 @@ def representation_row(
     return {
         "representation": representation.value,
         "attention_pattern": model_config.attention_pattern,
+        "rope_layout": model_config.rope_layout,
         "frame_size": [height, width],
         "tokens_per_frame": (height // token) * (width // token),
         "mse": mse,
@@ -133,8 +142,11 @@ def representation_markdown(rows: dict[str, Any], references: dict[str, Any]) ->
     ]
     for name, row in rows.items():
         frame = f"{row['frame_size'][0]}x{row['frame_size'][1]} ({row['tokens_per_frame']})"
+        attention = str(row["attention_pattern"])
+        if row.get("rope_layout") == RopeLayout.CUBE_FACES:
+            attention += ", 4D RoPE (face index)"
         lines.append(
-            f"| {name} | {row['representation']} | {row['attention_pattern']} | {frame} "
+            f"| {name} | {row['representation']} | {attention} | {frame} "
             f"| {row['mse']:.4f} ({row['psnr_db']:.2f} dB) | {_cell(row['round_trip_mse'], 5)} | "
             + " | ".join(_cell(row[key]) for key in CONSISTENCY_METRICS)
             + " |"

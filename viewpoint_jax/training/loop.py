@@ -39,7 +39,13 @@ from viewpoint_jax.models.autoencoder import latent_shape
 from viewpoint_jax.models.dit import load_pretrained_params
 from viewpoint_jax.models.text_encoder import TextFeeder, text_cache_path
 from viewpoint_jax.setup import build
-from viewpoint_jax.setup.config import autoencoder_factors, mesh_and_rules, validate_config
+from viewpoint_jax.setup.config import (
+    autoencoder_factors,
+    check_run_inputs,
+    init_checkpoint,
+    mesh_and_rules,
+    validate_config,
+)
 from viewpoint_jax.training import checkpoints, telemetry
 from viewpoint_jax.training import step as step_lib
 from viewpoint_jax.training.optim import make_optimizer
@@ -78,9 +84,9 @@ class Trainer:
 
     def init_state(self) -> dict[str, Any]:
         state = self.init_fn(jax.random.key(self.config.seed))
-        if self.config.model.init_checkpoint:
+        if init_checkpoint(self.config):
             params = load_pretrained_params(
-                self.config.model.init_checkpoint, self.model_config, self.state_sharding["params"]
+                init_checkpoint(self.config), self.model_config, self.state_sharding["params"]
             )
             state = self.from_params_fn(params)
         return state
@@ -232,7 +238,8 @@ def _train(
     """`train` with the run directory locked."""
     stop = StopFlag()  # first: a SIGTERM during setup still ends in a clean exit
     devices = jax.devices() if devices is None else list(devices)
-    trainer = _set_up_run(config, workdir, devices)
+    reads_dataset = data_iterator is None and data_source is None
+    trainer = _set_up_run(config, workdir, devices, reads_dataset)
     # Room for one checkpoint (the whole state: weights, optimizer moments, EMA) before step 1.
     state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(trainer.abstract_state))
     check_writable(checkpoints.checkpoint_dir(workdir), expected_bytes=state_bytes)
@@ -267,10 +274,12 @@ def _train(
 
 
 def _set_up_run(
-    config: ml_collections.ConfigDict, workdir: Path, devices: list[jax.Device]
+    config: ml_collections.ConfigDict, workdir: Path, devices: list[jax.Device], reads_dataset: bool
 ) -> Trainer:
-    """Validates the config, records it in the run directory, builds the trainer."""
+    """Validates the config and the inputs it names, records it in the run directory, builds
+    the trainer."""
     validate_config(config, len(devices), jax.process_count())
+    check_run_inputs(config, reads_dataset=reads_dataset)  # every missing path at once
     mesh, rules = mesh_and_rules(config, devices)
     model_config = build.dit_config(config)  # built once, handed down
     if jax.process_index() == 0:

@@ -35,8 +35,10 @@ import numpy as np
 from viewpoint_jax.common.progress import Progress
 from viewpoint_jax.common.video_io import encode_png, to_uint8, write_png
 from viewpoint_jax.data import panoramic_videos
+from viewpoint_jax.data.conditions import ConditionKind, parse_mixture
 from viewpoint_jax.data.config import DataSource, data_source
 from viewpoint_jax.models.dit import BlockKind, DiTConfig, abstract_model, count_params
+from viewpoint_jax.setup.config import init_checkpoint
 from viewpoint_jax.training import memory
 
 # Dense bf16 peak per device, FLOP/s (vendor figures, no sparsity).
@@ -272,7 +274,30 @@ def startup_summary(
         memory_summary(config, dict(mesh.shape), model_config),
         f"steps: {config.num_steps}, checkpoint every {config.checkpoint.every_steps}",
         dataset_summary(config.data),
+        recipe_summary(config),
     ]
+    return "\n".join(lines)
+
+
+def recipe_summary(config: ml_collections.ConfigDict) -> str:
+    """Where the run departs from the paper or not, one line each: the condition kinds it trains
+    on (the paper's is perspective_video alone) and the DiT's start (converted weights or random)."""
+    lines = []
+    if data_source(config.data) == DataSource.PANORAMAS:
+        mixture = parse_mixture(config.data.condition_mixture)
+        kinds = ", ".join(f"{kind.key} {weight:g}" for kind, weight in mixture.items() if weight)
+        paper = {k for k, w in mixture.items() if w} == {ConditionKind.PERSPECTIVE_VIDEO}
+        lines.append(
+            f"condition: {kinds} ("
+            + ("paper" if paper else "this project's mixture; the paper's is perspective_video")
+            + ")"
+        )
+    start = init_checkpoint(config)
+    lines.append(
+        f"DiT: starts from converted weights {start}"
+        if start
+        else "DiT: starts from a random initialisation (trained from scratch)"
+    )
     return "\n".join(lines)
 
 
