@@ -156,9 +156,16 @@ def load_models(
     rules = config_lib.logical_rules(config)
     # Checked on the config's sizes before any weight is read (a 14B restore takes minutes).
     latent = latent_shape(config)
-    denoising.check_mesh_fits(build.dit_config(config), mesh, latent)
+    model_config = build.dit_config(config)  # derived once, handed down
+    denoising.check_mesh_fits(model_config, mesh, latent)
     model = checkpoints.restore_model_for_inference(
-        checkpoint, config, mesh=mesh, rules=rules, dtype=dtype, param_dtype=dtype
+        checkpoint,
+        config,
+        mesh=mesh,
+        rules=rules,
+        model_config=model_config,
+        dtype=dtype,
+        param_dtype=dtype,
     )
     denoising.check_mesh_fits(model.config, mesh, latent)  # a checkpoint's own sizes
     return Models(

@@ -279,15 +279,18 @@ def restore_model(
     use_ema: bool = True,
     mesh: jax.sharding.Mesh | None = None,
     rules: sharding.LogicalRules = sharding.DEFAULT_RULES,
+    model_config: dit_lib.DiTConfig | None = None,
     **config_overrides: Any,
 ) -> dit_lib.WanDiT:
     """The DiT of the latest checkpoint of a training run (its EMA weights if it keeps them).
 
     `mesh`: restore straight into shardings by the parameters' logical axes and `rules`;
+    `model_config`: the run's DiTConfig where the caller holds it (default: `build.dit_config`);
     `config_overrides` change DiTConfig execution options (e.g. param_dtype="bfloat16" reads the
     fp32 training weights as bf16).
     """
-    model_config = dataclasses.replace(build.dit_config(config), **config_overrides)
+    model_config = build.dit_config(config) if model_config is None else model_config
+    model_config = dataclasses.replace(model_config, **config_overrides)
     graphdef, abstract = nnx.split(dit_lib.abstract_model(model_config), nnx.Param)
     shardings = None if mesh is None else sharding.state_shardings(abstract, mesh, rules)
     params = restore_run_params(workdir, abstract, use_ema=use_ema, shardings=shardings)
@@ -300,11 +303,13 @@ def restore_model_for_inference(
     *,
     mesh: jax.sharding.Mesh | None = None,
     rules: sharding.LogicalRules = sharding.DEFAULT_RULES,
+    model_config: dit_lib.DiTConfig | None = None,
     **config_overrides: Any,
 ) -> dit_lib.WanDiT:
-    """A training run directory, or a converted DiT checkpoint (config.json + params/).
+    """A training run directory, or a converted DiT checkpoint (config.json + params/, whose
+    own config.json sizes the DiT).
 
-    `mesh`, `rules` and `config_overrides` as in `restore_model`.
+    `mesh`, `rules`, `model_config` and `config_overrides` as in `restore_model`.
     """
     path = Path(workdir_or_checkpoint)
     if (path / "config.json").is_file() and (path / "params").is_dir():
@@ -313,4 +318,6 @@ def restore_model_for_inference(
         raise FileNotFoundError(
             f"{path} is neither a training run (no checkpoints/) nor a converted DiT checkpoint"
         )
-    return restore_model(config, path, mesh=mesh, rules=rules, **config_overrides)
+    return restore_model(
+        config, path, mesh=mesh, rules=rules, model_config=model_config, **config_overrides
+    )
