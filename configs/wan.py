@@ -2,6 +2,8 @@
 
     --config configs/wan.py:14b     Wan2.1-T2V-14B (the paper's model); also configs/wan14b.py
     --config configs/wan.py:1_3b    Wan2.1-T2V-1.3B, fits one 80 GB device; also configs/wan1_3b.py
+    --config configs/wan.py:14b_lora   the same with LoRA (config.lora) instead of every weight
+    --config configs/wan.py:1_3b_lora
 
 512 x 1024 ERP clips of 49 frames -> 640 x 640 ViewPoint maps (latents 13 x 80 x 80 x 16, 20800
 tokens), lr 1e-4, AdamW, batch 1 per device, bf16 compute with fp32 master weights and optimizer
@@ -15,6 +17,21 @@ that fits 80 GB (full for 14B, saving the matmul outputs for 1.3B).
         --config.text_encoder.checkpoint=/ckpt/umt5_xxl \\
         --config.text_encoder.tokenizer=/ckpt/umt5_xxl/spiece.model \\
         --config.data.data_dir=/data/tfds --config.data.name=my_panoramas
+
+LoRA (`:14b_lora`, `:1_3b_lora`): rank-64 adapters (PanoWan's rank) on the self-attention's
+q, k, v, o of every block (Pano and subregion attention: what changes from perspective video to
+the map), alpha 64 (alpha / rank = 1: the update as trained, at any rank); the inflated patch
+embedding trains in full (its condition channels start at zero), everything else is frozen, its
+matmul kernels held in bf16 (training/lora.py). Trainable: 23.8 M parameters for 1.3B, 105.5 M
+for 14B; the run's checkpoints hold those and their AdamW moments (BENCHMARKS.md, "LoRA").
+Memory per device (analytic, tools/memory_plan.py): 14B LoRA on v5p-8 (8 devices, batch 1 each)
+and on one 80 GB GPU with --config.data.batch_size=1 both fit with the full remat of the 14B
+recipe (the frozen bf16 base alone is 27 GiB unsharded); no offload is needed.
+
+    python -m viewpoint_jax.train --config configs/wan.py:14b_lora --workdir runs/vp14b_lora \\
+        --config.model.init_checkpoint=/ckpt/wan14b_dit ...   # as above
+    python -m viewpoint_jax.sample --checkpoint runs/vp14b_lora --lora_scale 1.0 ...
+    python -m viewpoint_jax.convert_wan merge --src runs/vp14b_lora --dst /ckpt/vp14b_merged
 """
 
 from viewpoint_jax.setup.config import base_config
@@ -24,12 +41,25 @@ SIZES = {
     "14b": ("wan_14b", 5.0, "full"),
     "1_3b": ("wan_1_3b", 3.0, "save_dots"),
 }
+LORA_RANK = 64  # PanoWan's
+LORA_ALPHA = 64.0
+ARGS = (*SIZES, *(f"{size}_lora" for size in SIZES))
 
 
 def get_config(arg: str | None = None):
-    if arg not in SIZES:
-        raise ValueError(f"configs/wan.py takes a model size, one of {list(SIZES)}; got {arg!r}")
-    preset, shift, remat_policy = SIZES[arg]
+    if arg not in ARGS:
+        raise ValueError(f"configs/wan.py takes a model size, one of {list(ARGS)}; got {arg!r}")
+    config = full_config(arg.removesuffix("_lora"))
+    if arg.endswith("_lora"):
+        config.lora.rank = LORA_RANK
+        config.lora.alpha = LORA_ALPHA
+        config.lora.targets = ("self_q", "self_k", "self_v", "self_o")
+    return config
+
+
+def full_config(size: str):
+    """Every weight trained: the paper's recipe for `size`."""
+    preset, shift, remat_policy = SIZES[size]
     config = base_config()
     config.num_steps = 10_000
 

@@ -259,3 +259,26 @@ def test_lora_run_on_demo_scenes_lowers_the_loss(tmp_path):
     assert np.mean(losses[-6:]) < 0.8 * np.mean(losses[:6]), losses
     record = json.loads((tmp_path / "run" / "lora_base.json").read_text())
     assert record["path"] == config.model.init_checkpoint
+
+
+def test_memory_plan_counts_only_the_trainable_state():
+    """configs/wan.py:14b_lora from shapes: the adapters' count by formula, optimizer state and
+    gradients of the trainable parameters only, the frozen kernels in bf16."""
+    from test_train import load_config
+
+    from viewpoint_jax.training import memory
+
+    config = load_config("wan", "14b_lora")
+    one = dict(data=1, fsdp=1, sequence=1, tensor=1)
+    plan = memory.training_plan(config, one)
+    d, layers, rank = 5120, 40, 64
+    adapters = 4 * layers * rank * (d + d)  # self-attention q, k, v, o: A (d, r) + B (r, d)
+    patch = 1 * 2 * 2 * 33 * d + d
+    assert plan["trainable_parameters"] == adapters + patch
+    assert plan["optimizer_bytes"] == 8 * plan["trainable_parameters"]  # AdamW moments, fp32
+    assert plan["gradient_bytes"] == 4 * plan["trainable_parameters"]
+    full = memory.training_plan(load_config("wan", "14b"), one)
+    assert full["parameters"] == plan["parameters"] - adapters
+    # Frozen: ~2 bytes a weight (bf16 kernels; fp32 norms, biases, modulation, time path).
+    frozen = plan["param_bytes"] - 4 * plan["trainable_parameters"]
+    assert 2.0 < frozen / full["parameters"] < 2.1
