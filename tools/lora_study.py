@@ -12,10 +12,13 @@ each (measured in this one process), the last losses and the outpainting error.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
+from absl import flags
+
+from viewpoint_jax.common import cli
+from viewpoint_jax.common.cli import UserError, refuse_positional
 
 
 def checkpoint_bytes(run_dir: Path) -> int:
@@ -69,18 +72,19 @@ def run(out: Path, train_steps: int) -> dict:
     return results
 
 
-def main() -> int:
-    import argparse
+def define_flags() -> None:
+    flags.DEFINE_string("out", None, "output folder (the dataset, both runs, the summary)")
+    flags.DEFINE_integer("train_steps", 600, "steps of each run", lower_bound=1)
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--train_steps", type=int, default=600)
-    args = parser.parse_args()
-    results = run(Path(args.out).absolute(), args.train_steps)
+
+def main(argv: list[str]) -> int:
+    refuse_positional(argv)
+    if not flags.FLAGS.out:
+        raise UserError("--out is required")
+    results = run(Path(flags.FLAGS.out).absolute(), flags.FLAGS.train_steps)
     print(json.dumps(results, indent=2))
     return 0
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    sys.exit(main())
+    cli.run(main, define_flags)
