@@ -2,11 +2,11 @@
 
     python tools/lora_study.py --out lora_study [--train_steps 600]
 
-Builds the demo dataset into `<out>/data` (as `make demo`), fine-tunes configs/tiny.py in full
-(`<out>/full`) and configs/tiny.py:lora (`<out>/lora`) from the committed pretrained DiT,
-outpaints the demo's held-out clips with both (the demo's metric and noise) and writes
-`<out>/lora_study.json`: trainable parameters, the checkpoint's size, the median step time of
-each (measured in this one process), the last losses and the outpainting error.
+Builds the demo dataset into `<out>/data` (as `make demo`), fine-tunes configs/tiny.py:lora
+(`<out>/lora`) and configs/tiny.py in full (`<out>/full`) from the committed pretrained DiT,
+outpaints the demo's held-out clips with each (the demo's metric and noise) and writes
+`<out>/lora_study.json`: per arm the checkpoint's size, the median step time, the last losses
+and the outpainting error (tools/bench_lora.py times the two steps interleaved).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from absl import flags
 
 from viewpoint_jax.common import cli
 from viewpoint_jax.common.cli import UserError, refuse_positional
+from viewpoint_jax.common.fileio import atomic_write_text
 
 
 def checkpoint_bytes(run_dir: Path) -> int:
@@ -27,49 +28,52 @@ def checkpoint_bytes(run_dir: Path) -> int:
 
 
 def run(out: Path, train_steps: int) -> dict:
+    """Trains and evaluates the LoRA arm, then the full one; the summary is rewritten after
+    each arm (`<out>/lora_study.json`)."""
+    from viewpoint_jax.studies import demo
+
+    demo.ensure_dataset(out, demo.FULL["dataset"])
+    configs = {
+        "lora": demo.demo_config(out, False, train_steps, f"{demo.CONFIG_FILE}:lora"),
+        "full": demo.demo_config(out, False, train_steps),
+    }
+    results = {}
+    for name, config in configs.items():
+        results[name] = train_and_evaluate(config, out / name)
+        if len(results) == 2:
+            results["lora_over_full_step_time"] = (
+                results["lora"]["median_step_time_s"] / results["full"]["median_step_time_s"]
+            )
+        atomic_write_text(out / "lora_study.json", json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def train_and_evaluate(config, run_dir: Path) -> dict:
+    """One arm: trained (or resumed) in `run_dir`, then the demo's outpainting error."""
     from viewpoint_jax.diffusion.denoising import SampleSettings
     from viewpoint_jax.evaluation import outpainting
     from viewpoint_jax.setup import build
     from viewpoint_jax.studies import demo
     from viewpoint_jax.training import checkpoints, telemetry
 
-    demo.ensure_dataset(out, demo.FULL["dataset"])
-    configs = {
-        "full": demo.demo_config(out, False, train_steps),
-        "lora": demo.demo_config(out, False, train_steps, f"{demo.CONFIG_FILE}:lora"),
-    }
-    results = {}
-    for name, config in configs.items():
-        demo.train_run(config, out / name)
-        records = [
-            json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()
-        ]
-        times = [r["step_time_s"] for r in records[10:] if "step_time_s" in r]
-        losses = telemetry.read_losses(out / name / "metrics.jsonl")
-        results[name] = {
-            "median_step_time_s": float(np.median(times)),
-            "last_50_mean_loss": float(np.mean([losses[s] for s in sorted(losses)[-50:]])),
-            "checkpoint_bytes": checkpoint_bytes(out / name),
-        }
-    first = configs["full"]
-    clips = outpainting.load_eval_clips(first.data)
-    settings = SampleSettings.from_config(first.sample)
-    for name, config in configs.items():
-        model = checkpoints.restore_model(config, out / name)
-        error = outpainting.outpainting_error(
-            model,
-            build.build_autoencoder(config),
-            build.build_text_encoder(config),
-            clips,
-            settings,
-            demo.FULL["eval_seeds"],
-        )
-        results[name]["outpainting"] = error.summary()
-    results["lora_over_full_step_time"] = (
-        results["lora"]["median_step_time_s"] / results["full"]["median_step_time_s"]
+    demo.train_run(config, run_dir)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    times = [r["step_time_s"] for r in map(json.loads, lines[10:]) if "step_time_s" in r]
+    losses = telemetry.read_losses(run_dir / "metrics.jsonl")
+    error = outpainting.outpainting_error(
+        checkpoints.restore_model(config, run_dir),
+        build.build_autoencoder(config),
+        build.build_text_encoder(config),
+        outpainting.load_eval_clips(config.data),
+        SampleSettings.from_config(config.sample),
+        demo.FULL["eval_seeds"],
     )
-    (out / "lora_study.json").write_text(json.dumps(results, indent=2) + "\n")
-    return results
+    return {
+        "median_step_time_s": float(np.median(times)),
+        "last_50_mean_loss": float(np.mean([losses[s] for s in sorted(losses)[-50:]])),
+        "checkpoint_bytes": checkpoint_bytes(run_dir),
+        "outpainting": error.summary(),
+    }
 
 
 def define_flags() -> None:
