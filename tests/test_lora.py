@@ -90,23 +90,27 @@ def leaves_by_path(tree):
     }
 
 
-def test_training_moves_only_the_trainable_parameters(tmp_path):
-    config = lora_config(tmp_path)
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """(config, run directory) of a LoRA run of 4 steps on the micro config."""
+    root = tmp_path_factory.mktemp("lora")
+    config = lora_config(root)
     config.num_steps = 4
     config.optim.warmup_steps = 0
-    loop.train(
-        config,
-        tmp_path / "run",
-        data_source=procedural_records(),
-        devices=ONE_DEVICE,
-        progress=False,
-    )
+    config.optim.lr = 1e-2
+    records = procedural_records()
+    loop.train(config, root / "run", data_source=records, devices=ONE_DEVICE, progress=False)
+    return config, root / "run"
+
+
+def test_training_moves_only_the_trainable_parameters(trained_run):
+    config, run_dir = trained_run
     trainer = loop.make_trainer(config, *sharding_lib_mesh_and_rules(config))
     start = leaves_by_path(trainer.init_state()["params"])
-    trained = checkpoints.restore_model_for_inference(tmp_path / "run", config)
+    trained = checkpoints.restore_model_for_inference(run_dir, config)
     _, trainable, base = lora_models.split_params(trained)
     # The run's checkpoint holds the trainable parameters only (+ optimizer state).
-    saved = checkpoints.weights.saved_tree(tmp_path / "run" / "checkpoints" / "4" / "state")
+    saved = checkpoints.weights.saved_tree(run_dir / "checkpoints" / "4" / "state")
     saved_paths = set(leaves_by_path(saved["params"]))
     assert saved_paths == set(start)
     assert all("lora" in p or "patch" in p for p in saved_paths)
@@ -116,28 +120,17 @@ def test_training_moves_only_the_trainable_parameters(tmp_path):
         np.testing.assert_array_equal(value, expected_base[path], err_msg=path)
     for path, value in leaves_by_path(trainable).items():
         assert not np.array_equal(value, start[path]), path
-    assert (tmp_path / "run" / "lora_base.json").is_file()
+    assert (run_dir / "lora_base.json").is_file()
 
 
-def test_merged_equals_unmerged_and_the_merge_command_writes_it(tmp_path):
-    config = lora_config(tmp_path)
-    config.num_steps = 2
-    config.optim.warmup_steps = 0
-    config.optim.lr = 1e-2
-    loop.train(
-        config,
-        tmp_path / "run",
-        data_source=procedural_records(),
-        devices=ONE_DEVICE,
-        progress=False,
-    )
-    (tmp_path / "run" / "config.json").write_text(config.to_json_best_effort())
-    unmerged = checkpoints.restore_model_for_inference(tmp_path / "run", config)
+def test_merged_equals_unmerged_and_the_merge_command_writes_it(trained_run, tmp_path):
+    config, run_dir = trained_run
+    unmerged = checkpoints.restore_model_for_inference(run_dir, config)
     merged = lora_models.merge_lora(unmerged)
     assert not nnx.state(merged, nnx.LoRAParam)
     inputs = model_inputs(merged.config)
     np.testing.assert_allclose(merged(*inputs), unmerged(*inputs), rtol=1e-5, atol=1e-5)
-    half = checkpoints.restore_model_for_inference(tmp_path / "run", config, lora_scale=0.5)
+    half = checkpoints.restore_model_for_inference(run_dir, config, lora_scale=0.5)
     assert not np.allclose(half(*inputs), unmerged(*inputs), atol=1e-4)
 
     result = subprocess.run(
@@ -146,7 +139,7 @@ def test_merged_equals_unmerged_and_the_merge_command_writes_it(tmp_path):
             "-m",
             "viewpoint_jax.convert_wan",
             "merge",
-            f"--src={tmp_path / 'run'}",
+            f"--src={run_dir}",
             f"--dst={tmp_path / 'merged'}",
         ],
         env=subprocess_env(),
