@@ -275,3 +275,15 @@ def test_memory_plan_counts_only_the_trainable_state():
     # Frozen: ~2 bytes a weight (bf16 kernels; fp32 norms, biases, modulation, time path).
     frozen = plan["param_bytes"] - 4 * plan["trainable_parameters"]
     assert 2.0 < frozen / full["parameters"] < 2.1
+
+
+def test_lora_scale_on_a_run_without_lora_is_one_line(tmp_path, capsys):
+    from test_sample_cli import run_in_process
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(micro_config().to_json_best_effort())
+    argv = ["--checkpoint", run_dir, "--prompt", "a room", "--out", tmp_path / "out"]
+    code, stderr = run_in_process([*map(str, argv), "--lora_scale=0.5"], capsys)
+    assert code == 2 and len(stderr.splitlines()) == 1
+    assert stderr.startswith(f"error: --lora_scale: {run_dir} is not a LoRA run")
