@@ -54,12 +54,11 @@ def train_and_evaluate(config, run_dir: Path) -> dict:
     from viewpoint_jax.evaluation import outpainting
     from viewpoint_jax.setup import build
     from viewpoint_jax.studies import demo
-    from viewpoint_jax.training import checkpoints, telemetry
+    from viewpoint_jax.training import checkpoints
 
     demo.train_run(config, run_dir)
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    times = [r["step_time_s"] for r in map(json.loads, lines[10:]) if "step_time_s" in r]
-    losses = telemetry.read_losses(run_dir / "metrics.jsonl")
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    times = [r["step_time_s"] for r in records[10:] if "step_time_s" in r]
     error = outpainting.outpainting_error(
         checkpoints.restore_model(config, run_dir),
         build.build_autoencoder(config),
@@ -70,7 +69,7 @@ def train_and_evaluate(config, run_dir: Path) -> dict:
     )
     return {
         "median_step_time_s": float(np.median(times)),
-        "last_50_mean_loss": float(np.mean([losses[s] for s in sorted(losses)[-50:]])),
+        "last_50_mean_loss": float(np.mean([r["loss"] for r in records[-50:]])),
         "checkpoint_bytes": checkpoint_bytes(run_dir),
         "outpainting": error.summary(),
     }
