@@ -287,3 +287,29 @@ def test_lora_scale_on_a_run_without_lora_is_one_line(tmp_path, capsys):
     code, stderr = run_in_process([*map(str, argv), "--lora_scale=0.5"], capsys)
     assert code == 2 and len(stderr.splitlines()) == 1
     assert stderr.startswith(f"error: --lora_scale: {run_dir} is not a LoRA run")
+
+
+def test_trainable_split_by_targets_and_train_norms():
+    """Adapters sit exactly on the named targets, stacked over the layers with the kernel's
+    logical axes; train_norms adds the norms and modulation, never a frozen kernel."""
+    config = dit_lib.DiTConfig.tiny(lora_rank=RANK, lora_targets=("cross_k", "ffn"))
+    model = dit_lib.abstract_model(config)
+    adapters = nnx.state(model, nnx.LoRAParam).flat_state()
+    assert sorted({path[:-1] for path, _ in adapters}) == [
+        ("blocks", "cross_attn", "k"),
+        ("blocks", "ffn_in"),
+        ("blocks", "ffn_out"),
+    ]
+    lora_a = dict(adapters)[("blocks", "ffn_in", "lora_a")]
+    assert lora_a.get_value().shape == (config.num_layers, config.dim, RANK)
+    assert lora_a.get_metadata()["out_sharding"] == ("layers", "embed", None)
+    for train_norms in (False, True):
+        _, trainable, _ = lora_models.split_params(model, train_norms)
+        names = {
+            path[-2] if path[-1] == "scale" else path[-1] for path, _ in trainable.flat_state()
+        }
+        extra = {"norm_q", "norm_k", "cross_norm", "modulation", "head_modulation"}
+        expected = {"lora_a", "lora_b", "patch_kernel", "patch_bias"}
+        if train_norms:
+            expected |= extra | {"bias"}  # cross_norm's bias
+        assert names == expected, names
