@@ -12,7 +12,9 @@ viewpoint_jax/assets/tiny_perspective (made by `:pretrain`; its README.md has th
     python -m viewpoint_jax.pretrain --config configs/tiny.py:pretrain ... # the pretrained DiT
 
 Arguments: "micro" (the test size, from scratch), "pretrain" (a plain text-to-video Wan of the
-same size on perspective clips of demo scenes), "micro_pretrain" (both).
+same size on perspective clips of demo scenes), "micro_pretrain" (both), "lora" (the fine-tuning
+with LoRA adapters instead of every weight: rank 16, alpha 16, on the self-attention's q, k, v, o
+and the FFN; the patch embedding trains in full; BENCHMARKS.md, "LoRA").
 """
 
 from pathlib import Path
@@ -22,7 +24,7 @@ from viewpoint_jax.data.config import DataSource
 from viewpoint_jax.setup.config import base_config
 
 PRETRAINED = Path(viewpoint_jax.__file__).parent / "assets" / "tiny_perspective"
-ARGS = (None, "micro", "pretrain", "micro_pretrain")
+ARGS = (None, "micro", "pretrain", "micro_pretrain", "lora")
 
 
 def get_config(arg: str | None = None):
@@ -146,6 +148,10 @@ def get_config(arg: str | None = None):
         config.log.image_every_steps = 0
     if arg in ("pretrain", "micro_pretrain"):
         pretrain(config, micro=arg == "micro_pretrain")
+    if arg == "lora":  # rank 16 of width 192 (configs/wan.py: 64 of 1536 or 5120)
+        config.lora.rank = 16
+        config.lora.alpha = 16.0
+        config.lora.targets = ("self_q", "self_k", "self_v", "self_o", "ffn")
     return config
 
 

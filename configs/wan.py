@@ -7,6 +7,8 @@ our choices where it does not (docs/paper-recipe.md lists every setting, which i
                                     this project's extension, not the paper: one model for every
                                     condition kind (text only, a view at frame 0, a known prefix,
                                     2-3 views; data/conditions.py DEFAULT_CONDITION_MIXTURE)
+    --config configs/wan.py:14b_lora   the same with LoRA (config.lora) instead of every weight
+    --config configs/wan.py:1_3b_lora
 
 Paper: the ViewPoint map, Pano and Perspective (subregion) attention, the condition (one
 perspective video projected onto the map: `condition_mixture = {perspective_video: 1}`), joint
@@ -26,6 +28,21 @@ the remat policy that fits 80 GB (full for 14B, saving the matmul outputs for 1.
         --config.text_encoder.checkpoint=/ckpt/umt5_xxl \\
         --config.text_encoder.tokenizer=/ckpt/umt5_xxl/spiece.model \\
         --config.data.data_dir=/data/tfds --config.data.name=my_panoramas
+
+LoRA (`:14b_lora`, `:1_3b_lora`): rank-64 adapters (PanoWan's rank) on the self-attention's
+q, k, v, o of every block (Pano and subregion attention: what changes from perspective video to
+the map), alpha 64 (alpha / rank = 1: the update as trained, at any rank); the inflated patch
+embedding trains in full (its condition channels start at zero), everything else is frozen, its
+matmul kernels held in bf16 (training/lora.py). Trainable: 23.8 M parameters for 1.3B, 105.5 M
+for 14B; the run's checkpoints hold those and their AdamW moments (BENCHMARKS.md, "LoRA").
+Memory per device (analytic, tools/memory_plan.py): 14B LoRA on v5p-8 (8 devices, batch 1 each)
+and on one 80 GB GPU with --config.data.batch_size=1 both fit with the full remat of the 14B
+recipe (the frozen bf16 base alone is 27 GiB unsharded); no offload is needed.
+
+    python -m viewpoint_jax.train --config configs/wan.py:14b_lora --workdir runs/vp14b_lora \\
+        --config.model.init_checkpoint=/ckpt/wan14b_dit ...   # as above
+    python -m viewpoint_jax.sample --checkpoint runs/vp14b_lora --lora_scale 1.0 ...
+    python -m viewpoint_jax.convert_wan merge --src runs/vp14b_lora --dst /ckpt/vp14b_merged
 """
 
 import ml_collections
@@ -39,17 +56,30 @@ SIZES = {
     "1_3b": ("wan_1_3b", 3.0, "save_dots"),
 }
 ALL_CONDITIONS = "_all_conditions"  # the variant suffix: "14b_all_conditions"
+LORA = "_lora"  # the variant suffix: "14b_lora"
 # The paper's condition: one perspective video projected onto the map, every example (the other
 # kinds listed at weight 0, so `--config.data.condition_mixture.none=0.1` can turn one on).
 PAPER_CONDITION_MIXTURE = {
     kind.key: float(kind == ConditionKind.PERSPECTIVE_VIDEO) for kind in ConditionKind
 }
-ARGS = [*SIZES, *(size + ALL_CONDITIONS for size in SIZES)]
+LORA_RANK = 64  # PanoWan's
+LORA_ALPHA = 64.0
+ARGS = [*SIZES, *(size + ALL_CONDITIONS for size in SIZES), *(size + LORA for size in SIZES)]
 
 
 def get_config(arg: str | None = None):
     if arg not in ARGS:
         raise ValueError(f"configs/wan.py takes one of {ARGS}; got {arg!r}")
+    config = full_config(arg.removesuffix(LORA))
+    if arg.endswith(LORA):
+        config.lora.rank = LORA_RANK
+        config.lora.alpha = LORA_ALPHA
+        config.lora.targets = ("self_q", "self_k", "self_v", "self_o")
+    return config
+
+
+def full_config(arg: str):
+    """Every weight trained: the recipe for `arg` (a size, or a size with ALL_CONDITIONS)."""
     size = arg.removesuffix(ALL_CONDITIONS)
     preset, shift, remat_policy = SIZES[size]
     config = base_config()

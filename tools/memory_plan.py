@@ -3,6 +3,7 @@
     python tools/memory_plan.py --config configs/wan14b.py [--devices 8] [--hbm_gb 80]
     python tools/memory_plan.py --config configs/wan1_3b.py --method compiled
     python tools/memory_plan.py --config configs/wan14b.py --mode sample --devices 1,2,4,8
+    python tools/memory_plan.py --config configs/wan.py:14b_lora --devices 1 --batch_size 1
 
 --mode sample: the memory of generating one video (`viewpoint_jax.sample`) on the sampling
   mesh (`generation.models.sampling_mesh`: FSDP over all devices) with `--dtype` weights, a row
@@ -536,6 +537,7 @@ def define_flags() -> None:
     flags.DEFINE_enum("mode", "train", ["train", "sample"], "the train step or sampling")
     flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "sample mode: weights")
     flags.DEFINE_integer("map_size", None, "sample mode: override config.data.map_size")
+    flags.DEFINE_integer("batch_size", None, "train mode: override config.data.batch_size")
 
 
 def main(argv: list[str]) -> int:
@@ -557,6 +559,8 @@ def main(argv: list[str]) -> int:
     if args.method == "compiled":
         _simulate_devices(devices)
     config = load_config(args.config)
+    if args.batch_size:  # e.g. 1 for one device of a recipe sized for 8
+        config.data.batch_size = args.batch_size
     if args.method == "analytic":
         plan, notes = analytic_plan(config, devices), ()
     else:

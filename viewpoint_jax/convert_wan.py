@@ -3,6 +3,10 @@
     viewpoint-convert dit  --src Wan2.1-T2V-1.3B/ --dst ckpt/dit [--in_dim=33] [--dtype=bfloat16]
     viewpoint-convert vae  --src Wan2.1_VAE.pth --dst ckpt/vae
     viewpoint-convert umt5 --src models_t5_umt5-xxl-enc-bf16.pth --dst ckpt/umt5
+    viewpoint-convert merge --src runs/vp14b_lora --dst ckpt/vp14b_merged [--lora_scale=1]
+
+`merge` folds a LoRA training run's adapters into its base (config.model.init_checkpoint) and
+writes a converted DiT without adapters, which samples as the run does (`sample --checkpoint`).
 
 (`python -m viewpoint_jax.convert_wan` is the same command.)
 """
@@ -13,17 +17,25 @@ import json
 import sys
 import time
 
+import jax
 from absl import flags
+from flax import nnx
 
 from viewpoint_jax.common.cli import UserError, run
 from viewpoint_jax.convert.dit import convert_dit
 from viewpoint_jax.convert.umt5 import convert_umt5
 from viewpoint_jax.convert.vae import convert_vae
+from viewpoint_jax.generation.models import sampling_config
+from viewpoint_jax.models import dit as dit_lib
+from viewpoint_jax.models.lora import merge_lora
+from viewpoint_jax.setup.config import lora_enabled
+from viewpoint_jax.training.checkpoints import restore_model_for_inference
 
 COMPONENTS = {
     "dit": "the video DiT (original or diffusers layout)",
     "vae": "the Wan VAE",
     "umt5": "the umT5-XXL text encoder",
+    "merge": "a LoRA run's adapters folded into its base DiT",
 }
 # DiT sizes a flag may override (None: the source's config.json).
 DIT_SIZES = ("dim", "ffn_dim", "num_heads", "num_layers", "out_dim", "text_dim", "freq_dim")
@@ -38,6 +50,7 @@ def define_flags() -> None:
     flags.DEFINE_bool("overwrite", False, "replace an existing --dst")
     flags.DEFINE_integer("in_dim", None, "dit: input channels (33 for ViewPoint)")
     flags.DEFINE_string("attention_pattern", None, "dit: alternate | pano | subregion")
+    flags.DEFINE_float("lora_scale", 1.0, "merge: the adapters' weight")
     for size in DIT_SIZES:
         flags.DEFINE_integer(size, None, "dit: overrides the source's config.json")
 
@@ -59,10 +72,26 @@ def convert(component: str, values: flags.FlagValues) -> None:
             **overrides,
         )
         print(json.dumps(config.to_dict()))
+    elif component == "merge":
+        merge(values.src, values.dst, values.lora_scale, values.dtype, values.overwrite)
     elif component == "vae":
         convert_vae(values.src, values.dst, dtype=dtype, overwrite=values.overwrite)
     else:
         convert_umt5(values.src, values.dst, dtype=dtype, overwrite=values.overwrite)
+
+
+def merge(run_dir: str, dst: str, lora_scale: float, dtype: str | None, overwrite: bool) -> None:
+    """Writes the DiT of the LoRA run `run_dir`, its adapters merged (`models.lora.merge_lora`,
+    in fp32), as a converted checkpoint `dst` (all weights in `dtype` if given)."""
+    config = sampling_config(run_dir)
+    if not lora_enabled(config):
+        raise UserError(f"--src {run_dir}: not a LoRA run (its config.lora.rank is 0)")
+    config.lora.scale = lora_scale
+    model = merge_lora(restore_model_for_inference(run_dir, config, param_dtype="float32"))
+    if dtype is not None:
+        params = nnx.state(model, nnx.Param)
+        nnx.update(model, jax.tree.map(lambda x: x.astype(dtype), params))
+    dit_lib.save_dit(dst, model, overwrite=overwrite)
 
 
 def main(argv: list[str]) -> int:

@@ -33,6 +33,7 @@ from viewpoint_jax.diffusion.denoising import SampleSettings
 from viewpoint_jax.generation import models as models_lib
 from viewpoint_jax.generation import outputs, requests
 from viewpoint_jax.geometry import Representation
+from viewpoint_jax.setup.config import lora_enabled
 
 
 def define_flags() -> None:
@@ -78,6 +79,9 @@ def define_flags() -> None:
         "hold the latent cells the condition covers at its latent at every step, so the input "
         "view comes back exactly (--nokeep_known: the model repaints it; default: config "
         "sample.keep_known)",
+    )
+    flags.DEFINE_float(
+        "lora_scale", None, "a LoRA run's adapter weight (config: lora.scale; 0 = the base)"
     )
     flags.DEFINE_float("fps", None, "output frame rate (default: input's or 16)")
     for flag, key in models_lib.COMPONENT_FLAGS.items():
@@ -145,6 +149,10 @@ def main(argv: list[str]) -> int:
     distributed.initialize_from_flags()
     components = {flag: args[flag].value for flag in models_lib.COMPONENT_FLAGS}
     config = models_lib.sampling_config(args.checkpoint, args.config, components)
+    if args.lora_scale is not None:
+        if not lora_enabled(config):
+            raise UserError(f"--lora_scale: {args.checkpoint} is not a LoRA run (config.lora)")
+        config.lora.scale = args.lora_scale
     settings = SampleSettings.from_config(
         config.sample,
         num_steps=args.steps,

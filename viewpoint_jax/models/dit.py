@@ -26,6 +26,7 @@ import functools
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,21 @@ class Prediction(enum.StrEnum):
 # would weigh the loss by 1 / s^2 without bound (as JiT clips it).
 CLEAN_MIN_SIGMA = 0.05
 
+
+class LoRATarget(enum.StrEnum):
+    """The linear layers of a block a LoRA adapter can sit on (FFN: both of its layers)."""
+
+    SELF_Q = "self_q"
+    SELF_K = "self_k"
+    SELF_V = "self_v"
+    SELF_O = "self_o"
+    CROSS_Q = "cross_q"
+    CROSS_K = "cross_k"
+    CROSS_V = "cross_v"
+    CROSS_O = "cross_o"
+    FFN = "ffn"
+
+
 # "alternate": PANO, SUBREGION, PANO, ... (our reading of the paper's Pano-Perspective
 # attention); or one kind for every block.
 PATTERNS = ("alternate", *BlockKind)
@@ -119,11 +135,26 @@ class DiTConfig:
     remat_policy: str = "none"
     dtype: str = "float32"
     param_dtype: str = "float32"
+    # LoRA adapters (layers.LoRALinear) on the blocks' `lora_targets` (LoRATarget values) of
+    # rank `lora_rank` (0: none), their update scaled by lora_alpha / lora_rank (alpha 0: the
+    # rank, scale 1) times `lora_scale` (an execution option: sampling with weaker adapters).
+    lora_rank: int = 0
+    lora_alpha: float = 0.0
+    lora_targets: tuple[str, ...] = ("self_q", "self_k", "self_v", "self_o")
+    lora_scale: float = 1.0
 
     def __post_init__(self):
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         if isinstance(self.attention_pattern, list):
             object.__setattr__(self, "attention_pattern", tuple(self.attention_pattern))
+        if self.lora_rank < 0 or self.lora_alpha < 0:
+            raise ValueError(f"lora_rank {self.lora_rank} and lora_alpha must be >= 0")
+        unknown = set(self.lora_targets) - set(LoRATarget)
+        if unknown:
+            raise ValueError(
+                f"lora_targets {sorted(unknown)} not in {[t.value for t in LoRATarget]}"
+            )
         if self.dim % self.num_heads:
             raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
         if (self.dim // self.num_heads) % 2:
@@ -145,6 +176,13 @@ class DiTConfig:
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy {self.remat_policy!r} not in {list(REMAT_POLICIES)}")
         _ = self.block_kinds  # validates the pattern
+
+    def lora_for(self, target: LoRATarget) -> tuple[int, float] | None:
+        """(rank, scale) of the adapter on `target`, None where there is none."""
+        if not self.lora_rank or target not in self.lora_targets:
+            return None
+        alpha = self.lora_alpha or self.lora_rank
+        return self.lora_rank, alpha / self.lora_rank * self.lora_scale
 
     @property
     def head_dim(self) -> int:
@@ -179,6 +217,7 @@ class DiTConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["patch_size"] = list(self.patch_size)
+        d["lora_targets"] = list(self.lora_targets)
         if isinstance(self.attention_pattern, tuple):
             d["attention_pattern"] = list(self.attention_pattern)
         return d
@@ -348,15 +387,20 @@ def _dtypes(config: DiTConfig) -> dict[str, Any]:
 class Attention(nnx.Module):
     """Wan attention: q/k/v/o projections, RMSNorm on q and k over the full width."""
 
-    def __init__(self, config: DiTConfig, kv_dim: int, *, rngs: nnx.Rngs):
+    def __init__(self, config: DiTConfig, kv_dim: int, kind: str, *, rngs: nnx.Rngs):
+        """`kind`: "self" or "cross", the prefix of its LoRATargets."""
         dt = _dtypes(config)
         d = config.dim
         self.num_heads = config.num_heads
         self.backend = config.attention_backend
-        self.q = layers.linear(d, d, ("embed", "heads"), **dt, rngs=rngs)
-        self.k = layers.linear(kv_dim, d, ("embed", "heads"), **dt, rngs=rngs)
-        self.v = layers.linear(kv_dim, d, ("embed", "heads"), **dt, rngs=rngs)
-        self.o = layers.linear(d, d, ("heads", "embed"), **dt, rngs=rngs)
+
+        def lora(name: str) -> tuple[int, float] | None:
+            return config.lora_for(LoRATarget(f"{kind}_{name}"))
+
+        self.q = layers.linear(d, d, ("embed", "heads"), **dt, rngs=rngs, lora=lora("q"))
+        self.k = layers.linear(kv_dim, d, ("embed", "heads"), **dt, rngs=rngs, lora=lora("k"))
+        self.v = layers.linear(kv_dim, d, ("embed", "heads"), **dt, rngs=rngs, lora=lora("v"))
+        self.o = layers.linear(d, d, ("heads", "embed"), **dt, rngs=rngs, lora=lora("o"))
         self.norm_q = layers.RMSNorm(d, eps=config.eps, param_dtype=dt["param_dtype"])
         self.norm_k = layers.RMSNorm(d, eps=config.eps, param_dtype=dt["param_dtype"])
 
@@ -403,11 +447,12 @@ class Block(nnx.Module):
         d = config.dim
         self.eps = config.eps
         self.dtype = dt["dtype"]
-        self.self_attn = Attention(config, d, rngs=rngs)
+        self.self_attn = Attention(config, d, "self", rngs=rngs)
         self.cross_norm = layers.LayerNorm(d, eps=config.eps, param_dtype=dt["param_dtype"])
-        self.cross_attn = Attention(config, d, rngs=rngs)
-        self.ffn_in = layers.linear(d, config.ffn_dim, ("embed", "mlp"), **dt, rngs=rngs)
-        self.ffn_out = layers.linear(config.ffn_dim, d, ("mlp", "embed"), **dt, rngs=rngs)
+        self.cross_attn = Attention(config, d, "cross", rngs=rngs)
+        ffn = dict(**dt, rngs=rngs, lora=config.lora_for(LoRATarget.FFN))
+        self.ffn_in = layers.linear(d, config.ffn_dim, ("embed", "mlp"), **ffn)
+        self.ffn_out = layers.linear(config.ffn_dim, d, ("mlp", "embed"), **ffn)
         init = jax.random.normal(rngs.params(), (6, d), dt["param_dtype"]) / math.sqrt(d)
         self.modulation = nnx.Param(init, out_sharding=(None, "embed"))
 
@@ -636,12 +681,17 @@ def inflate_patch_kernel(kernel: jax.Array, in_dim: int) -> jax.Array:
 
 
 def load_pretrained_params(
-    path: str | os.PathLike, model_config: DiTConfig, shardings: Any | None = None
+    path: str | os.PathLike,
+    model_config: DiTConfig,
+    shardings: Any | None = None,
+    *,
+    cast: Callable[[nnx.State], nnx.State] | None = None,
 ) -> nnx.State:
     """Params of a converted Wan DiT, inflated to `model_config.in_dim` input channels.
 
     The checkpoint's sizes must match the model's except for in_dim (fewer channels are inflated
-    with zeros, see `inflate_patch_kernel`); a mismatch names the field.
+    with zeros, see `inflate_patch_kernel`); a mismatch names the field. `cast` maps the abstract
+    params to the dtypes to read them in (a LoRA run's frozen base, `lora.base_dtypes`).
     """
     source = read_config(path)
     fields = ("dim", "ffn_dim", "num_heads", "num_layers", "out_dim", "text_dim", "patch_size")
@@ -653,6 +703,7 @@ def load_pretrained_params(
             )
     source_config = dataclasses.replace(model_config, in_dim=source.in_dim)
     _, abstract = nnx.split(abstract_model(source_config), nnx.Param)
+    abstract = abstract if cast is None else cast(abstract)
     # Shardings do not depend on the channel count of the patch embedding: reuse the model's.
     params = weights.restore_state(path, abstract, shardings)
     kernel = params["patch_kernel"]

@@ -52,14 +52,55 @@ def linear(
     dtype: jnp.dtype,
     param_dtype: jnp.dtype,
     rngs: nnx.Rngs,
+    lora: tuple[int, float] | None = None,
 ) -> nnx.Linear:
-    """nnx.Linear whose kernel carries logical axes `axes` (in, out) and bias `axes[1]`."""
-    return nnx.Linear(
-        in_dim,
-        out_dim,
+    """nnx.Linear whose kernel carries logical axes `axes` (in, out) and bias `axes[1]`;
+    `lora` (rank, scale): a `LoRALinear` with that adapter."""
+    kwargs = dict(
         dtype=dtype,
         param_dtype=param_dtype,
         kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), tuple(axes)),
         bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)),
         rngs=rngs,
     )
+    if lora is None:
+        return nnx.Linear(in_dim, out_dim, **kwargs)
+    rank, scale = lora
+    return LoRALinear(in_dim, out_dim, axes, rank=rank, scale=scale, **kwargs)
+
+
+class LoRALinear(nnx.Linear):
+    """nnx.Linear plus a low-rank update: y = x W + b + scale * (x A) B.
+
+    A `(in, rank)` and B `(rank, out)` are `nnx.LoRAParam`s (a kind of nnx.Param, so the model's
+    Param filters see them; the trainer tells them apart) carrying the kernel's logical axes on
+    their outer dimension, so the sharding rules shard them as the kernel. B starts at zero:
+    a fresh adapter adds exactly 0 and the layer computes what the base layer did. The kernel
+    and bias keep nnx.Linear's names, so a base checkpoint's tree is this layer's without A, B.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        axes: Sequence[str | None],
+        *,
+        rank: int,
+        scale: float,
+        rngs: nnx.Rngs,
+        **kwargs,
+    ):
+        super().__init__(in_dim, out_dim, rngs=rngs, **kwargs)
+        param_dtype = kwargs["param_dtype"]
+        a_init = nnx.initializers.he_uniform()(rngs.params(), (in_dim, rank), param_dtype)
+        self.lora_a = nnx.LoRAParam(a_init, out_sharding=(axes[0], None))
+        self.lora_b = nnx.LoRAParam(
+            jnp.zeros((rank, out_dim), param_dtype), out_sharding=(None, axes[1])
+        )
+        self.lora_scale = scale
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = super().__call__(x)
+        dtype = y.dtype
+        a, b = self.lora_a[...].astype(dtype), self.lora_b[...].astype(dtype)
+        return y + (x.astype(dtype) @ a @ b) * jnp.asarray(self.lora_scale, dtype)

@@ -34,7 +34,12 @@ from viewpoint_jax.models import dit as dit_lib
 from viewpoint_jax.models import text_encoder as text_lib
 from viewpoint_jax.models import tokenizer as tokenizer_lib
 from viewpoint_jax.models import umt5, vae
-from viewpoint_jax.setup.config import AUTOENCODERS, model_overrides, takes_condition
+from viewpoint_jax.setup.config import (
+    AUTOENCODERS,
+    lora_settings,
+    model_overrides,
+    takes_condition,
+)
 
 WAN_LATENT_CHANNELS = 16
 UMT5_XXL_WIDTH = 4096
@@ -85,6 +90,7 @@ def dit_config(config: ml_collections.ConfigDict) -> dit_lib.DiTConfig:
         out_dim=channels,
         text_dim=text_width(config),
         **model_overrides(config),
+        **lora_settings(config),
     )
 
 

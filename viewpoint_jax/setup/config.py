@@ -8,6 +8,8 @@ Schema:
     config.model        preset ("tiny" | "wan_1_3b" | "wan_14b") + DiTConfig fields (None: preset's)
                         init_checkpoint: a converted Wan DiT directory; "" = random init for
                         the tiny preset, refused for the Wan presets ("none": from scratch, asked)
+    config.lora         `lora_config()`: rank (0 = off), alpha, targets, train_norms: LoRA
+                        fine-tuning of the converted DiT in init_checkpoint (training/lora.py)
     config.autoencoder  kind ("space_to_depth" | "block_dct" | "wan_vae"), factor, channels (block_dct),
                         checkpoint (wan_vae)
     config.text_encoder kind ("tiny_random" | "umt5"), checkpoint, tokenizer, max_length, seed,
@@ -53,7 +55,7 @@ from viewpoint_jax.data.config import (
 from viewpoint_jax.diffusion.flow_matching import Loss
 from viewpoint_jax.geometry import Representation
 from viewpoint_jax.models.autoencoder import BlockDCTAutoencoder
-from viewpoint_jax.models.dit import PRESETS, BlockKind, DiTConfig, RopeLayout
+from viewpoint_jax.models.dit import PRESETS, BlockKind, DiTConfig, LoRATarget, RopeLayout
 from viewpoint_jax.models.vae import WanVAEConfig
 
 # The DiTConfig fields a config may set, with their types: None keeps the preset's value, as a
@@ -92,6 +94,42 @@ def model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return overrides
 
 
+def lora_config() -> ml_collections.ConfigDict:
+    """`config.lora`: LoRA fine-tuning (rank 0: every weight trains, as before).
+
+    rank         the adapters' rank (0 = off); PanoWan's is 64
+    alpha        the update is scaled by alpha / rank (0: alpha = rank, scale 1)
+    targets      LoRATarget values: self_q/k/v/o (Pano and subregion attention), cross_q/k/v/o,
+                 ffn (both FFN layers)
+    train_norms  also train the norms and the modulation in full (the patch embedding always is)
+    scale        the adapters' weight at sampling (1 in training; `sample --lora_scale`)
+    """
+    lora = ml_collections.ConfigDict()
+    lora.rank = 0
+    lora.alpha = 0.0
+    lora.targets = tuple(t.value for t in LoRATarget)[:4]  # self-attention q, k, v, o
+    lora.train_norms = False
+    lora.scale = 1.0
+    return lora
+
+
+def lora_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The DiTConfig LoRA fields of `config.lora` (a config saved before it existed: none)."""
+    lora = config.get("lora")
+    if lora is None or not lora.rank:
+        return {}
+    return dict(
+        lora_rank=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_targets=tuple(lora.targets),
+        lora_scale=lora.get("scale", 1.0),
+    )
+
+
+def lora_enabled(config: ml_collections.ConfigDict) -> bool:
+    return bool(config.get("lora") is not None and config.lora.rank)
+
+
 def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
@@ -104,6 +142,7 @@ def base_config() -> ml_collections.ConfigDict:
     for field, kind in DIT_FIELDS.items():
         config.model[field] = ml_collections.config_dict.placeholder(kind)
     config.model.init_checkpoint = ""
+    config.lora = lora_config()
 
     config.autoencoder = ml_collections.ConfigDict()
     config.autoencoder.kind = "space_to_depth"
@@ -392,6 +431,7 @@ def validate_config(
     except (TypeError, ValueError) as error:
         _fail("model", str(error))
     _validate_encoders_and_sizes(config)
+    _validate_lora(config)
     _validate_representation(config)
     _validate_training(config)
     _validate_mesh(config, num_devices, process_count)
@@ -450,6 +490,28 @@ def _validate_encoders_and_sizes(config: ml_collections.ConfigDict) -> None:
         _fail(
             "data.num_frames",
             f"must be 1 + {temporal}k for this autoencoder, got {data.num_frames}",
+        )
+
+
+def _validate_lora(config: ml_collections.ConfigDict) -> None:
+    lora = config.get("lora")
+    if lora is None:
+        return
+    rank = lora.get("rank", 0)
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        _fail("lora.rank", f"must be an integer >= 0 (0 = no LoRA), got {rank!r}")
+    if not rank:
+        return
+    if not lora.alpha >= 0:
+        _fail("lora.alpha", f"must be >= 0 (0: the rank), got {lora.alpha}")
+    targets = tuple(lora.targets)
+    unknown = [t for t in targets if t not in tuple(LoRATarget)]
+    if unknown or not targets:
+        _fail("lora.targets", f"must name some of {[t.value for t in LoRATarget]}, got {targets}")
+    if not config.model.init_checkpoint:
+        _fail(
+            "lora.rank",
+            "LoRA fine-tunes a converted DiT: set config.model.init_checkpoint to its directory",
         )
 
 

@@ -31,8 +31,10 @@ from jax.experimental.multihost_utils import sync_global_devices
 
 from viewpoint_jax.common import sharding
 from viewpoint_jax.models import dit as dit_lib
+from viewpoint_jax.models import lora as lora_models
 from viewpoint_jax.models import weights
 from viewpoint_jax.setup import build
+from viewpoint_jax.training import lora
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> Path:
@@ -287,14 +289,25 @@ def restore_model(
     `mesh`: restore straight into shardings by the parameters' logical axes and `rules`;
     `model_config`: the run's DiTConfig where the caller holds it (default: `build.dit_config`);
     `config_overrides` change DiTConfig execution options (e.g. param_dtype="bfloat16" reads the
-    fp32 training weights as bf16).
+    fp32 training weights as bf16, lora_scale=0.5 halves a LoRA run's adapters).
+    A LoRA run's checkpoint holds its trainable parameters only: the frozen base is read from
+    config.model.init_checkpoint, refused if it is not the run's (`lora.check_base`).
     """
     model_config = build.dit_config(config) if model_config is None else model_config
     model_config = dataclasses.replace(model_config, **config_overrides)
-    graphdef, abstract = nnx.split(dit_lib.abstract_model(model_config), nnx.Param)
+    abstract_model = dit_lib.abstract_model(model_config)
+    base = None
+    if model_config.lora_rank:
+        lora.check_base(workdir, config)
+        train_norms = bool(config.lora.train_norms)
+        checkpoint = config.model.init_checkpoint
+        base, _ = lora.load_base(checkpoint, model_config, train_norms, mesh, rules)
+        graphdef, abstract, _ = lora_models.split_params(abstract_model, train_norms)
+    else:
+        graphdef, abstract = nnx.split(abstract_model, nnx.Param)
     shardings = None if mesh is None else sharding.state_shardings(abstract, mesh, rules)
     params = restore_run_params(workdir, abstract, use_ema=use_ema, shardings=shardings)
-    return nnx.merge(graphdef, params)
+    return nnx.merge(graphdef, params) if base is None else nnx.merge(graphdef, params, base)
 
 
 def restore_model_for_inference(

@@ -43,10 +43,11 @@ from viewpoint_jax.setup.config import (
     autoencoder_factors,
     check_run_inputs,
     init_checkpoint,
+    lora_enabled,
     mesh_and_rules,
     validate_config,
 )
-from viewpoint_jax.training import checkpoints, telemetry
+from viewpoint_jax.training import checkpoints, lora, telemetry
 from viewpoint_jax.training import step as step_lib
 from viewpoint_jax.training.optim import make_optimizer
 
@@ -81,9 +82,12 @@ class Trainer:
     preview_fn: Any
     init_fn: Any
     from_params_fn: Any
+    lora_start: nnx.State | None = None  # a LoRA run's pretrained non-adapter trainables
 
     def init_state(self) -> dict[str, Any]:
         state = self.init_fn(jax.random.key(self.config.seed))
+        if self.lora_start is not None:  # the base is in frozen_arrays; adapters start fresh
+            return self.from_params_fn(lora.start_params(state["params"], self.lora_start))
         if init_checkpoint(self.config):
             params = load_pretrained_params(
                 init_checkpoint(self.config), self.model_config, self.state_sharding["params"]
@@ -137,9 +141,11 @@ def make_trainer(
         cache_path = text_cache_path(text_cache_dir, jax.process_index())
     local_batch_size = config.data.batch_size // jax.process_count()
     text = TextFeeder(text_encoder, precompute, cache_path, local_batch_size)
-    frozen = step_lib.Frozen(autoencoder, None if precompute else text_encoder)
+    frozen, abstract_weights, lora_start = _frozen_parts(
+        config, model_config, mesh, rules, autoencoder, None if precompute else text_encoder
+    )
     tx, schedule = make_optimizer(config.optim, config.num_steps)
-    graphdef, _ = nnx.split(dit_lib.abstract_model(model_config), nnx.Param)
+    graphdef = step_lib.split_model(config, dit_lib.abstract_model(model_config))
 
     init = functools.partial(step_lib.init_state, config, tx, model_config=model_config)
     abstract_state = jax.eval_shape(init, jax.random.key(0))
@@ -160,9 +166,6 @@ def make_trainer(
         ),
         in_shardings=(state_sharding["params"], batch_sharding, frozen_sharding),
         out_shardings=replicated,
-    )
-    abstract_weights = any(
-        isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(frozen.arrays)
     )
     return Trainer(
         config=config,
@@ -185,7 +188,26 @@ def make_trainer(
         from_params_fn=jax.jit(
             functools.partial(step_lib.state_from_params, config, tx), out_shardings=state_sharding
         ),
+        lora_start=lora_start,
     )
+
+
+def _frozen_parts(
+    config: ml_collections.ConfigDict,
+    model_config: dit_lib.DiTConfig,
+    mesh: jax.sharding.Mesh,
+    rules: sharding_lib.LogicalRules,
+    autoencoder: Any,
+    text_encoder: Any,
+) -> tuple[step_lib.Frozen, bool, nnx.State | None]:
+    """(the step's frozen parts, whether their weights are abstract, a LoRA run's start): the
+    encoders and a LoRA run's base DiT, read once (abstract for a compile-only trainer)."""
+    frozen = step_lib.Frozen(autoencoder, text_encoder)
+    abstract = any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(frozen.arrays))
+    if not lora_enabled(config):
+        return frozen, abstract, None
+    base, start = lora.base_arrays(config, model_config, mesh, rules, abstract=abstract)
+    return step_lib.Frozen(autoencoder, text_encoder, base), abstract, start
 
 
 # --- The loop -------------------------------------------------------------------------------------
@@ -285,6 +307,9 @@ def _set_up_run(
     if jax.process_index() == 0:
         print(telemetry.startup_summary(config, mesh, model_config), file=sys.stderr)
         workdir.mkdir(parents=True, exist_ok=True)
+    if lora_enabled(config):  # before config.json: a refused base leaves the run as it was
+        lora.check_base(workdir, config, record=True)
+    if jax.process_index() == 0:
         atomic_write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
     cache_dir = Path(config.text_encoder.cache_dir or workdir / "text_cache")
     return make_trainer(config, mesh, rules, text_cache_dir=cache_dir, model_config=model_config)

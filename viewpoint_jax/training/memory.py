@@ -18,6 +18,8 @@ from flax import nnx
 from viewpoint_jax.common import sharding as sharding_lib
 from viewpoint_jax.data import config as data_config_lib
 from viewpoint_jax.models import dit as dit_lib
+from viewpoint_jax.models import lora as lora_lib
+from viewpoint_jax.models.dit import count_params
 from viewpoint_jax.setup import build
 from viewpoint_jax.setup import config as config_lib
 
@@ -102,11 +104,21 @@ def training_plan(
 ) -> dict[str, float]:
     """Per-device bytes of one training step on a mesh of `mesh_sizes` (every axis of
     `sharding.MESH_AXES`): parameters, optimizer state (AdamW moments, EMA), gradients,
-    activations, and their total; plus the parameter count and tokens per sample.
+    activations, and their total; plus the parameter counts and tokens per sample.
+    A LoRA run (config.lora) keeps optimizer state and gradients of its trainable parameters
+    only, and its frozen base with the matmul kernels in the compute dtype (`models.lora`); the
+    adapters' own activations (b N rank per adapter) are left out, under 1% at rank 64.
     `model_config`: the run's DiTConfig where the caller holds it (default: `build.dit_config`)."""
     model_config = build.dit_config(config) if model_config is None else model_config
     rules = tuple(tuple(r) for r in config.sharding_rules)
-    _, params = nnx.split(dit_lib.abstract_model(model_config), nnx.Param)
+    model = dit_lib.abstract_model(model_config)
+    frozen_bytes, frozen_count = 0, 0
+    if config_lib.lora_enabled(config):
+        _, params, base = lora_lib.split_params(model, bool(config.lora.train_norms))
+        base = lora_lib.base_dtypes(base, model_config.dtype)
+        frozen_bytes, frozen_count = sharded_bytes(base, mesh_sizes, rules), count_params(base)
+    else:
+        _, params = nnx.split(model, nnx.Param)
     param_bytes = sharded_bytes(params, mesh_sizes, rules)
     mu_bytes = np.dtype(config.optim.mu_dtype).itemsize
     opt_bytes = sharded_bytes(params, mesh_sizes, rules, mu_bytes) + sharded_bytes(
@@ -115,8 +127,9 @@ def training_plan(
     if config.optim.ema_decay > 0:
         opt_bytes += param_bytes
     plan = {
-        "parameters": dit_lib.count_params(params),
-        "param_bytes": param_bytes,
+        "parameters": count_params(params) + frozen_count,
+        "trainable_parameters": count_params(params),
+        "param_bytes": param_bytes + frozen_bytes,
         "optimizer_bytes": opt_bytes,
         "gradient_bytes": sharded_bytes(params, mesh_sizes, rules, 4),
         **activation_bytes(config, model_config, mesh_sizes),

@@ -11,7 +11,8 @@
      (counted as non-finite), optional EMA of the weights.
 
 The train state is a pytree of arrays (`init_state`): step, params, opt_state, ema_params? and
-the non-finite counters. `loop.py` jits the step with explicit shardings and donates the state.
+the non-finite counters. A LoRA run's params are only its trainable ones (`models.lora`); its
+frozen base is a step argument beside the encoders' weights (`Frozen`). `loop.py` jits the step with explicit shardings and donates the state.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from viewpoint_jax.data.latents import LATENT_KEYS
 from viewpoint_jax.diffusion import denoising
 from viewpoint_jax.diffusion import flow_matching as fm
 from viewpoint_jax.models import dit as dit_lib
+from viewpoint_jax.models import lora as lora_lib
 from viewpoint_jax.models.autoencoder import encode_maps
 from viewpoint_jax.models.text_encoder import masked_embeddings
 from viewpoint_jax.setup import build
-from viewpoint_jax.setup.config import diffusion_loss
+from viewpoint_jax.setup.config import diffusion_loss, lora_enabled
 
 PREVIEW_SIGMA = 0.75  # the noise level of the one-step predictions in the preview images
 
@@ -49,10 +51,29 @@ def init_state(
 ) -> dict[str, Any]:
     """The train state: step, fp32 params, optimizer state, EMA params (if any), NaN counters.
 
+    A LoRA run's params are its trainable ones only (`trainable_filter`).
     `model_config`: the run's DiTConfig as its trainer holds it (default: `build.dit_config`)."""
     model_config = build.dit_config(config) if model_config is None else model_config
-    params = nnx.state(dit_lib.WanDiT(model_config, rngs=nnx.Rngs(rng)), nnx.Param)
+    params = nnx.state(dit_lib.WanDiT(model_config, rngs=nnx.Rngs(rng)), trainable_filter(config))
     return state_from_params(config, tx, params)
+
+
+def trainable_filter(config: ml_collections.ConfigDict) -> nnx.filterlib.Filter:
+    """The parameters a run trains: all (nnx.Param), or a LoRA run's (`models.lora`)."""
+    if not lora_enabled(config):
+        return nnx.Param
+    return lora_lib.trainable_filter(bool(config.lora.train_norms))
+
+
+def split_model(config: ml_collections.ConfigDict, model: dit_lib.WanDiT) -> nnx.GraphDef:
+    """The graphdef `merge_model` rebuilds a run's model with (from a model, e.g. abstract)."""
+    return nnx.split(model, trainable_filter(config), ...)[0]
+
+
+def merge_model(graphdef: nnx.GraphDef, params: nnx.State, frozen_arrays: dict) -> Any:
+    """The DiT of the trained `params`, with a LoRA run's frozen base (`frozen_arrays["base"]`)."""
+    base = frozen_arrays.get("base")
+    return nnx.merge(graphdef, params) if base is None else nnx.merge(graphdef, params, base)
 
 
 def state_from_params(
@@ -75,11 +96,14 @@ def state_from_params(
 class Frozen:
     """The frozen encoders, split into a static part (closed over) and arrays (step arguments)."""
 
-    def __init__(self, autoencoder: Any, text_encoder: Any | None):
+    def __init__(self, autoencoder: Any, text_encoder: Any | None, base: nnx.State | None = None):
+        """`base`: a LoRA run's frozen DiT parameters (`training.lora.base_arrays`)."""
         self.autoencoder_static, autoencoder_arrays = _split(autoencoder)
         text_module = None if text_encoder is None else text_encoder.encoder
         self.text_static, text_arrays = _split(text_module)
         self.arrays = {"autoencoder": autoencoder_arrays, "text": text_arrays}
+        if base is not None:
+            self.arrays["base"] = base
 
     def autoencoder(self, arrays: dict) -> Any:
         return _merge(self.autoencoder_static, arrays["autoencoder"])
@@ -138,7 +162,7 @@ def train_step(
         inputs = denoising.model_input(fm.noisy_latents(x, noise, sigmas), *condition)
 
         def loss_fn(params):
-            model = nnx.merge(graphdef, params)
+            model = merge_model(graphdef, params, frozen_arrays)
             velocity = model(inputs, fm.timesteps(sigmas), encoded["context"])
             return fm.flow_matching_loss(velocity, x, noise, sigmas, diffusion_loss(d))
 
@@ -214,7 +238,9 @@ def preview_step(
         inputs = denoising.model_input(
             noisy, encoded.get("condition_latents"), encoded.get("latent_mask")
         )
-        velocity = nnx.merge(graphdef, params)(inputs, fm.timesteps(sigmas), encoded["context"])
+        velocity = merge_model(graphdef, params, frozen_arrays)(
+            inputs, fm.timesteps(sigmas), encoded["context"]
+        )
         clean = fm.predicted_clean(noisy, velocity, sigmas)
         autoencoder = frozen.autoencoder(frozen_arrays)
         prediction = autoencoder.decode(clean)

@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 
 from viewpoint_jax.common.progress import Progress
+from viewpoint_jax.common.sharding import MESH_AXES
 from viewpoint_jax.common.video_io import encode_png, to_uint8, write_png
 from viewpoint_jax.data import panoramic_videos
 from viewpoint_jax.data.conditions import ConditionKind, parse_mixture
@@ -270,7 +271,7 @@ def startup_summary(
         f"devices: {len(devices)} x {devices[0].device_kind} over {jax.process_count()} process(es)",
         "mesh: " + ", ".join(f"{axis}={size}" for axis, size in mesh.shape.items()),
         f"batch: {batch} global, {batch // batch_shards} per data shard ({batch_shards} shards)",
-        f"parameters: {count:,} ({count * 4 / 1e9:.2f} GB as fp32 master weights)",
+        parameters_summary(config, model_config, count),
         memory_summary(config, dict(mesh.shape), model_config),
         f"steps: {config.num_steps}, checkpoint every {config.checkpoint.every_steps}",
         dataset_summary(config.data),
@@ -299,6 +300,21 @@ def recipe_summary(config: ml_collections.ConfigDict) -> str:
         else "DiT: starts from a random initialisation (trained from scratch)"
     )
     return "\n".join(lines)
+
+
+def parameters_summary(
+    config: ml_collections.ConfigDict, model_config: DiTConfig, count: int
+) -> str:
+    """The model's parameter count; a LoRA run's trainable share (`memory.training_plan`)."""
+    line = f"parameters: {count:,} ({count * 4 / 1e9:.2f} GB as fp32 master weights)"
+    if not model_config.lora_rank:
+        return line
+    ones = dict.fromkeys(MESH_AXES, 1)
+    trainable = memory.training_plan(config, ones, model_config)["trainable_parameters"]
+    return (
+        f"parameters: {count:,}, of which {trainable:,} trained (LoRA rank "
+        f"{model_config.lora_rank} on {', '.join(model_config.lora_targets)}; the base is frozen)"
+    )
 
 
 def memory_summary(
