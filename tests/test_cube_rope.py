@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 import viewpoint_jax  # noqa: F401  (flax config)
-from viewpoint_jax.models import dit as dit_lib
+from viewpoint_jax.models import rope
 from viewpoint_jax.models.dit import DiTConfig, RopeLayout, WanDiT
 from viewpoint_jax.setup import config as config_lib
 from viewpoint_jax.studies import representation_ablation
@@ -19,16 +19,16 @@ GRID = (2, 4, 6)  # 2 frames, faces of 2 x 2 tokens
 
 
 def test_each_face_has_a_perspective_frame_positions_and_the_face_index_a_band_of_its_own():
-    cos, sin = dit_lib.cube_face_rope_tables(GRID, HEAD_DIM)
+    cos, sin = rope.cube_face_rope_tables(GRID, HEAD_DIM)
     angle = np.arctan2(sin, cos).reshape(*GRID, HEAD_DIM // 2)
-    frames, face, height, width = (n // 2 for n in dit_lib.rope_split_4d(HEAD_DIM))
+    frames, face, height, width = (n // 2 for n in rope.rope_split_4d(HEAD_DIM))
     assert (frames, face, height, width) == (8, 8, 16, 16)
     face_band = slice(frames, frames + face)
     # A face alone: its frame, row and column bands are Wan's 3D table of an (F, a, a) grid
     # (height and width on the same dims as in the pretrained DiT).
-    cos3, sin3 = dit_lib.rope_tables((GRID[0], 2, 2), HEAD_DIM)
+    cos3, sin3 = rope.rope_tables((GRID[0], 2, 2), HEAD_DIM)
     reference = np.arctan2(sin3, cos3).reshape(GRID[0], 2, 2, HEAD_DIM // 2)
-    wan_frames = dit_lib.rope_split(HEAD_DIM)[0] // 2
+    wan_frames = rope.rope_split(HEAD_DIM)[0] // 2
     for k in range(6):
         r, c = divmod(k, 3)
         tile = angle[:, 2 * r : 2 * r + 2, 2 * c : 2 * c + 2]
@@ -49,7 +49,7 @@ def test_each_face_has_a_perspective_frame_positions_and_the_face_index_a_band_o
 
 def test_a_grid_of_other_shape_is_refused():
     with pytest.raises(ValueError, match="2 x 3 square faces"):
-        dit_lib.cube_face_rope_tables((1, 4, 4), HEAD_DIM)
+        rope.cube_face_rope_tables((1, 4, 4), HEAD_DIM)
 
 
 def test_the_dit_uses_the_face_positions_and_is_otherwise_the_same_model():
@@ -65,12 +65,12 @@ def test_the_dit_uses_the_face_positions_and_is_otherwise_the_same_model():
     assert faces_out.shape == grid_out.shape and np.isfinite(np.asarray(faces_out)).all()
     assert not np.allclose(grid_out, faces_out, atol=1e-4)  # the positions reach attention
     # The same model with the face tables patched in for the grid's gives the same output.
-    original = dit_lib.rope_tables
+    original = rope.rope_tables
     try:
-        dit_lib.rope_tables = dit_lib.cube_face_rope_tables
+        rope.rope_tables = rope.cube_face_rope_tables
         np.testing.assert_allclose(grid_model(x, t, ctx), faces_out, atol=1e-5)
     finally:
-        dit_lib.rope_tables = original
+        rope.rope_tables = original
 
 
 def test_subregion_blocks_or_an_unknown_layout_are_refused():

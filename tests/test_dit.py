@@ -11,7 +11,7 @@ from flax import nnx
 import viewpoint_jax  # noqa: F401  (flax config)
 from viewpoint_jax.common import sharding
 from viewpoint_jax.models import dit as dit_lib
-from viewpoint_jax.models import weights
+from viewpoint_jax.models import rope, weights
 from viewpoint_jax.models.dit import DiTConfig, WanDiT
 
 
@@ -230,7 +230,7 @@ def test_rope_matches_diffusers_on_an_uneven_grid(head_dim):
         # diffusers: (1, L, 1, head_dim) tables, each pair's angle repeated (repeat_interleave).
         cos_ref, sin_ref = reference(torch.zeros(1, 1, *_UNEVEN_LATENT))
     cos_ref, sin_ref = cos_ref[0, :, 0].numpy(), sin_ref[0, :, 0].numpy()
-    cos, sin = dit_lib.rope_tables(_UNEVEN_GRID, head_dim)
+    cos, sin = rope.rope_tables(_UNEVEN_GRID, head_dim)
     assert cos.shape == (np.prod(_UNEVEN_GRID), head_dim // 2)
     for half in (0, 1):
         np.testing.assert_allclose(cos, cos_ref[:, half::2], atol=1e-6)
@@ -238,7 +238,7 @@ def test_rope_matches_diffusers_on_an_uneven_grid(head_dim):
 
     # The rotated queries: ours against diffusers' apply_rotary_emb (WanAttnProcessor).
     q = np.random.default_rng(0).standard_normal((2, len(cos), 3, head_dim)).astype(np.float32)
-    got = np.asarray(dit_lib.apply_rope(jnp.asarray(q), jnp.asarray(cos), jnp.asarray(sin)))
+    got = np.asarray(rope.apply_rope(jnp.asarray(q), jnp.asarray(cos), jnp.asarray(sin)))
     x = torch.from_numpy(q)
     x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
     c, s = (

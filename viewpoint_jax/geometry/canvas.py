@@ -42,6 +42,7 @@ class Representation(enum.StrEnum):
 # patch, one latent token (also a multiple of the tiny configs' 4 x 2 and 8 x 2).
 CANVAS_MULTIPLE = 16
 CUBE_ROWS = 2  # the raster holds the faces in FACE_NAMES order, row-major, in 2 rows of 3
+CUBE_COLUMNS = 3
 
 
 def _nearest_multiple(value: float) -> int:
@@ -59,7 +60,7 @@ def canvas_size(representation: Representation | str, map_size: int) -> tuple[in
         height = _nearest_multiple(m / np.sqrt(2))
         return height, 2 * height
     face = _nearest_multiple(m / np.sqrt(6))
-    return CUBE_ROWS * face, (6 // CUBE_ROWS) * face
+    return CUBE_ROWS * face, CUBE_COLUMNS * face
 
 
 def check_canvas_hw(representation: Representation, hw: tuple[int, int], name: str = "frames"):
@@ -94,7 +95,9 @@ def faces_to_raster(faces):
 
 def raster_to_faces(raster):
     """Inverse of `faces_to_raster`: `(..., 2a, 3a, C)` -> `(..., 6, a, a, C)`."""
-    return einops.rearrange(raster, "... (r h) (c w) ch -> ... (r c) h w ch", r=CUBE_ROWS, c=3)
+    return einops.rearrange(
+        raster, "... (r h) (c w) ch -> ... (r c) h w ch", r=CUBE_ROWS, c=CUBE_COLUMNS
+    )
 
 
 def canvas_directions(representation: Representation, hw: tuple[int, int]) -> np.ndarray:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import functools
 import json
 import math
 import os
@@ -33,13 +32,13 @@ from typing import Any
 import einops
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from viewpoint_jax.common import fileio
 from viewpoint_jax.common.sharding import DEFAULT_RULES, LogicalRules, constrain
 from viewpoint_jax.models import attention as attention_lib
 from viewpoint_jax.models import layers, weights
+from viewpoint_jax.models import rope as rope_lib
 
 # Wan's time input: the DiT sees t = NUM_TRAIN_TIMESTEPS * sigma for noise level sigma in [0, 1]
 # (the sinusoidal embedding was trained on that scale); diffusion/ reads it from here.
@@ -103,6 +102,8 @@ class LoRATarget(enum.StrEnum):
 # "alternate": PANO, SUBREGION, PANO, ... (our reading of the paper's Pano-Perspective
 # attention); or one kind for every block.
 PATTERNS = ("alternate", *BlockKind)
+
+
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -252,10 +253,6 @@ class DiTConfig:
 PRESETS = ("tiny", "wan_1_3b", "wan_14b")
 
 
-# ---------------------------------------------------------------------------------------------
-# Pure functions.
-
-
 def sinusoidal_embedding(t: jax.Array, dim: int) -> jax.Array:
     """Wan's timestep embedding: [cos(t w_i), sin(t w_i)], w_i = 10000^(-i / (dim/2)); fp32."""
     half = dim // 2
@@ -273,93 +270,6 @@ def velocity_from_clean(noisy: jax.Array, clean: jax.Array, t: jax.Array) -> jax
     return (noisy.astype(jnp.float32) - clean.astype(jnp.float32)) / sigma
 
 
-def rope_split(head_dim: int) -> tuple[int, int, int]:
-    """Wan's split of the head dim between frames, height and width."""
-    hw = 2 * (head_dim // 6)
-    return head_dim - 2 * hw, hw, hw
-
-
-@functools.lru_cache(maxsize=32)
-def rope_tables(
-    grid: tuple[int, int, int], head_dim: int, theta: float = 10000.0
-) -> tuple[np.ndarray, np.ndarray]:
-    """cos, sin of Wan's 3D RoPE for a (frames, height, width) token grid.
-
-    Returns two (F*H*W, head_dim // 2) float32 arrays, one angle per rotated pair; positions start
-    at 0 on every axis (so a subregion's table is that of a grid of the subregion's size).
-    """
-    angles = []
-    for axis, (size, part) in enumerate(zip(grid, rope_split(head_dim))):
-        inv_freq = 1.0 / theta ** (np.arange(0, part, 2, dtype=np.float64) / part)
-        a = np.arange(size, dtype=np.float64)[:, None] * inv_freq[None]  # (size, part/2)
-        shape = [1, 1, 1, part // 2]
-        shape[axis] = size
-        angles.append(np.broadcast_to(a.reshape(shape), (*grid, part // 2)))
-    angle = np.concatenate(angles, axis=-1).reshape(-1, head_dim // 2)
-    return np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
-
-
-# The raster of cube faces the CUBE_FACES layout reads: 2 rows of 3 faces (geometry.canvas).
-CUBE_FACE_ROWS, CUBE_FACE_COLUMNS = 2, 3
-
-
-def rope_split_4d(head_dim: int) -> tuple[int, int, int, int]:
-    """The split of the head dim between frames, cube face, height and width: height and width
-    keep Wan's bands (`rope_split`), so a face's 2D positions rotate the same dims as in the
-    pretrained DiT; Wan's frame band is halved between frames and the face index (our choice: the
-    paper does not say how the fourth axis is sized)."""
-    frames, height, width = rope_split(head_dim)
-    face = 2 * (frames // 4)
-    return frames - face, face, height, width
-
-
-def _axis_angles(positions: np.ndarray, part: int, theta: float) -> np.ndarray:
-    """RoPE angles `(N, part/2)` of integer positions `(N,)` on one axis of `part` dims."""
-    inv_freq = 1.0 / theta ** (np.arange(0, part, 2, dtype=np.float64) / part)
-    return positions.astype(np.float64)[:, None] * inv_freq[None]
-
-
-@functools.lru_cache(maxsize=32)
-def cube_face_rope_tables(
-    grid: tuple[int, int, int], head_dim: int, theta: float = 10000.0
-) -> tuple[np.ndarray, np.ndarray]:
-    """cos, sin of the 4D RoPE of a 2 x 3 raster of cube faces (`RopeLayout.CUBE_FACES`).
-
-    `grid`: the token grid (frames, 2a, 3a) of the raster, faces a x a tokens in row-major
-    order (face k at raster row k // 3, column k % 3). Each token's position is (frame, k, row in
-    its face, column in its face), rotated over the bands of `rope_split_4d`. Returns two
-    (F*2a*3a, head_dim // 2) float32 arrays in the grid's token order.
-    """
-    frames, height, width = grid
-    side = height // CUBE_FACE_ROWS
-    if height % CUBE_FACE_ROWS or width != CUBE_FACE_COLUMNS * side or side < 1:
-        raise ValueError(
-            f"rope_layout 'cube_faces' needs a token grid of 2 x 3 square faces (2a x 3a), "
-            f"got {height}x{width}"
-        )
-    t, y, x = np.meshgrid(np.arange(frames), np.arange(height), np.arange(width), indexing="ij")
-    t, y, x = t.ravel(), y.ravel(), x.ravel()
-    face = (y // side) * CUBE_FACE_COLUMNS + x // side
-    positions = (t, face, y % side, x % side)
-    angle = np.concatenate(
-        [
-            _axis_angles(p, part, theta)
-            for p, part in zip(positions, rope_split_4d(head_dim), strict=True)
-        ],
-        axis=-1,
-    )
-    return np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
-
-
-def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotates adjacent pairs (x[2i], x[2i+1]) of x (B, L, H, D) by the angles of (L, D/2)."""
-    pairs = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)
-    x1, x2 = pairs[..., 0], pairs[..., 1]
-    cos, sin = cos[None, :, None], sin[None, :, None]
-    out = jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
-    return out.reshape(x.shape).astype(x.dtype)
-
-
 def to_subregions(tokens: jax.Array, grid: tuple[int, int, int]) -> jax.Array:
     """(B, F*H*W, ...) -> (4B, F*(H/2)*(W/2), ...), batch order (b, row, col) of the 2x2 grid."""
     f, h, w = grid
@@ -374,10 +284,6 @@ def from_subregions(tokens: jax.Array, grid: tuple[int, int, int]) -> jax.Array:
     return einops.rearrange(
         tokens, "(b r c) (f h w) ... -> b (f r h c w) ...", f=f, r=2, h=h // 2, c=2, w=w // 2
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Modules.
 
 
 def _dtypes(config: DiTConfig) -> dict[str, Any]:
@@ -428,7 +334,7 @@ class Attention(nnx.Module):
         if subregion_grid is not None:
             q, k, v = (to_subregions(a, subregion_grid) for a in (q, k, v))
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q, k = rope_lib.apply_rope(q, *rope), rope_lib.apply_rope(k, *rope)
         out = attention_lib.dot_product_attention(q, k, v, backend=self.backend)
         if subregion_grid is not None:
             out = from_subregions(out, subregion_grid)
@@ -559,11 +465,15 @@ class WanDiT(nnx.Module):
 
         sub_grid = (grid[0], grid[1] // 2, grid[2] // 2)
         pano_tables = (
-            cube_face_rope_tables if config.rope_layout == RopeLayout.CUBE_FACES else rope_tables
+            rope_lib.cube_face_rope_tables
+            if config.rope_layout == RopeLayout.CUBE_FACES
+            else rope_lib.rope_tables
         )
         ropes = {BlockKind.PANO: pano_tables(grid, config.head_dim, config.rope_theta)}
         if BlockKind.SUBREGION in config.block_kinds:
-            ropes[BlockKind.SUBREGION] = rope_tables(sub_grid, config.head_dim, config.rope_theta)
+            ropes[BlockKind.SUBREGION] = rope_lib.rope_tables(
+                sub_grid, config.head_dim, config.rope_theta
+            )
         ropes = {k: (jnp.asarray(c), jnp.asarray(s)) for k, (c, s) in ropes.items()}
 
         tokens = self._run_blocks(tokens, e, ctx, ropes, grid)
@@ -619,10 +529,6 @@ def abstract_model(config: DiTConfig) -> WanDiT:
     return nnx.eval_shape(lambda: WanDiT(config, rngs=nnx.Rngs(0)))
 
 
-# ---------------------------------------------------------------------------------------------
-# Converted checkpoints: `<dir>/config.json` + `<dir>/params` (Orbax, the nnx.Param pure dict).
-
-
 def read_config(path: str | os.PathLike) -> DiTConfig:
     return DiTConfig.from_dict(weights.read_checkpoint_config(path, "Wan DiT"))
 
@@ -659,10 +565,6 @@ def save_dit(
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
     return Path(path).absolute()
-
-
-# ---------------------------------------------------------------------------------------------
-# Weight surgery: a text-to-video Wan checkpoint -> the ViewPoint model's 2 C + 1 input channels.
 
 
 def inflate_patch_kernel(kernel: jax.Array, in_dim: int) -> jax.Array:
