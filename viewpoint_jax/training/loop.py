@@ -228,12 +228,17 @@ def train(
     (records) replace the config's dataset, and `devices` the devices of the mesh (default all),
     for tests. Returns {"step", "losses": {step: loss}, "stopped": bool (SIGTERM)}.
 
-    Before any work: `workdir` must be writable (UserError naming it) and is locked for the run
-    (`common.locks`: a second run on it is refused, naming the first); its filesystem must have
-    room for one checkpoint. A full disk during the run is one line naming the path and the
-    last complete checkpoint.
+    Before any work, in this order, nothing written until all pass: the config and every input
+    it names are checked (all missing paths at once); `workdir` must be writable (UserError
+    naming it) and is locked for the run (`common.locks`: a second run on it is refused, naming
+    the first); its filesystem must have room for one checkpoint. A full disk during the run is
+    one line naming the path and the last complete checkpoint.
     """
     workdir = Path(workdir).absolute()
+    devices = jax.devices() if devices is None else list(devices)
+    validate_config(config, len(devices), jax.process_count())
+    reads_dataset = data_iterator is None and data_source is None
+    check_run_inputs(config, reads_dataset=reads_dataset)  # every missing path at once
     check_writable(workdir)
     lock = locks.hold(workdir, "training run", "--workdir")
     with lock if jax.process_index() == 0 else contextlib.nullcontext():
@@ -254,14 +259,12 @@ def _train(
     workdir: Path,
     data_iterator: Iterator[dict] | None,
     data_source: Any,
-    devices: list[jax.Device] | None,
+    devices: list[jax.Device],
     progress: bool,
 ) -> dict[str, Any]:
-    """`train` with the run directory locked."""
+    """`train` with the config checked and the run directory locked."""
     stop = StopFlag()  # first: a SIGTERM during setup still ends in a clean exit
-    devices = jax.devices() if devices is None else list(devices)
-    reads_dataset = data_iterator is None and data_source is None
-    trainer = _set_up_run(config, workdir, devices, reads_dataset)
+    trainer = _set_up_run(config, workdir, devices)
     # Room for one checkpoint (the whole state: weights, optimizer moments, EMA) before step 1.
     state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(trainer.abstract_state))
     check_writable(checkpoints.checkpoint_dir(workdir), expected_bytes=state_bytes)
@@ -296,12 +299,9 @@ def _train(
 
 
 def _set_up_run(
-    config: ml_collections.ConfigDict, workdir: Path, devices: list[jax.Device], reads_dataset: bool
+    config: ml_collections.ConfigDict, workdir: Path, devices: list[jax.Device]
 ) -> Trainer:
-    """Validates the config and the inputs it names, records it in the run directory, builds
-    the trainer."""
-    validate_config(config, len(devices), jax.process_count())
-    check_run_inputs(config, reads_dataset=reads_dataset)  # every missing path at once
+    """Records the (checked) config in the run directory, builds the trainer."""
     mesh, rules = mesh_and_rules(config, devices)
     model_config = build.dit_config(config)  # built once, handed down
     if jax.process_index() == 0:
