@@ -3,8 +3,9 @@
 
 The step is one `jax.jit` with explicit in/out shardings over the mesh (data, fsdp, sequence,
 tensor) and the train state donated (`make_trainer`). Each host feeds its shard of the global
-batch. The run directory holds config.json, checkpoints/ (Orbax: state + data iterator, see
-training/checkpoints.py), metrics.jsonl (one line per step; `conditions/<kind>` counts this
+batch. The run directory holds config.json, compilation_cache/ (jax's persistent cache: a
+restart does not compile again; JAX_COMPILATION_CACHE_DIR names another), checkpoints/ (Orbax:
+state + data iterator, see training/checkpoints.py), metrics.jsonl (one line per step; `conditions/<kind>` counts this
 host's examples of each condition kind, see data/conditions.py), tensorboard/ and images/.
 SIGTERM: the run saves a checkpoint of the current step and exits 0; a killed run resumes from
 its last complete checkpoint on the same data order.
@@ -26,6 +27,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from viewpoint_jax.common import sharding as sharding_lib
+from viewpoint_jax.common.compilation_cache import use_compilation_cache
 from viewpoint_jax.common.distributed import StopFlag
 from viewpoint_jax.common.fileio import atomic_write_text
 from viewpoint_jax.data import latents as latents_lib
@@ -198,6 +200,8 @@ def train(
     """
     stop = StopFlag()  # first: a SIGTERM during setup still ends in a clean exit
     workdir = Path(workdir).absolute()
+    # A restart loads the compiled step from the run's cache instead of compiling it again.
+    use_compilation_cache(workdir / "compilation_cache")
     devices = jax.devices() if devices is None else list(devices)
     trainer = _set_up_run(config, workdir, devices)
     checkpointer = checkpoints.Checkpointer(
