@@ -16,7 +16,7 @@ from test_train import micro_config
 
 from viewpoint_jax.models import dit as dit_lib
 from viewpoint_jax.studies import tpu_compile
-from viewpoint_jax.training import telemetry
+from viewpoint_jax.training import memory, telemetry
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,8 +78,15 @@ def test_train_step_compiles_for_v5e_with_splash_state_donated_and_sharded():
     assert report.what["mesh"] == "data=1 fsdp=4 sequence=1 tensor=1"
     plan = report.analytic
     state = plan["param_bytes"] + plan["optimizer_bytes"]
-    # The state also holds the step, the rng key and the NaN counters: a few bytes.
-    assert 0 <= program.memory["alias_bytes"] - state < 1024
+    whole = memory.training_plan(config, dict.fromkeys(("data", "fsdp", "sequence", "tensor"), 1))
+    # Donated, and split over the 4 chips: at least the analytic shard (the TPU pads these
+    # narrow arrays to its (8, 128) tiles: about twice the bytes at this width), well under the
+    # whole state that a replicated one would hold on every chip.
+    assert (
+        state
+        <= program.memory["alias_bytes"]
+        < 0.75 * (whole["param_bytes"] + whole["optimizer_bytes"])
+    )
     assert program.memory["argument_bytes"] >= program.memory["alias_bytes"]
     assert program.memory["temp_bytes"] > 0
     text = tpu_compile.format_report(report, "tiny:micro")
