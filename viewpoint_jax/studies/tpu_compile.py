@@ -560,7 +560,7 @@ def _flops_lines(report: Report) -> list[str]:
     what = (
         "train step (3 x forward; remat's recomputation not counted)"
         if report.mode == "train"
-        else "denoising step (both guidance branches)"
+        else "denoising step (the sampling batch: both guidance branches, or one)"
     )
     lines = [
         f"FLOPs per chip per {what}: {report.flops_per_device / 1e12:.1f} TFLOP "
