@@ -22,6 +22,16 @@ weights and optimizer state, FSDP over every device, umT5-XXL embeddings precomp
 size: Wan's flow shift (5 for 14B, 3 for 1.3B; sampling: Wan's UniPC, 50 steps, guidance 5) and
 the remat policy that fits 80 GB (full for 14B, saving the matmul outputs for 1.3B).
 
+On TPU (`--config.model.attention_backend=splash`; `python -m viewpoint_jax.compile` compiles the
+step for a slice and says whether it fits; BENCHMARKS.md, "Compiled for the chips"): the 14B
+recipe does NOT fit a v5p-8 (4 chips): XLA's memory analysis of the compiled step is 102.1 GiB
+per chip (40.7 arguments, 61.1 temporaries) against 95 GiB; on a v5p-16 (8 chips, v5p:2x2x2) the
+same step compiled at 71.0 GiB per chip (issue 29's compile): train 14B on v5p-16 or larger. On v6e (32 GiB per chip) the
+analytic plan alone is 42.6 GiB per chip at 8 chips, and the compiled 14B steps run 28-33 GiB
+above it: neither size's recipe fits a v6e-8 as it stands (not compiled here; 1.3B compiles at
+42.8 GiB per chip on v5p-8, 6% over its plan, whose save_dots activations alone are 35 GiB: use
+remat full there).
+
     python -m viewpoint_jax.train --config configs/wan14b.py --workdir runs/vp14b \\
         --config.model.init_checkpoint=/ckpt/wan14b_dit \\
         --config.autoencoder.checkpoint=/ckpt/wan_vae \\

@@ -60,6 +60,11 @@ def test_cudnn_off_gpu_is_a_clear_error():
 def test_splash_off_tpu_is_a_clear_error():
     with pytest.raises(ValueError, match="Pallas TPU kernel"):
         attention.dot_product_attention(*_qkv(), backend="splash")
+    # Under a mesh the platform is the mesh's: CPU devices refuse too (a mesh of a TPU
+    # topology's devices compiles it: tests/test_tpu_compile.py).
+    mesh = sharding.make_mesh({"fsdp": 2}, jax.devices()[:2])
+    with sharding.use_mesh(mesh), pytest.raises(ValueError, match="runs on 'cpu'"):
+        attention.dot_product_attention(*_qkv(), backend="splash")
 
 
 def test_unknown_backend():

@@ -16,7 +16,14 @@ import jax
 import numpy as np
 import pytest
 from test_sample_cli import REPO, run_in_process
-from test_train import ONE_DEVICE, cli, micro_config, procedural_records, subprocess_env
+from test_train import (
+    ONE_DEVICE,
+    cli,
+    micro_config,
+    procedural_records,
+    subprocess_env,
+    write_dataset,
+)
 
 from viewpoint_jax import evaluate
 from viewpoint_jax.common import cli as cli_lib
@@ -106,8 +113,10 @@ def test_a_second_run_on_a_locked_folder_is_refused_and_a_dead_runs_lock_is_take
     try:
         assert holder.stdout.readline().strip() == "holding"
         holder_is = f"a training run (host {socket.gethostname()}, pid {holder.pid}, started 20"
+        # A real dataset: the run's inputs are checked before its folder is touched.
+        data_dir, name = write_dataset(tmp_path / "dataset")
         train = subprocess.run(
-            cli(folder, tmp_path / "data", "micro"),
+            cli(folder, data_dir, name),
             capture_output=True, text=True, env=subprocess_env(), cwd=REPO, timeout=300,
         )  # fmt: skip
         assert train.returncode == 2
@@ -134,8 +143,9 @@ def test_a_second_run_on_a_locked_folder_is_refused_and_a_dead_runs_lock_is_take
 def test_read_only_destinations_are_refused_before_any_work(tmp_path, tmpfs, capsys):
     read_only = tmpfs("ro", size="1m", read_only=True)
     not_writable = "is not writable (Read-only file system)"
+    data_dir, name = write_dataset(tmp_path / "dataset")  # inputs are checked first
     train = subprocess.run(
-        cli(read_only / "run", tmp_path / "data", "micro"),
+        cli(read_only / "run", data_dir, name),
         capture_output=True, text=True, env=subprocess_env(), cwd=REPO, timeout=300,
     )  # fmt: skip
     assert train.returncode == 2

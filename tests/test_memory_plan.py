@@ -17,6 +17,7 @@ from viewpoint_jax.models import dit as dit_lib
 from viewpoint_jax.models import umt5, vae
 from viewpoint_jax.setup import build
 from viewpoint_jax.setup import config as config_lib
+from viewpoint_jax.studies import tpu_compile
 from viewpoint_jax.training import loop
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,11 +96,11 @@ def test_compiled_plan_of_a_wan_config_needs_no_checkpoint(tmp_path):
     # XLA's arguments are exactly state + batch + the frozen weights the step reads, per device
     # (not the VAE decoder: jit drops unread arguments, the plan adds them back); the donated
     # state is aliased to the new one; its params are what the analytic plan counts.
-    plan = memory_plan.memory_of(compiled, (state, batch, frozen))
+    plan = tpu_compile.memory_of(compiled, (state, batch, frozen))
     read = {k: v for k, v in frozen["autoencoder"].items() if k in ("encoder", "quant_conv")}
     unread = {k: v for k, v in frozen["autoencoder"].items() if k not in read}
     assert sorted(unread) == ["decoder", "post_quant_conv"]
-    per_device = memory_plan.per_device_bytes
+    per_device = tpu_compile.per_device_bytes
     assert plan["argument_bytes"] == per_device((state, batch, frozen["text"], read))
     assert plan["unread_weight_bytes"] == per_device(unread) > 0
     assert plan["alias_bytes"] == per_device(state)

@@ -63,7 +63,14 @@ def installed(tmp_path_factory) -> Path:
 
 # The test extra's libraries (pyproject.toml; each imports under its distribution's name), which
 # `make demo` does not install: the demo must run without them.
-TEST_EXTRA_LIBRARIES = ("torch", "diffusers", "transformers", "py360convert", "safetensors")
+TEST_EXTRA_LIBRARIES = (
+    "torch",
+    "diffusers",
+    "transformers",
+    "py360convert",
+    "safetensors",
+    "libtpu",
+)
 
 
 def installed_env(target: Path, blocked: Path) -> dict:

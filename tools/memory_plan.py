@@ -116,29 +116,16 @@ def vae_decode_bytes(
     the temporaries (one tile's activations, the tiles of a step gathered, the blended video)
     and the output (the map video)."""
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
-    from viewpoint_jax.generation import decoding
     from viewpoint_jax.generation.models import sampling_mesh
-    from viewpoint_jax.models import autoencoder as autoencoder_lib
-    from viewpoint_jax.setup import build
+    from viewpoint_jax.studies import tpu_compile
 
     if jax.device_count() < devices:
         raise ValueError(f"{devices} devices asked for, {jax.device_count()} simulated")
-    autoencoder = build.abstract_autoencoder(config) if autoencoder is None else autoencoder
     mesh = sampling_mesh(jax.devices()[:devices])
-    tiling = decoding.Tiling(decoding.DECODE_TILE, decoding.DECODE_TILE_OVERLAP, mesh)
-    decode, arrays = decoding.autoencoder_function(autoencoder, "decode", tiling)
-    everywhere = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-
-    def placed(x):
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=everywhere)
-
-    arrays = jax.tree.map(placed, arrays)
-    z = placed(jax.ShapeDtypeStruct(latent, jnp.float32))
-    options = autoencoder_lib.compiler_options(autoencoder)
-    compiled = jax.jit(decode, compiler_options=options).lower(arrays, z).compile()
+    decode, (arrays, z) = tpu_compile.abstract_decode(config, mesh, latent, autoencoder)
+    compiled = decode.lower(arrays, z).compile()
     analysis = compiled.memory_analysis()
     weights = sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(arrays))
     return {
@@ -245,15 +232,10 @@ def compiled_sample_plan(config, devices: int, dtype: str = "bfloat16") -> dict[
     import dataclasses
 
     import jax
-    import jax.numpy as jnp
-    from flax import nnx
 
-    from viewpoint_jax.common import sharding as sharding_lib
-    from viewpoint_jax.diffusion import denoising, schedulers
     from viewpoint_jax.generation.models import latent_shape, sampling_mesh
-    from viewpoint_jax.models import dit as dit_lib
     from viewpoint_jax.setup import build
-    from viewpoint_jax.setup import config as config_lib
+    from viewpoint_jax.studies import tpu_compile
 
     if jax.device_count() < devices:
         raise ValueError(f"{devices} devices asked for, {jax.device_count()} simulated")
@@ -263,33 +245,9 @@ def compiled_sample_plan(config, devices: int, dtype: str = "bfloat16") -> dict[
         model_config, dtype=dtype, param_dtype=dtype, attention_backend=backend
     )
     mesh = sampling_mesh(jax.devices()[:devices])
-    rules = config_lib.logical_rules(config)
-    graphdef, params = nnx.split(dit_lib.abstract_model(model_config))
-    params = sharding_lib.with_shardings(params, sharding_lib.state_shardings(params, mesh, rules))
     latent = latent_shape(config)
-    text = (1, int(config.text_encoder.max_length), model_config.text_dim)
-
-    def placed(shape):
-        logical = ("batch",) + (None,) * (len(shape) - 1)
-        named = sharding_lib.named_sharding(mesh, logical, shape, rules)
-        return jax.ShapeDtypeStruct(shape, jnp.float32, sharding=named)
-
-    conditions = denoising.Conditions(
-        placed(text), placed(text), placed(latent), placed((*latent[:4], 1))
-    )
-    sample_config = config.sample
-    schedule = schedulers.make_schedule(
-        str(sample_config.scheduler), int(sample_config.steps), float(sample_config.shift)
-    )
-    compiled = denoising.sample_latents.lower(
-        graphdef,
-        params,
-        conditions,
-        jax.random.key(0),
-        schedule,
-        jnp.float32(sample_config.guidance_scale),
-        mesh_context=(mesh, rules),
-    ).compile()
+    function, arguments, keywords = tpu_compile.abstract_sampler(config, mesh, model_config)
+    compiled = function.lower(*arguments, **keywords).compile()
     analysis = compiled.memory_analysis()
     # The analytic terms of the same DiT (its weights and activations do not depend on the
     # attention backend) and latent.
@@ -359,52 +317,6 @@ def compile_attention_backend(config, model_config=None) -> tuple[str, str | Non
     )
 
 
-def abstract_train_step(config, mesh, rules):
-    """The train step as `loop.make_trainer` jits it, with abstract encoders (no checkpoint is
-    read, no weight allocated, so any model size lowers on CPU), and its abstract arguments
-    (state, batch, frozen encoder weights) as sharded shapes: `step_fn.lower(*arguments)`.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    from viewpoint_jax.data import config as data_config_lib
-    from viewpoint_jax.models import text_encoder as text_lib
-    from viewpoint_jax.models.autoencoder import latent_shape
-    from viewpoint_jax.setup import build
-    from viewpoint_jax.training import loop
-
-    trainer = loop.make_trainer(
-        config,
-        mesh,
-        rules,
-        autoencoder=build.abstract_autoencoder(config),
-        text_encoder=text_lib.TextEncoder(build.abstract_text_model(config), None),
-    )
-    data, b = config.data, config.data.batch_size
-    (h, w), f = data_config_lib.canvas_hw(data), data.num_frames
-    if data.precomputed_latents:
-        latent = latent_shape(trainer.autoencoder, (b, f, h, w, 3))
-        shapes = {"latents": latent, "condition_latents": latent, "latent_mask": (*latent[:4], 1)}
-    else:
-        shapes = {"target_map": (b, f, h, w, 3), "condition_map": (b, f, h, w, 3)}
-        shapes["condition_mask"] = (b, f, h, w, 1)
-    batch = {k: (v, jnp.float32) for k, v in shapes.items()}
-    length = int(config.text_encoder.max_length)
-    if config.text_encoder.precompute:
-        batch["context"] = ((b, length, trainer.model_config.text_dim), jnp.float32)
-    else:
-        batch["ids"] = batch["ids_mask"] = ((b, length), jnp.int32)
-    batch = {
-        k: jax.ShapeDtypeStruct(shape, dtype, sharding=trainer.batch_sharding)
-        for k, (shape, dtype) in batch.items()
-    }
-    frozen = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-        trainer.frozen_arrays,
-    )
-    return trainer.step_fn, (trainer.abstract_state_with_shardings(), batch, frozen)
-
-
 def compiled_notes(config, devices: int) -> tuple[str, ...]:
     """What the compiled plan compiled with: its attention backend and, for 'xla', the analytic
     estimate of the attention scores its temporaries include."""
@@ -438,6 +350,7 @@ def compile_train_step(config, devices: int):
     import jax
 
     from viewpoint_jax.common import sharding as sharding_lib
+    from viewpoint_jax.studies import tpu_compile
 
     if jax.device_count() < devices:
         raise ValueError(f"{devices} devices asked for, {jax.device_count()} simulated")
@@ -455,7 +368,7 @@ def compile_train_step(config, devices: int):
     mesh = sharding_lib.make_mesh(mesh_sizes, jax.devices()[:devices])
     rules = tuple(tuple(r) if isinstance(r, list) else r for r in config.sharding_rules)
     start = time.perf_counter()
-    step, arguments = abstract_train_step(config, mesh, rules)
+    step, arguments = tpu_compile.abstract_train_step(config, mesh, rules)
     lowered = step.lower(*arguments)
     print(f"lowered in {time.perf_counter() - start:.0f} s, compiling", file=sys.stderr)
     compiled = lowered.compile()
@@ -463,42 +376,11 @@ def compile_train_step(config, devices: int):
     return compiled, arguments
 
 
-def per_device_bytes(tree) -> int:
-    """Bytes one device holds of a tree of sharded `jax.ShapeDtypeStruct`s (or arrays)."""
-    import jax
-    import numpy as np
-
-    return sum(
-        math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
-        for x in jax.tree.leaves(tree)
-    )
-
-
-def memory_of(compiled, arguments) -> dict[str, int]:
-    """XLA's memory analysis of the compiled step, per device: arguments (state, batch, frozen
-    encoder weights), outputs, the donated state aliased between them, temporaries; plus the
-    frozen weights a run keeps on device that the step never reads (jit drops them from its
-    arguments: the VAE decoder, used by previews only).
-    total = arguments + outputs - aliased + temporaries + unread weights."""
-    analysis = compiled.memory_analysis()
-    unread = per_device_bytes(arguments) - analysis.argument_size_in_bytes
-    return {
-        "argument_bytes": analysis.argument_size_in_bytes,
-        "output_bytes": analysis.output_size_in_bytes,
-        "alias_bytes": analysis.alias_size_in_bytes,
-        "temp_bytes": analysis.temp_size_in_bytes,
-        "unread_weight_bytes": unread,
-        "total_bytes": analysis.argument_size_in_bytes
-        + analysis.output_size_in_bytes
-        - analysis.alias_size_in_bytes
-        + analysis.temp_size_in_bytes
-        + unread,
-    }
-
-
 def compiled_plan(config, devices: int) -> dict[str, int]:
-    """`memory_of` the train step compiled for `devices` simulated devices."""
-    return memory_of(*compile_train_step(config, devices))
+    """`tpu_compile.memory_of` the train step compiled for `devices` simulated devices."""
+    from viewpoint_jax.studies import tpu_compile
+
+    return tpu_compile.memory_of(*compile_train_step(config, devices))
 
 
 def format_plan(

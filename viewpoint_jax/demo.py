@@ -35,10 +35,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jax
 from absl import flags
 
 from viewpoint_jax.common.cli import refuse_positional, run
+from viewpoint_jax.common.compilation_cache import use_compilation_cache
 from viewpoint_jax.studies.demo import run_demo
 
 
@@ -52,17 +52,11 @@ def define_flags() -> None:
     flags.DEFINE_bool("quick", False, "test size: a tiny dataset and model, a few steps")
 
 
-def use_compilation_cache(directory: Path) -> None:
-    """Keeps compiled programs in `directory` (unless JAX_COMPILATION_CACHE_DIR names another):
-    the scratch run then reuses the fine-tuning's train step, the evaluation one sampler for
-    its three models, and a rerun all of them (about 33 s a training run on 2 cores,
-    BENCHMARKS.md). Process-wide, so the CLI sets it, not `run_demo`."""
-    if not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", str(directory))
-
-
 def main(argv: list[str]) -> int:
-    """Runs the demo into --out (`run_demo`), its compiled programs cached in --out/jax_cache."""
+    """Runs the demo into --out (`run_demo`), its compiled programs cached in --out/jax_cache
+    (unless JAX_COMPILATION_CACHE_DIR names another): the scratch run then reuses the
+    fine-tuning's train step, the evaluation one sampler for its three models, and a rerun all
+    of them (about 33 s a training run on 2 cores, BENCHMARKS.md)."""
     refuse_positional(argv)
     args = flags.FLAGS
     use_compilation_cache(Path(args.out).absolute() / "jax_cache")

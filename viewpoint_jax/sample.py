@@ -27,6 +27,7 @@ from ml_collections import config_flags
 
 from viewpoint_jax.common import distributed
 from viewpoint_jax.common.cli import UserError, refuse_positional, run
+from viewpoint_jax.common.compilation_cache import use_compilation_cache, user_cache_dir
 from viewpoint_jax.common.fileio import check_replaceable, check_writable
 from viewpoint_jax.data import config as data_config_lib
 from viewpoint_jax.diffusion.denoising import SampleSettings
@@ -147,6 +148,8 @@ def main(argv: list[str]) -> int:
     args = flags.FLAGS
     check_args(args)
     distributed.initialize_from_flags()
+    # A second video of the same size loads the compiled sampler instead of compiling it.
+    use_compilation_cache(user_cache_dir())
     components = {flag: args[flag].value for flag in models_lib.COMPONENT_FLAGS}
     config = models_lib.sampling_config(args.checkpoint, args.config, components)
     if args.lora_scale is not None:

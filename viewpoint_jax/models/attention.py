@@ -3,7 +3,10 @@
 All backends take q (B, Lq, H, D), k and v (B, Lk, H, D) and return (B, Lq, H, D) in q's dtype.
 - "xla": the reference: einsums with fp32 logits and softmax; runs anywhere.
 - "cudnn": cuDNN flash attention (`jax.nn.dot_product_attention(implementation="cudnn")`), bf16.
-- "splash": Pallas splash attention on TPU (bf16); raises a clear error on other platforms. Any
+- "splash": Pallas splash attention on TPU (bf16); raises a clear error on other platforms. The
+  platform is the mesh's (`sharding.use_mesh`), else the process's: a mesh of TPU device
+  descriptions (`jax.experimental.topologies`) compiles it for a TPU from a CPU-only process
+  (`studies/tpu_compile.py`), and such a program can be compiled, never run. Any
   sequence length: lengths are padded to the kernel's tiles and the padded keys masked. Tests run
   the same kernel in the Pallas interpreter on CPU (`_splash_attention(..., interpret=True)`).
   XLA cannot partition a Pallas kernel, so inside `sharding.use_mesh` it runs under `shard_map`:
@@ -78,13 +81,14 @@ def _splash_attention(
     """Splash attention, under `shard_map` inside `sharding.use_mesh`. `interpret=True` runs the
     Pallas kernel in the interpreter on any platform (for tests on CPU); the public entry point
     never sets it."""
-    if not interpret and jax.default_backend() != "tpu":
+    context = sharding.current_context()
+    platform = target_platform(context[0] if context else None)
+    if not interpret and platform != "tpu":
         raise ValueError(
             "attention_backend='splash' is a Pallas TPU kernel; "
-            f"this process runs on {jax.default_backend()!r} (use 'xla' or 'cudnn')"
+            f"this process runs on {platform!r} (use 'xla' or 'cudnn')"
         )
     attend = functools.partial(_splash_attention_local, interpret=interpret)
-    context = sharding.current_context()
     if context is None:
         return attend(q, k, v)
     mesh, rules = context
@@ -96,6 +100,14 @@ def _splash_attention(
     return jax.shard_map(
         attend, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec, check_vma=False
     )(q, k, v)
+
+
+def target_platform(mesh: jax.sharding.Mesh | None = None) -> str:
+    """The platform a program is traced for: that of `mesh`'s devices (TPU device descriptions of
+    a topology compile for a TPU on a machine without one), else the process's default backend."""
+    if mesh is not None and mesh.devices.size:
+        return mesh.devices.flat[0].platform
+    return jax.default_backend()
 
 
 def _splash_attention_local(

@@ -3,8 +3,9 @@
 
 The step is one `jax.jit` with explicit in/out shardings over the mesh (data, fsdp, sequence,
 tensor) and the train state donated (`make_trainer`). Each host feeds its shard of the global
-batch. The run directory holds config.json, checkpoints/ (Orbax: state + data iterator, see
-training/checkpoints.py), metrics.jsonl (one line per step; `conditions/<kind>` counts this
+batch. The run directory holds config.json, compilation_cache/ (jax's persistent cache: a
+restart does not compile again; JAX_COMPILATION_CACHE_DIR names another), checkpoints/ (Orbax:
+state + data iterator, see training/checkpoints.py), metrics.jsonl (one line per step; `conditions/<kind>` counts this
 host's examples of each condition kind, see data/conditions.py), tensorboard/ and images/.
 SIGTERM: the run saves a checkpoint of the current step and exits 0; a killed run resumes from
 its last complete checkpoint on the same data order.
@@ -30,6 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from viewpoint_jax.common import locks
 from viewpoint_jax.common import sharding as sharding_lib
 from viewpoint_jax.common.cli import UserError
+from viewpoint_jax.common.compilation_cache import use_compilation_cache
 from viewpoint_jax.common.distributed import StopFlag
 from viewpoint_jax.common.fileio import atomic_write_text, check_writable
 from viewpoint_jax.data import latents as latents_lib
@@ -242,6 +244,8 @@ def train(
     check_writable(workdir)
     lock = locks.hold(workdir, "training run", "--workdir")
     with lock if jax.process_index() == 0 else contextlib.nullcontext():
+        # A restart loads the compiled step from the run's cache instead of compiling it again.
+        use_compilation_cache(workdir / "compilation_cache")
         try:
             return _train(config, workdir, data_iterator, data_source, devices, progress)
         except OSError as error:
