@@ -12,16 +12,18 @@ from viewpoint_jax.data.conditions import DEFAULT_CONDITION_MIXTURE, parse_mixtu
 from viewpoint_jax.geometry import Representation, canvas_size
 
 
-def _fail(key: str, message: str):
+def fail(key: str, message: str):
+    """Raises the ValueError every config check raises: it names the key (`config.<key>`)."""
     raise ValueError(f"config.{key}: {message}")
 
 
-def _positive_int(config: ml_collections.ConfigDict, key: str, prefix: str = "") -> int:
+def positive_int(config: ml_collections.ConfigDict, key: str, prefix: str = "") -> int:
+    """`config[key]` (dotted), which must be an int >= 1 (not a bool); `fail` otherwise."""
     value = config
     for part in key.split("."):
         value = value[part]
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        _fail(prefix + key, f"must be a positive integer, got {value!r}")
+        fail(prefix + key, f"must be a positive integer, got {value!r}")
     return value
 
 
@@ -117,24 +119,24 @@ def canvas_hw(data: ml_collections.ConfigDict) -> tuple[int, int]:
 def validate_data_config(data: ml_collections.ConfigDict) -> None:
     """Checks `config.data` alone (what the input pipeline needs); ValueError names the key."""
     for key in ("erp_height", "erp_width", "map_size", "num_frames", "frame_stride", "batch_size"):
-        _positive_int(data, key, prefix="data.")
+        positive_int(data, key, prefix="data.")
     if data.erp_width != 2 * data.erp_height:
-        _fail("data.erp_width", f"must be 2 * erp_height, got {data.erp_height}x{data.erp_width}")
+        fail("data.erp_width", f"must be 2 * erp_height, got {data.erp_height}x{data.erp_width}")
     if data.map_size % 2:
-        _fail("data.map_size", f"must be even, got {data.map_size}")
+        fail("data.map_size", f"must be even, got {data.map_size}")
     if data.get("representation", Representation.VIEWPOINT) not in set(Representation):
-        _fail(
+        fail(
             "data.representation",
             f"must be one of {[r.value for r in Representation]}, got {data.representation!r}",
         )
     for key in ("image_ratio", "caption_dropout", "max_bad_fraction"):
         if not 0.0 <= data[key] <= 1.0:
-            _fail(f"data.{key}", f"must be in [0, 1], got {data[key]}")
+            fail(f"data.{key}", f"must be in [0, 1], got {data[key]}")
     if data.worker_count < 0:
-        _fail("data.worker_count", f"must be >= 0, got {data.worker_count}")
+        fail("data.worker_count", f"must be >= 0, got {data.worker_count}")
     parse_mixture(data.condition_mixture)  # its ValueError names config.data.condition_mixture.<k>
     if data.get("source", DataSource.PANORAMAS) not in tuple(DataSource):
-        _fail("data.source", f"must be one of {[s.value for s in DataSource]}, got {data.source!r}")
+        fail("data.source", f"must be one of {[s.value for s in DataSource]}, got {data.source!r}")
     if data_source(data) == DataSource.DEMO_SCENES:
         _validate_scenes(data)
 
@@ -142,17 +144,17 @@ def validate_data_config(data: ml_collections.ConfigDict) -> None:
 def _validate_scenes(data: ml_collections.ConfigDict) -> None:
     scenes = data.scenes
     for key in ("count", "clip_frames"):
-        _positive_int(scenes, key, prefix="data.scenes.")
+        positive_int(scenes, key, prefix="data.scenes.")
     if data.num_frames > scenes.clip_frames:
-        _fail("data.scenes.clip_frames", f"must be >= num_frames {data.num_frames}")
+        fail("data.scenes.clip_frames", f"must be >= num_frames {data.num_frames}")
     if not scenes.fps > 0:
-        _fail("data.scenes.fps", f"must be > 0, got {scenes.fps}")
+        fail("data.scenes.fps", f"must be > 0, got {scenes.fps}")
     size = tuple(scenes.size)
     if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
-        _fail("data.scenes.size", f"must be (h, w) positive integers, got {scenes.size}")
+        fail("data.scenes.size", f"must be (h, w) positive integers, got {scenes.size}")
     if data.precomputed_latents:
-        _fail("data.precomputed_latents", "the demo_scenes source renders its clips: use ''")
+        fail("data.precomputed_latents", "the demo_scenes source renders its clips: use ''")
     try:  # the ranges are checked as the views are drawn
         sample_view(np.random.default_rng(0), scenes.fov_range, pitch_range=scenes.pitch_range)
     except ValueError as error:
-        _fail("data.scenes", str(error))
+        fail("data.scenes", str(error))

@@ -50,6 +50,8 @@ from viewpoint_jax.data.config import (
     data_config,
     data_representation,
     data_source,
+    fail,
+    positive_int,
     validate_data_config,
 )
 from viewpoint_jax.diffusion.flow_matching import Loss
@@ -278,7 +280,7 @@ def run_config_from_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
     _merge_record(config, record, path, "")
     try:
         if config.model.preset not in PRESETS:
-            _fail("model.preset", f"must be one of {PRESETS}, got {config.model.preset!r}")
+            fail("model.preset", f"must be one of {PRESETS}, got {config.model.preset!r}")
         DiTConfig.preset(config.model.preset, **model_overrides(config))
         _validate_encoders_and_sizes(config)
         _validate_representation(config)
@@ -366,40 +368,27 @@ def check_run_inputs(config: ml_collections.ConfigDict, *, reads_dataset: bool =
         raise ValueError(problems[0])
 
 
-def _fail(key: str, message: str):
-    raise ValueError(f"config.{key}: {message}")
-
-
-def _positive_int(config: ml_collections.ConfigDict, key: str, prefix: str = "") -> int:
-    value = config
-    for part in key.split("."):
-        value = value[part]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        _fail(prefix + key, f"must be a positive integer, got {value!r}")
-    return value
-
-
 def mesh_shape(config: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
     """`config.mesh` with a -1 axis resolved; ValueError naming `config.mesh` if it cannot fit."""
     unknown = set(config.mesh.keys()) - set(MESH_AXES)
     if unknown:
-        _fail("mesh", f"unknown axes {sorted(unknown)}; the axes are {MESH_AXES}")
+        fail("mesh", f"unknown axes {sorted(unknown)}; the axes are {MESH_AXES}")
     sizes = {axis: config.mesh.get(axis, 1) for axis in MESH_AXES}
     for axis, size in sizes.items():
         if isinstance(size, bool) or not isinstance(size, int) or (size < 1 and size != -1):
-            _fail(f"mesh.{axis}", f"must be a positive integer or -1, got {size!r}")
+            fail(f"mesh.{axis}", f"must be a positive integer or -1, got {size!r}")
     rest = [axis for axis, size in sizes.items() if size == -1]
     if len(rest) > 1:
-        _fail("mesh", f"at most one axis may be -1, got {rest}")
+        fail("mesh", f"at most one axis may be -1, got {rest}")
     known = 1
     for size in sizes.values():
         known *= 1 if size == -1 else size
     if rest:
         if num_devices % known:
-            _fail("mesh", f"{sizes} cannot be filled with {num_devices} devices")
+            fail("mesh", f"{sizes} cannot be filled with {num_devices} devices")
         sizes[rest[0]] = num_devices // known
     elif known != num_devices:
-        _fail("mesh", f"{sizes} needs {known} devices, but {num_devices} are available")
+        fail("mesh", f"{sizes} needs {known} devices, but {num_devices} are available")
     return sizes
 
 
@@ -422,14 +411,14 @@ def validate_config(
     config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1
 ) -> None:
     """Checks a training config before anything is built; ValueError names the offending key."""
-    _positive_int(config, "num_steps")
-    _positive_int(config, "max_consecutive_nonfinite")
+    positive_int(config, "num_steps")
+    positive_int(config, "max_consecutive_nonfinite")
     if config.model.preset not in PRESETS:
-        _fail("model.preset", f"must be one of {PRESETS}, got {config.model.preset!r}")
+        fail("model.preset", f"must be one of {PRESETS}, got {config.model.preset!r}")
     try:  # the model fields are checked by DiTConfig itself
         DiTConfig.preset(config.model.preset, **model_overrides(config))
     except (TypeError, ValueError) as error:
-        _fail("model", str(error))
+        fail("model", str(error))
     _validate_encoders_and_sizes(config)
     _validate_lora(config)
     _validate_representation(config)
@@ -448,21 +437,21 @@ def autoencoder_factors(config: ml_collections.ConfigDict) -> tuple[int, int]:
 def _validate_encoders_and_sizes(config: ml_collections.ConfigDict) -> None:
     ae = config.autoencoder
     if ae.kind not in AUTOENCODERS:
-        _fail("autoencoder.kind", f"must be one of {AUTOENCODERS}, got {ae.kind!r}")
+        fail("autoencoder.kind", f"must be one of {AUTOENCODERS}, got {ae.kind!r}")
     if ae.kind in PIXEL_AUTOENCODERS:
-        _positive_int(config, "autoencoder.factor")
+        positive_int(config, "autoencoder.factor")
     if ae.kind == "block_dct":
         try:  # the autoencoder's own rule (building it reads nothing)
             BlockDCTAutoencoder(int(ae.factor), int(ae.get("channels", 0)))
         except ValueError as error:
-            _fail("autoencoder.channels", str(error).removeprefix("channels "))
+            fail("autoencoder.channels", str(error).removeprefix("channels "))
     spatial, temporal = autoencoder_factors(config)
     te = config.text_encoder
     if te.kind not in TEXT_ENCODERS:
-        _fail("text_encoder.kind", f"must be one of {TEXT_ENCODERS}, got {te.kind!r}")
+        fail("text_encoder.kind", f"must be one of {TEXT_ENCODERS}, got {te.kind!r}")
     # The paths kinds need (a converted VAE, umT5 and its tokenizer) are checked, all at once, by
     # check_run_inputs.
-    _positive_int(config, "text_encoder.max_length")
+    positive_int(config, "text_encoder.max_length")
 
     data = config.data
     validate_data_config(data)
@@ -471,10 +460,10 @@ def _validate_encoders_and_sizes(config: ml_collections.ConfigDict) -> None:
     multiple = 2 * 2 * spatial
     representation = data_representation(data)
     if representation == Representation.VIEWPOINT and data.map_size % multiple:
-        _fail("data.map_size", f"must be a multiple of {multiple}, got {data.map_size}")
+        fail("data.map_size", f"must be a multiple of {multiple}, got {data.map_size}")
     height, width = canvas_hw(data)
     if height % (multiple // 2) or width % (multiple // 2):
-        _fail(
+        fail(
             "data.representation",
             f"{representation.value!r} frames of map_size {data.map_size} are {height}x{width}, "
             f"not multiples of {multiple // 2} (autoencoder factor {spatial} x patch 2)",
@@ -485,9 +474,9 @@ def _validate_encoders_and_sizes(config: ml_collections.ConfigDict) -> None:
         kinds = DiTConfig.preset(config.model.preset, **model_overrides(config)).block_kinds
         multiple = (4 if BlockKind.SUBREGION in kinds else 2) * spatial
         if any(side % multiple for side in data.scenes.size):
-            _fail("data.scenes.size", f"must be multiples of {multiple}, got {data.scenes.size}")
+            fail("data.scenes.size", f"must be multiples of {multiple}, got {data.scenes.size}")
     if (data.num_frames - 1) % temporal:
-        _fail(
+        fail(
             "data.num_frames",
             f"must be 1 + {temporal}k for this autoencoder, got {data.num_frames}",
         )
@@ -499,17 +488,17 @@ def _validate_lora(config: ml_collections.ConfigDict) -> None:
         return
     rank = lora.get("rank", 0)
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
-        _fail("lora.rank", f"must be an integer >= 0 (0 = no LoRA), got {rank!r}")
+        fail("lora.rank", f"must be an integer >= 0 (0 = no LoRA), got {rank!r}")
     if not rank:
         return
     if not lora.alpha >= 0:
-        _fail("lora.alpha", f"must be >= 0 (0: the rank), got {lora.alpha}")
+        fail("lora.alpha", f"must be >= 0 (0: the rank), got {lora.alpha}")
     targets = tuple(lora.targets)
     unknown = [t for t in targets if t not in tuple(LoRATarget)]
     if unknown or not targets:
-        _fail("lora.targets", f"must name some of {[t.value for t in LoRATarget]}, got {targets}")
+        fail("lora.targets", f"must name some of {[t.value for t in LoRATarget]}, got {targets}")
     if not config.model.init_checkpoint:
-        _fail(
+        fail(
             "lora.rank",
             "LoRA fine-tunes a converted DiT: set config.model.init_checkpoint to its directory",
         )
@@ -521,7 +510,7 @@ def _validate_representation(config: ml_collections.ConfigDict) -> None:
     representation = data_representation(config.data)
     model = DiTConfig.preset(config.model.preset, **model_overrides(config))
     if model.rope_layout == RopeLayout.CUBE_FACES and representation != Representation.CUBE_2X3:
-        _fail(
+        fail(
             "model.rope_layout",
             "'cube_faces' gives the tokens of a 2 x 3 cube-face raster 4D positions; "
             f"config.data.representation is {representation.value!r}: use 'cube_2x3'",
@@ -529,14 +518,14 @@ def _validate_representation(config: ml_collections.ConfigDict) -> None:
     if representation == Representation.VIEWPOINT:
         return
     if BlockKind.SUBREGION in model.block_kinds:
-        _fail(
+        fail(
             "model.attention_pattern",
             f"{model.attention_pattern!r} has subregion blocks, which split the ViewPoint map "
             f"into its 4 subregions; config.data.representation {representation.value!r} has "
             "none: use 'pano'",
         )
     if config.sample.get("fuse_every_step", False):
-        _fail(
+        fail(
             "sample.fuse_every_step",
             "fuses the ViewPoint map's overlapping subregions; config.data.representation "
             f"{representation.value!r} has none: set it to False",
@@ -546,36 +535,36 @@ def _validate_representation(config: ml_collections.ConfigDict) -> None:
 def _validate_training(config: ml_collections.ConfigDict) -> None:
     diffusion = config.diffusion
     if diffusion.timestep_sampler not in TIMESTEP_SAMPLERS:
-        _fail(
+        fail(
             "diffusion.timestep_sampler",
             f"must be one of {TIMESTEP_SAMPLERS}, got {diffusion.timestep_sampler!r}",
         )
     if not diffusion.shift > 0:
-        _fail("diffusion.shift", f"must be > 0, got {diffusion.shift}")
+        fail("diffusion.shift", f"must be > 0, got {diffusion.shift}")
     if not diffusion.logit_std > 0:
-        _fail("diffusion.logit_std", f"must be > 0, got {diffusion.logit_std}")
+        fail("diffusion.logit_std", f"must be > 0, got {diffusion.logit_std}")
     if diffusion.get("loss", Loss.VELOCITY) not in tuple(Loss):
-        _fail("diffusion.loss", f"must be one of {[k.value for k in Loss]}, got {diffusion.loss!r}")
+        fail("diffusion.loss", f"must be one of {[k.value for k in Loss]}, got {diffusion.loss!r}")
 
     optim = config.optim
     if not optim.lr > 0:
-        _fail("optim.lr", f"must be > 0, got {optim.lr}")
+        fail("optim.lr", f"must be > 0, got {optim.lr}")
     if optim.warmup_steps < 0:
-        _fail("optim.warmup_steps", f"must be >= 0, got {optim.warmup_steps}")
+        fail("optim.warmup_steps", f"must be >= 0, got {optim.warmup_steps}")
     if optim.schedule not in SCHEDULES:
-        _fail("optim.schedule", f"must be one of {SCHEDULES}, got {optim.schedule!r}")
+        fail("optim.schedule", f"must be one of {SCHEDULES}, got {optim.schedule!r}")
     if optim.grad_clip < 0:
-        _fail("optim.grad_clip", f"must be >= 0 (0 = no clipping), got {optim.grad_clip}")
+        fail("optim.grad_clip", f"must be >= 0 (0 = no clipping), got {optim.grad_clip}")
     if not 0.0 <= optim.ema_decay < 1.0:
-        _fail("optim.ema_decay", f"must be in [0, 1) (0 = no EMA), got {optim.ema_decay}")
+        fail("optim.ema_decay", f"must be in [0, 1) (0 = no EMA), got {optim.ema_decay}")
     if optim.mu_dtype not in ("float32", "bfloat16"):
-        _fail("optim.mu_dtype", f"must be float32 or bfloat16, got {optim.mu_dtype!r}")
+        fail("optim.mu_dtype", f"must be float32 or bfloat16, got {optim.mu_dtype!r}")
 
-    _positive_int(config, "checkpoint.every_steps")
-    _positive_int(config, "checkpoint.keep")
-    _positive_int(config, "log.every_steps")
+    positive_int(config, "checkpoint.every_steps")
+    positive_int(config, "checkpoint.keep")
+    positive_int(config, "log.every_steps")
     if config.log.image_every_steps < 0:
-        _fail("log.image_every_steps", "must be >= 0 (0 = never)")
+        fail("log.image_every_steps", "must be >= 0 (0 = never)")
 
 
 def _validate_mesh(config: ml_collections.ConfigDict, num_devices: int, process_count: int):
@@ -583,18 +572,16 @@ def _validate_mesh(config: ml_collections.ConfigDict, num_devices: int, process_
     sizes = mesh_shape(config, num_devices)
     batch_shards = sizes["data"] * sizes["fsdp"]
     if data.batch_size % batch_shards:
-        _fail(
+        fail(
             "data.batch_size",
             f"{data.batch_size} must be divisible by the mesh's data x fsdp = {batch_shards}",
         )
     if data.batch_size % process_count:
-        _fail(
-            "data.batch_size", f"{data.batch_size} must be divisible by the {process_count} hosts"
-        )
+        fail("data.batch_size", f"{data.batch_size} must be divisible by the {process_count} hosts")
     for entry in config.sharding_rules:
         if len(entry) != 2:
-            _fail("sharding_rules", f"entries are (logical name, mesh axes), got {entry!r}")
+            fail("sharding_rules", f"entries are (logical name, mesh axes), got {entry!r}")
         name, axes = entry
         targets = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
         if not set(targets) <= set(MESH_AXES):
-            _fail("sharding_rules", f"{name!r} maps to {axes!r}, not axes of {MESH_AXES}")
+            fail("sharding_rules", f"{name!r} maps to {axes!r}, not axes of {MESH_AXES}")
