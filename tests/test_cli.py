@@ -54,6 +54,7 @@ ENTRY_POINTS = {
     "bench_projection": (["tools/bench_projection.py"], "map_size", "--map-size=64", "--map_size"),
     "bench_sample": (["tools/bench_sample.py"], "devices", "--map-size=64", "--map_size"),
     "bench_vae": (["tools/bench_vae.py"], "tiled_size", "--skip-tiled", "--skip_tiled"),
+    "bench_seam_metric": (["tools/bench_seam_metric.py"], "turns", "--turn=3", "--turns"),
     "bench_lora": (["tools/bench_lora.py"], "rounds", "--round=3", "--rounds"),
     "lora_study": (["tools/lora_study.py"], "train_steps", "--train-steps=3", "--train_steps"),
     "demo_dataset": (

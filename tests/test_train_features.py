@@ -61,24 +61,29 @@ def test_ema_follows_the_recurrence_and_restores(tmp_path):
 
     # EMA starts at the initial weights and is updated after each step with that step's weights:
     #   ema_0 = params_0,  ema_t = decay * ema_{t-1} + (1 - decay) * params_t,
-    # rounded once to float32: XLA fuses the update into one FMA (the float32 two-rounding form
-    # differs in the last bit of ~17% of the weights). With decay 3/4 both products are exact in
-    # float64, so the float64 value rounded to float32 is the exactly rounded recurrence.
+    # in float32, element by element either rounded once (XLA fuses the update into one FMA) or
+    # with the products rounded first (when it does not: whether it fuses depends on what else
+    # reads the new weights in the step); both are the recurrence, nothing else is. With decay
+    # 3/4 both products are exact in float64, so the float64 value rounded to float32 is the
+    # exactly rounded form.
     params = _flat(initial["params"])
     _assert_trees_equal(initial["ema_params"], params)
-    expected = dict(params)
+    previous = dict(params)
     for step in (1, 2):
         new_params = _flat(saved[step]["params"])
         assert any(not np.array_equal(new_params[k], params[k]) for k in params), step
-        expected = {
-            k: (
-                decay * expected[k].astype(np.float64)
+        ema = _flat(saved[step]["ema_params"])
+        assert ema.keys() == previous.keys()
+        for k in previous:
+            once = (
+                decay * previous[k].astype(np.float64)
                 + (1 - decay) * new_params[k].astype(np.float64)
             ).astype(np.float32)
-            for k in expected
-        }
-        _assert_trees_equal(saved[step]["ema_params"], expected)
-        params = new_params
+            twice = np.float32(decay) * previous[k] + np.float32(1 - decay) * new_params[k]
+            recurrence = (ema[k] == once) | (ema[k] == twice)
+            assert recurrence.all(), (step, k, ema[k][~recurrence][:5], once[~recurrence][:5])
+        previous, params = ema, new_params
+    expected = previous
     assert not np.array_equal(expected["['patch_kernel']"], params["['patch_kernel']"])
 
     ema_model = checkpoints.restore_model(config, tmp_path, use_ema=True)

@@ -4,7 +4,7 @@ seam_ratio had before (wrap difference / mean adjacent-column difference), for s
 textured panoramas turned by several offsets and with a seam put in, raw and through H.264 /
 H.265 at the encoders' default quality. Prints a Markdown table (BENCHMARKS.md).
 
-    python tools/bench_seam_metric.py
+    python tools/bench_seam_metric.py [--turns 0,37,123,201,290]
 """
 
 import sys
@@ -12,10 +12,12 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from absl import flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_seam_metric import CODECS, SOURCES, TURNS, encode_decode, make_footage, put_seam
 
+from viewpoint_jax.common.cli import refuse_positional, run
 from viewpoint_jax.evaluation import panorama_metrics
 
 
@@ -26,9 +28,15 @@ def per_pixel_ratio(video: np.ndarray) -> float:
     return float(wrap / np.abs(np.diff(video, axis=2)).mean())
 
 
-def main() -> None:
+def define_flags() -> None:
+    flags.DEFINE_list("turns", [str(t) for t in TURNS], "horizontal turns of the footage, columns")
+
+
+def main(argv: list[str]) -> int:
+    refuse_positional(argv)
+    turns = [int(t) for t in flags.FLAGS.turns]
     print(
-        "| footage | codec | seam_ratio (turns " + ", ".join(map(str, TURNS)) + ") "
+        "| footage | codec | seam_ratio (turns " + ", ".join(map(str, turns)) + ") "
         "| end_continuity | per-pixel ratio (before) |"
     )
     print("|---|---|---|---|---|")
@@ -38,7 +46,7 @@ def main() -> None:
             for seam in (False, True):
                 for codec in ("raw", *CODECS):
                     scores = {"seam": [], "end": [], "pixel": []}
-                    for turn in TURNS:
+                    for turn in turns:
                         video = np.roll(frames, turn, axis=2)
                         video = put_seam(video) if seam else video
                         if codec != "raw":
@@ -54,7 +62,8 @@ def main() -> None:
                         f"| {min(scores['pixel']):.2f}–{max(scores['pixel']):.2f} |",
                         flush=True,
                     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run(main, define_flags)

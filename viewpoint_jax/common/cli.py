@@ -8,6 +8,7 @@ import difflib
 import re
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from absl import app, flags, logging
 
@@ -131,7 +132,9 @@ def _forget_entry_point_flags() -> None:
     their flag names overlap (--config, --out, --overwrite, ...): absl refuses a second definition.
     """
     for module, module_flags in list(flags.FLAGS.flags_by_module_dict().items()):
-        if module.startswith("viewpoint_jax"):
+        # absl names a module by its dotted name, or by its file when it ran as __main__
+        # (`python -m viewpoint_jax.<command>`, runpy): both are this package's.
+        if module.startswith("viewpoint_jax") or "viewpoint_jax" in Path(module).parts[:-1]:
             for flag in list(module_flags):
                 if flag.name in flags.FLAGS:
                     delattr(flags.FLAGS, flag.name)
