@@ -15,7 +15,7 @@ from flax import nnx
 from test_train import ONE_DEVICE, micro_config, procedural_records, subprocess_env
 
 from viewpoint_jax.common import sharding as sharding_lib
-from viewpoint_jax.data import demo_dataset, panoramic_videos, pipeline
+from viewpoint_jax.data import demo_dataset, pipeline
 from viewpoint_jax.models import dit as dit_lib
 from viewpoint_jax.models import lora as lora_models
 from viewpoint_jax.setup import build
@@ -220,23 +220,6 @@ def test_lora_on_8_devices_equals_one_device(tmp_path):
     assert not base_q.get_value().sharding.is_fully_replicated
 
 
-def demo_records(count: int, num_frames: int, height: int) -> list[dict]:
-    """Demo scenes (rooms, ruled spheres, colour fields with balls) as dataset records."""
-    records = []
-    for i in range(count):
-        scene = demo_dataset.scene_for(0, i)
-        frames = demo_dataset.render_scene(scene, height, num_frames, 8.0)
-        records.append(
-            {
-                "frames": [panoramic_videos.encode_frame(f, "png") for f in frames],
-                "caption": scene.caption,
-                "is_image": False,
-                "source": f"scene{i}",
-            }
-        )
-    return records
-
-
 def test_lora_run_on_demo_scenes_lowers_the_loss(tmp_path):
     config = lora_config(tmp_path)
     config.num_steps = 24
@@ -244,7 +227,7 @@ def test_lora_run_on_demo_scenes_lowers_the_loss(tmp_path):
     result = loop.train(
         config,
         tmp_path / "run",
-        data_source=demo_records(6, 7, 32),
+        data_source=demo_dataset.scene_records(6, 7, 32),
         devices=ONE_DEVICE,
         progress=False,
     )

@@ -18,24 +18,6 @@ from viewpoint_jax.common import cli
 from viewpoint_jax.common.cli import refuse_positional
 
 
-def demo_records(count: int, num_frames: int, height: int) -> list[dict]:
-    from viewpoint_jax.data import demo_dataset, panoramic_videos
-
-    records = []
-    for i in range(count):
-        scene = demo_dataset.scene_for(0, i)
-        frames = demo_dataset.render_scene(scene, height, num_frames, 8.0)
-        records.append(
-            {
-                "frames": [panoramic_videos.encode_frame(f, "png") for f in frames],
-                "caption": scene.caption,
-                "is_image": False,
-                "source": f"scene{i}",
-            }
-        )
-    return records
-
-
 def define_flags() -> None:
     flags.DEFINE_integer("rounds", 20, "timed steps of each trainer", lower_bound=1)
     flags.DEFINE_string("config", "configs/tiny.py", "a config file with a :lora arm")
@@ -48,7 +30,7 @@ def main(argv: list[str]) -> int:
     import jax
     import numpy as np
 
-    from viewpoint_jax.data import pipeline
+    from viewpoint_jax.data import demo_dataset, pipeline
     from viewpoint_jax.setup.config import load_config_file, mesh_and_rules
     from viewpoint_jax.training import loop
 
@@ -57,7 +39,7 @@ def main(argv: list[str]) -> int:
     for config in configs.values():
         config.data.image_ratio = 0.0  # every step a clip: one program each
     data = configs["full"].data
-    records = demo_records(8, data.num_frames + 2, data.erp_height)
+    records = demo_dataset.scene_records(8, data.num_frames + 2, data.erp_height)
     iterator = pipeline.make_train_iterator(data, data_source=records)
     batches = [next(iterator) for _ in range(4)]
     devices = jax.devices()[:1]

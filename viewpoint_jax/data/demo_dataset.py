@@ -294,3 +294,21 @@ def build_demo_dataset(
     data_dir = out_dir / "data"
     preparation.prepare(source, data_dir, name, frame_format="png", progress=False)
     return data_dir, name
+
+
+def scene_records(count: int, num_frames: int, height: int, seed: int = 0) -> list[dict]:
+    """`count` demo scenes (`scene_for(seed, i)`) as in-memory dataset records, frames PNG-encoded
+    as the dataset stores them: a `data_source` for training without writing a dataset."""
+    records = []
+    for i in range(count):
+        scene = scene_for(seed, i)
+        frames = render_scene(scene, height, num_frames, 8.0)
+        records.append(
+            {
+                "frames": [panoramic_videos.encode_frame(f, "png") for f in frames],
+                "caption": scene.caption,
+                "is_image": False,
+                "source": f"scene{i}",
+            }
+        )
+    return records
