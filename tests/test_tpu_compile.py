@@ -119,6 +119,12 @@ def test_command_refuses_a_bad_target_in_one_line():
     assert "Traceback" not in result.stderr
 
 
+def test_a_topology_libtpu_cannot_lay_out_is_one_line():
+    """A well-formed name whose layout libtpu refuses (a v5p host is 2 x 2 x 1 chips)."""
+    with pytest.raises(ValueError, match=r"--target v5p:1x1x1: libtpu cannot lay it out"):
+        tpu_compile.topology_devices(tpu_compile.parse_target("v5p:1x1x1"))
+
+
 def test_without_libtpu_the_refusal_names_the_extra(monkeypatch):
     monkeypatch.setattr(tpu_compile, "libtpu_installed", lambda: False)
     with pytest.raises(ValueError, match=r"needs libtpu: pip install -e '\.\[tpu\]'"):

@@ -160,7 +160,12 @@ def topology_devices(target: Target) -> list[Any]:
         os.environ.setdefault(name, value)
     from jax.experimental import topologies
 
-    return list(topologies.get_topology_desc(topology_name=target.topology, platform="tpu").devices)
+    try:
+        topology = topologies.get_topology_desc(topology_name=target.topology, platform="tpu")
+    except jax.errors.JaxRuntimeError as error:  # libtpu's word on a layout it cannot make
+        reason = str(error).strip().splitlines()[0].removeprefix("INVALID_ARGUMENT: ")
+        raise ValueError(f"--target {target.name}: libtpu cannot lay it out ({reason})") from None
+    return list(topology.devices)
 
 
 # --- The programs ---------------------------------------------------------------------------------
