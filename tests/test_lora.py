@@ -12,7 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from test_train import ONE_DEVICE, micro_config, procedural_records, subprocess_env
+from test_train import (
+    ONE_DEVICE,
+    micro_config,
+    procedural_records,
+    straight_and_resumed,
+    subprocess_env,
+)
 
 from viewpoint_jax.common import sharding as sharding_lib
 from viewpoint_jax.data import demo_dataset, pipeline
@@ -154,21 +160,8 @@ def test_merged_equals_unmerged_and_the_merge_command_writes_it(trained_run, tmp
 
 
 def test_lora_resume_is_exact_and_another_base_is_refused(tmp_path):
-    records = procedural_records()
     config = lora_config(tmp_path)
-    config.num_steps = 6
-    config.checkpoint.every_steps = 3
-    straight = loop.train(
-        config, tmp_path / "straight", data_source=records, devices=ONE_DEVICE, progress=False
-    )
-    config.num_steps = 3
-    loop.train(
-        config, tmp_path / "resumed", data_source=records, devices=ONE_DEVICE, progress=False
-    )
-    config.num_steps = 6
-    resumed = loop.train(
-        config, tmp_path / "resumed", data_source=records, devices=ONE_DEVICE, progress=False
-    )
+    straight, resumed = straight_and_resumed(config, tmp_path)
     assert sorted(resumed["losses"]) == [4, 5, 6]
     assert [resumed["losses"][s] for s in (4, 5, 6)] == [straight["losses"][s] for s in (4, 5, 6)]
     a = checkpoints.restore_model_for_inference(tmp_path / "straight", config)
@@ -183,7 +176,11 @@ def test_lora_resume_is_exact_and_another_base_is_refused(tmp_path):
     config.num_steps = 7
     with pytest.raises(ValueError, match="not the base this LoRA run was trained on") as error:
         loop.train(
-            config, tmp_path / "resumed", data_source=records, devices=ONE_DEVICE, progress=False
+            config,
+            tmp_path / "resumed",
+            data_source=procedural_records(),
+            devices=ONE_DEVICE,
+            progress=False,
         )
     assert "\n" not in str(error.value)
     with pytest.raises(ValueError, match="not the base"):

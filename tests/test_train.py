@@ -179,9 +179,10 @@ def test_loss_falls_and_logs(tmp_path):
     assert model.config == build.dit_config(config)
 
 
-def test_resume_gives_the_same_losses(tmp_path):
+def straight_and_resumed(config, tmp_path) -> tuple[dict, dict]:
+    """Six steps straight (`tmp_path/straight`), and three, then resumed to six
+    (`tmp_path/resumed`), on the same records; checkpoints every 3 steps. The two results."""
     records = procedural_records()
-    config = micro_config()
     config.num_steps = 6
     config.checkpoint.every_steps = 3
     straight = loop.train(
@@ -195,6 +196,11 @@ def test_resume_gives_the_same_losses(tmp_path):
     resumed = loop.train(
         config, tmp_path / "resumed", data_source=records, devices=ONE_DEVICE, progress=False
     )
+    return straight, resumed
+
+
+def test_resume_gives_the_same_losses(tmp_path):
+    straight, resumed = straight_and_resumed(micro_config(), tmp_path)
     assert sorted(resumed["losses"]) == [4, 5, 6]  # it did not redo steps 1-3
     np.testing.assert_allclose(
         [resumed["losses"][s] for s in (4, 5, 6)],
