@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,51 @@ class ConfigMismatchError(ValueError):
 
 
 def saved_tree(path: str | os.PathLike) -> Any:
-    """The metadata tree (leaves with `.shape`, `.dtype`) of an Orbax PyTree checkpoint."""
-    return ocp.StandardCheckpointer().metadata(Path(path).absolute()).item_metadata.tree
+    """The metadata tree (leaves with `.shape`, `.dtype`) of an Orbax PyTree checkpoint.
+
+    ValueError naming `path` if the metadata does not read (truncated or corrupt files).
+    """
+    path = Path(path).absolute()
+    ignore_echoes_of_failed_reads()
+    with ocp.StandardCheckpointer() as checkpointer:
+        metadata = checkpointer.metadata(path).item_metadata
+    if metadata is None:  # Orbax logs a warning and returns None rather than raising
+        raise ValueError(f"the metadata of checkpoint {path} does not read (truncated or corrupt)")
+    return metadata.tree
+
+
+def _is_echo_of_a_failed_read(error: BaseException | None) -> bool:
+    """Orbax reads with `asyncio.run`: when one read of a corrupt checkpoint fails, the loop
+    closes while tensorstore still completes the others, whose callbacks then raise "Event loop
+    is closed" and whose errors nobody retrieves. The first error already reached the caller."""
+    if isinstance(error, RuntimeError):
+        return str(error) == "Event loop is closed"
+    return isinstance(error, ValueError) and "tensorstore_spec" in str(error)
+
+
+class _FailedReadEchoFilter(logging.Filter):
+    """Drops asyncio's "exception was never retrieved" records of `_is_echo_of_a_failed_read`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not _is_echo_of_a_failed_read(error)
+
+
+def ignore_echoes_of_failed_reads() -> None:
+    """Installs (once per process) the filters that keep `_is_echo_of_a_failed_read` noise,
+    tracebacks printed after a corrupt checkpoint was already reported, off stderr; every other
+    unraisable error and asyncio record goes where it went."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_viewpoint_jax", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if not _is_echo_of_a_failed_read(unraisable.exc_value):
+            previous(unraisable)
+
+    hook._viewpoint_jax = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_FailedReadEchoFilter())
 
 
 def _key_name(key: Any) -> str:
@@ -118,6 +162,7 @@ def restore_params(path: str | os.PathLike, abstract_tree: Any, *, partial: bool
     path = Path(path).absolute()
     if not path.is_dir():
         raise FileNotFoundError(f"no Orbax checkpoint at {path}")
+    ignore_echoes_of_failed_reads()
     check_matches(saved_tree(path), abstract_tree, f"checkpoint {path}", partial=partial)
     nbytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(abstract_tree))
     # Orbax reads the whole tree in one call: a line when it starts and one when it is done.

@@ -142,6 +142,7 @@ class Checkpointer:
         has_data = (self.directory / str(step) / "data").is_dir()
         if _has_state(data_iterator) and has_data:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        weights.ignore_echoes_of_failed_reads()
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         return restored["state"]
 
