@@ -93,6 +93,33 @@ def test_train_step_compiles_for_v5e_with_splash_state_donated_and_sharded():
     assert "fits: " in text and "TFLOP/s bf16 per chip (cloud.google.com/tpu/docs/v5e)" in text
 
 
+def test_one_chip_of_a_slice_compiles_the_one_chip_program():
+    """--chips 1 of a v5p-8 (libtpu lays out no single-chip v5p slice): a batch of 1 on a mesh
+    of one chip, which holds the whole train state, donated."""
+    config = micro_config()
+    config.mesh.fsdp = -1
+    config.model.attention_backend = "splash"
+    target = tpu_compile.on_chips(tpu_compile.parse_target("v5p-8"), 1)
+    config, _ = tpu_compile.for_target(config, 1, target, "train")
+    assert config.data.batch_size == 1
+    devices = tpu_compile.topology_devices(target)
+    assert len(devices) == 1 and devices[0].platform == "tpu"
+    report = tpu_compile.compile_train(config, target, devices)
+    assert report.what["mesh"] == "data=1 fsdp=1 sequence=1 tensor=1"
+    assert report.what["topology"] == (
+        "v5p-8 = v5p:2x2x1, 1 x TPU v5p (the first 1 of its 4 chips)"
+    )
+    (program,) = report.programs
+    plan = report.analytic
+    assert program.memory["alias_bytes"] >= plan["param_bytes"] + plan["optimizer_bytes"]
+
+
+@pytest.mark.parametrize("chips", [0, 5])
+def test_more_chips_than_the_target_has_are_refused_naming_the_flag(chips):
+    with pytest.raises(ValueError, match=f"--chips {chips}: v5p-8 has 4 chips"):
+        tpu_compile.on_chips(tpu_compile.parse_target("v5p-8"), chips)
+
+
 def test_command_compiles_the_tiny_sampler_for_v5p_and_prints_its_table():
     result = command(
         "--config=configs/tiny.py:micro",

@@ -5,10 +5,13 @@
     python -m viewpoint_jax.compile --config configs/wan1_3b.py --target v6e-8 --mode sample
     python -m viewpoint_jax.compile --config configs/wan14b.py --target v5p:2x2x2 \\
         --config.model.remat_policy=full --batch_per_chip 1
+    python -m viewpoint_jax.compile --config configs/wan.py:14b_lora --target v5p-8 --chips 1
 
 --target: a Cloud TPU accelerator type (v5p-8 is 4 chips: v4 and v5p count TensorCores; v6e-8
 is 8 chips, v5e-4 4 chips) or a topology (v5p:2x2x2, v6e:4x4). Needs libtpu (the `tpu` or `test`
-extra); compiling the 14B step takes minutes and tens of GB of host memory.
+extra); compiling the 14B step takes minutes and tens of GB of host memory. --chips N compiles
+the program of the target's first N chips: one chip's program, which no single-chip slice of
+v5p lays out.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ def define_flags() -> None:
     config_flags.DEFINE_config_file("config", None, "a configs/*.py file (`path[:arg]`)")
     flags.DEFINE_string("target", None, "TPU slice: v5p-8, v6e-8, v5e-4, or a topology v5p:2x2x2")
     flags.DEFINE_enum("mode", "train", ["train", "sample"], "the train step or the sampler")
+    flags.DEFINE_integer(
+        "chips", None, "compile for the target's first N chips (e.g. 1: one chip's program)"
+    )
     flags.DEFINE_integer("batch_per_chip", 1, "train: samples per chip (the paper's recipe: 1)")
     flags.DEFINE_string("mesh", None, "sample: the sampling mesh, e.g. fsdp=2,sequence=-1")
     flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "sample: the DiT's weights")
@@ -38,6 +44,8 @@ def main(argv: list[str]) -> int:
     tpu_compile.use_cpu_backend()
     try:
         target = tpu_compile.parse_target(given.target)
+        if given.chips is not None:
+            target = tpu_compile.on_chips(target, given.chips)
     except ValueError as error:
         raise UserError(str(error)) from None
     if given.batch_per_chip < 1:

@@ -115,6 +115,20 @@ def parse_target(spec: str) -> Target:
     return Target(spec, f"{name}:{'x'.join(map(str, _slice_shape(chips, chip.dims)))}", chips, chip)
 
 
+def on_chips(target: Target, chips: int) -> Target:
+    """`target`'s program for its first `chips` chips: a smaller machine of the same chip (libtpu
+    lays out no single-chip v5p slice, but one chip of a v5p-8 compiles as one v5p chip would).
+    ValueError naming --chips unless 1 <= chips <= the target's chips."""
+    if not 1 <= chips <= target.chips:
+        raise ValueError(f"--chips {chips}: {target.name} has {target.chips} chips")
+    return dataclasses.replace(target, chips=chips)
+
+
+def topology_chips(target: Target) -> int:
+    """The chips of the topology libtpu lays out for `target` (more than it uses: `on_chips`)."""
+    return math.prod(int(n) for n in target.topology.split(":")[1].split("x"))
+
+
 def _slice_shape(chips: int, dims: int) -> list[int]:
     """Cloud TPU's slice shapes: 3D 2x2x1, 2x2x2, 2x2x4, 2x4x4, 4x4x4, ...; 2D 1x1, 2x2, 2x4,
     4x4, 4x8, ... (each doubles the last of the smallest dimensions)."""
@@ -165,7 +179,7 @@ def topology_devices(target: Target) -> list[Any]:
     except jax.errors.JaxRuntimeError as error:  # libtpu's word on a layout it cannot make
         reason = str(error).strip().splitlines()[0].removeprefix("INVALID_ARGUMENT: ")
         raise ValueError(f"--target {target.name}: libtpu cannot lay it out ({reason})") from None
-    return list(topology.devices)
+    return list(topology.devices)[: target.chips]
 
 
 # --- The programs ---------------------------------------------------------------------------------
@@ -414,7 +428,12 @@ def _batch_shards(batch: int, mesh_sizes: dict[str, int]) -> int:
 def _describe(config, model_config, mesh, target: Target, tokens: int, batch: int) -> dict:
     sizes = dict(mesh.shape)
     return {
-        "topology": f"{target.name} = {target.topology}, {target.chips} x {target.chip.name}",
+        "topology": f"{target.name} = {target.topology}, {target.chips} x {target.chip.name}"
+        + (
+            f" (the first {target.chips} of its {topology_chips(target)} chips)"
+            if target.chips < topology_chips(target)
+            else ""
+        ),
         "mesh": " ".join(f"{axis}={n}" for axis, n in sizes.items()),
         "model": f"{config.model.preset}, {model_config.param_dtype} weights, "
         f"{model_config.dtype} compute",
