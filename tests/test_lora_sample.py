@@ -19,7 +19,7 @@ from viewpoint_jax.generation import requests
 from viewpoint_jax.models import dit as dit_lib
 from viewpoint_jax.models import lora as lora_models
 from viewpoint_jax.setup import build
-from viewpoint_jax.training import checkpoints, loop, lora
+from viewpoint_jax.training import checkpoints, loop
 
 # One fp32 video on one device, two steps of Euler with guidance (the negative prompt's path too).
 SAMPLING = ["--prompt", "a pattern of bands", "--steps", "2", "--guidance_scale", "3"]
@@ -162,8 +162,9 @@ def one_line_error(code, stderr, start):
 
 def test_a_moved_base_is_named_then_found_with_lora_base(tmp_path, capsys, monkeypatch):
     """The run's base moves (another mount): sampling names the recorded path and --lora_base;
-    with --lora_base the video is the one sampled before the move; a base of another config, or
-    a folder that is no checkpoint, is refused in one line. `convert_wan merge` likewise."""
+    with --lora_base the video is the one sampled before the move; training resumed against the
+    moved base samples without the flag; a base of another config, or a folder that is no
+    checkpoint, is refused in one line. `convert_wan merge` likewise."""
     config, run_dir = train_lora_run(tmp_path / "mount_a", num_steps=2)
     recorded = config.model.init_checkpoint  # tmp_path/mount_a/base
     args = ["--checkpoint", run_dir, *SAMPLING]
@@ -183,10 +184,16 @@ def test_a_moved_base_is_named_then_found_with_lora_base(tmp_path, capsys, monke
     )
     np.testing.assert_array_equal(after.latents, before.latents)
     assert record["config"]["model"]["init_checkpoint"] == str(moved)  # what it sampled with
-    # Without the flag, the config's own path where the recorded one is gone (a relative path,
-    # sampled from the folder the run was trained in).
+    # Training resumed against the moved base (same fingerprint) names it in config.json, which
+    # sampling reads where the recorded path is gone: no flag needed any more.
     config.model.init_checkpoint = str(moved)
-    assert lora.locate_base(run_dir, config) == str(moved)
+    config.num_steps = 3
+    result = loop.train(
+        config, run_dir, data_source=procedural_records(), devices=ONE_DEVICE, progress=False
+    )
+    assert sorted(result["losses"]) == [3]  # resumed, not restarted
+    record, _ = sample_ok(args, tmp_path / "resumed", capsys, monkeypatch)
+    assert record["config"]["model"]["init_checkpoint"] == str(moved)
 
     other = write_base(tmp_path / "other", config, rope_theta=500.0)
     for base, message in [
