@@ -12,6 +12,9 @@ writes, atomically (the directory appears complete or not at all):
   viewer.html    a self-contained page that plays the panorama; drag to look around
   settings.json  prompt, condition, sampler settings and seed, config and checkpoint used
 
+A LoRA training run samples as any run: its base is read from the path the run recorded
+(RUN_DIR/lora_base.json), or from --lora_base where it moved; --lora_scale weighs its adapters.
+
 The command parses and checks the flags; the work is the library's (viewpoint_jax/generation/:
 `models` loads, `requests` reads the conditions, generates and writes, `outputs` the files).
 """
