@@ -24,6 +24,7 @@ from viewpoint_jax.training import checkpoints, loop
 # One fp32 video on one device, two steps of Euler with guidance (the negative prompt's path too).
 SAMPLING = ["--prompt", "a pattern of bands", "--steps", "2", "--guidance_scale", "3"]
 SAMPLING += ["--seed", "3", "--dtype", "float32", "--mesh", "fsdp=1"]
+GENERATE_REQUEST = requests.generate_request  # what `sample` calls, watched by `sample` below
 
 
 def train_lora_run(root, num_steps=4):
@@ -58,10 +59,9 @@ def sample(argv, capsys, monkeypatch):
     """`sample` run in process (`cli.run`, as the command) with `argv`; (exit status, stderr,
     the Generation it wrote or None)."""
     made = []
-    generate_request = requests.generate_request
 
     def keep(*args, **kwargs):
-        made.append(generate_request(*args, **kwargs))
+        made.append(GENERATE_REQUEST(*args, **kwargs))
         return made[-1]
 
     monkeypatch.setattr(requests, "generate_request", keep)
