@@ -3,10 +3,12 @@
     viewpoint-convert dit  --src Wan2.1-T2V-1.3B/ --dst ckpt/dit [--in_dim=33] [--dtype=bfloat16]
     viewpoint-convert vae  --src Wan2.1_VAE.pth --dst ckpt/vae
     viewpoint-convert umt5 --src models_t5_umt5-xxl-enc-bf16.pth --dst ckpt/umt5
-    viewpoint-convert merge --src runs/vp14b_lora --dst ckpt/vp14b_merged [--lora_scale=1]
+    viewpoint-convert merge --src runs/vp14b_lora --dst ckpt/vp14b_merged [--lora_scale=1] \
+        [--lora_base=/new/mount/wan14b_dit]
 
-`merge` folds a LoRA training run's adapters into its base (config.model.init_checkpoint) and
-writes a converted DiT without adapters, which samples as the run does (`sample --checkpoint`).
+`merge` folds a LoRA training run's adapters into its base (the path in the run's lora_base.json,
+or --lora_base where it moved) and writes a converted DiT without adapters, which samples as the
+run does (`sample --checkpoint`).
 
 (`python -m viewpoint_jax.convert_wan` is the same command.)
 """
@@ -50,7 +52,8 @@ def define_flags() -> None:
     flags.DEFINE_bool("overwrite", False, "replace an existing --dst")
     flags.DEFINE_integer("in_dim", None, "dit: input channels (33 for ViewPoint)")
     flags.DEFINE_string("attention_pattern", None, "dit: alternate | pano | subregion")
-    flags.DEFINE_float("lora_scale", 1.0, "merge: the adapters' weight")
+    flags.DEFINE_float("lora_scale", None, "merge: the adapters' weight (default: the run's, 1)")
+    flags.DEFINE_string("lora_base", None, "merge: the run's base DiT where it is now, if it moved")
     for size in DIT_SIZES:
         flags.DEFINE_integer(size, None, "dit: overrides the source's config.json")
 
@@ -73,25 +76,26 @@ def convert(component: str, values: flags.FlagValues) -> None:
         )
         print(json.dumps(config.to_dict()))
     elif component == "merge":
-        merge(values.src, values.dst, values.lora_scale, values.dtype, values.overwrite)
+        merge(values, values.dtype)
     elif component == "vae":
         convert_vae(values.src, values.dst, dtype=dtype, overwrite=values.overwrite)
     else:
         convert_umt5(values.src, values.dst, dtype=dtype, overwrite=values.overwrite)
 
 
-def merge(run_dir: str, dst: str, lora_scale: float, dtype: str | None, overwrite: bool) -> None:
-    """Writes the DiT of the LoRA run `run_dir`, its adapters merged (`models.lora.merge_lora`,
-    in fp32), as a converted checkpoint `dst` (all weights in `dtype` if given)."""
-    config = sampling_config(run_dir)
+def merge(values: flags.FlagValues, dtype: str | None) -> None:
+    """Writes the DiT of the LoRA run --src, its adapters merged at --lora_scale
+    (`models.lora.merge_lora`, in fp32), as a converted checkpoint --dst (all weights in `dtype`
+    if given); its base as `sample` finds it (--lora_base)."""
+    run_dir = values.src
+    config = sampling_config(run_dir, lora_base=values.lora_base, lora_scale=values.lora_scale)
     if not lora_enabled(config):
         raise UserError(f"--src {run_dir}: not a LoRA run (its config.lora.rank is 0)")
-    config.lora.scale = lora_scale
     model = merge_lora(restore_model_for_inference(run_dir, config, param_dtype="float32"))
     if dtype is not None:
         params = nnx.state(model, nnx.Param)
         nnx.update(model, jax.tree.map(lambda x: x.astype(dtype), params))
-    dit_lib.save_dit(dst, model, overwrite=overwrite)
+    dit_lib.save_dit(values.dst, model, overwrite=values.overwrite)
 
 
 def main(argv: list[str]) -> int:

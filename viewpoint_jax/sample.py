@@ -12,6 +12,9 @@ writes, atomically (the directory appears complete or not at all):
   viewer.html    a self-contained page that plays the panorama; drag to look around
   settings.json  prompt, condition, sampler settings and seed, config and checkpoint used
 
+A LoRA training run samples as any run: its base is read from the path the run recorded
+(RUN_DIR/lora_base.json), or from --lora_base where it moved; --lora_scale weighs its adapters.
+
 The command parses and checks the flags; the work is the library's (viewpoint_jax/generation/:
 `models` loads, `requests` reads the conditions, generates and writes, `outputs` the files).
 """
@@ -34,7 +37,6 @@ from viewpoint_jax.diffusion.denoising import SampleSettings
 from viewpoint_jax.generation import models as models_lib
 from viewpoint_jax.generation import outputs, requests
 from viewpoint_jax.geometry import Representation
-from viewpoint_jax.setup.config import lora_enabled
 
 
 def define_flags() -> None:
@@ -82,7 +84,16 @@ def define_flags() -> None:
         "sample.keep_known)",
     )
     flags.DEFINE_float(
-        "lora_scale", None, "a LoRA run's adapter weight (config: lora.scale; 0 = the base)"
+        "lora_scale",
+        None,
+        "a LoRA run's adapter weight (config: lora.scale; 0: the adapters off, the base with "
+        "the run's fully trained parameters, its patch embedding)",
+    )
+    flags.DEFINE_string(
+        "lora_base",
+        None,
+        "a LoRA run's base DiT where it is now, if it moved (default: the path in "
+        "RUN_DIR/lora_base.json; refused unless it is the base the run was trained on)",
     )
     flags.DEFINE_float("fps", None, "output frame rate (default: input's or 16)")
     for flag, key in models_lib.COMPONENT_FLAGS.items():
@@ -151,11 +162,10 @@ def main(argv: list[str]) -> int:
     # A second video of the same size loads the compiled sampler instead of compiling it.
     use_compilation_cache(user_cache_dir())
     components = {flag: args[flag].value for flag in models_lib.COMPONENT_FLAGS}
-    config = models_lib.sampling_config(args.checkpoint, args.config, components)
-    if args.lora_scale is not None:
-        if not lora_enabled(config):
-            raise UserError(f"--lora_scale: {args.checkpoint} is not a LoRA run (config.lora)")
-        config.lora.scale = args.lora_scale
+    config = models_lib.sampling_config(
+        args.checkpoint, args.config, components,
+        lora_base=args.lora_base, lora_scale=args.lora_scale,
+    )  # fmt: skip
     settings = SampleSettings.from_config(
         config.sample,
         num_steps=args.steps,

@@ -23,7 +23,7 @@ from viewpoint_jax.generation import decoding
 from viewpoint_jax.models import autoencoder as autoencoder_lib
 from viewpoint_jax.setup import build
 from viewpoint_jax.setup import config as config_lib
-from viewpoint_jax.training import checkpoints
+from viewpoint_jax.training import checkpoints, lora
 
 
 @dataclasses.dataclass
@@ -191,10 +191,19 @@ def sampling_config(
     checkpoint: str | os.PathLike,
     config: ml_collections.ConfigDict | None = None,
     components: dict[str, str | None] | None = None,
+    *,
+    lora_base: str | None = None,
+    lora_scale: float | None = None,
 ) -> ml_collections.ConfigDict:
     """The config to sample with: `config` if given, else the one that trained the run
     (RUN_DIR/config.json); `components` (flag -> path, None: keep) override its file paths.
-    A component the config needs but has no file for is refused, naming its key and flag."""
+    A component the config needs but has no file for is refused, naming its key and flag.
+
+    A LoRA run's base is found on this machine (`training.lora.locate_base`: `lora_base`, the
+    flag --lora_base, where it moved; else the path the run recorded) and held to the run's
+    fingerprint; `lora_scale` (--lora_scale) weighs its adapters. Either flag on a checkpoint
+    that is no LoRA run is refused in one line.
+    """
     if config is None:
         saved = Path(checkpoint) / "config.json"
         if not saved.is_file():
@@ -208,6 +217,13 @@ def sampling_config(
     for flag, path in (components or {}).items():
         if path is not None:
             config.update_from_flattened_dict({COMPONENT_FLAGS[flag]: path})
+    _check_components(config)
+    _lora_options(config, checkpoint, lora_base, lora_scale)
+    return config
+
+
+def _check_components(config: ml_collections.ConfigDict) -> None:
+    """UserError naming the key and flag of a component the config needs and has no file for."""
     needed = []
     if config.get("autoencoder", {}).get("kind") == "wan_vae":
         needed.append("vae")
@@ -221,7 +237,25 @@ def sampling_config(
         if not path or not Path(path).exists():
             where = f"{path!r} does not exist" if path else "is empty"
             raise UserError(f"config.{key} {where} on this machine: pass --{flag}=PATH")
-    return config
+
+
+def _lora_options(
+    config: ml_collections.ConfigDict,
+    checkpoint: str | os.PathLike,
+    lora_base: str | None,
+    lora_scale: float | None,
+) -> None:
+    """Sets a LoRA run's base (found on this machine) and adapter scale in `config`."""
+    if not Path(checkpoint).is_dir():
+        return  # `load_models` names the missing --checkpoint
+    lora_run = config_lib.lora_enabled(config) and not (Path(checkpoint) / "params").is_dir()
+    for flag, value in (("lora_base", lora_base), ("lora_scale", lora_scale)):
+        if value is not None and not lora_run:  # a converted DiT holds its every weight
+            raise UserError(f"--{flag}: {checkpoint} is not a LoRA run (config.lora)")
+    if lora_scale is not None:
+        config.lora.scale = lora_scale
+    if lora_run:
+        config.model.init_checkpoint = lora.locate_base(checkpoint, config, lora_base)
 
 
 def sampling_meshes(

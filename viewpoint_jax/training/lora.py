@@ -5,7 +5,8 @@ its checkpoints hold those and their optimizer state, never the base. The base i
 DiT of `config.model.init_checkpoint`, read at every start (training, resuming, sampling) with
 its matmul kernels in the compute dtype (`models.lora.base_dtypes`). `<workdir>/lora_base.json`
 records the base's path and a fingerprint of its config.json; a run resumed or sampled against a
-base whose config differs is refused in one line (`check_base`).
+base whose config differs is refused in one line (`check_base`). A base that moved (another
+machine, another mount) is found again by `locate_base` (`sample --lora_base`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import ml_collections
 from flax import nnx
 
 from viewpoint_jax.common import sharding as sharding_lib
+from viewpoint_jax.common.cli import UserError
 from viewpoint_jax.common.fileio import atomic_write_text
 from viewpoint_jax.models import dit as dit_lib
 from viewpoint_jax.models import lora as lora_lib
@@ -35,25 +37,73 @@ def base_fingerprint(checkpoint: str | os.PathLike) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
+def recorded_base(workdir: str | os.PathLike) -> dict[str, str] | None:
+    """The base the LoRA run in `workdir` recorded ({"path", "fingerprint"}), or None (a run
+    that has not started, or one from before the record existed)."""
+    record_file = Path(workdir) / BASE_RECORD
+    return json.loads(record_file.read_text()) if record_file.is_file() else None
+
+
 def check_base(
-    workdir: str | os.PathLike, config: ml_collections.ConfigDict, *, record: bool = False
+    workdir: str | os.PathLike,
+    config: ml_collections.ConfigDict,
+    *,
+    record: bool = False,
+    name: str = "config.model.init_checkpoint",
+    remedy: str = "use that base or another --workdir",
 ) -> None:
-    """Refuses (ValueError, one line) a base whose fingerprint differs from the one the run in
-    `workdir` recorded; `record`: write the record when the run has none (process 0)."""
+    """Refuses (ValueError, one line naming `name` and saying `remedy`) a base whose fingerprint
+    differs from the one the run in `workdir` recorded; `record`: write the record when the run
+    has none (process 0)."""
     checkpoint = config.model.init_checkpoint
     fingerprint = base_fingerprint(checkpoint)
-    record_file = Path(workdir) / BASE_RECORD
-    if record_file.is_file():
-        recorded = json.loads(record_file.read_text())
+    recorded = recorded_base(workdir)
+    if recorded is not None:
         if recorded["fingerprint"] != fingerprint:
             raise ValueError(
-                f"config.model.init_checkpoint {checkpoint}: not the base this LoRA run was "
+                f"{name} {checkpoint}: not the base this LoRA run was "
                 f"trained on ({recorded['path']}, fingerprint {recorded['fingerprint'][:12]} vs "
-                f"{fingerprint[:12]}); use that base or another --workdir"
+                f"{fingerprint[:12]}); {remedy}"
             )
     elif record and jax.process_index() == 0:
         text = json.dumps({"path": str(Path(checkpoint).absolute()), "fingerprint": fingerprint})
-        atomic_write_text(record_file, text + "\n")
+        atomic_write_text(Path(workdir) / BASE_RECORD, text + "\n")
+
+
+def locate_base(
+    workdir: str | os.PathLike,
+    config: ml_collections.ConfigDict,
+    override: str | None = None,
+    flag: str = "--lora_base",
+) -> str:
+    """The converted base DiT of the LoRA run in `workdir` on this machine: `override` (the
+    base moved: another machine, another mount) if given, else the path the run recorded
+    (`recorded_base`), else config.model.init_checkpoint (a relative path of the run's config,
+    from the folder it was trained in). Checked against the run's fingerprint (`check_base`).
+
+    Raises:
+      UserError (one line): `override` is no converted DiT, or none of the paths exists here
+        (naming the recorded path and `flag`). ValueError: the base found is not the run's.
+    """
+    recorded = recorded_base(workdir)
+    if override is not None:
+        if not (Path(override) / "config.json").is_file():
+            raise UserError(f"{flag} {override}: not a converted DiT (no config.json)")
+        found, name, remedy = override, flag, f"give {flag} the base the run was trained on"
+    else:
+        candidates = [recorded["path"]] if recorded else []
+        candidates.append(config.model.init_checkpoint)
+        found = next((p for p in candidates if p and (Path(p) / "config.json").is_file()), None)
+        if found is None:
+            where = f"{candidates[0]} (its {BASE_RECORD})" if recorded else repr(candidates[0])
+            raise UserError(
+                f"LoRA run {workdir}: its base checkpoint {where} is not on this machine; "
+                f"pass {flag}=PATH, where that base is now"
+            )
+        name, remedy = "the base", f"pass {flag}=PATH of the base the run was trained on"
+    located = ml_collections.ConfigDict({"model": {"init_checkpoint": str(found)}})
+    check_base(workdir, located, name=name, remedy=remedy)
+    return str(found)
 
 
 def abstract_base(model_config: dit_lib.DiTConfig, train_norms: bool) -> nnx.State:
