@@ -1,26 +1,35 @@
 """Sequence-parallel self-attention (models/attention.py, `SequenceParallel`) on 8 simulated CPU
 devices (tests/conftest.py): Ulysses and ring attention equal single-device attention, forward
 and gradients, with the collectives their layouts promise; subregion attention splits by
-subregion without communication; a DiT training step with sequence=4 equals one on a single
-device; the refusals name their config keys."""
+subregion without communication; a DiT training step with sequence=4 and the sampler with
+sequence=2 equal one device's; the train step compiles for a TPU with a sequence axis; the
+refusals name their config keys."""
 
+import dataclasses
 import re
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from test_attention import BF16_U, _assert_grads_within_rounding
 from test_train import _two_steps, micro_config, procedural_records
 
 from viewpoint_jax.common import sharding
 from viewpoint_jax.data import pipeline
+from viewpoint_jax.diffusion import denoising
+from viewpoint_jax.generation.generate import generate
+from viewpoint_jax.generation.models import load_config, load_models, sampling_mesh
 from viewpoint_jax.models import attention
 from viewpoint_jax.models import dit as dit_lib
 from viewpoint_jax.models.attention import SequenceParallel
+from viewpoint_jax.setup import build
 from viewpoint_jax.setup.config import validate_config
 from viewpoint_jax.studies import tpu_compile
 
+REPO = Path(__file__).resolve().parents[1]
 _COLLECTIVE = re.compile(r"all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter")
 SEQ4_FSDP2 = dict(sequence=4, fsdp=2)
 SEQ8 = dict(sequence=8)
@@ -180,6 +189,34 @@ def test_train_step_with_sequence_4_equals_single_device():
     np.testing.assert_allclose(losses_8, losses_1, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(params_8), jax.tree.leaves(params_1), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_sampling_with_ulysses_over_sequence_equals_one_device(tmp_path):
+    """The compiled sampler (3 Euler steps, guidance 3) of a DiT saved with sequence_parallel
+    'ulysses' on sequence=2 x fsdp=4 gives one device's latents (there, with no sequence split,
+    attention is the gather path); tolerance of test_sample_sharded's sharded runs."""
+    config = load_config(str(REPO / "configs" / "tiny.py:micro"))
+    model_config = dataclasses.replace(build.dit_config(config), sequence_parallel="ulysses")
+    model = nnx.jit(lambda: dit_lib.WanDiT(model_config, rngs=nnx.Rngs(0)))()
+    checkpoint = dit_lib.save_dit(tmp_path / "dit", model)
+    settings = denoising.SampleSettings(num_steps=3, scheduler="euler", guidance_scale=3.0, seed=1)
+    latents = {}
+    for name, mesh in (
+        ("one", sampling_mesh(jax.devices()[:1])),
+        ("split", sharding.make_mesh(dict(sequence=2, fsdp=4))),
+    ):
+        models = load_models(config, checkpoint, mesh=mesh, dtype="float32")
+        assert models.model.config.sequence_parallel == "ulysses"
+        latents[name] = generate(models, "a red door in the snow", settings).latents
+    scale = np.abs(latents["one"]).max()
+    np.testing.assert_allclose(latents["split"], latents["one"], rtol=0, atol=1e-5 * scale)
+
+
+def test_sampling_mesh_refuses_ulysses_heads_it_cannot_split():
+    model_config = dit_lib.DiTConfig.tiny(sequence_parallel="ulysses")  # 2 heads
+    mesh = sharding.make_mesh(dict(sequence=4, fsdp=2))
+    with pytest.raises(ValueError, match=r"2 attention heads over mesh\.sequence = 4"):
+        denoising.check_mesh_fits(model_config, mesh)
 
 
 def _config_for(preset: str, mode: str, sequence: int):

@@ -124,7 +124,7 @@ def check_ulysses_heads(heads: int, sequence: int) -> None:
         raise ValueError(
             f"sequence_parallel 'ulysses' splits each device's {heads} attention heads over "
             f"mesh.sequence = {sequence} devices: choose model.num_heads (per mesh.tensor shard) "
-            "divisible by mesh.sequence, or model.sequence_parallel 'ring'"
+            "divisible by mesh.sequence, or model.sequence_parallel 'ring' (xla backend)"
         )
 
 

@@ -400,7 +400,7 @@ class Attention(nnx.Module):
 
     def _heads(self, x: jax.Array) -> jax.Array:
         x = x.reshape(*x.shape[:-1], self.num_heads, -1)
-        return constrain(x, ("batch", "length", "act_heads", None))
+        return constrain(x, attention_lib.HEADS_AXES)
 
     def __call__(
         self,
@@ -429,7 +429,7 @@ class Attention(nnx.Module):
             sequence_parallel=self.sequence_parallel,
             groups=4 if subregions else 1,
         )
-        out = constrain(out, ("batch", "length", "act_heads", None))
+        out = constrain(out, attention_lib.HEADS_AXES)
         return self.o(out.reshape(*out.shape[:2], -1))
 
 
