@@ -243,17 +243,6 @@ def test_config_refuses_ulysses_heads_the_mesh_cannot_split_naming_the_key():
         validate_config(config, num_devices=8)
 
 
-@pytest.fixture
-def no_persistent_cache():
-    """Programs for TPU descriptions cannot be read back from the persistent cache in a process
-    without a TPU client (a warning per program): compile them afresh."""
-    cache = jax.config.jax_enable_compilation_cache
-    jax.config.update("jax_enable_compilation_cache", False)
-    yield
-    jax.config.update("jax_enable_compilation_cache", cache)
-
-
-@pytest.mark.usefixtures("no_persistent_cache")
 def test_ulysses_splash_train_step_compiles_for_a_tpu_with_a_sequence_axis():
     """The compile command's path (studies/tpu_compile.py) for 4 v5e chips, mesh sequence=4:
     the tiny train step with Ulysses and splash compiles, kernel included; the attention alone,
