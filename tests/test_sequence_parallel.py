@@ -174,12 +174,13 @@ def test_token_order_round_trips_and_keeps_subregions_contiguous(subregion_major
 
 def test_train_step_with_sequence_4_equals_single_device():
     """Two steps of the real train step (`loop.make_trainer`, tiny micro config with 4 heads:
-    5 frames x 4 x 4 tokens, one subregion per device) on sequence=4 x fsdp=2 equal the same
+    5 frames x 4 x 4 tokens, one subregion per device; remat "full") on sequence=4 x fsdp=2 equal the same
     steps on one device: losses and updated parameters (fp32; tolerances of
     test_train.test_sharded_step_equals_single_device)."""
     config = micro_config()
     config.model.num_heads = 4
     config.model.sequence_parallel = "ulysses"  # ring: the attention tests above
+    config.model.remat_policy = "full"  # the all-to-alls inside a rematerialised scan body
     validate_config(config, num_devices=1)
     it = pipeline.make_train_iterator(config.data, data_source=procedural_records())
     batches = [next(it), next(it)]
