@@ -27,7 +27,7 @@ heads over "tensor" (H/t per device):
   of H/(t s) heads; the backend's kernel runs locally (any backend); one all-to-all turns the
   output back into (B, L/s, H/t, D). Needs H/t divisible by s (Wan 14B: 40 heads, 1.3B: 12;
   tensor 1: s in {2, 4, 5, 8, 10, 20, 40} and {2, 3, 4, 6, 12}); otherwise a ValueError naming
-  model.num_heads and mesh.sequence. Communication: 4 all-to-alls (6 with gradients), each of a
+  model.num_heads and mesh.sequence. Communication: 4 all-to-alls forward, 4 backward, each of a
   device's B L H D / (t s) block, (s - 1)/s of it leaving the device; memory: no gathered keys
   (BENCHMARKS.md: 2x to 6x less per chip than "gather" for one attention at the 2K map).
 - "ring" (xla only): under `shard_map`, each device keeps its queries and passes its key/value
