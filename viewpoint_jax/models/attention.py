@@ -33,7 +33,10 @@ heads over "tensor" (H/t per device):
 - "ring" (xla only): under `shard_map`, each device keeps its queries and passes its key/value
   block around the ring (`ppermute`, s - 1 hops); the blocks are merged with an online softmax in
   fp32 (running max, sum and output), each merge rematerialised in the backward pass. Any head
-  count; the score matrix per device is L/s x L/s at a time.
+  count; the score matrix per device is L/s x L/s at a time. Its backward pass is autodiff of the
+  loop: it keeps every key/value block the device saw (as much as "gather" holds) and sends the
+  key/value gradients back along the ring; a backward that passes the blocks around again (no
+  such residuals) is not written.
 Groups under a sequence split: when s divides `groups` (subregion attention on s in {1, 2, 4}) each
 device already holds whole subregions (4/s of them) and attends them with no communication at all,
 in every mode. Otherwise "ulysses" gathers whole sequences first (all subregions, H/(t s) heads) and
