@@ -56,6 +56,12 @@ ENTRY_POINTS = {
     "bench_vae": (["tools/bench_vae.py"], "tiled_size", "--skip-tiled", "--skip_tiled"),
     "bench_seam_metric": (["tools/bench_seam_metric.py"], "turns", "--turn=3", "--turns"),
     "bench_lora": (["tools/bench_lora.py"], "rounds", "--round=3", "--rounds"),
+    "bench_sequence_parallel": (
+        ["tools/bench_sequence_parallel.py"],
+        "head_dim",
+        "--head-dim=64",
+        "--head_dim",
+    ),
     "lora_study": (["tools/lora_study.py"], "train_steps", "--train-steps=3", "--train_steps"),
     "demo_dataset": (
         ["-m", "viewpoint_jax.make_demo_dataset"],

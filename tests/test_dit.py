@@ -79,11 +79,11 @@ def _unscanned(model, x, t, ctx):
     calls = []
     original = dit_lib.WanDiT._run_blocks
 
-    def run_blocks(self, tokens, e, c, ropes, grid):
+    def run_blocks(self, tokens, e, c, ropes):
         graphdef, params = nnx.split(self.blocks, nnx.Param)
         for i, kind in enumerate(config.block_kinds):
             block = nnx.merge(graphdef, jax.tree.map(lambda p, i=i: p[i], params))
-            tokens = block(tokens, e, c, ropes, grid, kind)
+            tokens = block(tokens, e, c, ropes, kind)
             calls.append(kind)
         return tokens
 

@@ -33,6 +33,7 @@ from flax import nnx
 from viewpoint_jax import geometry
 from viewpoint_jax.common import fileio, sharding
 from viewpoint_jax.diffusion import schedulers
+from viewpoint_jax.models import attention as attention_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,7 +259,8 @@ def check_mesh_fits(
     model_config: Any, mesh: jax.sharding.Mesh, latent_shape: tuple[int, ...] | None = None
 ) -> None:
     """Refuses a mesh that does not divide the DiT: heads (and FFN width) by `tensor`, the token
-    count of a `(B, f, h, w, C)` latent by `sequence`. ValueError naming the axis.
+    count of a `(B, f, h, w, C)` latent by `sequence`, and under Ulysses attention each device's
+    heads by `sequence`. ValueError naming the axis.
 
     (An indivisible axis would otherwise be dropped silently by `sharding.named_sharding`,
     replicating what the mesh was meant to split.)
@@ -279,6 +281,8 @@ def check_mesh_fits(
                 f"mesh axis 'sequence' of size {sequence} does not divide the {tokens} tokens of "
                 f"latent {tuple(latent_shape[1:4])} (patch {model_config.patch_size})"
             )
+    if sequence > 1 and model_config.sequence_parallel == attention_lib.SequenceParallel.ULYSSES:
+        attention_lib.check_ulysses_heads(model_config.num_heads // tensor, sequence)
 
 
 def sample(

@@ -12,7 +12,17 @@ bottom-left L, bottom-right B; docs/viewpoint-map.md) and attend within each, wi
 subregion-local RoPE positions. Every other part of a block (modulation, cross-attention, FFN)
 acts token by token, so running the whole block on (4B, F*(H/2)*(W/2), D) with modulation and text
 repeated per subregion is the same as regrouping only the self-attention's tokens; we do the latter
-(einops rearranges, no gathers) and skip repeating the text K/V four times.
+and skip repeating the text K/V four times.
+
+Token order: a model with subregion blocks orders its tokens subregion-major, (subregion, frame,
+row, column) with the subregions F, R, L, B (`DiTConfig.subregion_major`), so each subregion is a
+contiguous quarter of the sequence: subregion attention is a free reshape (attention's `groups=4`),
+and with the tokens split over the mesh's "sequence" axis (s dividing 4) each device holds whole
+subregions and attends them without communication. Pano attention, RoPE (its tables reordered
+alike), the FFN and the modulation do not depend on the order; the patch embedding and the head
+rearrange the latent into it and back (a plain Wan, pano blocks only, keeps Wan's (frame, row,
+column)). Self-attention's sequence parallelism is `DiTConfig.sequence_parallel`
+(models/attention.py).
 
 Blocks are stacked along a leading "layers" axis and scanned (in groups of the attention pattern's
 period, i.e. pairs for "alternate"), so compile time is flat in depth.
@@ -32,6 +42,7 @@ from typing import Any
 import einops
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from viewpoint_jax.common import fileio
@@ -39,6 +50,7 @@ from viewpoint_jax.common.sharding import DEFAULT_RULES, LogicalRules, constrain
 from viewpoint_jax.models import attention as attention_lib
 from viewpoint_jax.models import layers, weights
 from viewpoint_jax.models import rope as rope_lib
+from viewpoint_jax.models.attention import SequenceParallel
 
 # Wan's time input: the DiT sees t = NUM_TRAIN_TIMESTEPS * sigma for noise level sigma in [0, 1]
 # (the sinusoidal embedding was trained on that scale); diffusion/ reads it from here.
@@ -131,6 +143,9 @@ class DiTConfig:
     # BlockKind values per block.
     attention_pattern: str | tuple[str, ...] = "alternate"
     attention_backend: str = "xla"
+    # How self-attention handles tokens split over the mesh's "sequence" axis: an
+    # attention_lib.SequenceParallel ("gather" | "ulysses" | "ring"; models/attention.py).
+    sequence_parallel: str = "gather"
     prediction: str = "velocity"  # a Prediction
     rope_layout: str = "grid"  # a RopeLayout
     remat_policy: str = "none"
@@ -163,6 +178,19 @@ class DiTConfig:
         if self.attention_backend not in attention_lib.BACKENDS:
             raise ValueError(
                 f"attention_backend {self.attention_backend!r} not in {attention_lib.BACKENDS}"
+            )
+        if self.sequence_parallel not in tuple(SequenceParallel):
+            raise ValueError(
+                f"sequence_parallel {self.sequence_parallel!r} not in "
+                f"{[m.value for m in SequenceParallel]}"
+            )
+        if (
+            self.sequence_parallel == SequenceParallel.RING
+            and self.attention_backend not in attention_lib.RING_BACKENDS
+        ):
+            raise ValueError(
+                f"sequence_parallel 'ring' runs on the {attention_lib.RING_BACKENDS} attention "
+                f"backends, not {self.attention_backend!r} (use 'ulysses')"
             )
         if self.prediction not in tuple(Prediction):
             raise ValueError(
@@ -205,6 +233,12 @@ class DiTConfig:
                 f"{[k.value for k in kinds]}, got {pattern}"
             )
         return tuple(BlockKind(kind) for kind in pattern)
+
+    @property
+    def subregion_major(self) -> bool:
+        """Whether tokens are ordered (subregion, frame, row, column) (module docstring): in a
+        model with subregion blocks."""
+        return BlockKind.SUBREGION in self.block_kinds
 
     @property
     def scan_group(self) -> tuple[BlockKind, ...]:
@@ -270,20 +304,69 @@ def velocity_from_clean(noisy: jax.Array, clean: jax.Array, t: jax.Array) -> jax
     return (noisy.astype(jnp.float32) - clean.astype(jnp.float32)) / sigma
 
 
-def to_subregions(tokens: jax.Array, grid: tuple[int, int, int]) -> jax.Array:
-    """(B, F*H*W, ...) -> (4B, F*(H/2)*(W/2), ...), batch order (b, row, col) of the 2x2 grid."""
+def _token_axes(subregion_major: bool) -> tuple[str, str, str]:
+    """einops axes of the latent's rows and columns and of the token order (module docstring):
+    (r, c) index the 2 x 2 subregions, (h, w) a token's row and column within one."""
+    if subregion_major:
+        return "(r h ph)", "(c w pw)", "(r c f h w)"
+    return "(h ph)", "(w pw)", "(f h w)"
+
+
+def _grid_sizes(grid: tuple[int, int, int], subregion_major: bool) -> dict[str, int]:
     f, h, w = grid
+    if subregion_major:
+        return dict(f=f, r=2, h=h // 2, c=2, w=w // 2)
+    return dict(f=f, h=h, w=w)
+
+
+def patches_of(x: jax.Array, patch: tuple[int, int, int], subregion_major: bool) -> jax.Array:
+    """Latent (B, F, H, W, C) -> patches (B, L, pt, ph, pw, C) in the model's token order."""
+    pt, ph, pw = patch
+    rows, cols, tokens = _token_axes(subregion_major)
+    sizes = dict(r=2, c=2) if subregion_major else {}
+    pattern = f"b (f pt) {rows} {cols} ch -> b {tokens} pt ph pw ch"
+    return einops.rearrange(x, pattern, pt=pt, ph=ph, pw=pw, **sizes)
+
+
+def latent_of(
+    tokens: jax.Array,
+    grid: tuple[int, int, int],
+    patch: tuple[int, int, int],
+    subregion_major: bool,
+) -> jax.Array:
+    """Head outputs (B, L, pt*ph*pw*C) in the model's token order -> latent (B, F, H, W, C)."""
+    pt, ph, pw = patch
+    rows, cols, order = _token_axes(subregion_major)
+    pattern = f"b {order} (pt ph pw ch) -> b (f pt) {rows} {cols} ch"
     return einops.rearrange(
-        tokens, "b (f r h c w) ... -> (b r c) (f h w) ...", f=f, r=2, h=h // 2, c=2, w=w // 2
+        tokens, pattern, pt=pt, ph=ph, pw=pw, **_grid_sizes(grid, subregion_major)
     )
 
 
-def from_subregions(tokens: jax.Array, grid: tuple[int, int, int]) -> jax.Array:
-    """Inverse of `to_subregions`."""
-    f, h, w = grid
-    return einops.rearrange(
-        tokens, "(b r c) (f h w) ... -> b (f r h c w) ...", f=f, r=2, h=h // 2, c=2, w=w // 2
+def rope_in_token_order(
+    config: DiTConfig, grid: tuple[int, int, int]
+) -> dict[BlockKind, tuple[np.ndarray, np.ndarray]]:
+    """cos, sin tables (L, head_dim / 2) of each block kind, rows in the model's token order:
+    pano blocks the whole grid's positions, subregion blocks each subregion's own (the same
+    table four times)."""
+    pano_tables = (
+        rope_lib.cube_face_rope_tables
+        if config.rope_layout == RopeLayout.CUBE_FACES
+        else rope_lib.rope_tables
     )
+    tables = pano_tables(grid, config.head_dim, config.rope_theta)
+    if not config.subregion_major:
+        return {BlockKind.PANO: tables}
+    sizes = _grid_sizes(grid, subregion_major=True)
+    ropes = {
+        BlockKind.PANO: tuple(
+            einops.rearrange(t, "(f r h c w) n -> (r c f h w) n", **sizes) for t in tables
+        )
+    }
+    sub_grid = (grid[0], grid[1] // 2, grid[2] // 2)
+    sub_tables = rope_lib.rope_tables(sub_grid, config.head_dim, config.rope_theta)
+    ropes[BlockKind.SUBREGION] = tuple(np.tile(t, (4, 1)) for t in sub_tables)
+    return ropes
 
 
 def _dtypes(config: DiTConfig) -> dict[str, Any]:
@@ -299,6 +382,11 @@ class Attention(nnx.Module):
         d = config.dim
         self.num_heads = config.num_heads
         self.backend = config.attention_backend
+        # Cross-attention's keys are the text's, whole on every device: only self-attention
+        # splits its keys over the sequence axis.
+        self.sequence_parallel = (
+            config.sequence_parallel if kind == "self" else SequenceParallel.GATHER.value
+        )
 
         def lora(name: str) -> tuple[int, float] | None:
             return config.lora_for(LoRATarget(f"{kind}_{name}"))
@@ -312,33 +400,36 @@ class Attention(nnx.Module):
 
     def _heads(self, x: jax.Array) -> jax.Array:
         x = x.reshape(*x.shape[:-1], self.num_heads, -1)
-        return constrain(x, ("batch", "length", "act_heads", None))
+        return constrain(x, attention_lib.HEADS_AXES)
 
     def __call__(
         self,
         x: jax.Array,
         context: jax.Array | None = None,
         rope: tuple[jax.Array, jax.Array] | None = None,
-        subregion_grid: tuple[int, int, int] | None = None,
+        subregions: bool = False,
     ) -> jax.Array:
         """x (B, L, D); context (B, Lc, kv_dim) for cross-attention, else self-attention.
 
-        `subregion_grid` (F, H, W), the token grid of the whole map, makes it subregion
-        attention: tokens are regrouped into the four subregions of the grid before attending
-        (`rope` then holds subregion-local tables).
+        `subregions` makes it subregion attention: x's tokens are subregion-major (module
+        docstring) and each quarter of them attends only within itself (`rope` then holds
+        subregion-local tables).
         """
         kv_input = x if context is None else context
         q = self._heads(self.norm_q(self.q(x)))
         k = self._heads(self.norm_k(self.k(kv_input)))
         v = self._heads(self.v(kv_input))
-        if subregion_grid is not None:
-            q, k, v = (to_subregions(a, subregion_grid) for a in (q, k, v))
         if rope is not None:
             q, k = rope_lib.apply_rope(q, *rope), rope_lib.apply_rope(k, *rope)
-        out = attention_lib.dot_product_attention(q, k, v, backend=self.backend)
-        if subregion_grid is not None:
-            out = from_subregions(out, subregion_grid)
-        out = constrain(out, ("batch", "length", "act_heads", None))
+        out = attention_lib.dot_product_attention(
+            q,
+            k,
+            v,
+            backend=self.backend,
+            sequence_parallel=self.sequence_parallel,
+            groups=4 if subregions else 1,
+        )
+        out = constrain(out, attention_lib.HEADS_AXES)
         return self.o(out.reshape(*out.shape[:2], -1))
 
 
@@ -368,7 +459,6 @@ class Block(nnx.Module):
         e: jax.Array,
         context: jax.Array,
         ropes: dict[BlockKind, tuple[jax.Array, jax.Array]],
-        grid: tuple[int, int, int],
         kind: BlockKind = BlockKind.PANO,
     ) -> jax.Array:
         """x (B, L, D) fp32 residual stream; e (B, 6, D) fp32 time projection; context
@@ -380,8 +470,8 @@ class Block(nnx.Module):
 
         h = (layers.layer_norm(x, self.eps) * (1 + scale) + shift).astype(dtype)
         with jax.named_scope(f"{kind.value}_attention"):
-            subregion_grid = grid if kind == BlockKind.SUBREGION else None
-            h = self.self_attn(h, rope=ropes[kind], subregion_grid=subregion_grid)
+            subregions = kind == BlockKind.SUBREGION
+            h = self.self_attn(h, rope=ropes[kind], subregions=subregions)
         x = x + h.astype(jnp.float32) * gate
 
         h = self.cross_attn(self.cross_norm(x).astype(dtype), context=context)
@@ -441,19 +531,13 @@ class WanDiT(nnx.Module):
         grid = (frames // pt, height // ph, width // pw)
         if frames % pt or height % ph or width % pw:
             raise ValueError(f"latent {x.shape[1:4]} is not divisible by patch {config.patch_size}")
-        if BlockKind.SUBREGION in config.block_kinds and (grid[1] % 2 or grid[2] % 2):
+        if config.subregion_major and (grid[1] % 2 or grid[2] % 2):
             raise ValueError(
                 f"subregion blocks need an even token grid, got {grid[1:]} from latent "
                 f"{x.shape[2:4]} (height and width must be multiples of {2 * ph}, {2 * pw})"
             )
 
-        patches = einops.rearrange(
-            x.astype(dtype),
-            "b (f pt) (h ph) (w pw) c -> b (f h w) pt ph pw c",
-            pt=pt,
-            ph=ph,
-            pw=pw,
-        )
+        patches = patches_of(x.astype(dtype), config.patch_size, config.subregion_major)
         tokens = jnp.einsum("blijkc,ijkcd->bld", patches, self.patch_kernel[...].astype(dtype))
         tokens = (tokens + self.patch_bias[...].astype(dtype)).astype(jnp.float32)
         tokens = constrain(tokens, ("batch", "length", "act_embed"))
@@ -463,41 +547,22 @@ class WanDiT(nnx.Module):
         ctx = self.text_out(jax.nn.gelu(self.text_in(context.astype(dtype)), approximate=True))
         ctx = constrain(ctx, ("batch", None, "act_embed"))
 
-        sub_grid = (grid[0], grid[1] // 2, grid[2] // 2)
-        pano_tables = (
-            rope_lib.cube_face_rope_tables
-            if config.rope_layout == RopeLayout.CUBE_FACES
-            else rope_lib.rope_tables
-        )
-        ropes = {BlockKind.PANO: pano_tables(grid, config.head_dim, config.rope_theta)}
-        if BlockKind.SUBREGION in config.block_kinds:
-            ropes[BlockKind.SUBREGION] = rope_lib.rope_tables(
-                sub_grid, config.head_dim, config.rope_theta
-            )
-        ropes = {k: (jnp.asarray(c), jnp.asarray(s)) for k, (c, s) in ropes.items()}
-
-        tokens = self._run_blocks(tokens, e, ctx, ropes, grid)
+        ropes = {
+            kind: (jnp.asarray(cos), jnp.asarray(sin))
+            for kind, (cos, sin) in rope_in_token_order(config, grid).items()
+        }
+        tokens = self._run_blocks(tokens, e, ctx, ropes)
 
         mod = self.head_modulation[...].astype(jnp.float32)[None] + temb[:, None]
         shift, scale = mod[:, :1], mod[:, 1:]
         h = (layers.layer_norm(tokens, config.eps) * (1 + scale) + shift).astype(dtype)
-        out = self.head(h)
-        out = einops.rearrange(
-            out,
-            "b (f h w) (pt ph pw c) -> b (f pt) (h ph) (w pw) c",
-            f=grid[0],
-            h=grid[1],
-            w=grid[2],
-            pt=pt,
-            ph=ph,
-            pw=pw,
-        )
+        out = latent_of(self.head(h), grid, config.patch_size, config.subregion_major)
         out = out.astype(jnp.float32)  # as Wan: the velocity leaves the model in fp32
         if config.prediction == Prediction.CLEAN:
             out = velocity_from_clean(x[..., : config.out_dim], out, t)
         return out
 
-    def _run_blocks(self, tokens, e, ctx, ropes, grid):
+    def _run_blocks(self, tokens, e, ctx, ropes):
         """Scans over groups of blocks, one period of the attention pattern per step."""
         group = self.config.scan_group
         graphdef, params = nnx.split(self.blocks, nnx.Param)
@@ -506,7 +571,7 @@ class WanDiT(nnx.Module):
         def body(x, group_params):
             for j, kind in enumerate(group):
                 block = nnx.merge(graphdef, jax.tree.map(lambda p, j=j: p[j], group_params))
-                x = block(x, e, ctx, ropes, grid, kind)
+                x = block(x, e, ctx, ropes, kind)
             return x, None
 
         if self.config.remat_policy != "none":

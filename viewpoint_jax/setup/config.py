@@ -33,6 +33,7 @@ Schema:
 
 import importlib.util
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ from viewpoint_jax.data.config import (
 )
 from viewpoint_jax.diffusion.flow_matching import Loss
 from viewpoint_jax.geometry import Representation
+from viewpoint_jax.models import attention as attention_lib
 from viewpoint_jax.models.autoencoder import BlockDCTAutoencoder
 from viewpoint_jax.models.dit import PRESETS, BlockKind, DiTConfig, LoRATarget, RopeLayout
 from viewpoint_jax.models.vae import WanVAEConfig
@@ -70,6 +72,9 @@ DIT_FIELDS = {
     "freq_dim": int,
     "attention_pattern": object,  # a name or a tuple of block kinds
     "attention_backend": str,
+    # "gather" | "ulysses" | "ring": self-attention over tokens split on mesh.sequence
+    # (models/attention.py's SequenceParallel)
+    "sequence_parallel": str,
     "prediction": str,
     "rope_layout": str,  # "grid" (Wan's 3D RoPE) | "cube_faces" (CP-4DRoPE, on cube_2x3 only)
     "remat_policy": str,
@@ -585,3 +590,27 @@ def _validate_mesh(config: ml_collections.ConfigDict, num_devices: int, process_
         targets = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
         if not set(targets) <= set(MESH_AXES):
             fail("sharding_rules", f"{name!r} maps to {axes!r}, not axes of {MESH_AXES}")
+    _validate_sequence_parallel(config, sizes)
+
+
+def _validate_sequence_parallel(config: ml_collections.ConfigDict, sizes: dict[str, int]) -> None:
+    """Ulysses splits each device's heads over the devices that split the tokens: they must
+    divide (the attention's own check, at start instead of at the first trace)."""
+    model = DiTConfig.preset(config.model.preset, **model_overrides(config))
+    if model.sequence_parallel != attention_lib.SequenceParallel.ULYSSES:
+        return
+    rules = dict(logical_rules(config))
+    heads, sequence = model.num_heads, _axes_size(rules.get("length"), sizes)
+    head_shards = _axes_size(rules.get("act_heads"), sizes)
+    if heads % head_shards == 0:  # else the heads are not split (sharding drops the axis)
+        heads //= head_shards
+    try:
+        attention_lib.check_ulysses_heads(heads, sequence)
+    except ValueError as error:
+        fail("model.sequence_parallel", str(error))
+
+
+def _axes_size(axes: str | tuple[str, ...] | None, sizes: dict[str, int]) -> int:
+    """How many devices a logical axis mapped to `axes` is split over."""
+    targets = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    return math.prod(sizes[a] for a in targets)

@@ -437,7 +437,12 @@ def _describe(config, model_config, mesh, target: Target, tokens: int, batch: in
         "mesh": " ".join(f"{axis}={n}" for axis, n in sizes.items()),
         "model": f"{config.model.preset}, {model_config.param_dtype} weights, "
         f"{model_config.dtype} compute",
-        "attention": model_config.attention_backend,
+        "attention": model_config.attention_backend
+        + (
+            f", {model_config.sequence_parallel} over the sequence axis"
+            if sizes["sequence"] > 1
+            else ""
+        ),
         "remat": model_config.remat_policy,
         "tokens": f"{tokens} per sample",
         "batch": f"{batch} ({_batch_shards(batch, sizes)}-way split)",
