@@ -42,9 +42,11 @@ PANORAMA_METRICS = {
     "seam_ratio": MetricInfo(
         "lower",
         "ratio",
-        "difference of column pairs across the ERP's left-right wrap / the same of the pairs "
-        "next to it, the codec's 3 edge columns left out; about 1 = no seam (seamless footage "
-        "after H.264 / H.265: 0.94-1.11), larger = a seam",
+        "1 + (error of predicting each side of the ERP's left-right wrap from the other - the same "
+        "at interior block-grid boundaries near it) / the content's change over 20 columns, the "
+        "2 edge columns each side (which H.264 / H.265 code apart) left out; 1 = as continuous as "
+        "the interior (seamless footage raw and after H.264 / H.265 at crf 18-28: within 10%), "
+        "larger = a seam",
     ),
     "end_continuity": MetricInfo(
         "lower",
@@ -223,10 +225,11 @@ def seam_ratio(erp: Any) -> float:
 def end_continuity(erp: Any) -> float:
     """PanoWan's "End Continuity" as we read its name (Xia et al., 2025; its exact formula was not
     available to us): the mean absolute difference between the ERP's first and last columns,
-    `erp` `(F, H, W, 3)`, W = 2 H -> float, over frames, rows and channels. Per pixel, so it sees
-    a seam in fine texture that `seam_ratio` misses, but it is not normalised by the content
-    (busy content scores high without a seam) and it includes the codec's share at the frame's
-    edges (BENCHMARKS.md: a seamless smooth panorama scores 1.0 raw, 3-5 after H.264 / H.265).
+    `erp` `(F, H, W, 3)`, W = 2 H -> float, over frames, rows and channels. Per pixel and not
+    normalised by the content: busy content scores high without a seam, and it includes the
+    codec's share at the frame's edges (BENCHMARKS.md: a seamless smooth panorama scores about 1
+    raw, 2.4-5.4 after H.264 / H.265; seamless texture 18-31), so its values compare methods on
+    the same content, encoded alike, only. `seam_ratio` is the codec- and content-normalised one.
     Lower is better (0 = the two ends are identical), unit: 8-bit levels.
     """
     erp = _check_erp_video(erp)
