@@ -119,7 +119,7 @@ def _pair_difference(erp: np.ndarray, left: int, right: int) -> float:
 # prediction across the wrap, motion compensated from edge padding), which leaves a seamless
 # panorama's outermost SEAM_GAP columns on each side less alike across the wrap than interior
 # columns are across a block edge; the next columns are not (the pair ratio across the wrap vs
-# interior block edges is 1.5-2.2 at the outermost pair, 1.2-1.7 one in, 0.9-1.2 from two in).
+# interior block edges is 1.5-2.3 at the outermost pair, 1.2-1.7 one in, 0.9-1.2 from two in).
 # So each side's column SEAM_GAP in from the boundary is predicted from SEAM_TAPS columns on the
 # other side, starting SEAM_GAP in; the reference boundaries are the interior edges of the codecs'
 # 8-pixel block grid (counted from the frame's left edge, where the codec's grid starts) within
