@@ -42,9 +42,11 @@ PANORAMA_METRICS = {
     "seam_ratio": MetricInfo(
         "lower",
         "ratio",
-        "difference of column pairs across the ERP's left-right wrap / the same of the pairs "
-        "next to it, the codec's 3 edge columns left out; about 1 = no seam (seamless footage "
-        "after H.264 / H.265: 0.94-1.11), larger = a seam",
+        "1 + (error of predicting each side of the ERP's left-right wrap from the other - the same "
+        "at interior block-grid boundaries near it) / the content's change over 20 columns, the "
+        "2 edge columns each side (which H.264 / H.265 code apart) left out; 1 = as continuous as "
+        "the interior (seamless footage raw and after H.264 / H.265 at crf 18-28: within 10%), "
+        "larger = a seam",
     ),
     "end_continuity": MetricInfo(
         "lower",
@@ -104,16 +106,6 @@ def _check_erp_video(erp: Any) -> np.ndarray:
     return erp
 
 
-# seam_ratio's column pairs: a pair straddles a column boundary with GAPS[i] columns on one side
-# and GAPS[i] + 1 on the other (2 g + 1 apart), so no pair reads the frame's outermost
-# min(GAPS) columns, which a codec codes apart from their wrap-around neighbours (no prediction or
-# deblocking across the frame's edge); the reference pairs are those centred on up to
-# SEAM_NEIGHBOURS boundaries each side of the wrap.
-SEAM_GAPS = (3, 4, 5, 6)
-SEAM_NEIGHBOURS = 32
-SEAM_MIN_WIDTH = 6 * max(SEAM_GAPS) + 4  # at least one neighbouring pair each side
-
-
 def _pair_difference(erp: np.ndarray, left: int, right: int) -> float:
     """Mean |column `right` - column `left`| over frames, rows and channels."""
     total = 0.0
@@ -122,52 +114,124 @@ def _pair_difference(erp: np.ndarray, left: int, right: int) -> float:
     return total / len(erp)
 
 
-def seam_ratio(erp: Any) -> float:
-    """Continuity at the ERP's left-right wrap, robust to the codec: `erp` `(F, H, W, 3)`, W = 2 H
-    -> float.
+# seam_ratio's stencil (measured on ffmpeg-made footage, BENCHMARKS.md "The seam metrics on encoded
+# footage"): H.264 and H.265 code the frame's left and right edges apart (no deblocking or intra
+# prediction across the wrap, motion compensated from edge padding), which leaves a seamless
+# panorama's outermost SEAM_GAP columns on each side less alike across the wrap than interior
+# columns are across a block edge; the next columns are not (the pair ratio across the wrap vs
+# interior block edges is 1.5-2.3 at the outermost pair, 1.2-1.7 one in, 0.9-1.2 from two in).
+# So each side's column SEAM_GAP in from the boundary is predicted from SEAM_TAPS columns on the
+# other side, starting SEAM_GAP in; the reference boundaries are the interior edges of the codecs'
+# 8-pixel block grid (counted from the frame's left edge, where the codec's grid starts) within
+# SEAM_NEIGHBOURHOOD columns of the wrap, so they hold the same place in their blocks as the wrap.
+SEAM_GAP = 2
+SEAM_TAPS = 16
+SEAM_GRID = 8
+SEAM_NEIGHBOURHOOD = 64
+_SEAM_REACH = SEAM_GAP + SEAM_TAPS  # columns a stencil reads on each side of its boundary
+_SEAM_FIRST = -(-_SEAM_REACH // SEAM_GRID) * SEAM_GRID  # the first reference boundary
+SEAM_MIN_WIDTH = _SEAM_FIRST + _SEAM_REACH  # at least one reference boundary
 
-    For each gap g in SEAM_GAPS, the mean |column g - column W-1-g| (a pair of columns 2 g + 1
-    apart across the wrap) is compared with the same difference of the pairs 2 g + 1 apart
-    centred on the column boundaries next to the wrap (up to SEAM_NEIGHBOURS on each side, none
-    reading the outermost columns); the ratio of the sums over the gaps. Reading no column within
-    3 of the frame's edges leaves out what H.264 and H.265 do to them (they are coded apart from
-    their wrap-around neighbours, so even a seamless panorama differs more there than inside:
-    the per-pixel ratio of a smooth seamless panorama is 2.3-3.9 after H.264 at crf 23 or H.265
-    at crf 28). Comparing with the neighbouring columns makes it local: the wrap against the
-    content around it. As measured on ffmpeg-made footage (tests/test_seam_metric.py,
-    BENCHMARKS.md): seamless smooth and textured panoramas score 0.94-1.11 raw, after H.264 and
-    after H.265, at any horizontal turn; a seam (the two ends from longitudes 45 degrees apart)
-    scores 3-5 on smooth content, but texture finer than about 7 pixels hides it (about 1):
-    `end_continuity` (per pixel) sees those. 1 = the wrap is as continuous as its neighbourhood.
-    Lower is better, unit: ratio. A video with no variation at all scores 1 (no seam) or inf.
+
+def _seam_references(width: int) -> np.ndarray:
+    """seam_ratio's reference boundaries: block-grid edges near the wrap whose stencils do not
+    cross it (boundary b lies between columns b - 1 and b)."""
+    grid = np.arange(_SEAM_FIRST, width - _SEAM_REACH + 1, SEAM_GRID)
+    return grid[np.minimum(grid, width - grid) <= SEAM_NEIGHBOURHOOD]
+
+
+def _seam_stencils(frame: np.ndarray, boundaries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Targets `(H, 2, nB, 3)` and predictors `(H, 2, nB, 3, SEAM_TAPS)` of one frame `(H, W, 3)`
+    at `boundaries` (columns taken modulo W, so boundary 0 is the wrap): for each side, its column
+    SEAM_GAP in from the boundary and the SEAM_TAPS columns on the other side from SEAM_GAP in,
+    nearest first."""
+    width = frame.shape[1]
+    taps = np.arange(SEAM_TAPS)
+    right = boundaries + SEAM_GAP  # the right side's target, predicted from the left
+    left = boundaries - 1 - SEAM_GAP
+    targets = np.stack([right % width, left % width])
+    sources = np.stack(
+        [(left[:, None] - taps) % width, (right[:, None] + taps) % width]
+    )  # (2, nB, taps)
+    frame = frame.astype(np.float64)
+    return frame[:, targets], np.moveaxis(frame[:, sources], -2, -1)
+
+
+def _fit_seam_predictor(erp: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """Least-squares linear predictors `(3, SEAM_TAPS + 1)` (taps, then an offset), one per
+    channel, of a column from the columns across a boundary, fitted at the `references` of every
+    frame and both sides (a stationary field's forward and backward predictors are the same)."""
+    size = SEAM_TAPS + 1
+    normal = np.zeros((3, size, size))
+    moment = np.zeros((3, size))
+    for frame in erp:  # one frame at a time: the stencils of a whole video are large
+        targets, sources = _seam_stencils(frame, references)
+        design = np.concatenate([sources, np.ones((*sources.shape[:-1], 1))], axis=-1)
+        design, targets = design.reshape(-1, 3, size), targets.reshape(-1, 3)
+        normal += np.einsum("ncp,ncq->cpq", design, design)
+        moment += np.einsum("ncp,nc->cp", design, targets)
+    # A light ridge (1e-3 of the mean diagonal, as measured) keeps a flat video's singular
+    # equations solvable and the fit from amplifying the codec's noise.
+    ridge = 1e-3 * np.trace(normal, axis1=1, axis2=2)[:, None, None] / size + 1e-9
+    return np.linalg.solve(normal + ridge * np.eye(size), moment[..., None])[..., 0]
+
+
+def seam_ratio(erp: Any) -> float:
+    """Continuity at the ERP's left-right wrap, on decoded video: `erp` `(F, H, W, 3)`, W = 2 H
+    -> float. Lower is better, unit: ratio (1 = as continuous as the interior).
+
+    A seamless panorama continues across the wrap as it does across any column boundary, so the
+    content on one side predicts the other equally well. Per channel, a linear predictor of a
+    column from SEAM_TAPS columns across a boundary (SEAM_GAP columns left out on each side) is
+    fitted by least squares on the video's own interior block-grid boundaries near the wrap; the
+    score is 1 + (mean |prediction error| across the wrap - the same at those boundaries) / the
+    mean change of the content over the stencil's reach at them (|column - column 2 SEAM_GAP +
+    SEAM_TAPS away|). So 1 = the wrap is as predictable as the interior, and each unit above it
+    is one typical change of the content over 20 columns that the wrap adds. Why each part:
+    leaving the outermost columns out avoids what H.264 / H.265 do to the frame's edges (coded
+    apart, they differ more across the wrap than interior columns across a block edge); the
+    prediction, not a plain column difference, sees a seam in fine texture (its continuation is
+    predictable, a seam's is not); and dividing the excess error by the content's change, not
+    by the error itself, keeps the codec's remaining noise small where a good prediction leaves
+    little else. As measured (BENCHMARKS.md, tests/test_seam_metric.py): seamless smooth and
+    textured footage at 160 x 320 and 180 x 360 scores 0.97-1.09 raw and after H.264 / H.265 at
+    crf 18-28, at any horizontal turn (the tests hold it within 10% of 1); a seam with the ends
+    from longitudes 45 degrees apart 2.5-3.6 on smooth footage and 1.3-1.7 in fine texture, a
+    mild one (5.6 degrees, a 5-level step on smooth footage) 1.2-1.8. Noise-like texture
+    predicts badly everywhere, so a seam in it raises the score less, as it is also harder to
+    see. A flat video scores 1.
     """
     erp = _check_erp_video(erp)
     width = erp.shape[2]
-    neighbours = min(SEAM_NEIGHBOURS, width // 2 - 3 * max(SEAM_GAPS) - 1)
-    if neighbours < 1:
-        raise ValueError(
-            f"seam_ratio needs an ERP at least {6 * max(SEAM_GAPS) + 4} wide, got {width}"
-        )
-    wrap = reference = 0.0
-    for g in SEAM_GAPS:
-        wrap += _pair_difference(erp, width - 1 - g, g)
-        # boundary c lies between columns c - 1 and c; its pair is (c - 1 - g, c + g)
-        lefts = range(2 * g + 1, 2 * g + 1 + neighbours)
-        rights = range(width - 2 * g - neighbours, width - 2 * g)
-        pairs = [(c - 1 - g, c + g) for c in (*lefts, *rights)]
-        reference += float(np.mean([_pair_difference(erp, a, b) for a, b in pairs]))
-    if reference == 0.0:
-        return 1.0 if wrap == 0.0 else float("inf")
-    return wrap / reference
+    if width < SEAM_MIN_WIDTH:
+        raise ValueError(f"seam_ratio needs an ERP at least {SEAM_MIN_WIDTH} wide, got {width}")
+    references = _seam_references(width)
+    coefficients = _fit_seam_predictor(erp, references)
+    boundaries = np.concatenate([[0], references])
+    error = np.zeros(len(boundaries))
+    change = 0.0
+    for frame in erp:
+        targets, sources = _seam_stencils(frame, boundaries)
+        predicted = np.einsum("...cp,cp->...c", sources, coefficients[:, :-1]) + coefficients[:, -1]
+        error += np.abs(targets - predicted).mean(axis=(0, 1, 3))
+        far = frame[:, (references[:, None] + [SEAM_GAP + SEAM_TAPS - 1, -SEAM_GAP - SEAM_TAPS])]
+        near = frame[:, (references[:, None] + [-1 - SEAM_GAP, SEAM_GAP])]
+        change += float(np.abs(far.astype(np.float64) - near).mean())
+    excess = (error[0] - error[1:].mean()) / len(erp)
+    change /= len(erp)
+    if change == 0.0:
+        return 1.0 if excess <= 0.0 else float("inf")
+    return 1.0 + excess / change
 
 
 def end_continuity(erp: Any) -> float:
     """PanoWan's "End Continuity" as we read its name (Xia et al., 2025; its exact formula was not
     available to us): the mean absolute difference between the ERP's first and last columns,
-    `erp` `(F, H, W, 3)`, W = 2 H -> float, over frames, rows and channels. Per pixel, so it sees
-    a seam in fine texture that `seam_ratio` misses, but it is not normalised by the content
-    (busy content scores high without a seam) and it includes the codec's share at the frame's
-    edges (BENCHMARKS.md: a seamless smooth panorama scores 1.0 raw, 3-5 after H.264 / H.265).
+    `erp` `(F, H, W, 3)`, W = 2 H -> float, over frames, rows and channels. Per pixel and not
+    normalised by the content: busy content scores high without a seam, and it includes the
+    codec's share at the frame's edges (BENCHMARKS.md: a seamless smooth panorama scores about 1
+    raw, 2.4-5.4 after H.264 / H.265; seamless texture 18-31), so its values compare methods on
+    the same content, encoded alike, only. `seam_ratio` is the codec- and content-normalised one.
     Lower is better (0 = the two ends are identical), unit: 8-bit levels.
     """
     erp = _check_erp_video(erp)
