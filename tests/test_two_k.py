@@ -4,6 +4,7 @@ a sequence axis of 4, from a dataset prepared at --height 1024; the sample is a 
 pano.mp4, conditioned on an image (a non-default condition) and made in two windows (a long
 video), and the evaluation reads it."""
 
+import functools
 import json
 import shutil
 import subprocess
@@ -91,3 +92,33 @@ def test_a_tiny_model_at_the_2k_map_trains_and_samples_with_its_tokens_split(tmp
     # The map video (1280) is read back: its overlapping subregions are measured.
     assert video["overlap_disagreement"] is not None and video["seam_ratio"] is not None
     assert len(video["views"]) == 6
+
+
+def test_a_2k_map_encodes_in_tiles_of_the_1k_size():
+    """`encode_tiled`: a 1K map (640) is encoded whole, a 2K map (1280) in 2 x 2 tiles of the 1K
+    size: exact for the block DCT, and the Wan VAE's compiled encode then needs less than half
+    the temporaries of the whole frame's (a tiny VAE, compiled only)."""
+    import jax
+    from flax import nnx
+
+    from viewpoint_jax.models import autoencoder as autoencoder_lib
+    from viewpoint_jax.models import vae as vae_lib
+
+    dct = autoencoder_lib.BlockDCTAutoencoder(16, 16)
+    video = jax.random.uniform(jax.random.key(0), (1, 1, 1280, 1280, 3), minval=-1.0, maxval=1.0)
+    tiled = jax.jit(functools.partial(autoencoder_lib.encode_tiled, dct))(video)
+    np.testing.assert_allclose(np.asarray(tiled), np.asarray(dct.encode(video)), atol=2e-6)
+
+    vae = vae_lib.WanVAE(vae_lib.WanVAEConfig(base_dim=8, num_res_blocks=1), rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(vae)
+
+    def temporaries(encode, side):
+        frame = jax.ShapeDtypeStruct((1, 1, side, side, 3), np.float32)
+        fn = jax.jit(lambda s, v: encode(nnx.merge(graphdef, s), v))
+        return fn.lower(state, frame).compile().memory_analysis().temp_size_in_bytes
+
+    whole = temporaries(lambda model, v: model.encode(v), 1280)
+    in_tiles = temporaries(autoencoder_lib.encode_tiled, 1280)
+    assert in_tiles < 0.5 * whole, (in_tiles, whole)
+    one_k = vae.encode(video[:, :, :640, :640])
+    np.testing.assert_array_equal(autoencoder_lib.encode_tiled(vae, video[:, :, :640, :640]), one_k)
