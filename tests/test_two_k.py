@@ -122,3 +122,66 @@ def test_a_2k_map_encodes_in_tiles_of_the_1k_size():
     assert in_tiles < 0.5 * whole, (in_tiles, whole)
     one_k = vae.encode(video[:, :, :640, :640])
     np.testing.assert_array_equal(autoencoder_lib.encode_tiled(vae, video[:, :, :640, :640]), one_k)
+
+
+def wan(arg):
+    from viewpoint_jax.setup.config import load_config_file
+
+    return load_config_file(f"{REPO / 'configs' / 'wan.py'}:{arg}")
+
+
+# A v5p chip's HBM as XLA's TPU compiler counts it (95.74 GiB), and what the compiled 2K steps
+# hold beyond the analytic plan (issue 33's compiles on 8 chips; BENCHMARKS.md "2K").
+V5P_BYTES, HEADROOM = 95.74 * 1024**3, 26 * 1024**3
+
+
+@pytest.mark.parametrize("size", ["14b", "1_3b"])
+def test_the_2k_configs_are_the_recipe_at_map_1280_on_the_mesh_the_plan_finds(size):
+    from viewpoint_jax.setup.config import mesh_shape, validate_config
+    from viewpoint_jax.training import memory
+
+    one_k, two_k = wan(size), wan(f"{size}_2k")
+    assert (two_k.data.erp_height, two_k.data.erp_width, two_k.data.map_size) == (1024, 2048, 1280)
+    assert two_k.data.num_frames == 49 and two_k.model.remat_policy == "full"
+    assert two_k.model.preset == one_k.model.preset and two_k.diffusion == one_k.diffusion
+    assert dict(two_k.sharding_rules)["embed"] == ("fsdp", "sequence")
+
+    rows = memory.smallest_mesh(two_k, (4, 8, 16), V5P_BYTES, HEADROOM)
+    first = next(row for row in rows if row["fits"])
+    validate_config(two_k, first["devices"])  # the config runs on the smallest topology
+    mesh = mesh_shape(two_k, first["devices"])
+    chosen = next(row for row in rows if row["mesh"] == mesh)
+    assert chosen["fits"]
+    if size == "1_3b":  # the 1K mesh on a v5p-8 (4 chips)
+        assert first["devices"] == 4 and mesh["sequence"] == 1
+    else:  # 8 chips, and only with the tokens split: FSDP alone is refused (as compiled)
+        assert first["devices"] == 8 and mesh["sequence"] > 1
+        assert two_k.data.batch_size == mesh["fsdp"]  # one sample per fsdp group
+        fsdp_only = next(r for r in rows if r["devices"] == 8 and r["mesh"]["sequence"] == 1)
+        assert not fsdp_only["fits"]
+        assert not any(row["fits"] for row in rows if row["devices"] == 4)
+
+
+def test_a_sequence_axis_splits_tokens_not_weights_and_counts_the_gathered_keys():
+    """With `embed` over fsdp x sequence, fsdp 2 x sequence 4 holds the weights, optimizer state
+    and gradients of fsdp 8; the activations are those of a quarter of the tokens plus the keys
+    and values XLA gathers over the sequence axis (4 b N D c)."""
+    from viewpoint_jax.setup import build
+    from viewpoint_jax.training import memory
+
+    config = wan("14b_2k")
+    model_config = build.dit_config(config)
+    one = dict(data=1, fsdp=8, sequence=1, tensor=1)
+    split = dict(data=1, fsdp=2, sequence=4, tensor=1)
+    config.data.batch_size = 8
+    fsdp = memory.training_plan(config, one, model_config)
+    config.data.batch_size = 2
+    seq = memory.training_plan(config, split, model_config)
+    for key in ("param_bytes", "optimizer_bytes", "gradient_bytes"):
+        assert seq[key] == fsdp[key], key
+    tokens, d = fsdp["tokens_per_sample"], model_config.dim
+    assert tokens == 13 * 80 * 80
+    # One sample per device, bf16, in each block of the scan group recomputed at once (remat full).
+    gathered = 4 * tokens * d * 2 * len(model_config.scan_group)
+    quarter = fsdp["activations"] / 4  # the fsdp-only plan is linear in the tokens per device
+    assert seq["activations"] == pytest.approx(quarter + gathered, rel=1e-9)
