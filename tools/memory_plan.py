@@ -151,9 +151,12 @@ def sample_plan(
     *,
     model_config=None,
     latent: tuple[int, ...] | None = None,
+    sequence: int = 1,
 ) -> dict:
     """Per-device bytes of generating one video of `config.data`'s size on `devices` devices
-    with the sampling mesh (FSDP over all of them) and `dtype` DiT weights. `model_config` (the
+    with the sampling mesh (FSDP over all of them; with `sequence` > 1, `sample --mesh
+    fsdp=devices/sequence,sequence=sequence`: the tokens split, the weights over the axes the
+    config's rules name) and `dtype` DiT weights. `model_config` (the
     DiT's, in `dtype`) and `latent` (`models.latent_shape`): where the caller holds them.
 
     Three phases, and the peak is the largest:
@@ -180,7 +183,10 @@ def sample_plan(
     if model_config is None:
         model_config = build.dit_config(config)
         model_config = dataclasses.replace(model_config, dtype=dtype, param_dtype=dtype)
-    mesh_sizes = {"data": 1, "fsdp": devices, "sequence": 1, "tensor": 1}  # sampling_mesh
+    if devices % sequence:
+        raise ValueError(f"sequence {sequence} does not divide {devices} devices")
+    # sampling_mesh, or --mesh fsdp=devices/sequence,sequence=sequence
+    mesh_sizes = {"data": 1, "fsdp": devices // sequence, "sequence": sequence, "tensor": 1}
     rules = config_lib.logical_rules(config)
     _, params = nnx.split(dit_lib.abstract_model(model_config), nnx.Param)
     weights = _sharded_bytes(params, mesh_sizes, rules)
@@ -455,6 +461,7 @@ def define_flags() -> None:
     flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "sample mode: weights")
     flags.DEFINE_integer("map_size", None, "sample mode: override config.data.map_size")
     flags.DEFINE_integer("batch_size", None, "train mode: override config.data.batch_size")
+    flags.DEFINE_integer("sequence", 1, "sample mode: the sequence axis of --mesh", lower_bound=1)
     flags.DEFINE_bool("search", False, "train mode: the smallest mesh over --devices that fits")
     flags.DEFINE_float("headroom_gib", 0.0, "--search: GiB per device beyond the plan")
 
@@ -519,7 +526,8 @@ def sample_main(args, device_counts: list[int]) -> int:
                 flush=True,
             )
         return 0
-    plans = {devices: sample_plan(config, devices, args.dtype) for devices in device_counts}
+    sequence = args.sequence
+    plans = {n: sample_plan(config, n, args.dtype, sequence=sequence) for n in device_counts}
     print(format_sample_table(args.config, args.dtype, plans, args.hbm_gb))
     return 0
 
