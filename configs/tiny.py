@@ -184,16 +184,18 @@ def pretrain(config, micro: bool) -> None:
 
 def two_k(config) -> None:
     """configs/wan.py:14b_2k's sizes and mesh at test size: the 2K map (1280, ERP 1024 x 2048)
-    of 5 frames through a two-block DiT (one Pano, one subregion block) of width 32, one sample
-    a step, its tokens split over a sequence axis of every device and the weights over fsdp and
-    sequence (as the 2K Wan configs). A 16 x 16 block DCT keeps Wan's 16 latent channels (the
-    DiT's 33 input channels) at 1 / 16 of the side: 80 x 80 latents, 40 x 40 tokens a frame,
-    8,000 tokens a clip (Wan's VAE, 1 / 8 and 4 frames a latent frame, would give 12,800: the
-    stand-ins compress no time)."""
+    of 5 frames through a two-block DiT (one Pano, one subregion block; width 32, one head), one
+    sample a step, its tokens split over a sequence axis of every device and the weights over
+    fsdp and sequence (as the 2K Wan configs). A 16 x 16 block DCT keeps Wan's 16 latent
+    channels (the DiT's 33 input channels) at 1 / 16 of the side: 80 x 80 latents, 40 x 40
+    tokens a frame, 8,000 tokens a clip (Wan's VAE, 1 / 8 and 4 frames a latent frame, would
+    give 12,800: the stand-ins compress no time)."""
     config.num_steps = 2
     config.model.dim = 32
     config.model.ffn_dim = 64
-    config.model.num_heads = 2
+    # One head: the CPU's XLA attention holds fp32 scores of 8,000 x 8,000 tokens per head (two
+    # heads: 14 s a step and 8.6 GB resident on 4 simulated devices; one: 9 s, 6.5 GB).
+    config.model.num_heads = 1
     config.model.num_layers = 2
     config.model.init_checkpoint = ""  # no committed checkpoint of this size
     config.model.prediction = "velocity"

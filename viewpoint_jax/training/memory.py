@@ -63,9 +63,9 @@ def activation_bytes(
       attention scores (only with the plain XLA backend; flash backends keep O(N)):
                                  b heads N_q N_k 4  (fp32 softmax), N_k = N (pano) or N/4 (subregion)
       k, v gathered over the sequence axis (if > 1), and their gradients in the backward:
-                                 4 b N_all D c  (N_all: every token of a sample; the attention
-                                                 as XLA partitions it today, each device holding
-                                                 the whole keys and values of the block it runs)
+                                 4 b N_all D c  (N_all: every token of a sample: the attention
+                                                as XLA partitions it today, each device holding
+                                                the whole keys and values of the block it runs)
     remat "full": all carries + one group recomputed; "save_dots": all carries and the matmul
     outputs of every block (~ b N (6 D + 2 Dff) c per block); "none": every block's live tensors.
     The scores term is a floor: the compiled CPU program of configs/wan14b.py with the xla
