@@ -185,3 +185,17 @@ def test_a_sequence_axis_splits_tokens_not_weights_and_counts_the_gathered_keys(
     gathered = 4 * tokens * d * 2 * len(model_config.scan_group)
     quarter = fsdp["activations"] / 4  # the fsdp-only plan is linear in the tokens per device
     assert seq["activations"] == pytest.approx(quarter + gathered, rel=1e-9)
+
+
+def test_the_compile_command_gives_one_sample_per_chip_group_a_sample_spans():
+    """`compile --batch_per_chip 1` on a 2K mesh: a sample's tokens span sequence chips, so the
+    batch is one per fsdp group (14B on v5p-16, fsdp 2 x sequence 4: 2), not one per chip."""
+    from viewpoint_jax.studies import tpu_compile
+
+    v5p_16, v5p_8 = tpu_compile.parse_target("v5p-16"), tpu_compile.parse_target("v5p-8")
+    config, notes = tpu_compile.for_target(wan("14b_2k"), 1, v5p_16, "train")
+    assert config.data.batch_size == 2 and not any(n.startswith("batch") for n in notes)
+    config, notes = tpu_compile.for_target(wan("14b_2k"), 2, v5p_16, "train")
+    assert config.data.batch_size == 4 and "batch: 2 per 4 chips (sequence x tensor)" in notes[-1]
+    config, _ = tpu_compile.for_target(wan("1_3b_2k"), 1, v5p_8, "train")
+    assert config.data.batch_size == 4  # FSDP alone: one per chip
