@@ -394,10 +394,12 @@ def for_target(config: ml_collections.ConfigDict, batch_per_chip: int, target: T
             "attention: the config names 'cudnn' (NVIDIA GPUs only); compiled with 'splash', "
             "the TPU kernel"
         )
+    if mode != "train":  # sampling runs on the sampling mesh, its own batch
+        return config, notes
     sizes = config_lib.mesh_shape(config, target.chips)
     per_sample = sizes["sequence"] * sizes["tensor"]  # chips one sample is spread over
     batch = batch_per_chip * target.chips // per_sample
-    if mode == "train" and config.data.batch_size != batch:
+    if config.data.batch_size != batch:
         where = "per chip" if per_sample == 1 else f"per {per_sample} chips (sequence x tensor)"
         notes.append(
             f"batch: {batch_per_chip} {where}, {batch} in all "
