@@ -74,13 +74,15 @@ a plan of 23.8; 14B ~114 against 90.3), so a mesh "fits" when plan + 26 GiB fits
            the mesh is the 1K one (fsdp over every device, batch 8); also 8 x 80 GB GPUs
            (49.8 GiB) and, tightly, one (68.3 of 74.5 GiB, --config.data.batch_size=1).
   14b_2k   smallest: 8 devices (v5p-16): fsdp 2 x sequence 4, one sample per 4 chips (batch 2):
-           plan 48.9 GiB per chip, + 26 = 74.9 of 95.7 (fsdp 4 x sequence 2: 90.8, tight;
+           plan 48.9 GiB per chip, + 26 = 74.9 of 95.7; COMPILED for v5p-16 (`python -m
+           viewpoint_jax.compile --config configs/wan.py:14b_2k --target v5p-16`): 78.55 GiB
+           per chip, fits with 16.45 free (fsdp 4 x sequence 2: 90.8 by the plan, tight;
            fsdp 8 without a sequence axis: 116, refused as the issue's compile was; any 4-chip
            mesh: >= 101); on 80 GB GPUs: 8 of them with sequence 8 (67 GiB).
 Sampling at 2K (`--mode sample`, bf16, the guidance batch of 2; BENCHMARKS.md "2K"): see there.
-Not compiled here at the chosen meshes (the integrator adds `python -m viewpoint_jax.compile`
-rows); today's attention gathers the keys and values over the sequence axis, which the plan
-counts (4 b N D c per device), and a sequence-parallel attention removes.
+The 1.3B mesh is the one the issue compiled (8 chips: 49.8 GiB); today's attention gathers the
+keys and values over the sequence axis, which the plan counts (4 b N D c per device) and the 14B
+compile includes; a sequence-parallel attention removes most of it.
 """
 
 import ml_collections
