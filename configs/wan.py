@@ -71,6 +71,7 @@ Memory per device, analytic (`python tools/memory_plan.py --config configs/wan.p
 under the compiled step at 2K (the issue's compiles on 8 v5p chips, fsdp 8: 1.3B 49.8 GiB against
 a plan of 23.8; 14B ~114 against 90.3), so a mesh "fits" when plan + 26 GiB fits the chip:
   1_3b_2k  smallest: 4 devices, fsdp 4 (v5p-8): plan 26.5 GiB per chip, + 26 = 52.5 of 95.7;
+           COMPILED for v5p-8: 40.04 GiB per chip, fits with 54.96 free;
            the mesh is the 1K one (fsdp over every device, batch 8); also 8 x 80 GB GPUs
            (49.8 GiB) and, tightly, one (68.3 of 74.5 GiB, --config.data.batch_size=1).
   14b_2k   smallest: 8 devices (v5p-16): fsdp 2 x sequence 4, one sample per 4 chips (batch 2):
