@@ -14,7 +14,9 @@ viewpoint_jax/assets/tiny_perspective (made by `:pretrain`; its README.md has th
 Arguments: "micro" (the test size, from scratch), "pretrain" (a plain text-to-video Wan of the
 same size on perspective clips of demo scenes), "micro_pretrain" (both), "lora" (the fine-tuning
 with LoRA adapters instead of every weight: rank 16, alpha 16, on the self-attention's q, k, v, o
-and the FFN; the patch embedding trains in full; BENCHMARKS.md, "LoRA").
+and the FFN; the patch embedding trains in full; BENCHMARKS.md, "LoRA"), "2k" (the 2K map of
+configs/wan.py:14b_2k at test size: 1024 x 2048 ERP, 1280 map, 5 frames, the tokens split over a
+sequence axis of every device, e.g. 4 with XLA_FLAGS=--xla_force_host_platform_device_count=4).
 """
 
 from pathlib import Path
@@ -24,7 +26,7 @@ from viewpoint_jax.data.config import DataSource
 from viewpoint_jax.setup.config import base_config
 
 PRETRAINED = Path(viewpoint_jax.__file__).parent / "assets" / "tiny_perspective"
-ARGS = (None, "micro", "pretrain", "micro_pretrain", "lora")
+ARGS = (None, "micro", "pretrain", "micro_pretrain", "lora", "2k")
 
 
 def get_config(arg: str | None = None):
@@ -148,6 +150,8 @@ def get_config(arg: str | None = None):
         config.log.image_every_steps = 0
     if arg in ("pretrain", "micro_pretrain"):
         pretrain(config, micro=arg == "micro_pretrain")
+    if arg == "2k":
+        two_k(config)
     if arg == "lora":  # rank 16 of width 192 (configs/wan.py: 64 of 1536 or 5120)
         config.lora.rank = 16
         config.lora.alpha = 16.0
@@ -176,3 +180,42 @@ def pretrain(config, micro: bool) -> None:
     config.optim.schedule = "cosine"
     config.optim.warmup_steps = 50
     config.checkpoint.every_steps = 250
+
+
+def two_k(config) -> None:
+    """configs/wan.py:14b_2k's sizes and mesh at test size: the 2K map (1280, ERP 1024 x 2048)
+    of 5 frames through a two-block DiT (one Pano, one subregion block; width 32, one head), one
+    sample a step, its tokens split over a sequence axis of every device and the weights over
+    fsdp and sequence (as the 2K Wan configs). A 16 x 16 block DCT keeps Wan's 16 latent
+    channels (the DiT's 33 input channels) at 1 / 16 of the side: 80 x 80 latents, 40 x 40
+    tokens a frame, 8,000 tokens a clip (Wan's VAE, 1 / 8 and 4 frames a latent frame, would
+    give 12,800: the stand-ins compress no time)."""
+    config.num_steps = 2
+    config.model.dim = 32
+    config.model.ffn_dim = 64
+    # One head: the CPU's XLA attention holds fp32 scores of 8,000 x 8,000 tokens per head (two
+    # heads: 14 s a step and 8.6 GB resident on 4 simulated devices; one: 9 s, 6.5 GB).
+    config.model.num_heads = 1
+    config.model.num_layers = 2
+    config.model.init_checkpoint = ""  # no committed checkpoint of this size
+    config.model.prediction = "velocity"
+    config.model.remat_policy = "full"  # as the 2K Wan configs
+    config.autoencoder.factor = 16
+    config.diffusion.loss = "velocity"
+    config.text_encoder.max_length = 16
+    config.data.erp_height, config.data.erp_width = 1024, 2048
+    config.data.map_size = 1280
+    config.data.num_frames = 5
+    config.data.batch_size = 1
+    config.data.image_ratio = 0.0  # video steps only: one program to compile
+    config.mesh.update(dict(data=1, fsdp=1, sequence=-1, tensor=1))
+    config.sharding_rules = tuple(
+        (name, ("fsdp", "sequence") if name == "embed" else axes)
+        for name, axes in config.sharding_rules
+    )
+    config.optim.warmup_steps = 1
+    config.optim.schedule = "constant"
+    config.checkpoint.every_steps = 2
+    config.log.every_steps = 1
+    config.log.image_every_steps = 0
+    config.sample.steps = 2

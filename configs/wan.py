@@ -9,6 +9,10 @@ our choices where it does not (docs/paper-recipe.md lists every setting, which i
                                     2-3 views; data/conditions.py DEFAULT_CONDITION_MIXTURE)
     --config configs/wan.py:14b_lora   the same with LoRA (config.lora) instead of every weight
     --config configs/wan.py:1_3b_lora
+    --config configs/wan.py:14b_2k, :1_3b_2k
+                                    2K: 1024 x 2048 ERP clips -> 1280 x 1280 maps, 49 frames
+                                    (83,200 tokens), remat full, the tokens split over a
+                                    sequence axis where the size needs it (below, "2K")
 
 Paper: the ViewPoint map, Pano and Perspective (subregion) attention, the condition (one
 perspective video projected onto the map: `condition_mixture = {perspective_video: 1}`), joint
@@ -53,6 +57,35 @@ recipe (the frozen bf16 base alone is 27 GiB unsharded); no offload is needed.
         --config.model.init_checkpoint=/ckpt/wan14b_dit ...   # as above
     python -m viewpoint_jax.sample --checkpoint runs/vp14b_lora --lora_scale 1.0 ...
     python -m viewpoint_jax.convert_wan merge --src runs/vp14b_lora --dst /ckpt/vp14b_merged
+
+2K (`:14b_2k`, `:1_3b_2k`; this project's extension, issue 33): the recipe of the size at
+1024 x 2048 ERP (`prepare_dataset --height 1024`) and map 1280 (160 x 160 latents of 13 frames,
+83,200 tokens: 4x the tokens and 16x the Pano attention of 1K), remat full for both sizes (the
+1.3B's save_dots needs 115.8 GB of temporaries per v5p chip here), the weights sharded over
+fsdp and sequence together (`sharding_rules`: `embed` -> both), so a sequence axis splits the
+tokens without holding more weights or optimizer state per device. The VAE encodes a 2K map in
+tiles of the 1K size (`models.autoencoder.encode_tiled`) and decodes in its usual tiles;
+precomputing the latents (`precompute_latents`) takes it out of the step altogether.
+Memory per device, analytic (`python tools/memory_plan.py --config configs/wan.py:14b_2k --search
+--devices 4,8,16 --hbm_gb 102.8 --headroom_gib 26`; BENCHMARKS.md "2K"): the plan runs ~25 GiB
+under the compiled step at 2K (the issue's compiles on 8 v5p chips, fsdp 8: 1.3B 49.8 GiB against
+a plan of 23.8; 14B ~114 against 90.3), so a mesh "fits" when plan + 26 GiB fits the chip:
+  1_3b_2k  smallest: 4 devices, fsdp 4 (v5p-8): plan 26.5 GiB per chip, + 26 = 52.5 of 95.7;
+           COMPILED for v5p-8: 40.04 GiB per chip, fits with 54.96 free;
+           the mesh is the 1K one (fsdp over every device, batch 8); also 8 x 80 GB GPUs
+           (49.8 GiB) and, tightly, one (68.3 of 74.5 GiB, --config.data.batch_size=1).
+  14b_2k   smallest: 8 devices (v5p-16): fsdp 2 x sequence 4, one sample per 4 chips (batch 2):
+           plan 48.9 GiB per chip, + 26 = 74.9 of 95.7; COMPILED for v5p-16 (`python -m
+           viewpoint_jax.compile --config configs/wan.py:14b_2k --target v5p-16`): 78.55 GiB
+           per chip, fits with 16.45 free (fsdp 4 x sequence 2: 90.8 by the plan, tight;
+           fsdp 8 without a sequence axis: 116, refused as the issue's compile was; any 4-chip
+           mesh: >= 101); on 80 GB GPUs: 8 of them with sequence 8 (67 GiB).
+Sampling at 2K (`tools/memory_plan.py --mode sample`, bf16, the guidance batch of 2): both sizes
+on one 80 GB device by the plan (1.3B 13.4 GiB, 14B 52.6); `sample --mesh fsdp=2,sequence=4` on 8
+splits the batch and the tokens (14B: 10.8 GiB per device).
+The 1.3B mesh is the one the issue compiled (8 chips: 49.8 GiB); today's attention gathers the
+keys and values over the sequence axis, which the plan counts (4 b N D c per device) and the 14B
+compile includes; a sequence-parallel attention removes most of it.
 """
 
 import ml_collections
@@ -67,6 +100,7 @@ SIZES = {
 }
 ALL_CONDITIONS = "_all_conditions"  # the variant suffix: "14b_all_conditions"
 LORA = "_lora"  # the variant suffix: "14b_lora"
+TWO_K = "_2k"  # the variant suffix: "14b_2k"
 # The paper's condition: one perspective video projected onto the map, every example (the other
 # kinds listed at weight 0, so `--config.data.condition_mixture.none=0.1` can turn one on).
 PAPER_CONDITION_MIXTURE = {
@@ -74,17 +108,53 @@ PAPER_CONDITION_MIXTURE = {
 }
 LORA_RANK = 64  # PanoWan's
 LORA_ALPHA = 64.0
-ARGS = [*SIZES, *(size + ALL_CONDITIONS for size in SIZES), *(size + LORA for size in SIZES)]
+ARGS = [
+    *SIZES,
+    *(size + ALL_CONDITIONS for size in SIZES),
+    *(size + LORA for size in SIZES),
+    *(size + TWO_K for size in SIZES),
+]
+# 2K: the map's side and ERP size (1280 -> 160 x 160 latents, 83,200 tokens for 13 latent frames).
+TWO_K_MAP_SIZE, TWO_K_ERP = 1280, (1024, 2048)
+# size -> (the 2K mesh, fsdp taking the rest of the devices; the global batch): what the analytic
+# plan finds for the smallest topology (module docstring). 14B: the tokens split 4 ways, one sample
+# per fsdp group of 4 devices, 2 on 8 devices (`--config.data.batch_size` = devices / 4 on more).
+TWO_K_MESH = {
+    "14b": (dict(data=1, fsdp=-1, sequence=4, tensor=1), 2),
+    "1_3b": (dict(data=1, fsdp=-1, sequence=1, tensor=1), 8),
+}
 
 
 def get_config(arg: str | None = None):
     if arg not in ARGS:
         raise ValueError(f"configs/wan.py takes one of {ARGS}; got {arg!r}")
+    if arg.endswith(TWO_K):
+        return two_k_config(arg.removesuffix(TWO_K))
     config = full_config(arg.removesuffix(LORA))
     if arg.endswith(LORA):
         config.lora.rank = LORA_RANK
         config.lora.alpha = LORA_ALPHA
         config.lora.targets = ("self_q", "self_k", "self_v", "self_o")
+    return config
+
+
+def two_k_config(size: str):
+    """The recipe of `size` at 2K: 1024 x 2048 ERP clips of 49 frames -> 1280 x 1280 maps
+    (4x the tokens of 1K, 16x the Pano attention), every weight trained, remat full (the 1.3B's
+    save_dots needs 115.8 GB of temporaries per chip at this size, issue 33), and the mesh the
+    analytic memory plan finds for the size (`TWO_K_MESH`; the module docstring has the figures).
+    The weights shard over fsdp and sequence together (`embed` -> both axes), so a sequence axis
+    splits the tokens without holding more of the weights and optimizer state per device."""
+    config = full_config(size)
+    config.data.erp_height, config.data.erp_width = TWO_K_ERP
+    config.data.map_size = TWO_K_MAP_SIZE
+    config.model.remat_policy = "full"
+    mesh, config.data.batch_size = TWO_K_MESH[size]
+    config.mesh.update(mesh)
+    config.sharding_rules = tuple(
+        (name, ("fsdp", "sequence") if name == "embed" else axes)
+        for name, axes in config.sharding_rules
+    )
     return config
 
 

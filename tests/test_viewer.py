@@ -77,3 +77,18 @@ def test_headless_chromium_renders_the_view(page, fragment, quarter, tmp_path):
     nearest = distance.argmin(axis=1)
     assert np.mean(nearest == quarter) > 0.9, np.bincount(nearest, minlength=4)
     assert np.mean(distance.min(axis=1) < 40) > 0.9  # real panorama colours, not a blank page
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed")
+def test_headless_chromium_renders_a_2k_panorama(tmp_path):
+    """A 1024 x 2048 panorama (the 2K configs' ERP) plays in the page: the view looking right
+    shows the right quarter's colour."""
+    panorama = quartered_panorama(frames=2, height=1024, width=2048)
+    video_io.write_video(tmp_path / "pano.mp4", panorama, fps=8, spherical=True)
+    page = tmp_path / "viewer.html"
+    viewer.write_viewer(page, (tmp_path / "pano.mp4").read_bytes(), panorama[0], "2K")
+    shot = screenshot(page, "#yaw=90", tmp_path).astype(float)
+    centre = shot[60:180, 80:240].reshape(-1, 3)
+    distance = np.linalg.norm(centre[:, None] - QUARTER_COLOURS[None].astype(float), axis=-1)
+    assert np.mean(distance.argmin(axis=1) == 1) > 0.9
+    assert np.mean(distance.min(axis=1) < 40) > 0.9

@@ -11,6 +11,14 @@
   many simulated devices, `vae_decode_bytes`); compiled (`--map_size` to shrink the xla
   backend's attention scores): `compiled_sample_plan`.
 
+--search (train mode, analytic): the smallest mesh that trains the config: for each device
+  count of `--devices` (e.g. 4,8,16,32), fsdp x sequence over all of them with one sample per
+  fsdp group, a row each, "fits" when the plan plus `--headroom_gib` (what the compiled step
+  holds beyond the plan; BENCHMARKS.md "2K") is within `--hbm_gb` (`memory.smallest_mesh`):
+
+    python tools/memory_plan.py --config configs/wan.py:14b_2k --search --devices 4,8,16 \
+        --hbm_gb 102.8 --headroom_gib 26
+
 --method analytic (default; needs no devices, any model size): parameter, optimizer-state and
   gradient bytes are exact, leaf by leaf, from the model's abstract shapes and the sharding rules
   on a mesh of the config's shape; activations are an estimate (formula in `activation_bytes`).
@@ -143,9 +151,12 @@ def sample_plan(
     *,
     model_config=None,
     latent: tuple[int, ...] | None = None,
+    sequence: int = 1,
 ) -> dict:
     """Per-device bytes of generating one video of `config.data`'s size on `devices` devices
-    with the sampling mesh (FSDP over all of them) and `dtype` DiT weights. `model_config` (the
+    with the sampling mesh (FSDP over all of them; with `sequence` > 1, `sample --mesh
+    fsdp=devices/sequence,sequence=sequence`: the tokens split, the weights over the axes the
+    config's rules name) and `dtype` DiT weights. `model_config` (the
     DiT's, in `dtype`) and `latent` (`models.latent_shape`): where the caller holds them.
 
     Three phases, and the peak is the largest:
@@ -172,7 +183,10 @@ def sample_plan(
     if model_config is None:
         model_config = build.dit_config(config)
         model_config = dataclasses.replace(model_config, dtype=dtype, param_dtype=dtype)
-    mesh_sizes = {"data": 1, "fsdp": devices, "sequence": 1, "tensor": 1}  # sampling_mesh
+    if devices % sequence:
+        raise ValueError(f"sequence {sequence} does not divide {devices} devices")
+    # sampling_mesh, or --mesh fsdp=devices/sequence,sequence=sequence
+    mesh_sizes = {"data": 1, "fsdp": devices // sequence, "sequence": sequence, "tensor": 1}
     rules = config_lib.logical_rules(config)
     _, params = nnx.split(dit_lib.abstract_model(model_config), nnx.Param)
     weights = _sharded_bytes(params, mesh_sizes, rules)
@@ -401,6 +415,33 @@ def format_plan(
     return "\n".join(lines)
 
 
+def format_search_table(config_name: str, rows: list[dict], hbm_gb: float, headroom_gib: float):
+    """Markdown: one row per mesh tried, GiB per device, and whether it fits."""
+    lines = [
+        f"{config_name}: GiB per device, one sample per fsdp group; fits = total + "
+        f"{headroom_gib:g} GiB headroom <= {hbm_gb:g} GB",
+        "",
+        "| devices | fsdp | sequence | batch | params | optimizer | gradients | activations "
+        "| total | fits |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        plan, mesh = row["plan"], row["mesh"]
+        cells = [plan[k] / GIB for k in ("param_bytes", "optimizer_bytes", "gradient_bytes")]
+        cells += [plan["activations"] / GIB, plan["total_bytes"] / GIB]
+        lines.append(
+            f"| {row['devices']} | {mesh['fsdp']} | {mesh['sequence']} | {row['batch_size']} | "
+            + " | ".join(f"{c:.2f}" for c in cells)
+            + f" | {'yes' if row['fits'] else 'no'} |"
+        )
+    first = next((row for row in rows if row["fits"]), None)
+    lines.append(
+        "\nsmallest: "
+        + (f"{first['devices']} devices, {first['mesh']}" if first else "none of these fits")
+    )
+    return "\n".join(lines)
+
+
 def _simulate_devices(count: int) -> None:
     """Simulated CPU devices for a compiled plan (must be set before jax starts)."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -420,6 +461,9 @@ def define_flags() -> None:
     flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "sample mode: weights")
     flags.DEFINE_integer("map_size", None, "sample mode: override config.data.map_size")
     flags.DEFINE_integer("batch_size", None, "train mode: override config.data.batch_size")
+    flags.DEFINE_integer("sequence", 1, "sample mode: the sequence axis of --mesh", lower_bound=1)
+    flags.DEFINE_bool("search", False, "train mode: the smallest mesh over --devices that fits")
+    flags.DEFINE_float("headroom_gib", 0.0, "--search: GiB per device beyond the plan")
 
 
 def main(argv: list[str]) -> int:
@@ -435,6 +479,15 @@ def main(argv: list[str]) -> int:
         raise UserError(f"--devices takes device counts, got {','.join(args.devices)}") from None
     if args.mode == "sample":
         return sample_main(args, device_counts)
+    if args.search:
+        from viewpoint_jax.training import memory
+
+        rows = memory.smallest_mesh(
+            load_config(args.config), tuple(device_counts), args.hbm_gb * 1e9,
+            args.headroom_gib * GIB,
+        )  # fmt: skip
+        print(format_search_table(args.config, rows, args.hbm_gb, args.headroom_gib))
+        return 0
     if len(device_counts) != 1:
         raise UserError("--devices takes one count in train mode")
     devices = device_counts[0]
@@ -473,7 +526,8 @@ def sample_main(args, device_counts: list[int]) -> int:
                 flush=True,
             )
         return 0
-    plans = {devices: sample_plan(config, devices, args.dtype) for devices in device_counts}
+    sequence = args.sequence
+    plans = {n: sample_plan(config, n, args.dtype, sequence=sequence) for n in device_counts}
     print(format_sample_table(args.config, args.dtype, plans, args.hbm_gb))
     return 0
 

@@ -67,9 +67,14 @@ def perspective_condition(
 
 def encode_video(autoencoder: Any, video: jax.Array) -> jax.Array:
     """Map video `(B, F, M, M, 3)` in [-1, 1] -> latents `(B, f, M/s, M/s, C)` with the
-    autoencoder's compiled encoder (one program per autoencoder, reused)."""
-    # The decode's cache: one compiled program per autoencoder (replica) and method.
-    return decoding._jitted(autoencoder, "encode")(video)
+    autoencoder's compiled encoder (one program per autoencoder, reused); a frame larger than
+    `autoencoder.ENCODE_TILE` latent pixels (a 2K map) in tiles of that size, as training
+    encodes it (`autoencoder.encode_tiled`)."""
+    tiling = None
+    if max(video.shape[2:4]) > autoencoder_lib.ENCODE_TILE * autoencoder.spatial_factor:
+        tiling = decoding.Tiling(autoencoder_lib.ENCODE_TILE, autoencoder_lib.ENCODE_TILE_OVERLAP)
+    # The decode's cache: one compiled program per autoencoder (replica), method and tiling.
+    return decoding._jitted(autoencoder, "encode", tiling)(video)
 
 
 def encode_condition(

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from viewpoint_jax.models.tiling import tiled_apply
+
 
 @runtime_checkable
 class Autoencoder(Protocol):
@@ -63,9 +65,31 @@ def latent_mask(mask: jax.Array, spatial_factor: int, temporal_factor: int) -> j
     return jnp.concatenate([first, rest], axis=0)
 
 
+# Encode tiles, in latent pixels. A 1K map (640: 80 latent pixels) encodes whole, as it always
+# has; a 2K map (1280: 160) in 2 x 2 tiles of 84 overlapping by 8 (10% more pixels than whole),
+# so the encoder's activations at 2K stay about those of 1K (the Wan VAE's 96-channel layers at
+# full resolution are most of them).
+ENCODE_TILE, ENCODE_TILE_OVERLAP = 84, 8
+
+
+def encode_tiled(autoencoder: Autoencoder, video: jax.Array) -> jax.Array:
+    """`autoencoder.encode(video)` `(B, F, H, W, 3)` -> latents, over overlapping spatial tiles of
+    `ENCODE_TILE` latent pixels blended over `ENCODE_TILE_OVERLAP` (`tiling.tiled_apply`) when
+    the frame is larger than one tile; a frame of one tile is encoded whole. Exact for the
+    block-local stand-ins; for the Wan VAE as close as its own tiled encode (tests/test_vae.py)."""
+    sf = autoencoder.spatial_factor
+    if max(video.shape[2:4]) <= ENCODE_TILE * sf:
+        return autoencoder.encode(video)
+    return tiled_apply(
+        autoencoder.encode, video, tile=ENCODE_TILE, overlap=ENCODE_TILE_OVERLAP, in_factor=sf,
+        out_factor=1,
+    )  # fmt: skip
+
+
 def encode_maps(autoencoder: Autoencoder, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """A training batch's maps -> latents (the train step and the latent precompute share it):
-    target and condition maps `(B, F, M, M, 3)` through the autoencoder, the condition mask
+    target and condition maps `(B, F, M, M, 3)` through the autoencoder (`encode_tiled`: a 2K
+    map in tiles of the 1K size), the condition mask
     `(B, F, M, M, 1)` pooled to the latent grid (`latent_mask`).
 
     Returns latents and condition_latents `(B, f, M/s, M/s, C)` and latent_mask
@@ -77,9 +101,9 @@ def encode_maps(autoencoder: Autoencoder, batch: dict[str, jax.Array]) -> dict[s
         spatial_factor=autoencoder.spatial_factor,
         temporal_factor=autoencoder.temporal_factor,
     )
-    encoded: dict[str, Any] = {"latents": autoencoder.encode(batch["target_map"])}
+    encoded: dict[str, Any] = {"latents": encode_tiled(autoencoder, batch["target_map"])}
     if "condition_map" in batch:
-        encoded["condition_latents"] = autoencoder.encode(batch["condition_map"])
+        encoded["condition_latents"] = encode_tiled(autoencoder, batch["condition_map"])
         encoded["latent_mask"] = jax.vmap(pool)(batch["condition_mask"])
     return {key: value.astype(jnp.float32) for key, value in encoded.items()}
 

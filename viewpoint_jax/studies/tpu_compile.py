@@ -397,7 +397,9 @@ class Report:
 def for_target(config: ml_collections.ConfigDict, batch_per_chip: int, target: Target, mode: str):
     """A copy of `config` as it can run on `target`: a GPU-only attention backend (cudnn)
     replaced by splash, the TPU kernel; the training batch `batch_per_chip` x chips (the
-    paper's recipe: 1). Returns (config, notes saying what changed)."""
+    paper's recipe: 1), where a sample is spread over the config's sequence x tensor axes
+    `batch_per_chip` x the batch shards (data x fsdp: a 2K mesh fsdp 2 x sequence 4 on 8 chips
+    takes 2 samples, one per 4 chips). Returns (config, notes saying what changed)."""
     config = config.copy_and_resolve_references()
     notes = []
     if config.model.attention_backend == "cudnn":
@@ -406,12 +408,18 @@ def for_target(config: ml_collections.ConfigDict, batch_per_chip: int, target: T
             "attention: the config names 'cudnn' (NVIDIA GPUs only); compiled with 'splash', "
             "the TPU kernel"
         )
-    if mode == "train" and config.data.batch_size != batch_per_chip * target.chips:
+    if mode != "train":  # sampling runs on the sampling mesh, its own batch
+        return config, notes
+    sizes = config_lib.mesh_shape(config, target.chips)
+    per_sample = sizes["sequence"] * sizes["tensor"]  # chips one sample is spread over
+    batch = batch_per_chip * target.chips // per_sample
+    if config.data.batch_size != batch:
+        where = "per chip" if per_sample == 1 else f"per {per_sample} chips (sequence x tensor)"
         notes.append(
-            f"batch: {batch_per_chip} per chip, {batch_per_chip * target.chips} in all "
-            f"(the config's {config.data.batch_size} is for {config.data.batch_size} devices)"
+            f"batch: {batch_per_chip} {where}, {batch} in all "
+            f"(the config's {config.data.batch_size} is for another count of devices)"
         )
-        config.data.batch_size = batch_per_chip * target.chips
+        config.data.batch_size = batch
     return config, notes
 
 

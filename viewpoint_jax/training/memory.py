@@ -62,6 +62,10 @@ def activation_bytes(
       one block's live tensors   b N (12 D + 3 Dff) c  (norms, q k v o, attention output, FFN)
       attention scores (only with the plain XLA backend; flash backends keep O(N)):
                                  b heads N_q N_k 4  (fp32 softmax), N_k = N (pano) or N/4 (subregion)
+      k, v gathered over the sequence axis (if > 1), and their gradients in the backward:
+                                 4 b N_all D c  (N_all: every token of a sample: the attention
+                                                as XLA partitions it today, each device holding
+                                                the whole keys and values of the block it runs)
     remat "full": all carries + one group recomputed; "save_dots": all carries and the matmul
     outputs of every block (~ b N (6 D + 2 Dff) c per block); "none": every block's live tensors.
     The scores term is a floor: the compiled CPU program of configs/wan14b.py with the xla
@@ -81,6 +85,8 @@ def activation_bytes(
     layers = model_config.num_layers
     group = len(model_config.scan_group)
     block = b * n * (12 * d + 3 * dff) * c
+    if mesh_sizes["sequence"] > 1:
+        block += 4 * b * tokens * d / mesh_sizes["tensor"] * c
     scores = 0.0
     if model_config.attention_backend == "xla":
         heads = model_config.num_heads / mesh_sizes["tensor"]
@@ -138,3 +144,37 @@ def training_plan(
         plan["param_bytes"] + plan["optimizer_bytes"] + plan["gradient_bytes"] + plan["activations"]
     )
     return plan
+
+
+# Sequence-axis sizes a mesh search tries: powers of 2 (the tokens of a 2K clip, 83,200, split
+# evenly; a head-split attention needs them to divide the heads, which `smallest_mesh` checks).
+SEQUENCE_SIZES = (1, 2, 4, 8, 16)
+
+
+def smallest_mesh(
+    config: ml_collections.ConfigDict,
+    device_counts: tuple[int, ...],
+    budget_bytes: float,
+    headroom_bytes: float = 0.0,
+    model_config: dit_lib.DiTConfig | None = None,
+) -> list[dict]:
+    """The training plans of every mesh tried, smallest device count first: for each count of
+    `device_counts`, fsdp x sequence over all of them (data 1, tensor 1) with one sample per
+    fsdp group (`data.batch_size` = fsdp), sequence from `SEQUENCE_SIZES` dividing both the
+    devices and the DiT's heads. Each row: the mesh, the batch, the plan, and whether
+    plan + `headroom_bytes` (what compiled programs hold beyond the plan, BENCHMARKS.md) fits
+    `budget_bytes`. The first row that fits is the smallest mesh that trains the config."""
+    model_config = build.dit_config(config) if model_config is None else model_config
+    rows = []
+    for devices in sorted(device_counts):
+        for sequence in SEQUENCE_SIZES:
+            if devices % sequence or model_config.num_heads % sequence:
+                continue
+            sizes = {"data": 1, "fsdp": devices // sequence, "sequence": sequence, "tensor": 1}
+            trial = config.copy_and_resolve_references()
+            trial.data.batch_size = sizes["fsdp"]
+            plan = training_plan(trial, sizes, model_config)
+            fits = plan["total_bytes"] + headroom_bytes <= budget_bytes
+            rows.append({"devices": devices, "mesh": sizes, "batch_size": sizes["fsdp"],
+                         "plan": plan, "fits": fits})  # fmt: skip
+    return rows
