@@ -81,8 +81,9 @@ a plan of 23.8; 14B ~114 against 90.3), so a mesh "fits" when plan + 26 GiB fits
            fsdp 8 without a sequence axis: 116, refused as the issue's compile was; any 4-chip
            mesh: >= 101); on 80 GB GPUs: 8 of them with sequence 8 (67 GiB).
 Sampling at 2K (`tools/memory_plan.py --mode sample`, bf16, the guidance batch of 2): both sizes
-on one 80 GB device by the plan (1.3B 13.4 GiB, 14B 52.6); `sample --mesh fsdp=2,sequence=4` on 8
-splits the batch and the tokens (14B: 10.8 GiB per device).
+on one 80 GB device by the plan (1.3B 13.4 GiB, 14B 52.6); 14B compiled for a v5p-8 (`--mode
+sample`): 24.00 GiB per chip, fits; `sample --mesh fsdp=2,sequence=4` on 8 splits the batch and
+the tokens (14B: 10.8 GiB per device by the plan).
 The 1.3B mesh is the one the issue compiled (8 chips: 49.8 GiB); today's attention gathers the
 keys and values over the sequence axis, which the plan counts (4 b N D c per device) and the 14B
 compile includes; a sequence-parallel attention removes most of it.
