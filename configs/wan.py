@@ -49,9 +49,11 @@ the map), alpha 64 (alpha / rank = 1: the update as trained, at any rank); the i
 embedding trains in full (its condition channels start at zero), everything else is frozen, its
 matmul kernels held in bf16 (training/lora.py). Trainable: 23.8 M parameters for 1.3B, 105.5 M
 for 14B; the run's checkpoints hold those and their AdamW moments (BENCHMARKS.md, "LoRA").
-Memory per device (analytic, tools/memory_plan.py): 14B LoRA on v5p-8 (8 devices, batch 1 each)
-and on one 80 GB GPU with --config.data.batch_size=1 both fit with the full remat of the 14B
-recipe (the frozen bf16 base alone is 27 GiB unsharded); no offload is needed.
+Memory per device: 14B LoRA with the full remat of the 14B recipe and no offload fits one 80 GB
+GPU with --config.data.batch_size=1 (analytic 44.45 GiB; compiled for one TPU v5p chip, the
+nearest measured program, 62.24 GiB: `python -m viewpoint_jax.compile --config
+configs/wan.py:14b_lora --target v5p-8 --chips 1`) and a v5p-8 (compiled 37.71 GiB per chip);
+the frozen bf16 base alone is 27 GiB unsharded (BENCHMARKS.md, "LoRA").
 
     python -m viewpoint_jax.train --config configs/wan.py:14b_lora --workdir runs/vp14b_lora \\
         --config.model.init_checkpoint=/ckpt/wan14b_dit ...   # as above
@@ -152,6 +154,8 @@ def two_k_config(size: str):
     config.model.remat_policy = "full"
     mesh, config.data.batch_size = TWO_K_MESH[size]
     config.mesh.update(mesh)
+    if mesh["sequence"] > 1:  # Ulysses: heads (40) split over the sequence axis, not K/V gathered
+        config.model.sequence_parallel = "ulysses"
     config.sharding_rules = tuple(
         (name, ("fsdp", "sequence") if name == "embed" else axes)
         for name, axes in config.sharding_rules

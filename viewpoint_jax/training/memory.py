@@ -17,6 +17,7 @@ from flax import nnx
 
 from viewpoint_jax.common import sharding as sharding_lib
 from viewpoint_jax.data import config as data_config_lib
+from viewpoint_jax.models import attention as attention_lib
 from viewpoint_jax.models import dit as dit_lib
 from viewpoint_jax.models import lora as lora_lib
 from viewpoint_jax.models.dit import count_params
@@ -63,9 +64,11 @@ def activation_bytes(
       attention scores (only with the plain XLA backend; flash backends keep O(N)):
                                  b heads N_q N_k 4  (fp32 softmax), N_k = N (pano) or N/4 (subregion)
       k, v gathered over the sequence axis (if > 1), and their gradients in the backward:
-                                 4 b N_all D c  (N_all: every token of a sample: the attention
-                                                as XLA partitions it today, each device holding
-                                                the whole keys and values of the block it runs)
+                                 4 b N_all D c  (N_all: every token of a sample with
+                                                sequence_parallel "gather", and "ring", whose
+                                                backward keeps every key block; "ulysses" holds
+                                                q, k, v, o of all tokens for 1/sequence of the
+                                                heads: N_all = N)
     remat "full": all carries + one group recomputed; "save_dots": all carries and the matmul
     outputs of every block (~ b N (6 D + 2 Dff) c per block); "none": every block's live tensors.
     The scores term is a floor: the compiled CPU program of configs/wan14b.py with the xla
@@ -86,7 +89,7 @@ def activation_bytes(
     group = len(model_config.scan_group)
     block = b * n * (12 * d + 3 * dff) * c
     if mesh_sizes["sequence"] > 1:
-        block += 4 * b * tokens * d / mesh_sizes["tensor"] * c
+        block += 4 * b * _attended_tokens(model_config, tokens, n) * d / mesh_sizes["tensor"] * c
     scores = 0.0
     if model_config.attention_backend == "xla":
         heads = model_config.num_heads / mesh_sizes["tensor"]
@@ -101,6 +104,13 @@ def activation_bytes(
     else:
         total = layers * (block + scores)
     return {"tokens_per_sample": tokens, "samples_per_device": b, "activations": total}
+
+
+def _attended_tokens(model_config: dit_lib.DiTConfig, tokens: int, local: float) -> float:
+    """Tokens whose keys and values a device holds in self-attention (`activation_bytes`)."""
+    if model_config.sequence_parallel == attention_lib.SequenceParallel.ULYSSES:
+        return local
+    return tokens
 
 
 def training_plan(
