@@ -86,9 +86,11 @@ Sampling at 2K (`tools/memory_plan.py --mode sample`, bf16, the guidance batch o
 on one 80 GB device by the plan (1.3B 13.4 GiB, 14B 52.6); 14B compiled for a v5p-8 (`--mode
 sample`): 24.00 GiB per chip, fits; `sample --mesh fsdp=2,sequence=4` on 8 splits the batch and
 the tokens (14B: 10.8 GiB per device by the plan).
-The 1.3B mesh is the one the issue compiled (8 chips: 49.8 GiB); today's attention gathers the
-keys and values over the sequence axis, which the plan counts (4 b N D c per device) and the 14B
-compile includes; a sequence-parallel attention removes most of it.
+The 1.3B mesh is the one the issue compiled (8 chips: 49.8 GiB). The figures above were made with
+the keys and values gathered over the sequence axis (`model.sequence_parallel="gather"`: 4 b N D c
+per device, N every token); `:14b_2k` attends with Ulysses (`"ulysses"`: its 40 heads split over
+sequence 4, each device holding all tokens of 10 heads), which holds a quarter of that
+(`training/memory.py`; BENCHMARKS.md "2K" has its compiled figure beside the gathered one).
 """
 
 import ml_collections

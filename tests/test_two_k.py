@@ -162,15 +162,22 @@ def test_the_2k_configs_are_the_recipe_at_map_1280_on_the_mesh_the_plan_finds(si
         assert not any(row["fits"] for row in rows if row["devices"] == 4)
 
 
-def test_a_sequence_axis_splits_tokens_not_weights_and_counts_the_gathered_keys():
+@pytest.mark.parametrize("sequence_parallel", ["gather", "ulysses"])
+def test_a_sequence_axis_splits_tokens_not_weights_and_counts_the_gathered_keys(sequence_parallel):
     """With `embed` over fsdp x sequence, fsdp 2 x sequence 4 holds the weights, optimizer state
     and gradients of fsdp 8; the activations are those of a quarter of the tokens plus the keys
-    and values XLA gathers over the sequence axis (4 b N D c)."""
+    and values a device holds in self-attention (4 b N D c): every token's with gather, its own
+    quarter's with Ulysses (all tokens for a quarter of the heads)."""
+    import dataclasses
+
     from viewpoint_jax.setup import build
     from viewpoint_jax.training import memory
 
     config = wan("14b_2k")
-    model_config = build.dit_config(config)
+    assert config.model.sequence_parallel == "ulysses"  # the 2K recipe's
+    model_config = dataclasses.replace(
+        build.dit_config(config), sequence_parallel=sequence_parallel
+    )
     one = dict(data=1, fsdp=8, sequence=1, tensor=1)
     split = dict(data=1, fsdp=2, sequence=4, tensor=1)
     config.data.batch_size = 8
@@ -182,7 +189,8 @@ def test_a_sequence_axis_splits_tokens_not_weights_and_counts_the_gathered_keys(
     tokens, d = fsdp["tokens_per_sample"], model_config.dim
     assert tokens == 13 * 80 * 80
     # One sample per device, bf16, in each block of the scan group recomputed at once (remat full).
-    gathered = 4 * tokens * d * 2 * len(model_config.scan_group)
+    held = tokens / 4 if sequence_parallel == "ulysses" else tokens
+    gathered = 4 * held * d * 2 * len(model_config.scan_group)
     quarter = fsdp["activations"] / 4  # the fsdp-only plan is linear in the tokens per device
     assert seq["activations"] == pytest.approx(quarter + gathered, rel=1e-9)
 
