@@ -90,7 +90,8 @@ The 1.3B mesh is the one the issue compiled (8 chips: 49.8 GiB). The figures abo
 the keys and values gathered over the sequence axis (`model.sequence_parallel="gather"`: 4 b N D c
 per device, N every token); `:14b_2k` attends with Ulysses (`"ulysses"`: its 40 heads split over
 sequence 4, each device holding all tokens of 10 heads), which holds a quarter of that
-(`training/memory.py`; BENCHMARKS.md "2K" has its compiled figure beside the gathered one).
+(`training/memory.py`): compiled for v5p-16, 72.51 GiB per chip with Ulysses against 78.55
+gathered (BENCHMARKS.md "2K").
 """
 
 import ml_collections
