@@ -53,6 +53,8 @@ Memory per device: 14B LoRA with the full remat of the 14B recipe and no offload
 GPU with --config.data.batch_size=1 (analytic 44.45 GiB; compiled for one TPU v5p chip, the
 nearest measured program, 62.24 GiB: `python -m viewpoint_jax.compile --config
 configs/wan.py:14b_lora --target v5p-8 --chips 1`) and a v5p-8 (compiled 37.71 GiB per chip);
+not a v6e-8 (compiled 33.27 GiB per chip of 32: the activations FSDP does not split; a sequence
+axis with Ulysses would);
 the frozen bf16 base alone is 27 GiB unsharded (BENCHMARKS.md, "LoRA").
 
     python -m viewpoint_jax.train --config configs/wan.py:14b_lora --workdir runs/vp14b_lora \\
