@@ -191,27 +191,30 @@ def _gathered_attention(
 ) -> jax.Array:
     """The "gather" mode: groups regrouped into the batch axis, the backend as placed by XLA's
     partitioner (splash: its own `shard_map`, keys and values whole)."""
-    q, k, v = (_split_groups(x, groups) for x in (q, k, v))
-    if backend == "xla":
-        out = _xla_attention(q, k, v)
-    elif backend == "cudnn":
-        out = _cudnn_attention(q, k, v)
-    else:
-        out = _splash_attention(q, k, v, interpret=interpret)
-    return _merge_groups(out, groups)
+    splash = functools.partial(_splash_attention, interpret=interpret)
+    return _grouped_attention(q, k, v, backend, groups, splash)
 
 
 def _local_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, *, backend: str, groups: int, interpret: bool
 ) -> jax.Array:
     """One device's attention on its own arrays (inside `shard_map`), within `groups` segments."""
+    splash = functools.partial(_splash_attention_local, interpret=interpret)
+    return _grouped_attention(q, k, v, backend, groups, splash)
+
+
+def _grouped_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, backend: str, groups: int, splash: Callable
+) -> jax.Array:
+    """The backend's attention within `groups` segments of the sequence, each segment an example
+    of the batch; `splash` is the splash entry (under the mesh's `shard_map`, or one device's)."""
     q, k, v = (_split_groups(x, groups) for x in (q, k, v))
     if backend == "xla":
         out = _xla_attention(q, k, v)
     elif backend == "cudnn":
         out = _cudnn_attention(q, k, v)
     else:
-        out = _splash_attention_local(q, k, v, interpret=interpret)
+        out = splash(q, k, v)
     return _merge_groups(out, groups)
 
 
